@@ -1,0 +1,61 @@
+// Checks command-line parsing: subcommands, flags mapped to config flags, and usage errors.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { parseCli, usage, UsageError } from './args.js';
+
+function usageError(argv: string[]): UsageError {
+  try {
+    parseCli(argv);
+  } catch (err) {
+    assert.ok(err instanceof UsageError, String(err));
+    return err;
+  }
+  assert.fail(`expected a UsageError for ${argv.join(' ')}`);
+}
+
+describe('parseCli', () => {
+  it('maps run flags to config flags', () => {
+    assert.deepEqual(
+      parseCli(['run', '-c', 'x.toml', '--listen', '[::1]:1', '--backend', 'b:2', '--cert', 'c', '--key', 'k', '--ktls', 'off', '--admin-socket', 's', '--log-level', 'debug']),
+      { kind: 'run', config: 'x.toml', flags: { listen: '[::1]:1', backend: 'b:2', cert: 'c', key: 'k', ktls: 'off', adminSocket: 's', logLevel: 'debug' } },
+    );
+    assert.deepEqual(parseCli(['run']), { kind: 'run', config: undefined, flags: {} });
+  });
+
+  it('parses status options', () => {
+    assert.deepEqual(parseCli(['status', '--json', '--admin-socket', '/s']), { kind: 'status', config: undefined, adminSocket: '/s', json: true });
+  });
+
+  it('recognises help and version in their usual spellings', () => {
+    assert.deepEqual(parseCli(['--help']), { kind: 'help' });
+    assert.deepEqual(parseCli(['-h']), { kind: 'help' });
+    assert.deepEqual(parseCli(['help', 'status']), { kind: 'help', topic: 'status' });
+    assert.deepEqual(parseCli(['run', '--help']), { kind: 'help', topic: 'run' });
+    assert.deepEqual(parseCli(['--version']), { kind: 'version' });
+    assert.deepEqual(parseCli(['-V']), { kind: 'version' });
+  });
+
+  it('rejects unknown options and names them', () => {
+    const e = usageError(['run', '--lisen', 'x']);
+    assert.equal(e.message, 'unknown option --lisen');
+    assert.equal(e.topic, 'run');
+    assert.equal(usageError(['status', '--listen', 'x']).message, 'unknown option --listen');
+  });
+
+  it('rejects unknown commands, stray arguments and missing values', () => {
+    assert.match(usageError(['serve']).message, /unknown command "serve"/);
+    assert.match(usageError([]).message, /missing command/);
+    assert.match(usageError(['run', 'extra']).message, /unexpected argument "extra"/);
+    assert.match(usageError(['run', '--listen']).message, /--listen/);
+    assert.match(usageError(['--listen', 'x']).message, /options go after the command/);
+  });
+
+  it('requires something to check', () => {
+    assert.match(usageError(['check']).message, /check needs --config FILE/);
+  });
+
+  it('has help text for every command', () => {
+    for (const topic of ['run', 'status', 'check'] as const) assert.match(usage(topic), new RegExp(`^Usage: ironsocket ${topic}`));
+    assert.match(usage(), /^Usage: ironsocket <command>/);
+  });
+});

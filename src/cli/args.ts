@@ -1,0 +1,150 @@
+// Turns argv into a typed command (strict: unknown flags are usage errors) and holds the help texts.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { ConfigFlags } from '../config/load.js';
+
+export type Topic = 'run' | 'status' | 'check';
+
+export type Command =
+  | { kind: 'help'; topic?: Topic }
+  | { kind: 'version' }
+  | { kind: 'run'; config?: string; flags: ConfigFlags }
+  | { kind: 'check'; config?: string; flags: ConfigFlags }
+  | { kind: 'status'; config?: string; adminSocket?: string; json: boolean };
+
+/** Bad command line; the CLI prints the message and the usage of `topic`, then exits 2. */
+export class UsageError extends Error {
+  readonly topic?: Topic;
+  constructor(message: string, topic?: Topic) {
+    super(message);
+    this.name = 'UsageError';
+    this.topic = topic;
+  }
+}
+
+const CONFIG_OPTIONS = {
+  config: { type: 'string', short: 'c' },
+  listen: { type: 'string' },
+  backend: { type: 'string' },
+  cert: { type: 'string' },
+  key: { type: 'string' },
+  ktls: { type: 'string' },
+  'admin-socket': { type: 'string' },
+  'log-level': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options'];
+
+const STATUS_OPTIONS = {
+  config: { type: 'string', short: 'c' },
+  'admin-socket': { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options'];
+
+const CONFIG_FLAGS_HELP = `  -c, --config FILE        TOML config file (flags override it)
+      --listen HOST:PORT   address to accept TLS on (default 127.0.0.1:8443; IPv6 as [::1]:8443)
+      --backend HOST:PORT  plain TCP backend to forward to (default 127.0.0.1:8080)
+      --cert PEM           certificate chain file (with --key; default: a generated self-signed localhost cert)
+      --key PEM            private key file
+      --ktls MODE          auto (default: use kernel TLS when possible), require (refuse to start without it), off
+      --admin-socket PATH  admin Unix socket (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
+      --log-level LEVEL    trace, debug, info (default), warn, error, fatal, silent
+  -h, --help               show this help`;
+
+const HELP: Record<Topic | 'main', string> = {
+  main: `Usage: ironsocket <command> [options]
+
+Iron Socket: a TLS-terminating TCP proxy that hands TLS sessions to the Linux kernel (kTLS).
+
+Commands:
+  run      start the proxy
+  status   show the running proxy's state through its admin socket
+  check    validate a config file (and that its certificate and key load and match)
+  help     show help for a command: ironsocket help run
+
+Options:
+  -h, --help     show this help
+  -V, --version  print the version
+
+Example:
+  ironsocket run --listen 0.0.0.0:443 --backend 127.0.0.1:8080 --cert fullchain.pem --key privkey.pem`,
+  run: `Usage: ironsocket run [options]
+
+Starts the proxy. Without --cert/--key it uses a generated self-signed certificate for localhost.
+
+Options:
+${CONFIG_FLAGS_HELP}`,
+  check: `Usage: ironsocket check --config FILE [options]
+
+Validates the configuration without starting the proxy; prints "config OK" or the problems.
+
+Options:
+${CONFIG_FLAGS_HELP}`,
+  status: `Usage: ironsocket status [options]
+
+Shows the running proxy's kTLS state, listeners and connections.
+
+Options:
+      --admin-socket PATH  admin Unix socket of the proxy (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
+  -c, --config FILE        read admin_socket from this config file
+      --json               print the raw status snapshot as JSON
+  -h, --help               show this help`,
+};
+
+export function usage(topic?: Topic): string {
+  return HELP[topic ?? 'main'];
+}
+
+function isTopic(s: string | undefined): s is Topic {
+  return s === 'run' || s === 'status' || s === 'check';
+}
+
+/** Parses argv (without node and the script path). Throws UsageError. */
+export function parseCli(argv: string[]): Command {
+  const [first, ...rest] = argv;
+  if (first === undefined) throw new UsageError('missing command');
+  if (first === '-h' || first === '--help') return { kind: 'help' };
+  if (first === '-V' || first === '--version') return { kind: 'version' };
+  if (first === 'help') {
+    if (rest.length === 0) return { kind: 'help' };
+    if (rest.length === 1 && isTopic(rest[0])) return { kind: 'help', topic: rest[0] };
+    throw new UsageError(`unknown help topic ${JSON.stringify(rest.join(' '))}`);
+  }
+  if (first.startsWith('-')) throw new UsageError(`unknown option ${first} (options go after the command, e.g. ironsocket run ${first})`);
+  if (!isTopic(first)) throw new UsageError(`unknown command ${JSON.stringify(first)}`);
+
+  if (first === 'status') {
+    const v = strictParse(rest, STATUS_OPTIONS, first);
+    if (v.help) return { kind: 'help', topic: first };
+    return { kind: 'status', config: v.config, adminSocket: v['admin-socket'], json: v.json === true };
+  }
+  const v = strictParse(rest, CONFIG_OPTIONS, first);
+  if (v.help) return { kind: 'help', topic: first };
+  const flags: ConfigFlags = {};
+  const set = (name: keyof ConfigFlags, value: string | undefined) => {
+    if (value !== undefined) flags[name] = value;
+  };
+  set('listen', v.listen);
+  set('backend', v.backend);
+  set('cert', v.cert);
+  set('key', v.key);
+  set('ktls', v.ktls);
+  set('adminSocket', v['admin-socket']);
+  set('logLevel', v['log-level']);
+  if (first === 'check' && v.config === undefined && Object.keys(flags).length === 0) {
+    throw new UsageError('check needs --config FILE (or the flags to check)', first);
+  }
+  return { kind: first, config: v.config, flags };
+}
+
+function strictParse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O, topic: Topic) {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: false }).values;
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    const quoted = /'([^']+)'/.exec(e.message)?.[1];
+    if (e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') throw new UsageError(`unknown option ${quoted ?? ''}`.trim(), topic);
+    if (e.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') throw new UsageError(`unexpected argument ${JSON.stringify(quoted ?? '')}`, topic);
+    if (e.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') throw new UsageError(e.message.replace(/\.$/, ''), topic);
+    throw err;
+  }
+}

@@ -1,0 +1,139 @@
+// Runs the built `ironsocket` binary: usage errors, status against a fake admin server, check, help, version.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import { startAdminServer, type AdminServer } from '../admin/server.js';
+import { ensureDefaultCertificate } from '../config/default-cert.js';
+import type { StatusSnapshot } from '../proxy/types.js';
+
+const MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
+let dir: string;
+let env: NodeJS.ProcessEnv;
+
+const SNAPSHOT: StatusSnapshot = {
+  pid: 777,
+  version: '0.1.0',
+  startedAt: new Date(Date.now() - 90_000).toISOString(),
+  ktls: { available: true, ciphers: { 'TLSv1.2': [], 'TLSv1.3': ['TLS_AES_256_GCM_SHA384'] }, rekey: true, policy: 'auto' },
+  listeners: [{ address: '127.0.0.1:8443', backend: '127.0.0.1:8080' }],
+  connections: [
+    { id: 'k1', client: '127.0.0.1:51000', backend: '127.0.0.1:8080', version: 'TLSv1.3', cipher: 'TLS_AES_256_GCM_SHA384', mode: 'kernel', bytesIn: 4096, bytesOut: 10, ageMs: 61_000 },
+  ],
+  counters: {},
+};
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'ironsocket-cli-'));
+  env = { ...process.env, IRONSOCKET_STATE_DIR: join(dir, 'state'), XDG_RUNTIME_DIR: join(dir, 'run') };
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+function cli(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+async function withFakeProxy<T>(fn: (socket: string) => Promise<T>): Promise<T> {
+  const socket = join(dir, 'fake', 'admin.sock');
+  const server: AdminServer = await startAdminServer(socket, { status: () => SNAPSHOT });
+  try {
+    return await fn(socket);
+  } finally {
+    await server.close();
+  }
+}
+
+describe('ironsocket command line', () => {
+  it('exits 2 with the command usage on stderr for an unknown flag', async () => {
+    const r = await cli('run', '--bogus');
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /unknown option --bogus/);
+    assert.match(r.stderr, /Usage: ironsocket run/);
+    assert.equal(r.stdout, '');
+  });
+
+  it('exits 2 for a missing command, an unknown command and a flag without its value', async () => {
+    for (const args of [[], ['launch'], ['status', '--admin-socket'], ['status', '--listen', 'x']]) {
+      const r = await cli(...args);
+      assert.equal(r.code, 2, args.join(' '));
+      assert.match(r.stderr, /Usage: ironsocket/);
+    }
+  });
+
+  it('prints help on stdout and the package version', async () => {
+    const help = await cli('--help');
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /Usage: ironsocket <command>/);
+    const v = await cli('--version');
+    assert.equal(v.code, 0);
+    assert.match(v.stdout, /^ironsocket \d+\.\d+\.\d+/);
+  });
+
+  it('status prints the readable table from the admin socket', async () => {
+    const r = await withFakeProxy((socket) => cli('status', '--admin-socket', socket));
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^ironsocket 0\.1\.0 {2}pid 777 {2}up 1m3\ds/);
+    assert.match(r.stdout, /kTLS: available, policy auto/);
+    assert.match(r.stdout, /ID\s+CLIENT\s+BACKEND\s+VERSION\s+CIPHER\s+MODE\s+IN\s+OUT\s+AGE/);
+    assert.match(r.stdout, /k1\s+127\.0\.0\.1:51000\s+127\.0\.0\.1:8080\s+TLSv1\.3\s+TLS_AES_256_GCM_SHA384\s+kernel\s+4\.0 KiB\s+10 B\s+1m01s/);
+  });
+
+  it('status --json prints the snapshot as parseable JSON', async () => {
+    const r = await withFakeProxy((socket) => cli('status', '--json', '--admin-socket', socket));
+    assert.equal(r.code, 0, r.stderr);
+    const parsed = JSON.parse(r.stdout) as StatusSnapshot;
+    assert.deepEqual(parsed, SNAPSHOT);
+    for (const field of ['pid', 'version', 'startedAt', 'ktls', 'listeners', 'connections', 'counters']) assert.ok(field in parsed, field);
+  });
+
+  it('status explains when no proxy is running', async () => {
+    const socket = join(dir, 'nothing', 'admin.sock');
+    const r = await cli('status', '--admin-socket', socket);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`is ironsocket running\\? admin socket: ${socket.replace(/[.]/g, '\\.')}`));
+  });
+
+  it('check prints "config OK" for a valid config with a matching cert and key', async () => {
+    const pair = await ensureDefaultCertificate({ IRONSOCKET_STATE_DIR: join(dir, 'pair') });
+    const file = join(dir, 'good.toml');
+    await writeFile(file, `listen = "[::1]:9443"\ncert = ${JSON.stringify(pair.certFile)}\nkey = ${JSON.stringify(pair.keyFile)}\n`);
+    const r = await cli('check', '--config', file);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'config OK\n');
+  });
+
+  it('check lists every problem and exits 1', async () => {
+    const file = join(dir, 'bad.toml');
+    await writeFile(file, 'listen = "foo"\n[limits]\nmax_conns = 5\n');
+    const r = await cli('check', '--config', file);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /listen: expected "HOST:PORT", got "foo"/);
+    assert.match(r.stderr, /limits\.max_conns: unknown key/);
+  });
+
+  it('check reports a cert file that does not exist', async () => {
+    const file = join(dir, 'nocert.toml');
+    await writeFile(file, 'cert = "missing.pem"\nkey = "missing-key.pem"\n');
+    const r = await cli('check', '--config', file);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /cert: cannot read ".*missing\.pem": no such file/);
+  });
+
+  it('run exits 1 with a precise message and no stack trace on a bad flag value', async () => {
+    const r = await cli('run', '--listen', 'nowhere');
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /--listen: expected "HOST:PORT", got "nowhere"/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
+  });
+});

@@ -1,0 +1,109 @@
+// Renders a StatusSnapshot from the admin socket as the human-readable `ironsocket status` report.
+import * as z from 'zod';
+
+const Connection = z.object({
+  id: z.string(),
+  client: z.string(),
+  backend: z.string(),
+  version: z.string(),
+  cipher: z.string(),
+  mode: z.string(),
+  bytesIn: z.number(),
+  bytesOut: z.number(),
+  ageMs: z.number(),
+});
+
+/** What `status` needs from the snapshot (a StatusSnapshot fits it; --json prints the raw answer instead). */
+export const StatusSnapshotSchema = z.object({
+  pid: z.number(),
+  version: z.string(),
+  startedAt: z.string(),
+  ktls: z.object({
+    available: z.boolean(),
+    reason: z.string().optional(),
+    ciphers: z.object({ 'TLSv1.2': z.array(z.string()), 'TLSv1.3': z.array(z.string()) }),
+    rekey: z.boolean(),
+    policy: z.string(),
+  }),
+  listeners: z.array(z.object({ address: z.string(), backend: z.string() })),
+  connections: z.array(Connection),
+  counters: z.record(z.string(), z.number()),
+});
+
+export type StatusView = z.output<typeof StatusSnapshotSchema>;
+
+/** 512 B, 1.5 KiB, 12 MiB. */
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  if (i === 0) return `${n} B`;
+  return `${v < 10 ? v.toFixed(1) : Math.round(v)} ${units[i]}`;
+}
+
+/** 850ms, 42s, 3m12s, 2h05m, 3d04h. */
+export function formatDuration(ms: number): string {
+  if (!Number.isFinite(ms) || ms < 0) return '-';
+  if (ms < 1000) return `${Math.round(ms)}ms`;
+  const s = Math.floor(ms / 1000);
+  const pad = (x: number) => String(x).padStart(2, '0');
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${pad(s % 60)}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h${pad(Math.floor(s / 60) % 60)}m`;
+  return `${Math.floor(s / 86400)}d${pad(Math.floor(s / 3600) % 24)}h`;
+}
+
+/** Lays out rows in aligned columns; columns listed in `right` are right-aligned. */
+export function table(header: string[], rows: string[][], right: Set<number> = new Set()): string[] {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (right.has(i) ? c.padStart(widths[i]) : c.padEnd(widths[i])))
+      .join('  ')
+      .trimEnd();
+  return [line(header), ...rows.map(line)];
+}
+
+/** The full human-readable report: header, kTLS, listeners, connections table, counters. */
+export function formatStatus(s: StatusView, now: number = Date.now()): string {
+  const out: string[] = [];
+  const started = Date.parse(s.startedAt);
+  out.push(`ironsocket ${s.version}  pid ${s.pid}  up ${formatDuration(now - started)}  (since ${s.startedAt})`);
+
+  const k = s.ktls;
+  if (k.available) {
+    out.push(`kTLS: available, policy ${k.policy}, rekey (TLS 1.3 KeyUpdate) ${k.rekey ? 'supported' : 'not supported'}`);
+    for (const v of ['TLSv1.3', 'TLSv1.2'] as const) {
+      out.push(`  ${v}: ${k.ciphers[v].length > 0 ? k.ciphers[v].join(' ') : 'no ciphers'}`);
+    }
+  } else {
+    out.push(`kTLS: unavailable${k.reason ? ` (${k.reason})` : ''}, policy ${k.policy}; connections use userspace TLS`);
+  }
+
+  out.push('', 'Listeners:');
+  if (s.listeners.length === 0) out.push('  none');
+  for (const l of s.listeners) out.push(`  ${l.address} -> ${l.backend}`);
+
+  out.push('');
+  if (s.connections.length === 0) {
+    out.push('Connections: none');
+  } else {
+    const kernel = s.connections.filter((c) => c.mode === 'kernel').length;
+    out.push(`Connections: ${s.connections.length} (${kernel} in kernel TLS, ${s.connections.length - kernel} in userspace)`);
+    const rows = s.connections.map((c) => [
+      c.id, c.client, c.backend, c.version, c.cipher, c.mode, formatBytes(c.bytesIn), formatBytes(c.bytesOut), formatDuration(c.ageMs),
+    ]);
+    out.push(...table(['ID', 'CLIENT', 'BACKEND', 'VERSION', 'CIPHER', 'MODE', 'IN', 'OUT', 'AGE'], rows, new Set([6, 7, 8])));
+  }
+
+  const counters = Object.entries(s.counters);
+  if (counters.length > 0) {
+    out.push('', 'Counters:');
+    out.push(...table(['NAME', 'VALUE'], counters.map(([name, value]) => [name, String(value)]), new Set([1])).map((l) => `  ${l}`));
+  }
+  return out.join('\n') + '\n';
+}

@@ -1,0 +1,175 @@
+// Checks how defaults, the config file and flags combine into a ProxyConfig, and the cert/key check.
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ensureDefaultCertificate } from './default-cert.js';
+import { checkCertificateFiles, defaultAdminSocketPath, loadConfig, resolveConfig } from './load.js';
+import { ConfigError } from './schema.js';
+
+let dir: string;
+let env: NodeJS.ProcessEnv;
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'ironsocket-load-'));
+  env = { IRONSOCKET_STATE_DIR: join(dir, 'state'), XDG_RUNTIME_DIR: join(dir, 'run') };
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+async function writeConfig(name: string, text: string): Promise<string> {
+  const file = join(dir, name);
+  await writeFile(file, text);
+  return file;
+}
+
+async function configProblems(p: Promise<unknown>): Promise<string[]> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  assert.fail('expected a ConfigError');
+}
+
+describe('loadConfig', () => {
+  it('uses the documented defaults and the generated certificate when nothing is given', async () => {
+    const c = await loadConfig({ flags: {}, env });
+    assert.deepEqual(c.listen, { host: '127.0.0.1', port: 8443 });
+    assert.deepEqual(c.backend, { host: '127.0.0.1', port: 8080 });
+    assert.equal(c.ktls, 'auto');
+    assert.equal(c.adminSocket, join(dir, 'run', 'ironsocket', 'admin.sock'));
+    assert.equal(c.handshakeTimeoutMs, 10_000);
+    assert.equal(c.backendConnectTimeoutMs, 5_000);
+    assert.equal(c.idleTimeoutMs, 0);
+    assert.equal(c.maxConnections, 10_000);
+    assert.equal(c.logLevel, 'info');
+    assert.equal(c.certFile, join(dir, 'state', 'localhost', 'cert.pem'));
+    assert.equal(c.keyFile, join(dir, 'state', 'localhost', 'key.pem'));
+  });
+
+  it('reads every key of the file and resolves paths against the file directory', async () => {
+    const file = await writeConfig(
+      'full.toml',
+      `listen = "[::1]:9443"
+backend = "backend.internal:9000"
+cert = "certs/c.pem"
+key = "/abs/k.pem"
+ktls = "require"
+admin_socket = "run/a.sock"
+[timeouts]
+handshake = "500ms"
+backend_connect = "2s"
+idle = "5m"
+[limits]
+max_connections = 42
+[log]
+level = "debug"
+`,
+    );
+    const c = await loadConfig({ file, flags: {}, env });
+    assert.deepEqual(c, {
+      listen: { host: '::1', port: 9443 },
+      backend: { host: 'backend.internal', port: 9000 },
+      certFile: join(dir, 'certs', 'c.pem'),
+      keyFile: '/abs/k.pem',
+      ktls: 'require',
+      adminSocket: join(dir, 'run', 'a.sock'),
+      handshakeTimeoutMs: 500,
+      backendConnectTimeoutMs: 2000,
+      idleTimeoutMs: 300_000,
+      maxConnections: 42,
+      logLevel: 'debug',
+    });
+  });
+
+  it('lets flags override file values, which override defaults', async () => {
+    const file = await writeConfig('partial.toml', 'listen = "0.0.0.0:443"\nbackend = "10.0.0.2:80"\nktls = "off"\n');
+    const c = await loadConfig({ file, flags: { listen: '[::]:8443', logLevel: 'warn' }, env });
+    assert.deepEqual(c.listen, { host: '::', port: 8443 });
+    assert.deepEqual(c.backend, { host: '10.0.0.2', port: 80 });
+    assert.equal(c.ktls, 'off');
+    assert.equal(c.logLevel, 'warn');
+  });
+
+  it('resolves flag paths against the working directory', async () => {
+    const r = await resolveConfig({ flags: { cert: 'c.pem', key: 'k.pem', adminSocket: 's.sock' }, env });
+    assert.equal(r.config.certFile, join(process.cwd(), 'c.pem'));
+    assert.equal(r.config.adminSocket, join(process.cwd(), 's.sock'));
+    assert.equal(r.certSource, 'configured');
+  });
+
+  it('names the flag in flag errors and the file in file errors', async () => {
+    const file = await writeConfig('bad.toml', 'listen = "foo"\n');
+    const p = await configProblems(loadConfig({ file, flags: { backend: 'nope', ktls: 'sometimes' }, env }));
+    assert.deepEqual(p, [
+      `${file}: listen: expected "HOST:PORT", got "foo"`,
+      '--backend: expected "HOST:PORT", got "nope"',
+      '--ktls: expected one of "auto", "require", "off", got "sometimes"',
+    ]);
+  });
+
+  it('rejects unknown keys', async () => {
+    const file = await writeConfig('unknown.toml', 'listen = "127.0.0.1:1"\n[timeouts]\nread = "1s"\n');
+    const p = await configProblems(loadConfig({ file, flags: {}, env }));
+    assert.deepEqual(p, [`${file}: timeouts.read: unknown key (allowed here: handshake, backend_connect, idle)`]);
+  });
+
+  it('reports TOML syntax errors with line and column', async () => {
+    const file = await writeConfig('syntax.toml', 'listen = "127.0.0.1:1"\nbackend = \n');
+    const [p] = await configProblems(loadConfig({ file, flags: {}, env }));
+    assert.match(p, new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:2:\\d+: invalid TOML: `));
+  });
+
+  it('says so when the config file does not exist', async () => {
+    const file = join(dir, 'missing.toml');
+    assert.deepEqual(await configProblems(loadConfig({ file, flags: {}, env })), [`${file}: cannot read config file: no such file`]);
+  });
+
+  it('requires cert and key together', async () => {
+    const [p] = await configProblems(loadConfig({ flags: { cert: 'c.pem' }, env }));
+    assert.match(p, /^cert was given without key/);
+  });
+
+  it('rejects admin socket paths too long for a Unix socket', async () => {
+    const [p] = await configProblems(loadConfig({ flags: { adminSocket: '/' + 'x'.repeat(120) }, env }));
+    assert.match(p, /^--admin-socket: expected a Unix socket path of at most 107 bytes/);
+  });
+
+  it('does not generate the default certificate when asked not to', async () => {
+    const e = { ...env, IRONSOCKET_STATE_DIR: join(dir, 'never') };
+    const r = await resolveConfig({ flags: {}, env: e, generateDefaultCert: false });
+    assert.equal(r.certSource, 'default-not-generated');
+    assert.equal(r.config.certFile, join(dir, 'never', 'localhost', 'cert.pem'));
+  });
+});
+
+describe('defaultAdminSocketPath', () => {
+  it('prefers $XDG_RUNTIME_DIR', () => {
+    assert.equal(defaultAdminSocketPath({ XDG_RUNTIME_DIR: '/run/user/1000' }), '/run/user/1000/ironsocket/admin.sock');
+  });
+
+  it('falls back to /run as root and to a per-uid temp dir otherwise', () => {
+    const expected = process.getuid?.() === 0 ? '/run/ironsocket/admin.sock' : join(tmpdir(), `ironsocket-${process.getuid?.()}`, 'admin.sock');
+    assert.equal(defaultAdminSocketPath({}), expected);
+  });
+});
+
+describe('checkCertificateFiles', () => {
+  it('accepts a matching pair and reports a mismatched or missing one', async () => {
+    const a = await ensureDefaultCertificate({ IRONSOCKET_STATE_DIR: join(dir, 'pair-a') });
+    const b = await ensureDefaultCertificate({ IRONSOCKET_STATE_DIR: join(dir, 'pair-b') });
+    assert.deepEqual(await checkCertificateFiles(a.certFile, a.keyFile), []);
+    const [mismatch] = await checkCertificateFiles(a.certFile, b.keyFile);
+    assert.match(mismatch, /do not match/);
+    const [missing] = await checkCertificateFiles(join(dir, 'nope.pem'), a.keyFile);
+    assert.match(missing, /^cert: cannot read ".*nope\.pem": no such file$/);
+  });
+
+  it('reports an expired certificate', async () => {
+    const a = await ensureDefaultCertificate({ IRONSOCKET_STATE_DIR: join(dir, 'pair-a') });
+    const [p] = await checkCertificateFiles(a.certFile, a.keyFile, Date.now() + 400 * 86_400_000);
+    assert.match(p, /expired on/);
+  });
+});

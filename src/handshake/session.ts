@@ -1,0 +1,267 @@
+// Runs one server handshake with node:tls over a record-exact raw fd and leaves behind keys + exact sequence numbers.
+import { Duplex } from 'node:stream';
+import tls from 'node:tls';
+import { RecordProtection, RecordError } from '../record/aead.js';
+import { deriveDirectionKeys, type SessionSecrets, type TrafficKeys } from '../record/keys.js';
+import { suiteByName, type CipherSuite } from '../record/suites.js';
+import type { Poller } from '../kernel/poller.js';
+import { KeylogCollector } from './keylog.js';
+import { parseHello } from './hello.js';
+import { RawRecordSocket, RawSocketError, RECORD_HEADER } from './raw-socket.js';
+
+const CCS = 20;
+const APPDATA = 23;
+
+/** Everything the next stage needs to carry the session on without OpenSSL. */
+export interface EstablishedSession {
+  fd: number;
+  version: 'TLSv1.2' | 'TLSv1.3';
+  suite: CipherSuite;
+  servername?: string;
+  alpn?: string;
+  /** Keys for what we send, and the sequence number of our next record. */
+  tx: TrafficKeys & { seq: bigint };
+  /** Keys for what the client sends, and the sequence number of its next record. */
+  rx: TrafficKeys & { seq: bigint };
+  /** TLS 1.3 traffic secrets, kept only when the caller asked (KeyUpdate needs them). */
+  secrets?: { client: Buffer; server: Buffer };
+  /** Zero every key and secret held here. */
+  wipe(): void;
+}
+
+export class HandshakeError extends Error {
+  constructor(
+    message: string,
+    readonly reason: 'timeout' | 'client-closed' | 'io' | 'malformed' | 'tls' | 'unsupported-suite' | 'internal',
+  ) {
+    super(message);
+  }
+}
+
+export interface HandshakeOptions {
+  poller: Poller;
+  secureContext: tls.SecureContext;
+  timeoutMs: number;
+  keepTrafficSecrets?: boolean;
+  ALPNProtocols?: string[];
+}
+
+/** One record seen on the wire during the handshake (server output is kept whole for sequence accounting). */
+interface Seen {
+  type: number;
+  bytes: Buffer;
+}
+
+/**
+ * Performs the handshake on `fd` (non-blocking, not known to libuv). Resolves when the handshake is
+ * complete and every byte OpenSSL produced is in the kernel; the fd is then ours again, positioned
+ * exactly after the client's Finished. On failure the fd is NOT closed (the caller owns it), but any
+ * alert OpenSSL produced has been flushed when possible.
+ */
+export function handshake(fd: number, opts: HandshakeOptions): Promise<EstablishedSession> {
+  return new Promise((resolve, reject) => {
+    const keylog = new KeylogCollector();
+    const output: Seen[] = [];
+    let outPartial: Buffer = Buffer.alloc(0);
+    const inbound: number[] = []; // record types fed to OpenSSL
+    let clientHelloSeen = false;
+    let finished = false;
+    let sealed = false;
+    let secure = false;
+    let readRequested = false;
+    let feeding = false;
+
+    const raw = new RawRecordSocket(fd, opts.poller, (e: RawSocketError) => {
+      if (e.kind === 'malformed' && e.alert !== undefined && !clientHelloSeen) {
+        // Nothing encrypted yet: a plaintext fatal alert is the right answer.
+        raw.write(Buffer.from([21, 3, 1, 0, 2, 2, e.alert]), () => fail(new HandshakeError(e.message, 'malformed')));
+        setTimeout(() => fail(new HandshakeError(e.message, 'malformed')), 200).unref();
+        return;
+      }
+      fail(new HandshakeError(e.message, e.kind === 'eof' ? 'client-closed' : e.kind === 'io' ? 'io' : 'malformed'));
+    });
+
+    const transport = new Duplex({
+      read() {
+        readRequested = true;
+        feed();
+      },
+      write(chunk: Buffer, _enc, cb) {
+        if (sealed) {
+          // OpenSSL must not speak after the handoff: anything here would desynchronise sequence numbers.
+          fail(new HandshakeError(`OpenSSL wrote ${chunk.length} bytes after the handshake was sealed`, 'internal'));
+          return cb();
+        }
+        trackOutput(chunk);
+        raw.write(Buffer.from(chunk), () => cb());
+      },
+    });
+
+    const socket = new tls.TLSSocket(transport as unknown as import('node:net').Socket, {
+      isServer: true,
+      secureContext: opts.secureContext,
+      ALPNProtocols: opts.ALPNProtocols,
+    });
+    socket.on('keylog', (line: Buffer) => keylog.add(line));
+    socket.on('secure', () => {
+      secure = true;
+    });
+    socket.on('data', () => fail(new HandshakeError('OpenSSL decrypted application data: a record past Finished was fed', 'internal')));
+    socket.on('error', (e: Error) => {
+      // OpenSSL queued its alert in the output already; flush it, then fail.
+      const err = new HandshakeError(`TLS handshake failed: ${e.message}`, 'tls');
+      if (raw.pendingOutput > 0) raw.write(Buffer.alloc(0), () => fail(err));
+      else fail(err);
+    });
+    const timer = setTimeout(() => fail(new HandshakeError(`handshake not finished after ${opts.timeoutMs} ms`, 'timeout')), opts.timeoutMs);
+
+    function trackOutput(chunk: Buffer): void {
+      let buf = outPartial.length ? Buffer.concat([outPartial, chunk]) : chunk;
+      while (buf.length >= RECORD_HEADER) {
+        const n = RECORD_HEADER + buf.readUInt16BE(3);
+        if (buf.length < n) break;
+        output.push({ type: buf[0]!, bytes: Buffer.from(buf.subarray(0, n)) });
+        buf = buf.subarray(n);
+      }
+      outPartial = Buffer.from(buf);
+    }
+
+    /** Feeds OpenSSL one record, only when it asked for data and the handshake is not yet complete. */
+    function feed(): void {
+      if (finished || sealed || feeding || !readRequested) return;
+      if (handshakeDone()) return complete();
+      feeding = true;
+      raw.readRecord((record) => {
+        feeding = false;
+        if (finished) return;
+        if (!clientHelloSeen) clientHelloSeen = true;
+        inbound.push(record[0]!);
+        readRequested = false;
+        transport.push(record); // OpenSSL processes it synchronously when it is reading
+        if (handshakeDone()) complete();
+      });
+    }
+
+    /** TLS 1.3's client application secret is logged while OpenSSL processes the client Finished. */
+    function handshakeDone(): boolean {
+      return secure || keylog.clientTrafficSecret0 !== undefined;
+    }
+
+    function fail(e: HandshakeError): void {
+      if (finished) return;
+      finished = true;
+      sealed = true;
+      clearTimeout(timer);
+      raw.detach();
+      keylog.wipe();
+      socket.destroy();
+      reject(e);
+    }
+
+    function complete(): void {
+      if (finished || sealed) return;
+      sealed = true;
+      // Let OpenSSL finish writing what this flight produced (tickets), then require it all in the kernel.
+      setImmediate(() => {
+        if (finished) return;
+        if (outPartial.length) return fail(new HandshakeError('OpenSSL left a partial record unwritten', 'internal'));
+        raw.write(Buffer.alloc(0), () => {
+          if (finished) return;
+          try {
+            const session = settle();
+            finished = true;
+            clearTimeout(timer);
+            raw.detach();
+            socket.destroy();
+            resolve(session);
+          } catch (e) {
+            fail(e instanceof HandshakeError ? e : new HandshakeError((e as Error).message, 'internal'));
+          }
+        });
+      });
+    }
+
+    function settle(): EstablishedSession {
+      const version = socket.getProtocol();
+      const cipher = socket.getCipher();
+      if (version !== 'TLSv1.2' && version !== 'TLSv1.3') throw new HandshakeError(`negotiated ${version}, which cannot be carried`, 'unsupported-suite');
+      const suite = suiteByName(cipher.name, version);
+      if (!suite) throw new HandshakeError(`negotiated ${cipher.name}, which cannot be carried`, 'unsupported-suite');
+      let secrets: SessionSecrets;
+      if (version === 'TLSv1.3') {
+        const c = keylog.clientTrafficSecret0;
+        const s = keylog.serverTrafficSecret0;
+        if (!c || !s) throw new HandshakeError('TLS 1.3 traffic secrets were not logged', 'internal');
+        secrets = { version, clientTrafficSecret: c, serverTrafficSecret: s };
+      } else {
+        const hello = output.find((r) => r.type === 22);
+        if (!keylog.masterSecret || !keylog.clientRandom || !hello) throw new HandshakeError('TLS 1.2 master secret or hellos missing', 'internal');
+        secrets = { version, masterSecret: keylog.masterSecret, clientRandom: keylog.clientRandom, serverRandom: parseHello(hello.bytes).random };
+      }
+      const keys = deriveDirectionKeys(suite, secrets);
+      const txSeq = version === 'TLSv1.2' ? afterLast(output.map((r) => r.type), CCS) : countAppKeyRecords(suite, keys.tx, output);
+      // TLS 1.2: the client's Finished is its first protected record; TLS 1.3: we stopped right at its Finished.
+      const rxSeq = version === 'TLSv1.2' ? afterLast(inbound, CCS) : 0;
+      if (version === 'TLSv1.2' && rxSeq !== 1) throw new HandshakeError(`unexpected ${rxSeq} client records after ChangeCipherSpec`, 'internal');
+      let kept: EstablishedSession['secrets'];
+      if (version === 'TLSv1.3' && opts.keepTrafficSecrets) {
+        kept = { client: Buffer.from(keylog.clientTrafficSecret0!), server: Buffer.from(keylog.serverTrafficSecret0!) };
+      }
+      keylog.wipe();
+      for (const r of output) r.bytes.fill(0);
+      const session: EstablishedSession = {
+        fd,
+        version,
+        suite,
+        servername: typeof socket.servername === 'string' ? socket.servername : undefined,
+        alpn: typeof socket.alpnProtocol === 'string' ? socket.alpnProtocol : undefined,
+        tx: { ...keys.tx, seq: BigInt(txSeq) },
+        rx: { ...keys.rx, seq: BigInt(rxSeq) },
+        secrets: kept,
+        wipe() {
+          for (const b of [session.tx.key, session.tx.iv, session.rx.key, session.rx.iv]) b.fill(0);
+          if (session.secrets) {
+            session.secrets.client.fill(0);
+            session.secrets.server.fill(0);
+          }
+        },
+      };
+      return session;
+    }
+  });
+}
+
+/** Records after the last occurrence of `type` (e.g. protected records after ChangeCipherSpec). */
+function afterLast(types: number[], type: number): number {
+  const i = types.lastIndexOf(type);
+  if (i < 0) throw new HandshakeError('no ChangeCipherSpec seen in a TLS 1.2 handshake', 'internal');
+  return types.length - i - 1;
+}
+
+/**
+ * TLS 1.3: the records we sent under the application key form a suffix of our output. Find it by
+ * authenticating each candidate with that key — counting, never assuming (OpenSSL sends tickets).
+ */
+function countAppKeyRecords(suite: CipherSuite, tx: TrafficKeys, output: Seen[]): number {
+  for (let start = 0; start < output.length; start++) {
+    if (output[start]!.type !== APPDATA) continue;
+    const prot = new RecordProtection(suite, tx.key, tx.iv, 0n);
+    try {
+      let ok = true;
+      for (let i = start; i < output.length && ok; i++) {
+        const r = output[i]!;
+        try {
+          const opened = prot.open(r.bytes.subarray(0, RECORD_HEADER), r.bytes.subarray(RECORD_HEADER));
+          opened.plaintext.fill(0);
+        } catch (e) {
+          if (!(e instanceof RecordError)) throw e;
+          ok = false;
+        }
+      }
+      if (ok) return output.length - start;
+    } finally {
+      prot.wipe();
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,159 @@
+// The libc system calls Iron Socket needs that Node does not expose (kTLS options, cmsg, epoll), via koffi.
+import koffi from 'koffi';
+
+const libc = koffi.load('libc.so.6');
+
+export const E = koffi.os.errno as Record<string, number>;
+export const EAGAIN = E.EAGAIN!;
+export const EINTR = E.EINTR!;
+export const EINPROGRESS = E.EINPROGRESS!;
+
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOL_SOCKET = 1;
+export const SO_REUSEADDR = 2;
+export const SO_ERROR = 4;
+export const SO_TYPE = 3;
+export const SO_DOMAIN = 39;
+export const IPPROTO_TCP = 6;
+export const TCP_NODELAY = 1;
+export const SHUT_RD = 0;
+export const SHUT_WR = 1;
+export const SHUT_RDWR = 2;
+export const MSG_DONTWAIT = 0x40;
+export const MSG_NOSIGNAL = 0x4000;
+export const MSG_MORE = 0x8000;
+export const F_GETFD = 1;
+export const F_SETFD = 2;
+export const F_GETFL = 3;
+export const F_SETFL = 4;
+export const F_DUPFD_CLOEXEC = 1030;
+export const FD_CLOEXEC = 1;
+export const O_NONBLOCK = 0o4000;
+export const EFD_NONBLOCK = 0o4000;
+export const EFD_CLOEXEC = 0o2000000;
+
+const fn = {
+  socket: libc.func('int socket(int, int, int)'),
+  bind: libc.func('int bind(int, const void *, uint32_t)'),
+  listen: libc.func('int listen(int, int)'),
+  accept4: libc.func('int accept4(int, void *, _Inout_ uint32_t *, int)'),
+  connect: libc.func('int connect(int, const void *, uint32_t)'),
+  setsockopt: libc.func('int setsockopt(int, int, int, const void *, uint32_t)'),
+  getsockopt: libc.func('int getsockopt(int, int, int, void *, _Inout_ uint32_t *)'),
+  getsockname: libc.func('int getsockname(int, void *, _Inout_ uint32_t *)'),
+  getpeername: libc.func('int getpeername(int, void *, _Inout_ uint32_t *)'),
+  close: libc.func('int close(int)'),
+  shutdown: libc.func('int shutdown(int, int)'),
+  fcntl: libc.func('int fcntl(int, int, ...)'),
+  recv: libc.func('intptr_t recv(int, void *, size_t, int)'),
+  send: libc.func('intptr_t send(int, const void *, size_t, int)'),
+  recvmsg: libc.func('intptr_t recvmsg(int, void *, int)'),
+  sendmsg: libc.func('intptr_t sendmsg(int, const void *, int)'),
+  read: libc.func('intptr_t read(int, void *, size_t)'),
+  write: libc.func('intptr_t write(int, const void *, size_t)'),
+  epoll_create1: libc.func('int epoll_create1(int)'),
+  epoll_ctl: libc.func('int epoll_ctl(int, int, int, void *)'),
+  epoll_wait: libc.func('int epoll_wait(int, void *, int, int)'),
+  eventfd: libc.func('int eventfd(unsigned int, int)'),
+};
+
+/** A failed system call, carrying errno and its symbolic name. */
+export class SysError extends Error {
+  readonly errno: number;
+  readonly code: string;
+  constructor(call: string, errno: number) {
+    const code = errnoName(errno);
+    super(`${call}: ${code} (errno ${errno})`);
+    this.errno = errno;
+    this.code = code;
+  }
+}
+
+const names = new Map<number, string>();
+for (const [k, v] of Object.entries(E)) if (!names.has(v)) names.set(v, k);
+export function errnoName(n: number): string {
+  return names.get(n) ?? `E#${n}`;
+}
+
+export function errno(): number {
+  return koffi.errno();
+}
+
+function check(call: string, r: number): number {
+  if (r < 0) throw new SysError(call, koffi.errno());
+  return r;
+}
+
+/** Result of a non-blocking call: a count, or the negative errno (no exception on the hot path). */
+function ret(r: number): number {
+  return r < 0 ? -koffi.errno() : r;
+}
+
+export const sys = {
+  socket: (domain: number, type: number, proto = 0) => check('socket', fn.socket(domain, type, proto)),
+  bind: (fd: number, addr: Buffer) => check('bind', fn.bind(fd, addr, addr.length)),
+  listen: (fd: number, backlog: number) => check('listen', fn.listen(fd, backlog)),
+  /** Returns the new fd, or -errno. */
+  accept4: (fd: number, flags: number) => ret(fn.accept4(fd, null, [0], flags)),
+  /** Returns 0, or -errno (EINPROGRESS for a non-blocking connect). */
+  connect: (fd: number, addr: Buffer) => ret(fn.connect(fd, addr, addr.length)),
+  setsockopt: (fd: number, level: number, name: number, value: Buffer) => ret(fn.setsockopt(fd, level, name, value, value.length)),
+  setsockoptInt: (fd: number, level: number, name: number, value: number) => {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(value);
+    return ret(fn.setsockopt(fd, level, name, b, 4));
+  },
+  getsockoptInt: (fd: number, level: number, name: number): number => {
+    const b = Buffer.alloc(4);
+    check('getsockopt', fn.getsockopt(fd, level, name, b, [4]));
+    return b.readInt32LE(0);
+  },
+  getsockname: (fd: number): Buffer => {
+    const b = Buffer.alloc(128);
+    const len = [128];
+    check('getsockname', fn.getsockname(fd, b, len));
+    return b.subarray(0, len[0]);
+  },
+  /** Returns the peer address, or undefined when not connected. */
+  getpeername: (fd: number): Buffer | undefined => {
+    const b = Buffer.alloc(128);
+    const len = [128];
+    if (fn.getpeername(fd, b, len) < 0) return undefined;
+    return b.subarray(0, len[0]);
+  },
+  close: (fd: number) => ret(fn.close(fd)),
+  shutdown: (fd: number, how: number) => ret(fn.shutdown(fd, how)),
+  recv: (fd: number, buf: Buffer, len: number, flags = 0) => ret(fn.recv(fd, buf, len, flags)),
+  send: (fd: number, buf: Buffer, len: number, flags = MSG_NOSIGNAL) => ret(fn.send(fd, buf, len, flags)),
+  recvmsg: (fd: number, msghdr: Buffer, flags = 0) => ret(fn.recvmsg(fd, msghdr, flags)),
+  sendmsg: (fd: number, msghdr: Buffer, flags = MSG_NOSIGNAL) => ret(fn.sendmsg(fd, msghdr, flags)),
+  read: (fd: number, buf: Buffer, len: number) => ret(fn.read(fd, buf, len)),
+  write: (fd: number, buf: Buffer, len: number) => ret(fn.write(fd, buf, len)),
+  getfd: (fd: number) => check('fcntl', fn.fcntl(fd, F_GETFD, 'int', 0)),
+  setCloexec: (fd: number, on: boolean) => {
+    const cur = check('fcntl', fn.fcntl(fd, F_GETFD, 'int', 0));
+    check('fcntl', fn.fcntl(fd, F_SETFD, 'int', on ? cur | FD_CLOEXEC : cur & ~FD_CLOEXEC));
+  },
+  setNonBlocking: (fd: number) => {
+    const cur = check('fcntl', fn.fcntl(fd, F_GETFL, 'int', 0));
+    check('fcntl', fn.fcntl(fd, F_SETFL, 'int', cur | O_NONBLOCK));
+  },
+  /** Duplicates fd with FD_CLOEXEC set. */
+  dup: (fd: number) => check('fcntl(F_DUPFD_CLOEXEC)', fn.fcntl(fd, F_DUPFD_CLOEXEC, 'int', 3)),
+  epollCreate: () => check('epoll_create1', fn.epoll_create1(0o2000000)),
+  epollCtl: (ep: number, op: number, fd: number, ev: Buffer | null) => check('epoll_ctl', fn.epoll_ctl(ep, op, fd, ev)),
+  epollWait: (ep: number, events: Buffer, max: number, timeoutMs: number) => ret(fn.epoll_wait(ep, events, max, timeoutMs)),
+  epollWaitAsync: (ep: number, events: Buffer, max: number, timeoutMs: number, cb: (r: number) => void) => {
+    fn.epoll_wait.async(ep, events, max, timeoutMs, (err: unknown, r: number) => cb(err ? -EINTR : r));
+  },
+  eventfd: (flags: number) => check('eventfd', fn.eventfd(0, flags)),
+};
+
+/** Address of a Buffer's memory; Buffers from allocUnsafeSlow/alloc never move. */
+export function addressOf(b: Buffer): bigint {
+  return koffi.address(b) as bigint;
+}

@@ -1,0 +1,106 @@
+// Readiness for raw fds on the main thread: one epoll whose wait runs off-thread, so libuv never reads our sockets.
+import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from './libc.js';
+
+export const EPOLLIN = 0x001;
+export const EPOLLOUT = 0x004;
+export const EPOLLERR = 0x008;
+export const EPOLLHUP = 0x010;
+export const EPOLLRDHUP = 0x2000;
+const EPOLL_CTL_ADD = 1;
+const EPOLL_CTL_DEL = 2;
+const EPOLL_CTL_MOD = 3;
+/** struct epoll_event is packed on x86-64 (12 bytes) and naturally aligned elsewhere (16). */
+export const EPOLL_EVENT_SIZE = process.arch === 'x64' ? 12 : 16;
+const DATA_OFFSET = process.arch === 'x64' ? 4 : 8;
+
+export function encodeEvent(buf: Buffer, events: number, fd: number): Buffer {
+  buf.fill(0);
+  buf.writeUInt32LE(events >>> 0, 0);
+  buf.writeUInt32LE(fd, DATA_OFFSET);
+  return buf;
+}
+
+export function decodeEvent(buf: Buffer, i: number): { events: number; fd: number } {
+  const o = i * EPOLL_EVENT_SIZE;
+  return { events: buf.readUInt32LE(o), fd: buf.readUInt32LE(o + DATA_OFFSET) };
+}
+
+export type ReadyHandler = (events: number) => void;
+
+const MAX_EVENTS = 256;
+
+export class Poller {
+  private readonly ep = sys.epollCreate();
+  private readonly wake = sys.eventfd(EFD_NONBLOCK | EFD_CLOEXEC);
+  private readonly handlers = new Map<number, ReadyHandler>();
+  private readonly events = Buffer.allocUnsafeSlow(MAX_EVENTS * EPOLL_EVENT_SIZE);
+  private readonly ev = Buffer.alloc(EPOLL_EVENT_SIZE);
+  private waiting = false;
+  private closed = false;
+
+  constructor() {
+    sys.epollCtl(this.ep, EPOLL_CTL_ADD, this.wake, encodeEvent(this.ev, EPOLLIN, this.wake));
+  }
+
+  add(fd: number, events: number, handler: ReadyHandler): void {
+    this.handlers.set(fd, handler);
+    sys.epollCtl(this.ep, EPOLL_CTL_ADD, fd, encodeEvent(this.ev, events, fd));
+    this.arm();
+  }
+
+  modify(fd: number, events: number): void {
+    sys.epollCtl(this.ep, EPOLL_CTL_MOD, fd, encodeEvent(this.ev, events, fd));
+  }
+
+  remove(fd: number): void {
+    if (!this.handlers.delete(fd)) return;
+    try {
+      sys.epollCtl(this.ep, EPOLL_CTL_DEL, fd, encodeEvent(this.ev, 0, fd));
+    } catch {
+      // already closed: the kernel dropped it from the set
+    }
+  }
+
+  get size(): number {
+    return this.handlers.size;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.handlers.clear();
+    const one = Buffer.alloc(8);
+    one.writeBigUInt64LE(1n);
+    sys.write(this.wake, one, 8);
+    if (!this.waiting) this.release();
+  }
+
+  private release(): void {
+    sys.close(this.wake);
+    sys.close(this.ep);
+  }
+
+  private arm(): void {
+    if (this.waiting || this.closed || this.handlers.size === 0) return;
+    this.waiting = true;
+    sys.epollWaitAsync(this.ep, this.events, MAX_EVENTS, -1, (n) => {
+      this.waiting = false;
+      if (this.closed) return this.release();
+      for (let i = 0; i < n; i++) {
+        const { events, fd } = decodeEvent(this.events, i);
+        if (fd === this.wake) {
+          sys.read(this.wake, Buffer.alloc(8), 8);
+          continue;
+        }
+        const h = this.handlers.get(fd);
+        if (!h) continue;
+        try {
+          h(events);
+        } catch (e) {
+          process.emitWarning(`poller handler for fd ${fd} threw: ${(e as Error).stack}`);
+        }
+      }
+      this.arm();
+    });
+  }
+}

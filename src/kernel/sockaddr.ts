@@ -1,0 +1,72 @@
+// Converts between "host:port" and the kernel's sockaddr_in / sockaddr_in6 bytes.
+import net from 'node:net';
+import { AF_INET, AF_INET6 } from './libc.js';
+
+export interface Endpoint {
+  host: string;
+  port: number;
+}
+
+/** Encodes an IP literal + port; throws for a host name (resolve first). */
+export function encodeSockaddr(ep: Endpoint): Buffer {
+  const family = net.isIP(ep.host);
+  if (family === 4) {
+    const b = Buffer.alloc(16);
+    b.writeUInt16LE(AF_INET, 0);
+    b.writeUInt16BE(ep.port, 2);
+    ep.host.split('.').forEach((o, i) => b.writeUInt8(Number(o), 4 + i));
+    return b;
+  }
+  if (family === 6) {
+    const b = Buffer.alloc(28);
+    b.writeUInt16LE(AF_INET6, 0);
+    b.writeUInt16BE(ep.port, 2);
+    ipv6Bytes(ep.host).copy(b, 8);
+    return b;
+  }
+  throw new Error(`not an IP address: ${ep.host}`);
+}
+
+function ipv6Bytes(host: string): Buffer {
+  const sl = new net.SocketAddress({ address: host, family: 'ipv6' });
+  const parts = sl.address.split('::');
+  const head = parts[0] ? parts[0].split(':') : [];
+  const tail = parts.length > 1 && parts[1] ? parts[1].split(':') : [];
+  const out = Buffer.alloc(16);
+  const groups: string[] = [];
+  for (const g of head) groups.push(g);
+  const fill = 8 - head.length - tail.length;
+  for (let i = 0; i < fill && parts.length > 1; i++) groups.push('0');
+  for (const g of tail) groups.push(g);
+  const last = groups[groups.length - 1];
+  if (last && last.includes('.')) {
+    // IPv4-mapped tail such as ::ffff:1.2.3.4
+    groups.pop();
+    const o = last.split('.').map(Number);
+    groups.push(((o[0]! << 8) | o[1]!).toString(16), ((o[2]! << 8) | o[3]!).toString(16));
+    while (groups.length < 8) groups.splice(groups.length - 2, 0, '0');
+  }
+  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
+  return out;
+}
+
+/** Decodes a sockaddr to an Endpoint (IPv6 hosts without brackets). */
+export function decodeSockaddr(b: Buffer): Endpoint | undefined {
+  if (b.length < 2) return undefined;
+  const family = b.readUInt16LE(0);
+  if (family === AF_INET && b.length >= 8) {
+    return { host: `${b[4]}.${b[5]}.${b[6]}.${b[7]}`, port: b.readUInt16BE(2) };
+  }
+  if (family === AF_INET6 && b.length >= 24) {
+    const g: string[] = [];
+    for (let i = 0; i < 8; i++) g.push(b.readUInt16BE(8 + i * 2).toString(16));
+    const sa = new net.SocketAddress({ address: g.join(':'), family: 'ipv6' });
+    return { host: sa.address, port: b.readUInt16BE(2) };
+  }
+  return undefined;
+}
+
+export function formatEndpoint(ep: Endpoint | undefined): string {
+  if (!ep) return '?';
+  return net.isIP(ep.host) === 6 ? `[${ep.host}]:${ep.port}` : `${ep.host}:${ep.port}`;
+}

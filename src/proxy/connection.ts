@@ -1,0 +1,123 @@
+// One client's path through the proxy: handshake → backend → kernel TLS install → relay, with a reason logged for every exit.
+import type tls from 'node:tls';
+import type { Logger } from '../admin/log.js';
+import { handshake, HandshakeError, type EstablishedSession } from '../handshake/session.js';
+import { installKtls } from '../kernel/ktls.js';
+import { IPPROTO_TCP, TCP_NODELAY, sys } from '../kernel/libc.js';
+import type { Poller } from '../kernel/poller.js';
+import { decodeSockaddr, formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
+import { Alert, RecordProtection } from '../record/aead.js';
+import type { Relay } from '../relay/relay.js';
+import { BackendError, connectBackend } from './backend.js';
+import type { KtlsPolicy } from './types.js';
+
+export interface ConnectionContext {
+  poller: Poller;
+  relay: Relay;
+  logger: Logger;
+  secureContext: tls.SecureContext;
+  backend: Endpoint;
+  policy: KtlsPolicy;
+  /** Suites (OpenSSL names) the kernel accepted at start-up. */
+  kernelSuites: Set<string>;
+  handshakeTimeoutMs: number;
+  backendConnectTimeoutMs: number;
+  count(name: string): void;
+  /** A connection reached the relay. */
+  established(c: LiveConnection): void;
+  /** A connection that never reached the relay is gone. */
+  gone(id: string): void;
+}
+
+export interface LiveConnection {
+  id: string;
+  client: string;
+  backend: string;
+  version: 'TLSv1.2' | 'TLSv1.3';
+  cipher: string;
+  mode: 'kernel' | 'user';
+  startedAt: number;
+}
+
+/** Sends a fatal alert protected with the session's TX keys (the kernel does not have them yet). */
+function userspaceAlert(fd: number, s: EstablishedSession, desc: number): void {
+  const prot = new RecordProtection(s.suite, s.tx.key, s.tx.iv, s.tx.seq);
+  try {
+    const rec = prot.seal(21, Buffer.from([2, desc]));
+    sys.send(fd, rec, rec.length);
+  } finally {
+    prot.wipe();
+  }
+}
+
+export async function serveConnection(ctx: ConnectionContext, fd: number, id: string): Promise<void> {
+  const startedAt = Date.now();
+  const client = formatEndpoint(decodeSockaddr(sys.getpeername(fd) ?? Buffer.alloc(0)));
+  const log = ctx.logger.child({ conn: id, client });
+  sys.setsockoptInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+  let session: EstablishedSession | undefined;
+  let backendFd = -1;
+  try {
+    try {
+      session = await handshake(fd, {
+        poller: ctx.poller,
+        secureContext: ctx.secureContext,
+        timeoutMs: ctx.handshakeTimeoutMs,
+      });
+    } catch (e) {
+      const he = e instanceof HandshakeError ? e : new HandshakeError(String(e), 'internal');
+      ctx.count(`handshake_failed_${he.reason}`);
+      log.warn({ reason: he.reason }, he.message);
+      return;
+    }
+    ctx.count('handshakes_ok');
+    const mode = ctx.policy !== 'off' && ctx.kernelSuites.has(session.suite.name) ? 'kernel' : 'user';
+    if (mode === 'user') {
+      // The userspace record layer is issue #3; until then a suite the kernel lacks cannot be carried.
+      userspaceAlert(fd, session, Alert.internal_error);
+      ctx.count('rejected_no_ktls');
+      log.warn({ cipher: session.suite.name }, `kernel TLS cannot carry ${session.version} ${session.suite.name} and the userspace record layer is not available; closing`);
+      return;
+    }
+    try {
+      backendFd = await connectBackend(ctx.poller, ctx.backend, ctx.backendConnectTimeoutMs);
+    } catch (e) {
+      const be = e instanceof BackendError ? e : new BackendError(String(e), 'error');
+      ctx.count(`backend_${be.reason}`);
+      userspaceAlert(fd, session, Alert.internal_error);
+      log.warn({ reason: be.reason }, be.message);
+      return;
+    }
+    try {
+      installKtls(fd, session);
+    } catch (e) {
+      ctx.count('ktls_install_failed');
+      userspaceAlert(fd, session, Alert.internal_error);
+      log.error({ err: (e as Error).message }, `installing kernel TLS failed: ${(e as Error).message}`);
+      return;
+    }
+    const live: LiveConnection = {
+      id,
+      client,
+      backend: formatEndpoint(ctx.backend),
+      version: session.version,
+      cipher: session.suite.name,
+      mode,
+      startedAt,
+    };
+    log.info({ version: live.version, cipher: live.cipher, mode, txSeq: String(session.tx.seq), rxSeq: String(session.rx.seq), sni: session.servername }, 'established');
+    session.wipe();
+    session = undefined;
+    ctx.established(live);
+    ctx.relay.add(live, fd, backendFd);
+    fd = -1;
+    backendFd = -1;
+  } finally {
+    session?.wipe();
+    if (fd >= 0) {
+      sys.close(fd);
+      ctx.gone(id);
+    }
+    if (backendFd >= 0) sys.close(backendFd);
+  }
+}

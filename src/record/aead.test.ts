@@ -1,0 +1,345 @@
+// Record protection: RFC 8448 vectors, edge cases, and decrypting real OpenSSL traffic captured through a relay.
+
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import net from 'node:net';
+import tls from 'node:tls';
+import { Alert, ContentType, MAX_PLAINTEXT, RecordError, RecordProtection } from './aead.js';
+import { deriveDirectionKeys, tls13TrafficKeys } from './keys.js';
+import { SUITES, suiteByName, type CipherSuite } from './suites.js';
+import { KeylogCollector } from '../handshake/keylog.js';
+import { parseHello, serverRandomFromServerHello } from '../handshake/hello.js';
+
+const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
+const AES128 = suiteByName('TLS_AES_128_GCM_SHA256', 'TLSv1.3')!;
+
+interface RawRecord {
+  header: Buffer;
+  body: Buffer;
+}
+
+function splitRecords(stream: Buffer): RawRecord[] {
+  const out: RawRecord[] = [];
+  for (let o = 0; o < stream.length; ) {
+    assert.ok(o + 5 <= stream.length, 'truncated record header in capture');
+    const len = stream.readUInt16BE(o + 3);
+    out.push({ header: stream.subarray(o, o + 5), body: stream.subarray(o + 5, o + 5 + len) });
+    o += 5 + len;
+  }
+  return out;
+}
+
+const pair = (suite: CipherSuite, seq = 0n): [RecordProtection, RecordProtection] => {
+  const key = Buffer.alloc(suite.keyLen, 0x42);
+  const iv = Buffer.alloc(suite.ivLen, 0x24);
+  return [new RecordProtection(suite, key, iv, seq), new RecordProtection(suite, key, iv, seq)];
+};
+
+const openRecord = (rp: RecordProtection, rec: Buffer) => rp.open(rec.subarray(0, 5), rec.subarray(5));
+
+const alertOf = (alert: number) => (err: unknown) => err instanceof RecordError && err.alert === alert;
+
+describe('RFC 8448 application data records', () => {
+  const payload = Buffer.from(Array.from({ length: 50 }, (_, i) => i));
+  const clientRecord = hex(`17 03 03 00 43 a2 3f 70 54 b6 2c 94 d0 af fa fe 82 28 ba 55 cb ef ac ea 42 f9 14 aa 66 bc ab
+    3f 2b 98 19 a8 a5 b4 6b 39 5b d5 4a 9a 20 44 1e 2b 62 97 4e 1f 5a 62 92 a2 97 70 14 bd 1e 3d ea e6 3a ee bb 21 69 49
+    15 e4`);
+  const serverRecord = hex(`17 03 03 00 43 2e 93 7e 11 ef 4a c7 40 e5 38 ad 36 00 5f c4 a4 69 32 fc 32 25 d0 5f 82 aa
+    1b 36 e3 0e fa f9 7d 90 e6 df fc 60 2d cb 50 1a 59 a8 fc c4 9c 4b f2 e5 f0 a2 1c 00 47 c2 ab f3 32 54 0d d0 32 e1 67
+    c2 95 5d`);
+  const client = tls13TrafficKeys(AES128, hex('9e40646ce79a7f9dc05af8889bce6552875afa0b06df0087f792ebb7c17504a5'));
+  const server = tls13TrafficKeys(AES128, hex('a11af9f05531f856ad47116b45a950328204b4f44bfb6b3a4b4f1f3fcb631643'));
+
+  test('the client record opens at sequence 0 and sealing reproduces it byte for byte', () => {
+    const rx = new RecordProtection(AES128, client.key, client.iv, 0n);
+    assert.deepEqual(openRecord(rx, clientRecord), { type: 23, plaintext: payload });
+    assert.equal(rx.sequence, 1n);
+    assert.deepEqual(new RecordProtection(AES128, client.key, client.iv, 0n).seal(23, payload), clientRecord);
+  });
+
+  test('the server record opens at sequence 1, after the NewSessionTicket', () => {
+    const rx = new RecordProtection(AES128, server.key, server.iv, 1n);
+    assert.deepEqual(openRecord(rx, serverRecord), { type: 23, plaintext: payload });
+    assert.deepEqual(new RecordProtection(AES128, server.key, server.iv, 1n).seal(23, payload), serverRecord);
+    assert.throws(() => openRecord(new RecordProtection(AES128, server.key, server.iv, 0n), serverRecord), alertOf(20));
+  });
+});
+
+describe('round trips and failure handling', () => {
+  for (const suite of SUITES) {
+    test(`records sealed with ${suite.name} (${suite.version}) open to the same type and bytes`, () => {
+      const [tx, rx] = pair(suite, 5n);
+      for (const [type, size] of [[23, 0], [23, 1], [22, 300], [21, 2], [23, MAX_PLAINTEXT]] as const) {
+        const plaintext = Buffer.alloc(size, size & 0xff);
+        const record = tx.seal(type, plaintext);
+        assert.equal(record.length, 5 + suite.explicitNonceLen + size + (suite.version === 'TLSv1.3' ? 1 : 0) + 16);
+        assert.equal(record[0], suite.version === 'TLSv1.3' ? 23 : type);
+        assert.equal(record.readUInt16BE(1), 0x0303);
+        assert.deepEqual(openRecord(rx, record), { type, plaintext });
+      }
+      assert.equal(tx.sequence, 10n);
+      assert.equal(rx.sequence, 10n);
+    });
+  }
+
+  test('tampering with body, tag or header gives bad_record_mac and leaves the sequence alone', () => {
+    for (const suite of SUITES) {
+      const [tx, rx] = pair(suite);
+      const record = tx.seal(23, Buffer.from('attack at dawn'));
+      for (const at of [0, 5, 5 + suite.explicitNonceLen, record.length - 1]) {
+        if (at === 0 && suite.version === 'TLSv1.3') continue; // outer type is checked before decryption
+        const bad = Buffer.from(record);
+        bad[at] ^= 0x01;
+        assert.throws(() => openRecord(rx, bad), alertOf(Alert.bad_record_mac), `${suite.name} byte ${at}`);
+        assert.equal(rx.sequence, 0n);
+      }
+      assert.equal(openRecord(rx, record).plaintext.toString(), 'attack at dawn');
+    }
+  });
+
+  test('a record replayed at a later sequence number does not authenticate', () => {
+    for (const suite of SUITES) {
+      const [tx, rx] = pair(suite);
+      const first = tx.seal(23, Buffer.from('one'));
+      openRecord(rx, first);
+      // TLS 1.2 GCM carries the nonce explicitly, but the sequence is still in the additional data.
+      assert.throws(() => openRecord(rx, first), alertOf(Alert.bad_record_mac), suite.name);
+    }
+  });
+
+  test('TLS 1.2 GCM records carry the sequence number as the explicit nonce', () => {
+    const suite = suiteByName('ECDHE-RSA-AES128-GCM-SHA256', 'TLSv1.2')!;
+    const [tx] = pair(suite, 0x0102030405n);
+    assert.equal(tx.seal(23, Buffer.from('x')).readBigUInt64BE(5), 0x0102030405n);
+  });
+
+  test('oversized records are refused with record_overflow and oversized plaintext cannot be sealed', () => {
+    for (const suite of SUITES) {
+      const [tx, rx] = pair(suite);
+      assert.throws(() => tx.seal(23, Buffer.alloc(MAX_PLAINTEXT + 1)), RangeError);
+      const tooLong = Buffer.alloc(MAX_PLAINTEXT + 257);
+      const header = Buffer.from([23, 3, 3, 0, 0]);
+      header.writeUInt16BE(tooLong.length, 3);
+      assert.throws(() => rx.open(header, tooLong), alertOf(Alert.record_overflow));
+      // Within the ciphertext bound but implying more plaintext than a record may hold.
+      const inner = suite.explicitNonceLen + MAX_PLAINTEXT + (suite.version === 'TLSv1.3' ? 2 : 1) + 16;
+      header.writeUInt16BE(inner, 3);
+      assert.throws(() => rx.open(header, Buffer.alloc(inner)), alertOf(Alert.record_overflow));
+      assert.equal(rx.sequence, 0n);
+    }
+  });
+
+  test('malformed headers and truncated bodies are decode errors', () => {
+    for (const suite of SUITES) {
+      const [tx, rx] = pair(suite);
+      const record = tx.seal(23, Buffer.from('hello'));
+      assert.throws(() => rx.open(record.subarray(0, 4), record.subarray(5)), alertOf(Alert.decode_error));
+      assert.throws(() => rx.open(record.subarray(0, 5), record.subarray(5, -1)), alertOf(Alert.decode_error));
+      const short = Buffer.alloc(10);
+      assert.throws(() => rx.open(Buffer.from([23, 3, 3, 0, 10]), short), alertOf(Alert.decode_error));
+    }
+  });
+
+  test('TLS 1.3 padding is stripped and an all-zero inner plaintext is rejected', () => {
+    const [tx, rx] = pair(AES128);
+    const padded = tx.seal(22, Buffer.from('hello'), 200);
+    assert.equal(padded.length, 5 + 5 + 1 + 200 + 16);
+    assert.deepEqual(openRecord(rx, padded), { type: 22, plaintext: Buffer.from('hello') });
+    const allZero = tx.seal(0, Buffer.alloc(0), 7);
+    assert.throws(() => openRecord(rx, allZero), alertOf(Alert.unexpected_message));
+    assert.throws(() => rx.open(Buffer.from([22, 3, 3, 0, 20]), Buffer.alloc(20)), alertOf(Alert.unexpected_message));
+  });
+
+  test('the sequence number may reach 2^64 - 1 but never wraps', () => {
+    const max = (1n << 64n) - 1n;
+    const [tx, rx] = pair(AES128, max);
+    openRecord(rx, tx.seal(23, Buffer.from('last')));
+    assert.equal(tx.sequence, 1n << 64n);
+    assert.throws(() => tx.seal(23, Buffer.from('one too many')), RecordError);
+    assert.throws(() => new RecordProtection(AES128, Buffer.alloc(16), Buffer.alloc(12), 1n << 64n), RangeError);
+  });
+
+  test('rekey restarts the sequence with new keys and wipe zeroes the keys', () => {
+    const [tx, rx] = pair(AES128);
+    openRecord(rx, tx.seal(23, Buffer.from('a')));
+    const key = Buffer.alloc(16, 9);
+    const iv = Buffer.alloc(12, 8);
+    tx.rekey(key, iv);
+    rx.rekey(key, iv);
+    assert.equal(tx.sequence, 0n);
+    assert.equal(openRecord(rx, tx.seal(23, Buffer.from('b'))).plaintext.toString(), 'b');
+    tx.wipe();
+    assert.throws(() => tx.seal(23, Buffer.from('c')));
+    assert.throws(() => new RecordProtection(AES128, Buffer.alloc(15), Buffer.alloc(12)), RangeError);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Interop: a real node:tls (OpenSSL) handshake through a capturing TCP relay, decrypted by us.
+
+interface Capture {
+  c2s: Buffer;
+  s2c: Buffer;
+  keylog: KeylogCollector;
+  cipher: string;
+  protocol: string;
+}
+
+let certDir = '';
+let certs: { ec: { key: Buffer; cert: Buffer }; rsa: { key: Buffer; cert: Buffer } } | undefined;
+
+function capture(suite: CipherSuite, message: string): Promise<Capture> {
+  const { ec, rsa } = certs!;
+  return new Promise((resolve, reject) => {
+    const keylog = new KeylogCollector();
+    const server = tls.createServer({ key: [ec.key, rsa.key], cert: [ec.cert, rsa.cert] }, (sock) => {
+      sock.on('data', (d: Buffer) => sock.write(`pong: ${d.toString()}`));
+      sock.on('error', () => {});
+    });
+    server.on('keylog', (line) => keylog.add(line));
+    const c2s: Buffer[] = [];
+    const s2c: Buffer[] = [];
+    let closed = 0;
+    let info = { cipher: '', protocol: '' };
+    const finish = () => {
+      if (++closed < 3) return;
+      server.close();
+      relay.close();
+      resolve({ c2s: Buffer.concat(c2s), s2c: Buffer.concat(s2c), keylog, ...info });
+    };
+    const relay = net.createServer((down) => {
+      const up = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+      down.on('data', (d) => (c2s.push(Buffer.from(d)), up.write(d)));
+      up.on('data', (d) => (s2c.push(Buffer.from(d)), down.write(d)));
+      down.on('end', () => up.end());
+      up.on('end', () => down.end());
+      down.on('close', finish);
+      up.on('close', finish);
+      down.on('error', reject);
+      up.on('error', reject);
+    });
+    server.listen(0, '127.0.0.1', () =>
+      relay.listen(0, '127.0.0.1', () => {
+        const client = tls.connect({
+          port: (relay.address() as net.AddressInfo).port,
+          host: '127.0.0.1',
+          rejectUnauthorized: false,
+          minVersion: suite.version,
+          maxVersion: suite.version,
+          ciphers: suite.name,
+        });
+        let reply = '';
+        client.on('secureConnect', () => {
+          info = { cipher: client.getCipher().name, protocol: client.getProtocol() ?? '' };
+          client.write(message);
+        });
+        client.on('data', (d: Buffer) => {
+          reply += d.toString();
+          if (reply === `pong: ${message}`) client.end();
+        });
+        client.on('close', finish);
+        client.on('error', reject);
+      }),
+    );
+  });
+}
+
+/** Opens protected records in order, switching from handshake keys to application keys after Finished. */
+function decryptFlight(records: RawRecord[], hs: RecordProtection | undefined, ap: RecordProtection) {
+  const opened: { type: number; plaintext: Buffer; phase: 'hs' | 'ap' }[] = [];
+  let current = hs ?? ap;
+  let pending = Buffer.alloc(0);
+  for (const r of records) {
+    const { type, plaintext } = current.open(r.header, r.body);
+    opened.push({ type, plaintext, phase: current === ap ? 'ap' : 'hs' });
+    if (current === hs && type === ContentType.handshake) {
+      pending = Buffer.concat([pending, plaintext]);
+      while (pending.length >= 4 && pending.length >= 4 + pending.readUIntBE(1, 3)) {
+        if (pending[0] === 20) current = ap; // Finished ends the handshake-key epoch
+        pending = pending.subarray(4 + pending.readUIntBE(1, 3));
+      }
+    }
+  }
+  return opened;
+}
+
+const appData = (opened: { type: number; plaintext: Buffer }[]) =>
+  Buffer.concat(opened.filter((o) => o.type === ContentType.application_data).map((o) => o.plaintext)).toString();
+
+describe('interop with OpenSSL through node:tls', () => {
+  before(() => {
+    certDir = mkdtempSync(join(tmpdir(), 'ironsocket-aead-'));
+    const req = (name: string, newkey: string[]) =>
+      execFileSync('openssl', ['req', '-x509', ...newkey, '-nodes', '-days', '1', '-subj', '/CN=localhost',
+        '-keyout', join(certDir, `${name}.key`), '-out', join(certDir, `${name}.crt`)], { stdio: 'ignore' });
+    req('ec', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256']);
+    req('rsa', ['-newkey', 'rsa:2048']);
+    const load = (n: string) => ({ key: readFileSync(join(certDir, `${n}.key`)), cert: readFileSync(join(certDir, `${n}.crt`)) });
+    certs = { ec: load('ec'), rsa: load('rsa') };
+  });
+  after(() => rmSync(certDir, { recursive: true, force: true }));
+
+  for (const suite of SUITES) {
+    test(`traffic negotiated as ${suite.name} over ${suite.version} decrypts in both directions`, { timeout: 20000 }, async () => {
+      const message = `ping over ${suite.name}`;
+      const cap = await capture(suite, message);
+      assert.equal(cap.protocol, suite.version);
+      assert.equal(suiteByName(cap.cipher, cap.protocol), suite, `node reported ${cap.cipher}`);
+      assert.ok(cap.keylog.hasTrafficSecrets(suite.version), 'server keylog event delivered the secrets');
+
+      const c2s = splitRecords(cap.c2s);
+      const s2c = splitRecords(cap.s2c);
+      const clientHello = parseHello(Buffer.concat([c2s[0].header, c2s[0].body]));
+      assert.equal(clientHello.kind, 'client_hello');
+      assert.deepEqual(clientHello.random, cap.keylog.clientRandom);
+      const afterCcs = (rs: RawRecord[]) => rs.slice(rs.findIndex((r) => r.header[0] === ContentType.change_cipher_spec) + 1);
+
+      if (suite.version === 'TLSv1.3') {
+        const k = cap.keylog;
+        const hsProtection = (secret: Buffer | undefined) => {
+          assert.ok(secret);
+          const { key, iv } = tls13TrafficKeys(suite, secret);
+          return new RecordProtection(suite, key, iv, 0n);
+        };
+        const keys = deriveDirectionKeys(suite, {
+          version: 'TLSv1.3', clientTrafficSecret: k.clientTrafficSecret0!, serverTrafficSecret: k.serverTrafficSecret0!,
+        });
+        const prot = (rs: RawRecord[]) => rs.filter((r) => r.header[0] === ContentType.application_data);
+        const fromClient = decryptFlight(prot(c2s), hsProtection(k.clientHandshakeTrafficSecret),
+          new RecordProtection(suite, keys.rx.key, keys.rx.iv, 0n));
+        const fromServer = decryptFlight(prot(s2c), hsProtection(k.serverHandshakeTrafficSecret),
+          new RecordProtection(suite, keys.tx.key, keys.tx.iv, 0n));
+        assert.equal(appData(fromClient), message);
+        assert.equal(appData(fromServer), `pong: ${message}`);
+        // The server's first records under the application key are NewSessionTickets (handshake type 4).
+        const firstAp = fromServer.find((o) => o.phase === 'ap')!;
+        assert.equal(firstAp.type, ContentType.handshake);
+        assert.equal(firstAp.plaintext[0], 4);
+        // The client's close_notify (warning, close_notify) is protected under the application key too.
+        assert.ok(fromClient.some((o) => o.type === ContentType.alert && o.plaintext.equals(Buffer.from([1, 0]))));
+      } else {
+        const serverRandom = serverRandomFromServerHello(Buffer.concat([s2c[0].header, s2c[0].body]));
+        assert.equal(parseHello(Buffer.concat([s2c[0].header, s2c[0].body])).kind, 'server_hello');
+        const keys = deriveDirectionKeys(suite, {
+          version: 'TLSv1.2', masterSecret: cap.keylog.masterSecret!, clientRandom: cap.keylog.clientRandom!, serverRandom,
+        });
+        const fromClient = decryptFlight(afterCcs(c2s), undefined, new RecordProtection(suite, keys.rx.key, keys.rx.iv, 0n));
+        const fromServer = decryptFlight(afterCcs(s2c), undefined, new RecordProtection(suite, keys.tx.key, keys.tx.iv, 0n));
+        // Sequence 0 is each side's Finished (handshake type 20, 12 bytes of verify_data); app data starts at 1.
+        for (const flight of [fromClient, fromServer]) {
+          assert.equal(flight[0].type, ContentType.handshake);
+          assert.deepEqual(flight[0].plaintext.subarray(0, 4), Buffer.from([20, 0, 0, 12]));
+          assert.equal(flight[1].type, ContentType.application_data);
+        }
+        assert.equal(appData(fromClient), message);
+        assert.equal(appData(fromServer), `pong: ${message}`);
+      }
+      cap.keylog.wipe();
+      assert.equal(cap.keylog.masterSecret ?? cap.keylog.clientTrafficSecret0, undefined);
+    });
+  }
+});

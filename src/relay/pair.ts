@@ -1,0 +1,194 @@
+// One relayed connection: client plaintext ⇄ backend bytes with bounded buffers, half-close and alerts, driven by readiness.
+import { EAGAIN, EINTR, SHUT_WR, errnoName, sys } from '../kernel/libc.js';
+import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
+import { ALERT, type ClientSide } from './kernel-client.js';
+
+export interface PairInfo {
+  id: string;
+  client: string;
+  backend: string;
+  version: 'TLSv1.2' | 'TLSv1.3';
+  cipher: string;
+  mode: 'kernel' | 'user';
+  startedAt: number;
+}
+
+export interface PairHost {
+  /** Sets the epoll interest of an fd. */
+  interest(fd: number, events: number): void;
+  /** Called once when the pair has closed both fds. */
+  closed(pair: Pair, reason: string, level: 'info' | 'warn'): void;
+  log(level: 'info' | 'warn' | 'debug', id: string, msg: string): void;
+}
+
+/** Plaintext bytes still to be written in one direction (at most one read's worth: the bound). */
+interface Pending {
+  buf: Buffer;
+  off: number;
+}
+
+export class Pair {
+  bytesIn = 0;
+  bytesOut = 0;
+  lastActivity = Date.now();
+  private c2b: Pending | undefined;
+  private b2c: Pending | undefined;
+  private clientEof = false; // client sent close_notify (or we gave up reading it)
+  private backendShut = false; // we sent FIN to the backend
+  private backendEof = false;
+  private clientShut = false; // we sent close_notify + FIN to the client
+  private done = false;
+  private cEvents = -1;
+  private bEvents = -1;
+
+  constructor(
+    readonly info: PairInfo,
+    readonly client: ClientSide,
+    readonly backendFd: number,
+    private readonly host: PairHost,
+    /** Plaintext the client sent before the relay started (already decrypted), delivered first. */
+    early?: Buffer,
+  ) {
+    if (early && early.length) {
+      this.c2b = { buf: early, off: 0 };
+      this.bytesIn += early.length;
+    }
+  }
+
+  get closed(): boolean {
+    return this.done;
+  }
+
+  /** Registers interest; call once after both fds are in the poller. */
+  start(): void {
+    this.progress();
+  }
+
+  onClient(events: number, scratch: Buffer): void {
+    if (this.done) return;
+    if (events & EPOLLOUT) this.flushB2c();
+    if (!this.done && events & ~EPOLLOUT) this.readClient(scratch);
+    this.progress();
+  }
+
+  onBackend(events: number, scratch: Buffer): void {
+    if (this.done) return;
+    if (events & EPOLLOUT) this.flushC2b();
+    if (!this.done && events & ~EPOLLOUT) this.readBackend(scratch);
+    this.progress();
+  }
+
+  private readClient(scratch: Buffer): void {
+    while (!this.done && !this.clientEof && !this.c2b) {
+      const r = this.client.read(scratch);
+      switch (r.kind) {
+        case 'again':
+          return;
+        case 'skip':
+          continue;
+        case 'data': {
+          this.bytesIn += r.n;
+          this.lastActivity = Date.now();
+          this.sendOrKeep(this.backendFd, scratch, r.n, 'c2b');
+          continue;
+        }
+        case 'close_notify':
+          this.host.log('debug', this.info.id, 'client sent close_notify; half-closing the backend');
+          this.clientEof = true;
+          return;
+        case 'eof':
+          return this.finish('client closed TCP without close_notify (truncation)', 'warn');
+        case 'fatal':
+          if (r.alert !== undefined) this.client.sendAlert(r.alert);
+          return this.finish(r.reason, 'warn');
+      }
+    }
+  }
+
+  private readBackend(scratch: Buffer): void {
+    while (!this.done && !this.backendEof && !this.b2c) {
+      const r = sys.recv(this.backendFd, scratch, scratch.length);
+      if (r === -EAGAIN || r === -EINTR) return;
+      if (r < 0) {
+        this.client.sendAlert(ALERT.internal_error);
+        return this.finish(`backend read failed: ${errnoName(-r)}`, 'warn');
+      }
+      if (r === 0) {
+        this.host.log('debug', this.info.id, 'backend closed its side; sending close_notify to the client');
+        this.backendEof = true;
+        return;
+      }
+      this.bytesOut += r;
+      this.lastActivity = Date.now();
+      this.sendOrKeep(this.client.fd, scratch, r, 'b2c');
+    }
+  }
+
+  /** Writes what it can now; keeps a private copy of the rest (which pauses reading that direction). */
+  private sendOrKeep(fd: number, buf: Buffer, len: number, dir: 'c2b' | 'b2c'): void {
+    const w = dir === 'b2c' ? this.client.write(buf, len) : sys.send(fd, buf, len);
+    if (w < 0 && w !== -EAGAIN && w !== -EINTR) {
+      return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, 'warn');
+    }
+    const n = w < 0 ? 0 : w;
+    if (n < len) {
+      const rest = { buf: Buffer.from(buf.subarray(n, len)), off: 0 };
+      if (dir === 'c2b') this.c2b = rest;
+      else this.b2c = rest;
+    }
+  }
+
+  private flushC2b(): void {
+    const p = this.c2b;
+    if (!p) return;
+    const w = sys.send(this.backendFd, p.buf.subarray(p.off), p.buf.length - p.off);
+    if (w === -EAGAIN || w === -EINTR) return;
+    if (w < 0) return this.finish(`backend write failed: ${errnoName(-w)}`, 'warn');
+    p.off += w;
+    if (p.off === p.buf.length) this.c2b = undefined;
+  }
+
+  private flushB2c(): void {
+    const p = this.b2c;
+    if (!p) return;
+    const w = this.client.write(p.buf.subarray(p.off), p.buf.length - p.off);
+    if (w === -EAGAIN || w === -EINTR) return;
+    if (w < 0) return this.finish(`client write failed: ${errnoName(-w)}`, 'warn');
+    p.off += w;
+    if (p.off === p.buf.length) this.b2c = undefined;
+  }
+
+  /** Applies half-closes once their direction is drained, closes when both are done, and sets interest. */
+  private progress(): void {
+    if (this.done) return;
+    if (this.clientEof && !this.c2b && !this.backendShut) {
+      this.backendShut = true;
+      sys.shutdown(this.backendFd, SHUT_WR);
+    }
+    if (this.backendEof && !this.b2c && !this.clientShut) {
+      this.clientShut = true;
+      this.client.closeNotify();
+      sys.shutdown(this.client.fd, SHUT_WR);
+    }
+    if (this.backendShut && this.clientShut) return this.finish('both sides closed', 'info');
+    const c = (!this.clientEof && !this.c2b ? EPOLLIN : 0) | (this.b2c ? EPOLLOUT : 0);
+    const b = (!this.backendEof && !this.b2c ? EPOLLIN : 0) | (this.c2b ? EPOLLOUT : 0);
+    if (c !== this.cEvents) this.host.interest(this.client.fd, (this.cEvents = c));
+    if (b !== this.bEvents) this.host.interest(this.backendFd, (this.bEvents = b));
+  }
+
+  /** Closes both sides now (idle timeout, shutdown). */
+  abort(reason: string, alert?: number): void {
+    if (this.done) return;
+    if (alert !== undefined) this.client.sendAlert(alert);
+    this.finish(reason, 'info');
+  }
+
+  private finish(reason: string, level: 'info' | 'warn'): void {
+    if (this.done) return;
+    this.done = true;
+    this.c2b = undefined;
+    this.b2c = undefined;
+    this.host.closed(this, reason, level);
+  }
+}

@@ -1,0 +1,102 @@
+// Main-thread handle on the relay worker: hands it established connections, asks for counters, hears about closes.
+import { EventEmitter } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
+import type { PairInfo } from './pair.js';
+import type { FromWorker, PairStats, ToWorker, WorkerInit } from './protocol.js';
+
+export interface RelayEvents {
+  closed: [msg: Extract<FromWorker, { op: 'closed' }>];
+  log: [msg: Extract<FromWorker, { op: 'log' }>];
+  error: [err: Error];
+}
+
+export class Relay extends EventEmitter<RelayEvents> {
+  private readonly worker: Worker;
+  private readonly wakeFd = sys.eventfd(EFD_NONBLOCK | EFD_CLOEXEC);
+  private readonly one = Buffer.alloc(8);
+  private seq = 0;
+  private readonly waiting = new Map<number, (s: PairStats[]) => void>();
+  private stopped: Promise<void> | undefined;
+  private live = 0;
+
+  constructor(opts: { idleTimeoutMs: number }) {
+    super();
+    this.one.writeBigUInt64LE(1n);
+    const init: WorkerInit = { wakeFd: this.wakeFd, idleTimeoutMs: opts.idleTimeoutMs };
+    this.worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: init });
+    this.worker.on('message', (m: FromWorker) => this.onMessage(m));
+    this.worker.on('error', (e) => this.emit('error', e));
+    this.worker.unref();
+  }
+
+  get connections(): number {
+    return this.live;
+  }
+
+  private post(msg: ToWorker): void {
+    this.worker.postMessage(msg);
+    sys.write(this.wakeFd, this.one, 8);
+  }
+
+  private onMessage(m: FromWorker): void {
+    switch (m.op) {
+      case 'closed':
+        this.live--;
+        this.emit('closed', m);
+        break;
+      case 'log':
+        this.emit('log', m);
+        break;
+      case 'stats': {
+        const cb = this.waiting.get(m.seq);
+        this.waiting.delete(m.seq);
+        cb?.(m.connections);
+        break;
+      }
+      case 'stopped':
+        break;
+    }
+  }
+
+  /** Gives the worker both fds; from here on it owns (and closes) them. */
+  add(info: PairInfo, clientFd: number, backendFd: number, early?: Buffer): void {
+    this.live++;
+    this.post({ op: 'add', info, clientFd, backendFd, early: early ? new Uint8Array(early) : undefined });
+  }
+
+  abort(id: string, reason: string, alert?: number): void {
+    this.post({ op: 'abort', id, reason, alert });
+  }
+
+  stats(timeoutMs = 2000): Promise<PairStats[]> {
+    const seq = ++this.seq;
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.waiting.delete(seq);
+        reject(new Error('relay worker did not answer'));
+      }, timeoutMs);
+      this.waiting.set(seq, (s) => {
+        clearTimeout(t);
+        resolve(s);
+      });
+      this.post({ op: 'stats', seq });
+    });
+  }
+
+  /** Closes every connection (close_notify) and stops the worker. */
+  stop(): Promise<void> {
+    this.stopped ??= new Promise<void>((resolve) => {
+      const done = () => {
+        sys.close(this.wakeFd);
+        resolve();
+      };
+      this.worker.once('exit', done);
+      this.worker.on('message', (m: FromWorker) => {
+        if (m.op === 'stopped') void this.worker.terminate();
+      });
+      this.post({ op: 'stop' });
+    });
+    return this.stopped;
+  }
+}

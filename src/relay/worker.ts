@@ -1,0 +1,140 @@
+// The data plane: a worker thread running a synchronous epoll loop over every established connection.
+import { parentPort, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
+import { sys } from '../kernel/libc.js';
+import { TlsRecordIo } from '../kernel/ktls.js';
+import { EPOLL_EVENT_SIZE, decodeEvent, encodeEvent } from '../kernel/poller.js';
+import { KernelClient } from './kernel-client.js';
+import { Pair, type PairHost } from './pair.js';
+import type { ToWorker, FromWorker, WorkerInit } from './protocol.js';
+
+const EPOLL_CTL_ADD = 1;
+const EPOLL_CTL_DEL = 2;
+const EPOLL_CTL_MOD = 3;
+const MAX_EVENTS = 256;
+
+const port = parentPort as MessagePort;
+const init = workerData as WorkerInit;
+const ep = sys.epollCreate();
+const wake = init.wakeFd;
+const events = Buffer.allocUnsafeSlow(MAX_EVENTS * EPOLL_EVENT_SIZE);
+const ev = Buffer.alloc(EPOLL_EVENT_SIZE);
+const scratch = Buffer.allocUnsafeSlow(64 * 1024);
+const io = new TlsRecordIo();
+const byFd = new Map<number, { pair: Pair; side: 'client' | 'backend' }>();
+const registered = new Map<number, number>(); // fd -> events currently in epoll
+const pairs = new Map<string, Pair>();
+let running = true;
+
+sys.epollCtl(ep, EPOLL_CTL_ADD, wake, encodeEvent(ev, 0x001, wake));
+
+function send(msg: FromWorker): void {
+  port.postMessage(msg);
+}
+
+const host: PairHost = {
+  interest(fd, want) {
+    const cur = registered.get(fd);
+    // An fd with no interest leaves the set entirely: otherwise HUP/ERR would be reported forever.
+    if (want === 0) {
+      if (cur !== undefined) {
+        sys.epollCtl(ep, EPOLL_CTL_DEL, fd, encodeEvent(ev, 0, fd));
+        registered.delete(fd);
+      }
+      return;
+    }
+    sys.epollCtl(ep, cur === undefined ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, encodeEvent(ev, want, fd));
+    registered.set(fd, want);
+  },
+  closed(pair, reason, level) {
+    for (const fd of [pair.client.fd, pair.backendFd]) {
+      if (registered.has(fd)) {
+        try {
+          sys.epollCtl(ep, EPOLL_CTL_DEL, fd, encodeEvent(ev, 0, fd));
+        } catch {
+          /* already gone */
+        }
+        registered.delete(fd);
+      }
+      byFd.delete(fd);
+      sys.close(fd);
+    }
+    pairs.delete(pair.info.id);
+    send({ op: 'closed', id: pair.info.id, reason, level, bytesIn: pair.bytesIn, bytesOut: pair.bytesOut });
+  },
+  log(level, id, msg) {
+    send({ op: 'log', level, id, msg });
+  },
+};
+
+function handle(msg: ToWorker): void {
+  switch (msg.op) {
+    case 'add': {
+      const client = new KernelClient(msg.clientFd, io, msg.info.version);
+      const early = msg.early ? Buffer.from(msg.early) : undefined;
+      const pair = new Pair(msg.info, client, msg.backendFd, host, early);
+      pairs.set(msg.info.id, pair);
+      byFd.set(msg.clientFd, { pair, side: 'client' });
+      byFd.set(msg.backendFd, { pair, side: 'backend' });
+      pair.start();
+      break;
+    }
+    case 'stats':
+      send({
+        op: 'stats',
+        seq: msg.seq,
+        connections: [...pairs.values()].map((p) => ({ id: p.info.id, bytesIn: p.bytesIn, bytesOut: p.bytesOut, lastActivity: p.lastActivity })),
+      });
+      break;
+    case 'abort':
+      pairs.get(msg.id)?.abort(msg.reason, msg.alert);
+      break;
+    case 'stop':
+      for (const p of [...pairs.values()]) {
+        p.client.closeNotify();
+        p.abort('proxy shutting down');
+      }
+      running = false;
+      break;
+  }
+}
+
+function drainMessages(): void {
+  for (;;) {
+    const m = receiveMessageOnPort(port);
+    if (!m) return;
+    handle(m.message as ToWorker);
+  }
+}
+
+function checkIdle(now: number): void {
+  if (init.idleTimeoutMs <= 0) return;
+  for (const p of [...pairs.values()]) {
+    if (now - p.lastActivity > init.idleTimeoutMs) p.abort(`idle for more than ${init.idleTimeoutMs} ms`);
+  }
+}
+
+let lastIdleCheck = Date.now();
+drainMessages();
+while (running) {
+  const n = sys.epollWait(ep, events, MAX_EVENTS, 1000);
+  for (let i = 0; i < n; i++) {
+    const { events: e, fd } = decodeEvent(events, i);
+    if (fd === wake) {
+      sys.read(wake, scratch, 8);
+      continue;
+    }
+    const ent = byFd.get(fd);
+    if (!ent) continue;
+    if (ent.side === 'client') ent.pair.onClient(e, scratch);
+    else ent.pair.onBackend(e, scratch);
+  }
+  drainMessages();
+  const now = Date.now();
+  if (now - lastIdleCheck >= 1000) {
+    lastIdleCheck = now;
+    checkIdle(now);
+  }
+}
+sys.close(ep);
+send({ op: 'stopped' });
+
