@@ -175,10 +175,10 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   return {
     address: listener.address,
     describeKtls() {
-      if (config.ktls === 'off') return 'kernel TLS: off (--ktls off); connections use the userspace record layer';
-      if (!support.available) return `kernel TLS: unavailable (${support.reason})`;
+      if (config.ktls === 'off') return 'off (--ktls off): connections use the userspace record layer';
+      if (!support.available) return `unavailable (${support.reason})`;
       const list = (v: 'TLSv1.2' | 'TLSv1.3') => (support.ciphers[v].length ? support.ciphers[v].join(', ') : 'none');
-      return `kernel TLS: ${config.ktls}; TLS 1.3: ${list('TLSv1.3')}; TLS 1.2: ${list('TLSv1.2')}; KeyUpdate rekey: ${support.rekey ? 'yes' : 'no'}`;
+      return `${config.ktls}; TLS 1.3: ${list('TLSv1.3')}; TLS 1.2: ${list('TLSv1.2')}; KeyUpdate rekey: ${support.rekey ? 'yes' : 'no'}`;
     },
     close() {
       closing ??= (async () => {

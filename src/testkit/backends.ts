@@ -1,0 +1,171 @@
+// Test support: plain-TCP backends (echo, exact-length echo, HTTP, deterministic streams) and verifiable byte streams.
+import crypto from 'node:crypto';
+import http from 'node:http';
+import net from 'node:net';
+
+export interface Backend {
+  port: number;
+  /** Connections accepted so far. */
+  accepted: number;
+  close(): Promise<void>;
+}
+
+function listen(server: net.Server | http.Server): Promise<number> {
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
+}
+
+function closer(server: net.Server, sockets: Set<net.Socket>): () => Promise<void> {
+  return () =>
+    new Promise((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => resolve());
+    });
+}
+
+/** Echoes everything; ends its side when the client ends (half-close aware). */
+export async function echoBackend(): Promise<Backend> {
+  const sockets = new Set<net.Socket>();
+  const b = { port: 0, accepted: 0, close: async () => {} };
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    b.accepted++;
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  b.port = await listen(server);
+  b.close = closer(server, sockets);
+  return b;
+}
+
+/** Reads exactly `n` bytes, echoes them, then closes (so a client waiting for EOF terminates). */
+export async function exactEchoBackend(n: number): Promise<Backend> {
+  const sockets = new Set<net.Socket>();
+  const b = { port: 0, accepted: 0, close: async () => {} };
+  const server = net.createServer((s) => {
+    b.accepted++;
+    sockets.add(s);
+    let got = 0;
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    s.on('data', (d: Buffer) => {
+      got += d.length;
+      s.write(d);
+      if (got >= n) s.end();
+    });
+  });
+  b.port = await listen(server);
+  b.close = closer(server, sockets);
+  return b;
+}
+
+/** Answers every HTTP request with `body`. */
+export async function httpBackend(body: Buffer): Promise<Backend> {
+  const sockets = new Set<net.Socket>();
+  const b = { port: 0, accepted: 0, close: async () => {} };
+  const server = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+    res.end(body);
+  });
+  server.on('connection', (s) => {
+    b.accepted++;
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  b.port = await listen(server);
+  b.close = closer(server, sockets);
+  return b;
+}
+
+/** Deterministic pseudo-random bytes: SHA-256 in counter mode over (seed, block index). */
+export function streamChunk(seed: string, offset: number, length: number): Buffer {
+  const out = Buffer.allocUnsafe(length);
+  let o = 0;
+  let block = Math.floor(offset / 32);
+  let skip = offset % 32;
+  while (o < length) {
+    const h = crypto.createHash('sha256').update(`${seed}:${block}`).digest();
+    o += h.copy(out, o, skip, Math.min(32, skip + length - o));
+    skip = 0;
+    block++;
+  }
+  return out;
+}
+
+/** Writes `total` deterministic bytes to a writable with backpressure, in 64 KiB chunks. */
+export async function writeStream(w: NodeJS.WritableStream, seed: string, total: number): Promise<void> {
+  const CH = 64 * 1024;
+  for (let off = 0; off < total; off += CH) {
+    const chunk = streamChunk(seed, off, Math.min(CH, total - off));
+    if (!w.write(chunk)) await new Promise((r) => w.once('drain', r));
+  }
+}
+
+/** Incrementally checks that received bytes equal the deterministic stream, and hashes them. */
+export class StreamVerifier {
+  received = 0;
+  mismatchAt = -1;
+  private readonly hash = crypto.createHash('sha256');
+  constructor(private readonly seed: string) {}
+  push(d: Buffer): void {
+    if (this.mismatchAt < 0 && !d.equals(streamChunk(this.seed, this.received, d.length))) {
+      const expect = streamChunk(this.seed, this.received, d.length);
+      let i = 0;
+      while (d[i] === expect[i]) i++;
+      this.mismatchAt = this.received + i;
+    }
+    this.hash.update(d);
+    this.received += d.length;
+  }
+  digest(): string {
+    return this.hash.digest('hex');
+  }
+}
+
+export function expectedDigest(seed: string, total: number): string {
+  const h = crypto.createHash('sha256');
+  for (let off = 0; off < total; off += 1 << 20) h.update(streamChunk(seed, off, Math.min(1 << 20, total - off)));
+  return h.digest('hex');
+}
+
+/**
+ * Backend for verified bidirectional streams: the first line the client sends is `SEED <n>\n`;
+ * the backend then verifies the client's next n bytes against stream(seed+'/up') while sending
+ * n bytes of stream(seed+'/down'), and reports each finished verification via `results`.
+ */
+export async function streamBackend(): Promise<Backend & { results: Map<string, { received: number; ok: boolean }> }> {
+  const sockets = new Set<net.Socket>();
+  const results = new Map<string, { received: number; ok: boolean }>();
+  const b = { port: 0, accepted: 0, results, close: async () => {} };
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    b.accepted++;
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    let head = Buffer.alloc(0);
+    let verifier: StreamVerifier | undefined;
+    let seed = '';
+    let total = 0;
+    s.on('data', (d: Buffer) => {
+      if (!verifier) {
+        head = Buffer.concat([head, d]);
+        const nl = head.indexOf(10);
+        if (nl < 0) return;
+        const m = /^SEED (\S+) (\d+)$/.exec(head.subarray(0, nl).toString());
+        if (!m) return s.destroy();
+        seed = m[1]!;
+        total = Number(m[2]);
+        verifier = new StreamVerifier(`${seed}/up`);
+        d = head.subarray(nl + 1);
+        void writeStream(s, `${seed}/down`, total).then(() => s.end());
+      }
+      if (d.length) verifier.push(d);
+    });
+    s.on('end', () => {
+      if (verifier) results.set(seed, { received: verifier.received, ok: verifier.mismatchAt < 0 && verifier.received === total });
+    });
+  });
+  b.port = await listen(server);
+  b.close = closer(server, sockets);
+  return b;
+}

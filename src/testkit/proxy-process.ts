@@ -1,0 +1,131 @@
+// Test support: runs `ironsocket run` as a real child process and talks to it only through its CLI contract.
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import type { StatusSnapshot } from '../proxy/types.js';
+
+const run = promisify(execFile);
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const CLI = path.join(ROOT, 'dist/cli/main.js');
+
+export function tempDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `ironsocket-${prefix}-`));
+}
+
+export interface RunningProxy {
+  pid: number;
+  port: number;
+  adminSocket: string;
+  child: ChildProcess;
+  /** Everything the proxy printed on stdout (JSON logs) so far. */
+  logs(): string[];
+  status(): Promise<StatusSnapshot>;
+  /** Open file descriptors of the proxy process right now. */
+  fdCount(): number;
+  stop(): Promise<number | null>;
+  /** Resolves when a log line matching `re` appears. */
+  waitForLog(re: RegExp, timeoutMs?: number): Promise<string>;
+}
+
+export interface ProxyOptions {
+  backendPort: number;
+  args?: string[];
+  cert?: { certFile: string; keyFile: string };
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Generates a self-signed certificate with openssl ('ec' = P-256 ECDSA, 'rsa' = RSA 2048). */
+export async function makeCert(dir: string, kind: 'ec' | 'rsa'): Promise<{ certFile: string; keyFile: string }> {
+  const certFile = path.join(dir, `${kind}-cert.pem`);
+  const keyFile = path.join(dir, `${kind}-key.pem`);
+  const newkey = kind === 'ec' ? ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'] : ['-newkey', 'rsa:2048'];
+  await run('openssl', ['req', '-x509', ...newkey, '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1']);
+  return { certFile, keyFile };
+}
+
+export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProxy> {
+  const dir = tempDir('proxy');
+  const adminSocket = path.join(dir, 'admin.sock');
+  const args = [CLI, 'run', '--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${opts.backendPort}`, '--admin-socket', adminSocket];
+  if (opts.cert) args.push('--cert', opts.cert.certFile, '--key', opts.cert.keyFile);
+  args.push(...(opts.args ?? []));
+  const child = spawn(process.execPath, args, {
+    env: { ...process.env, IRONSOCKET_STATE_DIR: path.join(dir, 'state'), ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  let stderr = '';
+  const watchers: Array<() => void> = [];
+  let partial = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    partial += d;
+    const parts = partial.split('\n');
+    partial = parts.pop()!;
+    lines.push(...parts);
+    for (const w of watchers.slice()) w();
+  });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d;
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+
+  const waitForLog = (re: RegExp, timeoutMs = 60_000) =>
+    new Promise<string>((resolve, reject) => {
+      const check = () => {
+        const hit = lines.find((l) => re.test(l));
+        if (hit) {
+          watchers.splice(watchers.indexOf(check), 1);
+          clearTimeout(t);
+          resolve(hit);
+        }
+      };
+      const t = setTimeout(() => {
+        watchers.splice(watchers.indexOf(check), 1);
+        reject(new Error(`no log line matching ${re} within ${timeoutMs} ms; stderr:\n${stderr}\nstdout:\n${lines.join('\n')}`));
+      }, timeoutMs);
+      watchers.push(check);
+      check();
+    });
+
+  const listening = await Promise.race([
+    waitForLog(/"msg":"listening"/),
+    exited.then((code) => {
+      throw new Error(`proxy exited with ${code} before listening:\n${stderr}`);
+    }),
+  ]);
+  const port = Number(/"listen":"[^"]*:(\d+)"/.exec(listening)![1]);
+  return {
+    pid: child.pid!,
+    port,
+    adminSocket,
+    child,
+    logs: () => lines.slice(),
+    waitForLog,
+    fdCount: () => fs.readdirSync(`/proc/${child.pid}/fd`).length,
+    async status() {
+      const { stdout } = await run(process.execPath, [CLI, 'status', '--json', '--admin-socket', adminSocket]);
+      return JSON.parse(stdout) as StatusSnapshot;
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      const code = await exited;
+      clearTimeout(t);
+      fs.rmSync(dir, { recursive: true, force: true });
+      return code;
+    },
+  };
+}
+
+/** Polls `fn` until it returns true or the time runs out. */
+export async function eventually(fn: () => boolean | Promise<boolean>, timeoutMs = 20_000, what = 'condition'): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    if (await fn()) return;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
