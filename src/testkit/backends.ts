@@ -77,19 +77,15 @@ export async function httpBackend(body: Buffer): Promise<Backend> {
   return b;
 }
 
-/** Deterministic pseudo-random bytes: SHA-256 in counter mode over (seed, block index). */
+/** Deterministic pseudo-random bytes at any offset: the AES-128-CTR keystream under a key derived from `seed`. */
 export function streamChunk(seed: string, offset: number, length: number): Buffer {
-  const out = Buffer.allocUnsafe(length);
-  let o = 0;
-  let block = Math.floor(offset / 32);
-  let skip = offset % 32;
-  while (o < length) {
-    const h = crypto.createHash('sha256').update(`${seed}:${block}`).digest();
-    o += h.copy(out, o, skip, Math.min(32, skip + length - o));
-    skip = 0;
-    block++;
-  }
-  return out;
+  const key = crypto.createHash('sha256').update(seed).digest().subarray(0, 16);
+  const iv = Buffer.alloc(16);
+  iv.writeBigUInt64BE(BigInt(Math.floor(offset / 16)), 8);
+  const skip = offset % 16;
+  const c = crypto.createCipheriv('aes-128-ctr', key, iv);
+  const out = c.update(Buffer.alloc(skip + length));
+  return out.subarray(skip);
 }
 
 /** Writes `total` deterministic bytes to a writable with backpressure, in 64 KiB chunks. */
