@@ -145,11 +145,27 @@ export interface SessionKeys {
   rx: { key: Buffer; iv: Buffer; seq: bigint };
 }
 
-/** Hands a whole session to the kernel: ULP, then TX, then RX. Throws SysError naming the step that failed. */
+export class KtlsInstallError extends Error {
+  constructor(
+    readonly step: 'ulp' | 'tx' | 'rx',
+    cause: Error,
+  ) {
+    super(cause.message);
+  }
+}
+
+/** Hands a whole session to the kernel: ULP, then TX, then RX. Throws KtlsInstallError naming the step that failed. */
 export function installKtls(fd: number, s: SessionKeys): void {
   const version = s.version === 'TLSv1.3' ? TLS_1_3_VERSION : TLS_1_2_VERSION;
   const cipher = s.suite.kernelCipherType as KtlsDirection['cipher'];
-  enableTlsUlp(fd);
-  installDirection(fd, 'tx', { version, cipher, ...s.tx });
-  installDirection(fd, 'rx', { version, cipher, ...s.rx });
+  const step = (name: 'ulp' | 'tx' | 'rx', f: () => void) => {
+    try {
+      f();
+    } catch (e) {
+      throw new KtlsInstallError(name, e as Error);
+    }
+  };
+  step('ulp', () => enableTlsUlp(fd));
+  step('tx', () => installDirection(fd, 'tx', { version, cipher, ...s.tx }));
+  step('rx', () => installDirection(fd, 'rx', { version, cipher, ...s.rx }));
 }

@@ -2,12 +2,13 @@
 import type tls from 'node:tls';
 import type { Logger } from '../admin/log.js';
 import { handshake, HandshakeError, type EstablishedSession } from '../handshake/session.js';
-import { installKtls } from '../kernel/ktls.js';
+import { KtlsInstallError, installKtls } from '../kernel/ktls.js';
 import { IPPROTO_TCP, TCP_NODELAY, sys } from '../kernel/libc.js';
 import type { Poller } from '../kernel/poller.js';
 import { decodeSockaddr, formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import { Alert, RecordProtection } from '../record/aead.js';
 import type { Relay } from '../relay/relay.js';
+import type { UserState } from '../relay/protocol.js';
 import { BackendError, connectBackend } from './backend.js';
 import type { KtlsPolicy } from './types.js';
 
@@ -50,6 +51,18 @@ function userspaceAlert(fd: number, s: EstablishedSession, desc: number): void {
   }
 }
 
+/** Copies the record state for the relay worker (structured clone); the caller wipes the session. */
+function userState(s: EstablishedSession): UserState {
+  const copy = (b: Buffer) => new Uint8Array(b);
+  return {
+    suite: s.suite.name,
+    version: s.version,
+    tx: { key: copy(s.tx.key), iv: copy(s.tx.iv), seq: s.tx.seq },
+    rx: { key: copy(s.rx.key), iv: copy(s.rx.iv), seq: s.rx.seq },
+    secrets: s.secrets ? { client: copy(s.secrets.client), server: copy(s.secrets.server) } : undefined,
+  };
+}
+
 export async function serveConnection(ctx: ConnectionContext, fd: number, id: string): Promise<void> {
   const startedAt = Date.now();
   const client = formatEndpoint(decodeSockaddr(sys.getpeername(fd) ?? Buffer.alloc(0)));
@@ -63,6 +76,8 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
         poller: ctx.poller,
         secureContext: ctx.secureContext,
         timeoutMs: ctx.handshakeTimeoutMs,
+        // KeyUpdate in userspace needs the current traffic secrets; the kernel path wipes them once installed.
+        keepTrafficSecrets: true,
       });
     } catch (e) {
       const he = e instanceof HandshakeError ? e : new HandshakeError(String(e), 'internal');
@@ -71,14 +86,7 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
       return;
     }
     ctx.count('handshakes_ok');
-    const mode = ctx.policy !== 'off' && ctx.kernelSuites.has(session.suite.name) ? 'kernel' : 'user';
-    if (mode === 'user') {
-      // The userspace record layer is issue #3; until then a suite the kernel lacks cannot be carried.
-      userspaceAlert(fd, session, Alert.internal_error);
-      ctx.count('rejected_no_ktls');
-      log.warn({ cipher: session.suite.name }, `kernel TLS cannot carry ${session.version} ${session.suite.name} and the userspace record layer is not available; closing`);
-      return;
-    }
+    let mode: 'kernel' | 'user' = ctx.policy !== 'off' && ctx.kernelSuites.has(session.suite.name) ? 'kernel' : 'user';
     try {
       backendFd = await connectBackend(ctx.poller, ctx.backend, ctx.backendConnectTimeoutMs);
     } catch (e) {
@@ -88,14 +96,26 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
       log.warn({ reason: be.reason }, be.message);
       return;
     }
-    try {
-      installKtls(fd, session);
-    } catch (e) {
-      ctx.count('ktls_install_failed');
-      userspaceAlert(fd, session, Alert.internal_error);
-      log.error({ err: (e as Error).message }, `installing kernel TLS failed: ${(e as Error).message}`);
-      return;
+    if (mode === 'kernel') {
+      try {
+        installKtls(fd, session);
+      } catch (e) {
+        ctx.count('ktls_install_failed');
+        if (ctx.policy === 'require') {
+          userspaceAlert(fd, session, Alert.internal_error);
+          log.error({ err: (e as Error).message }, `installing kernel TLS failed: ${(e as Error).message}`);
+          return;
+        }
+        // Nothing was installed if TCP_ULP itself failed; a half-installed socket cannot fall back.
+        if (!(e instanceof KtlsInstallError) || e.step !== 'ulp') {
+          log.error({ err: (e as Error).message }, `installing kernel TLS failed midway, closing: ${(e as Error).message}`);
+          return;
+        }
+        log.warn({ err: (e as Error).message }, 'kernel TLS install failed; using the userspace record layer');
+        mode = 'user';
+      }
     }
+    const user = mode === 'user' ? userState(session) : undefined;
     const live: LiveConnection = {
       id,
       client,
@@ -109,7 +129,7 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
     session.wipe();
     session = undefined;
     ctx.established(live);
-    ctx.relay.add(live, fd, backendFd);
+    ctx.relay.add(live, fd, backendFd, user);
     fd = -1;
     backendFd = -1;
   } finally {

@@ -29,9 +29,15 @@ export interface ClientSide {
   read(buf: Buffer): ClientRead;
   /** Writes plaintext; returns bytes taken or -errno (-EAGAIN when full). */
   write(buf: Buffer, len: number): number;
-  /** Sends close_notify; returns false if it could not be sent now. */
+  /** Sends (or queues) close_notify; returns false if some of it is still queued. */
   closeNotify(): boolean;
   sendAlert(desc: number): void;
+  /** Whether protected bytes are queued inside the client side (userspace records only). */
+  readonly pendingOutput: boolean;
+  /** Pushes queued bytes: 0 when done, -EAGAIN while full, another -errno on failure. */
+  flush(): number;
+  /** Zeroes any key material held. */
+  wipe(): void;
 }
 
 const EBADMSG = E.EBADMSG!;
@@ -90,6 +96,16 @@ export class KernelClient implements ClientSide {
 
   write(buf: Buffer, len: number): number {
     return sys.send(this.fd, buf, len);
+  }
+
+  readonly pendingOutput = false;
+
+  flush(): number {
+    return 0;
+  }
+
+  wipe(): void {
+    // The kernel holds the keys; nothing here.
   }
 
   closeNotify(): boolean {

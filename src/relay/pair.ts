@@ -37,6 +37,7 @@ export class Pair {
   private backendShut = false; // we sent FIN to the backend
   private backendEof = false;
   private clientShut = false; // we sent close_notify + FIN to the client
+  private closeNotifySent = false;
   private done = false;
   private cEvents = -1;
   private bEvents = -1;
@@ -66,6 +67,10 @@ export class Pair {
 
   onClient(events: number, scratch: Buffer): void {
     if (this.done) return;
+    if (events & EPOLLOUT && this.client.pendingOutput) {
+      const f = this.client.flush();
+      if (f < 0 && f !== -EAGAIN) return this.finish(`client write failed: ${errnoName(-f)}`, 'warn');
+    }
     if (events & EPOLLOUT) this.flushB2c();
     if (!this.done && events & ~EPOLLOUT) this.readClient(scratch);
     this.progress();
@@ -165,13 +170,16 @@ export class Pair {
       this.backendShut = true;
       sys.shutdown(this.backendFd, SHUT_WR);
     }
-    if (this.backendEof && !this.b2c && !this.clientShut) {
-      this.clientShut = true;
+    if (this.backendEof && !this.b2c && !this.closeNotifySent) {
+      this.closeNotifySent = true;
       this.client.closeNotify();
+    }
+    if (this.closeNotifySent && !this.clientShut && !this.client.pendingOutput) {
+      this.clientShut = true;
       sys.shutdown(this.client.fd, SHUT_WR);
     }
     if (this.backendShut && this.clientShut) return this.finish('both sides closed', 'info');
-    const c = (!this.clientEof && !this.c2b ? EPOLLIN : 0) | (this.b2c ? EPOLLOUT : 0);
+    const c = (!this.clientEof && !this.c2b ? EPOLLIN : 0) | (this.b2c || this.client.pendingOutput ? EPOLLOUT : 0);
     const b = (!this.backendEof && !this.b2c ? EPOLLIN : 0) | (this.c2b ? EPOLLOUT : 0);
     if (c !== this.cEvents) this.host.interest(this.client.fd, (this.cEvents = c));
     if (b !== this.bEvents) this.host.interest(this.backendFd, (this.bEvents = b));
@@ -189,6 +197,8 @@ export class Pair {
     this.done = true;
     this.c2b = undefined;
     this.b2c = undefined;
+    this.client.flush();
+    this.client.wipe();
     this.host.closed(this, reason, level);
   }
 }

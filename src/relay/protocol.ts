@@ -7,8 +7,17 @@ export interface WorkerInit {
   idleTimeoutMs: number;
 }
 
+/** Record state for a `user`-mode connection (the only case where keys cross to the worker, in memory). */
+export interface UserState {
+  suite: string;
+  version: 'TLSv1.2' | 'TLSv1.3';
+  tx: { key: Uint8Array; iv: Uint8Array; seq: bigint };
+  rx: { key: Uint8Array; iv: Uint8Array; seq: bigint };
+  secrets?: { client: Uint8Array; server: Uint8Array };
+}
+
 export type ToWorker =
-  | { op: 'add'; info: PairInfo; clientFd: number; backendFd: number; early?: Uint8Array }
+  | { op: 'add'; info: PairInfo; clientFd: number; backendFd: number; early?: Uint8Array; user?: UserState }
   | { op: 'stats'; seq: number }
   | { op: 'abort'; id: string; reason: string; alert?: number }
   | { op: 'stop' };

@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
 import type { PairInfo } from './pair.js';
-import type { FromWorker, PairStats, ToWorker, WorkerInit } from './protocol.js';
+import type { FromWorker, PairStats, ToWorker, UserState, WorkerInit } from './protocol.js';
 
 export interface RelayEvents {
   closed: [msg: Extract<FromWorker, { op: 'closed' }>];
@@ -60,9 +60,9 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 
   /** Gives the worker both fds; from here on it owns (and closes) them. */
-  add(info: PairInfo, clientFd: number, backendFd: number, early?: Buffer): void {
+  add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState): void {
     this.live++;
-    this.post({ op: 'add', info, clientFd, backendFd, early: early ? new Uint8Array(early) : undefined });
+    this.post({ op: 'add', info, clientFd, backendFd, user });
   }
 
   abort(id: string, reason: string, alert?: number): void {

@@ -5,7 +5,9 @@ import { TlsRecordIo } from '../kernel/ktls.js';
 import { EPOLL_EVENT_SIZE, decodeEvent, encodeEvent } from '../kernel/poller.js';
 import { KernelClient } from './kernel-client.js';
 import { Pair, type PairHost } from './pair.js';
-import type { ToWorker, FromWorker, WorkerInit } from './protocol.js';
+import type { ToWorker, FromWorker, UserState, WorkerInit } from './protocol.js';
+import { UserClient } from './user-client.js';
+import { suiteByName } from '../record/suites.js';
 
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
@@ -66,10 +68,28 @@ const host: PairHost = {
   },
 };
 
+/** Rebuilds userspace record state from the message, zeroing the transferred copies. */
+function userClient(fd: number, u: UserState): UserClient {
+  const suite = suiteByName(u.suite, u.version);
+  if (!suite) throw new Error(`unknown suite ${u.suite}`);
+  const buf = (a: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+  const secrets = u.secrets ? { client: Buffer.from(u.secrets.client), server: Buffer.from(u.secrets.server) } : undefined;
+  u.secrets?.client.fill(0);
+  u.secrets?.server.fill(0);
+  // UserClient copies keys into its record protection and zeroes the ones it was given.
+  return new UserClient(fd, {
+    suite,
+    version: u.version,
+    tx: { key: buf(u.tx.key), iv: buf(u.tx.iv), seq: u.tx.seq },
+    rx: { key: buf(u.rx.key), iv: buf(u.rx.iv), seq: u.rx.seq },
+    secrets,
+  });
+}
+
 function handle(msg: ToWorker): void {
   switch (msg.op) {
     case 'add': {
-      const client = new KernelClient(msg.clientFd, io, msg.info.version);
+      const client = msg.user ? userClient(msg.clientFd, msg.user) : new KernelClient(msg.clientFd, io, msg.info.version);
       const early = msg.early ? Buffer.from(msg.early) : undefined;
       const pair = new Pair(msg.info, client, msg.backendFd, host, early);
       pairs.set(msg.info.id, pair);

@@ -1,0 +1,184 @@
+// The client side of a relayed connection whose TLS records we protect ourselves (no kTLS): same contract as the kernel side.
+import { EAGAIN, EINTR, errnoName, sys } from '../kernel/libc.js';
+import { RecordError, RecordProtection, MAX_CIPHERTEXT, MAX_PLAINTEXT } from '../record/aead.js';
+import { tls13NextTrafficSecret, tls13TrafficKeys } from '../record/keys.js';
+import type { CipherSuite } from '../record/suites.js';
+import { ALERT, type ClientRead, type ClientSide } from './kernel-client.js';
+
+const HEADER = 5;
+const KEY_UPDATE = 24;
+
+export interface UserSessionState {
+  suite: CipherSuite;
+  version: 'TLSv1.2' | 'TLSv1.3';
+  tx: { key: Buffer; iv: Buffer; seq: bigint };
+  rx: { key: Buffer; iv: Buffer; seq: bigint };
+  /** TLS 1.3 current traffic secrets (KeyUpdate derives the next ones from these). */
+  secrets?: { client: Buffer; server: Buffer };
+}
+
+export class UserClient implements ClientSide {
+  private readonly rx: RecordProtection;
+  private readonly tx: RecordProtection;
+  private readonly secrets?: { client: Buffer; server: Buffer };
+  /** The record being received: header, then body; never more than one record. */
+  private readonly inbox = Buffer.allocUnsafe(HEADER + MAX_CIPHERTEXT);
+  private got = 0;
+  private need = HEADER;
+  /** Sealed bytes not yet accepted by the socket. */
+  private out: Buffer | undefined;
+  /** Decrypted data waiting to be copied out (a record can hold more than the caller's buffer). */
+  private plain: Buffer | undefined;
+
+  constructor(
+    readonly fd: number,
+    private readonly state: UserSessionState,
+  ) {
+    this.rx = new RecordProtection(state.suite, state.rx.key, state.rx.iv, state.rx.seq);
+    this.tx = new RecordProtection(state.suite, state.tx.key, state.tx.iv, state.tx.seq);
+    this.secrets = state.secrets;
+    for (const b of [state.rx.key, state.rx.iv, state.tx.key, state.tx.iv]) b.fill(0);
+  }
+
+  get pendingOutput(): boolean {
+    return this.out !== undefined;
+  }
+
+  /** Pushes queued ciphertext; returns 0, -EAGAIN while the socket is full, or another -errno. */
+  flush(): number {
+    while (this.out) {
+      const w = sys.send(this.fd, this.out, this.out.length);
+      if (w === -EINTR) continue;
+      if (w < 0) return w;
+      this.out = w === this.out.length ? undefined : this.out.subarray(w);
+    }
+    return 0;
+  }
+
+  read(buf: Buffer): ClientRead {
+    if (this.plain) return this.copyOut(buf);
+    for (;;) {
+      const r = sys.recv(this.fd, this.inbox.subarray(this.got), this.need - this.got);
+      if (r === -EAGAIN || r === -EINTR) return { kind: 'again' };
+      if (r < 0) return { kind: 'fatal', reason: `read from client: ${errnoName(-r)}` };
+      if (r === 0) return { kind: 'eof' };
+      this.got += r;
+      if (this.got < this.need) continue;
+      if (this.need === HEADER) {
+        const len = this.inbox.readUInt16BE(3);
+        if (len > MAX_CIPHERTEXT) return { kind: 'fatal', alert: ALERT.record_overflow, reason: `record of ${len} bytes exceeds 2^14+256` };
+        this.need = HEADER + len;
+        if (len > 0) continue;
+      }
+      const total = this.need;
+      this.got = 0;
+      this.need = HEADER;
+      let opened;
+      try {
+        opened = this.rx.open(this.inbox.subarray(0, HEADER), this.inbox.subarray(HEADER, total));
+      } catch (e) {
+        if (e instanceof RecordError) return { kind: 'fatal', alert: e.alert, reason: e.message };
+        throw e;
+      }
+      const res = this.dispatch(opened.type, opened.plaintext, buf);
+      if (res.kind !== 'skip') return res;
+    }
+  }
+
+  private copyOut(buf: Buffer): ClientRead {
+    const p = this.plain!;
+    const n = p.copy(buf, 0, 0, Math.min(p.length, buf.length));
+    this.plain = n < p.length ? p.subarray(n) : undefined;
+    return { kind: 'data', n };
+  }
+
+  private dispatch(type: number, plaintext: Buffer, buf: Buffer): ClientRead {
+    if (type === 23) {
+      if (plaintext.length === 0) return { kind: 'skip' };
+      this.plain = plaintext;
+      return this.copyOut(buf);
+    }
+    if (type === 21) {
+      if (plaintext.length !== 2) return { kind: 'fatal', alert: ALERT.decode_error, reason: 'malformed alert' };
+      const [level, desc] = [plaintext[0]!, plaintext[1]!];
+      if (desc === ALERT.close_notify) return { kind: 'close_notify' };
+      if (desc === ALERT.user_canceled || (level === 1 && this.state.version === 'TLSv1.2')) return { kind: 'skip' };
+      return { kind: 'fatal', reason: `client sent ${level === 2 ? 'fatal' : 'warning'} alert ${desc}` };
+    }
+    if (type === 22) return this.handshakeMessages(plaintext);
+    return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `unexpected record type ${type} after the handshake` };
+  }
+
+  /** Post-handshake messages: only TLS 1.3 KeyUpdate is acceptable from a client. */
+  private handshakeMessages(p: Buffer): ClientRead {
+    let o = 0;
+    while (o < p.length) {
+      if (p.length - o < 4) return { kind: 'fatal', alert: ALERT.decode_error, reason: 'truncated handshake message' };
+      const type = p[o]!;
+      const len = p.readUIntBE(o + 1, 3);
+      const body = p.subarray(o + 4, o + 4 + len);
+      if (body.length !== len) return { kind: 'fatal', alert: ALERT.decode_error, reason: 'handshake message split across records' };
+      o += 4 + len;
+      if (this.state.version !== 'TLSv1.3' || type !== KEY_UPDATE) {
+        const what = type === 1 ? 'ClientHello (renegotiation)' : type === 4 ? 'NewSessionTicket' : `type ${type}`;
+        return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `unexpected handshake message ${what} after the handshake` };
+      }
+      if (len !== 1 || body[0]! > 1) return { kind: 'fatal', alert: ALERT.decode_error, reason: 'malformed KeyUpdate' };
+      if (o !== p.length) return { kind: 'fatal', alert: ALERT.unexpected_message, reason: 'data after KeyUpdate in the same record' };
+      if (!this.secrets) return { kind: 'fatal', alert: ALERT.internal_error, reason: 'KeyUpdate received but traffic secrets were not kept' };
+      this.rekey('client');
+      if (body[0] === 1) {
+        // update_requested: answer with our own KeyUpdate (not requesting), sent under the old key, then switch.
+        this.queue(this.tx.seal(22, Buffer.from([KEY_UPDATE, 0, 0, 1, 0])));
+        this.rekey('server');
+      }
+    }
+    return { kind: 'skip' };
+  }
+
+  private rekey(which: 'client' | 'server'): void {
+    const s = this.secrets!;
+    const next = tls13NextTrafficSecret(this.state.suite, s[which]);
+    s[which].fill(0);
+    s[which] = next;
+    const keys = tls13TrafficKeys(this.state.suite, next);
+    (which === 'client' ? this.rx : this.tx).rekey(keys.key, keys.iv);
+    keys.key.fill(0);
+    keys.iv.fill(0);
+  }
+
+  private queue(rec: Buffer): void {
+    this.out = this.out ? Buffer.concat([this.out, rec]) : rec;
+  }
+
+  write(buf: Buffer, len: number): number {
+    const f = this.flush();
+    if (f < 0) return f;
+    let taken = 0;
+    while (taken < len && !this.out) {
+      const n = Math.min(MAX_PLAINTEXT, len - taken);
+      this.queue(this.tx.seal(23, buf.subarray(taken, taken + n)));
+      taken += n;
+      const r = this.flush();
+      if (r < 0 && r !== -EAGAIN) return r;
+    }
+    return taken;
+  }
+
+  closeNotify(): boolean {
+    this.queue(this.tx.seal(21, Buffer.from([1, ALERT.close_notify])));
+    return this.flush() === 0;
+  }
+
+  sendAlert(desc: number): void {
+    this.queue(this.tx.seal(21, Buffer.from([2, desc])));
+    this.flush();
+  }
+
+  wipe(): void {
+    this.rx.wipe();
+    this.tx.wipe();
+    this.secrets?.client.fill(0);
+    this.secrets?.server.fill(0);
+  }
+}
