@@ -16,10 +16,7 @@ export class AdminError extends Error {
 
 /** Status replies list every connection, so they may be large; still bound them. */
 const MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
-const ResponseSchema = z.union([
-  z.object({ ok: z.literal(true), result: z.unknown() }),
-  z.object({ ok: z.literal(false), error: z.string() }),
-]);
+const ResponseSchema = z.union([z.object({ ok: z.literal(true), result: z.unknown() }), z.object({ ok: z.literal(false), error: z.string() })]);
 
 /** Sends `{"cmd":cmd,"args":args}` to the admin socket at `path` and resolves with the `result` field. */
 export function adminRequest<T = unknown>(path: string, cmd: string, args?: Record<string, unknown>, timeoutMs = 5000): Promise<T> {

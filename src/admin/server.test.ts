@@ -26,7 +26,17 @@ const SNAPSHOT: StatusSnapshot = {
   ktls: { available: true, ciphers: { 'TLSv1.2': ['ECDHE-ECDSA-AES128-GCM-SHA256'], 'TLSv1.3': ['TLS_AES_128_GCM_SHA256'] }, rekey: true, policy: 'auto' },
   listeners: [{ address: '127.0.0.1:8443', backend: '127.0.0.1:8080' }],
   connections: [
-    { id: 'c1', client: '127.0.0.1:50000', backend: '127.0.0.1:8080', version: 'TLSv1.3', cipher: 'TLS_AES_128_GCM_SHA256', mode: 'kernel', bytesIn: 1536, bytesOut: 5 * 1024 * 1024, ageMs: 65_000 },
+    {
+      id: 'c1',
+      client: '127.0.0.1:50000',
+      backend: '127.0.0.1:8080',
+      version: 'TLSv1.3',
+      cipher: 'TLS_AES_128_GCM_SHA256',
+      mode: 'kernel',
+      bytesIn: 1536,
+      bytesOut: 5 * 1024 * 1024,
+      ageMs: 65_000,
+    },
   ],
   counters: { accepted: 1 },
 };
@@ -88,7 +98,16 @@ describe('admin server and client', () => {
     const server = await startAdminServer(path, handlers);
     try {
       const out = await raw(path, '{"cmd":"echo","args":{"i":1}}\n{"cmd":"echo","args":{"i":2}}\n');
-      assert.deepEqual(out.trim().split('\n').map((l) => JSON.parse(l)), [{ ok: true, result: { i: 1 } }, { ok: true, result: { i: 2 } }]);
+      assert.deepEqual(
+        out
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l)),
+        [
+          { ok: true, result: { i: 1 } },
+          { ok: true, result: { i: 2 } },
+        ],
+      );
     } finally {
       await server.close();
     }
@@ -149,7 +168,10 @@ describe('admin server and client', () => {
 
   it('tells the client when nothing is running', async () => {
     const path = sockPath();
-    await assert.rejects(adminRequest(path, 'status'), (e: unknown) => e instanceof AdminError && e.code === 'ADMIN_UNREACHABLE' && /is ironsocket running\? admin socket: /.test(e.message));
+    await assert.rejects(
+      adminRequest(path, 'status'),
+      (e: unknown) => e instanceof AdminError && e.code === 'ADMIN_UNREACHABLE' && /is ironsocket running\? admin socket: /.test(e.message),
+    );
   });
 
   it('gives up on a server that never answers', async () => {

@@ -83,7 +83,9 @@ async function preparePrivateDir(dir: string): Promise<void> {
     throw new Error(`admin socket directory ${dir} is owned by uid ${st.uid}, not by you (uid ${uid}); choose another --admin-socket`);
   }
   if ((st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0) {
-    throw new Error(`admin socket directory ${dir} is writable by other users (mode ${(st.mode & 0o777).toString(8)}); use a private directory for --admin-socket`);
+    throw new Error(
+      `admin socket directory ${dir} is writable by other users (mode ${(st.mode & 0o777).toString(8)}); use a private directory for --admin-socket`,
+    );
   }
 }
 

@@ -16,7 +16,25 @@ function usageError(argv: string[]): UsageError {
 describe('parseCli', () => {
   it('maps run flags to config flags', () => {
     assert.deepEqual(
-      parseCli(['run', '-c', 'x.toml', '--listen', '[::1]:1', '--backend', 'b:2', '--cert', 'c', '--key', 'k', '--ktls', 'off', '--admin-socket', 's', '--log-level', 'debug']),
+      parseCli([
+        'run',
+        '-c',
+        'x.toml',
+        '--listen',
+        '[::1]:1',
+        '--backend',
+        'b:2',
+        '--cert',
+        'c',
+        '--key',
+        'k',
+        '--ktls',
+        'off',
+        '--admin-socket',
+        's',
+        '--log-level',
+        'debug',
+      ]),
       { kind: 'run', config: 'x.toml', flags: { listen: '[::1]:1', backend: 'b:2', cert: 'c', key: 'k', ktls: 'off', adminSocket: 's', logLevel: 'debug' } },
     );
     assert.deepEqual(parseCli(['run']), { kind: 'run', config: undefined, flags: {} });

@@ -21,7 +21,17 @@ const SNAPSHOT: StatusSnapshot = {
   ktls: { available: true, ciphers: { 'TLSv1.2': [], 'TLSv1.3': ['TLS_AES_256_GCM_SHA384'] }, rekey: true, policy: 'auto' },
   listeners: [{ address: '127.0.0.1:8443', backend: '127.0.0.1:8080' }],
   connections: [
-    { id: 'k1', client: '127.0.0.1:51000', backend: '127.0.0.1:8080', version: 'TLSv1.3', cipher: 'TLS_AES_256_GCM_SHA384', mode: 'kernel', bytesIn: 4096, bytesOut: 10, ageMs: 61_000 },
+    {
+      id: 'k1',
+      client: '127.0.0.1:51000',
+      backend: '127.0.0.1:8080',
+      version: 'TLSv1.3',
+      cipher: 'TLS_AES_256_GCM_SHA384',
+      mode: 'kernel',
+      bytesIn: 4096,
+      bytesOut: 10,
+      ageMs: 61_000,
+    },
   ],
   counters: {},
 };

@@ -9,11 +9,36 @@ const SNAPSHOT: StatusSnapshot = {
   pid: 4321,
   version: '0.1.0',
   startedAt: '2026-01-01T09:00:00.000Z',
-  ktls: { available: true, ciphers: { 'TLSv1.2': ['ECDHE-RSA-AES256-GCM-SHA384'], 'TLSv1.3': ['TLS_AES_128_GCM_SHA256', 'TLS_CHACHA20_POLY1305_SHA256'] }, rekey: false, policy: 'require' },
+  ktls: {
+    available: true,
+    ciphers: { 'TLSv1.2': ['ECDHE-RSA-AES256-GCM-SHA384'], 'TLSv1.3': ['TLS_AES_128_GCM_SHA256', 'TLS_CHACHA20_POLY1305_SHA256'] },
+    rekey: false,
+    policy: 'require',
+  },
   listeners: [{ address: '[::1]:8443', backend: '127.0.0.1:8080' }],
   connections: [
-    { id: 'c1', client: '[::1]:50000', backend: '127.0.0.1:8080', version: 'TLSv1.3', cipher: 'TLS_AES_128_GCM_SHA256', mode: 'kernel', bytesIn: 100, bytesOut: 3 * 1024 * 1024, ageMs: 125_000 },
-    { id: 'c22', client: '127.0.0.1:40000', backend: '127.0.0.1:8080', version: 'TLSv1.2', cipher: 'ECDHE-RSA-AES256-GCM-SHA384', mode: 'user', bytesIn: 2048, bytesOut: 0, ageMs: 900 },
+    {
+      id: 'c1',
+      client: '[::1]:50000',
+      backend: '127.0.0.1:8080',
+      version: 'TLSv1.3',
+      cipher: 'TLS_AES_128_GCM_SHA256',
+      mode: 'kernel',
+      bytesIn: 100,
+      bytesOut: 3 * 1024 * 1024,
+      ageMs: 125_000,
+    },
+    {
+      id: 'c22',
+      client: '127.0.0.1:40000',
+      backend: '127.0.0.1:8080',
+      version: 'TLSv1.2',
+      cipher: 'ECDHE-RSA-AES256-GCM-SHA384',
+      mode: 'user',
+      bytesIn: 2048,
+      bytesOut: 0,
+      ageMs: 900,
+    },
   ],
   counters: { accepted: 2, handshake_failed: 0 },
 };
@@ -47,7 +72,19 @@ describe('formatStatus', () => {
     assert.deepEqual(header.split(/\s+/), ['ID', 'CLIENT', 'BACKEND', 'VERSION', 'CIPHER', 'MODE', 'IN', 'OUT', 'AGE']);
     const row = lines.find((l) => l.startsWith('c1 '));
     assert.ok(row);
-    assert.deepEqual(row.split(/\s+/).filter(Boolean), ['c1', '[::1]:50000', '127.0.0.1:8080', 'TLSv1.3', 'TLS_AES_128_GCM_SHA256', 'kernel', '100', 'B', '3.0', 'MiB', '2m05s']);
+    assert.deepEqual(row.split(/\s+/).filter(Boolean), [
+      'c1',
+      '[::1]:50000',
+      '127.0.0.1:8080',
+      'TLSv1.3',
+      'TLS_AES_128_GCM_SHA256',
+      'kernel',
+      '100',
+      'B',
+      '3.0',
+      'MiB',
+      '2m05s',
+    ]);
     assert.equal(row.indexOf('kernel'), header.indexOf('MODE'));
     assert.match(text, /accepted\s+2/);
   });

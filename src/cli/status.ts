@@ -95,7 +95,15 @@ export function formatStatus(s: StatusView, now: number = Date.now()): string {
     const kernel = s.connections.filter((c) => c.mode === 'kernel').length;
     out.push(`Connections: ${s.connections.length} (${kernel} in kernel TLS, ${s.connections.length - kernel} in userspace)`);
     const rows = s.connections.map((c) => [
-      c.id, c.client, c.backend, c.version, c.cipher, c.mode, formatBytes(c.bytesIn), formatBytes(c.bytesOut), formatDuration(c.ageMs),
+      c.id,
+      c.client,
+      c.backend,
+      c.version,
+      c.cipher,
+      c.mode,
+      formatBytes(c.bytesIn),
+      formatBytes(c.bytesOut),
+      formatDuration(c.ageMs),
     ]);
     out.push(...table(['ID', 'CLIENT', 'BACKEND', 'VERSION', 'CIPHER', 'MODE', 'IN', 'OUT', 'AGE'], rows, new Set([6, 7, 8])));
   }
@@ -103,7 +111,13 @@ export function formatStatus(s: StatusView, now: number = Date.now()): string {
   const counters = Object.entries(s.counters);
   if (counters.length > 0) {
     out.push('', 'Counters:');
-    out.push(...table(['NAME', 'VALUE'], counters.map(([name, value]) => [name, String(value)]), new Set([1])).map((l) => `  ${l}`));
+    out.push(
+      ...table(
+        ['NAME', 'VALUE'],
+        counters.map(([name, value]) => [name, String(value)]),
+        new Set([1]),
+      ).map((l) => `  ${l}`),
+    );
   }
   return out.join('\n') + '\n';
 }

@@ -95,9 +95,22 @@ async function isUsable(certFile: string, keyFile: string): Promise<boolean> {
 
 function runOpenssl(dir: string): Promise<void> {
   const args = [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-sha256',
-    '-days', String(VALID_DAYS), '-config', join(dir, 'openssl.cnf'),
-    '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'),
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-sha256',
+    '-days',
+    String(VALID_DAYS),
+    '-config',
+    join(dir, 'openssl.cnf'),
+    '-keyout',
+    join(dir, 'key.pem'),
+    '-out',
+    join(dir, 'cert.pem'),
   ];
   return new Promise((resolve, reject) => {
     // The child inherits the umask at spawn time, so the key file is created 0600 (inside a 0700 dir) from the start.

@@ -137,7 +137,9 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
   const src = opts.file ?? '';
   if ((certFile === undefined) !== (keyFile === undefined)) {
     const [given, missing] = certFile !== undefined ? ['cert', 'key'] : ['key', 'cert'];
-    problems.push(`${given} was given without ${missing}: pass both (--cert and --key, or cert and key in the config file), or neither to use the generated self-signed certificate`);
+    problems.push(
+      `${given} was given without ${missing}: pass both (--cert and --key, or cert and key in the config file), or neither to use the generated self-signed certificate`,
+    );
   }
   const adminBytes = Buffer.byteLength(adminSocket);
   if (adminBytes > MAX_UNIX_PATH_BYTES) {
@@ -178,7 +180,6 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
 export async function loadConfig(opts: { file?: string; flags: ConfigFlags; env?: NodeJS.ProcessEnv }): Promise<ProxyConfig> {
   return (await resolveConfig(opts)).config;
 }
-
 
 /** Checks that cert and key files load in a TLS context and match; returns problems (empty when fine). */
 export async function checkCertificateFiles(certFile: string, keyFile: string, now: number = Date.now()): Promise<string[]> {

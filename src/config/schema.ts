@@ -141,7 +141,14 @@ export class ConfigError extends Error {
 }
 
 function typeName(expected: string): string {
-  const names: Record<string, string> = { object: 'a table', string: 'a string', number: 'a number', int: 'a whole number', boolean: 'true or false', array: 'an array' };
+  const names: Record<string, string> = {
+    object: 'a table',
+    string: 'a string',
+    number: 'a number',
+    int: 'a whole number',
+    boolean: 'true or false',
+    array: 'an array',
+  };
   return names[expected] ?? expected;
 }
 

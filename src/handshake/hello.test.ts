@@ -41,10 +41,7 @@ test('the returned random is a copy that does not alias the record', () => {
 
 test('a ServerHello carrying the special RFC 8446 random is reported as a HelloRetryRequest', () => {
   assert.deepEqual(HELLO_RETRY_REQUEST_RANDOM, createHash('sha256').update('HelloRetryRequest').digest());
-  assert.equal(
-    HELLO_RETRY_REQUEST_RANDOM.toString('hex'),
-    'cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c',
-  );
+  assert.equal(HELLO_RETRY_REQUEST_RANDOM.toString('hex'), 'cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c');
   assert.equal(parseHello(helloRecord(2, HELLO_RETRY_REQUEST_RANDOM)).kind, 'hello_retry_request');
 });
 

@@ -5,8 +5,7 @@ import assert from 'node:assert/strict';
 import { KeylogCollector, KeylogError } from './keylog.js';
 
 const RANDOM = 'a0'.repeat(16) + '0123456789abcdef'.repeat(2);
-const line = (label: string, secretHex: string, random = RANDOM): Buffer =>
-  Buffer.from(`${label} ${random} ${secretHex}\n`, 'latin1');
+const line = (label: string, secretHex: string, random = RANDOM): Buffer => Buffer.from(`${label} ${random} ${secretHex}\n`, 'latin1');
 
 test('TLS 1.3 lines fill the matching handshake, traffic and exporter secrets', () => {
   const k = new KeylogCollector();

@@ -199,7 +199,13 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
         secrets = { version, masterSecret: keylog.masterSecret, clientRandom: keylog.clientRandom, serverRandom: parseHello(hello.bytes).random };
       }
       const keys = deriveDirectionKeys(suite, secrets);
-      const txSeq = version === 'TLSv1.2' ? afterLast(output.map((r) => r.type), CCS) : countAppKeyRecords(suite, keys.tx, output);
+      const txSeq =
+        version === 'TLSv1.2'
+          ? afterLast(
+              output.map((r) => r.type),
+              CCS,
+            )
+          : countAppKeyRecords(suite, keys.tx, output);
       // TLS 1.2: the client's Finished is its first protected record; TLS 1.3: we stopped right at its Finished.
       const rxSeq = version === 'TLSv1.2' ? afterLast(inbound, CCS) : 0;
       if (version === 'TLSv1.2' && rxSeq !== 1) throw new HandshakeError(`unexpected ${rxSeq} client records after ChangeCipherSpec`, 'internal');

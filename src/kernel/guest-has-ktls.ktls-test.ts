@@ -32,7 +32,10 @@ test('the guest kernel has kTLS and accepts TCP_ULP tls on a loopback socket', a
     await once(client, 'connect');
     const [peer] = await accepted;
     try {
-      for (const [name, socket] of [['client', client], ['server side', peer]] as const) {
+      for (const [name, socket] of [
+        ['client', client],
+        ['server side', peer],
+      ] as const) {
         const ulp = Buffer.from('tls');
         const rc = setsockopt(fdOf(socket), SOL_TCP, TCP_ULP, ulp, ulp.length) as number;
         const errno = rc === 0 ? 0 : koffi.errno();

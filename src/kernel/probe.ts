@@ -91,7 +91,10 @@ export function probeKernel(): KernelProbe {
   const out: KernelProbe = { available: false, accepted: { 'TLSv1.2': [], 'TLSv1.3': [] }, rekey: false };
   let first: string | undefined;
   try {
-    for (const [name, version] of [['TLSv1.2', TLS_1_2_VERSION], ['TLSv1.3', TLS_1_3_VERSION]] as const) {
+    for (const [name, version] of [
+      ['TLSv1.2', TLS_1_2_VERSION],
+      ['TLSv1.3', TLS_1_3_VERSION],
+    ] as const) {
       for (const cipher of KERNEL_CIPHERS) {
         const r = tryCombo(version, cipher, version === TLS_1_3_VERSION && cipher === TLS_CIPHER_AES_GCM_128);
         if (r.ok) out.accepted[name].push(cipher);

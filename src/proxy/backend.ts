@@ -1,6 +1,19 @@
 // Opens the backend TCP connection with raw syscalls, so its fd can go straight to the relay worker (libuv never reads it).
 import net from 'node:net';
-import { AF_INET, AF_INET6, EINPROGRESS, IPPROTO_TCP, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, SO_ERROR, TCP_NODELAY, errnoName, sys } from '../kernel/libc.js';
+import {
+  AF_INET,
+  AF_INET6,
+  EINPROGRESS,
+  IPPROTO_TCP,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  SOL_SOCKET,
+  SO_ERROR,
+  TCP_NODELAY,
+  errnoName,
+  sys,
+} from '../kernel/libc.js';
 import { EPOLLOUT, type Poller } from '../kernel/poller.js';
 import { encodeSockaddr, formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 
@@ -28,7 +41,8 @@ export function connectBackend(poller: Poller, ep: Endpoint, timeoutMs: number):
     let timer: NodeJS.Timeout | undefined;
     const failWith = (errno: number) => {
       const name = errnoName(errno);
-      const reason = name === 'ECONNREFUSED' ? 'refused' : name === 'ETIMEDOUT' ? 'timeout' : name === 'EHOSTUNREACH' || name === 'ENETUNREACH' ? 'unreachable' : 'error';
+      const reason =
+        name === 'ECONNREFUSED' ? 'refused' : name === 'ETIMEDOUT' ? 'timeout' : name === 'EHOSTUNREACH' || name === 'ENETUNREACH' ? 'unreachable' : 'error';
       return new BackendError(`backend ${where}: connect failed: ${name}`, reason);
     };
     const r = sys.connect(fd, encodeSockaddr(ep));

@@ -125,7 +125,10 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
       mode,
       startedAt,
     };
-    log.info({ version: live.version, cipher: live.cipher, mode, txSeq: String(session.tx.seq), rxSeq: String(session.rx.seq), sni: session.servername }, 'established');
+    log.info(
+      { version: live.version, cipher: live.cipher, mode, txSeq: String(session.tx.seq), rxSeq: String(session.rx.seq), sni: session.servername },
+      'established',
+    );
     session.wipe();
     session = undefined;
     ctx.established(live);

@@ -38,8 +38,7 @@ async function resolveEndpoint(ep: { host: string; port: number }): Promise<Endp
 }
 
 function ktlsSupport(probe: KernelProbe): KtlsSupport {
-  const names = (v: 'TLSv1.2' | 'TLSv1.3') =>
-    SUITES.filter((s) => s.version === v && probe.accepted[v].includes(s.kernelCipherType)).map((s) => s.name);
+  const names = (v: 'TLSv1.2' | 'TLSv1.3') => SUITES.filter((s) => s.version === v && probe.accepted[v].includes(s.kernelCipherType)).map((s) => s.name);
   return { available: probe.available, reason: probe.reason, ciphers: { 'TLSv1.2': names('TLSv1.2'), 'TLSv1.3': names('TLSv1.3') }, rekey: probe.rekey };
 }
 

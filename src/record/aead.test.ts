@@ -24,7 +24,7 @@ interface RawRecord {
 
 function splitRecords(stream: Buffer): RawRecord[] {
   const out: RawRecord[] = [];
-  for (let o = 0; o < stream.length; ) {
+  for (let o = 0; o < stream.length;) {
     assert.ok(o + 5 <= stream.length, 'truncated record header in capture');
     const len = stream.readUInt16BE(o + 3);
     out.push({ header: stream.subarray(o, o + 5), body: stream.subarray(o + 5, o + 5 + len) });
@@ -73,7 +73,13 @@ describe('round trips and failure handling', () => {
   for (const suite of SUITES) {
     test(`records sealed with ${suite.name} (${suite.version}) open to the same type and bytes`, () => {
       const [tx, rx] = pair(suite, 5n);
-      for (const [type, size] of [[23, 0], [23, 1], [22, 300], [21, 2], [23, MAX_PLAINTEXT]] as const) {
+      for (const [type, size] of [
+        [23, 0],
+        [23, 1],
+        [22, 300],
+        [21, 2],
+        [23, MAX_PLAINTEXT],
+      ] as const) {
         const plaintext = Buffer.alloc(size, size & 0xff);
         const record = tx.seal(type, plaintext);
         assert.equal(record.length, 5 + suite.explicitNonceLen + size + (suite.version === 'TLSv1.3' ? 1 : 0) + 16);
@@ -274,8 +280,24 @@ describe('interop with OpenSSL through node:tls', () => {
   before(() => {
     certDir = mkdtempSync(join(tmpdir(), 'ironsocket-aead-'));
     const req = (name: string, newkey: string[]) =>
-      execFileSync('openssl', ['req', '-x509', ...newkey, '-nodes', '-days', '1', '-subj', '/CN=localhost',
-        '-keyout', join(certDir, `${name}.key`), '-out', join(certDir, `${name}.crt`)], { stdio: 'ignore' });
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          ...newkey,
+          '-nodes',
+          '-days',
+          '1',
+          '-subj',
+          '/CN=localhost',
+          '-keyout',
+          join(certDir, `${name}.key`),
+          '-out',
+          join(certDir, `${name}.crt`),
+        ],
+        { stdio: 'ignore' },
+      );
     req('ec', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256']);
     req('rsa', ['-newkey', 'rsa:2048']);
     const load = (n: string) => ({ key: readFileSync(join(certDir, `${n}.key`)), cert: readFileSync(join(certDir, `${n}.crt`)) });
@@ -306,13 +328,13 @@ describe('interop with OpenSSL through node:tls', () => {
           return new RecordProtection(suite, key, iv, 0n);
         };
         const keys = deriveDirectionKeys(suite, {
-          version: 'TLSv1.3', clientTrafficSecret: k.clientTrafficSecret0!, serverTrafficSecret: k.serverTrafficSecret0!,
+          version: 'TLSv1.3',
+          clientTrafficSecret: k.clientTrafficSecret0!,
+          serverTrafficSecret: k.serverTrafficSecret0!,
         });
         const prot = (rs: RawRecord[]) => rs.filter((r) => r.header[0] === ContentType.application_data);
-        const fromClient = decryptFlight(prot(c2s), hsProtection(k.clientHandshakeTrafficSecret),
-          new RecordProtection(suite, keys.rx.key, keys.rx.iv, 0n));
-        const fromServer = decryptFlight(prot(s2c), hsProtection(k.serverHandshakeTrafficSecret),
-          new RecordProtection(suite, keys.tx.key, keys.tx.iv, 0n));
+        const fromClient = decryptFlight(prot(c2s), hsProtection(k.clientHandshakeTrafficSecret), new RecordProtection(suite, keys.rx.key, keys.rx.iv, 0n));
+        const fromServer = decryptFlight(prot(s2c), hsProtection(k.serverHandshakeTrafficSecret), new RecordProtection(suite, keys.tx.key, keys.tx.iv, 0n));
         assert.equal(appData(fromClient), message);
         assert.equal(appData(fromServer), `pong: ${message}`);
         // The server's first records under the application key are NewSessionTickets (handshake type 4).
@@ -325,7 +347,10 @@ describe('interop with OpenSSL through node:tls', () => {
         const serverRandom = serverRandomFromServerHello(Buffer.concat([s2c[0].header, s2c[0].body]));
         assert.equal(parseHello(Buffer.concat([s2c[0].header, s2c[0].body])).kind, 'server_hello');
         const keys = deriveDirectionKeys(suite, {
-          version: 'TLSv1.2', masterSecret: cap.keylog.masterSecret!, clientRandom: cap.keylog.clientRandom!, serverRandom,
+          version: 'TLSv1.2',
+          masterSecret: cap.keylog.masterSecret!,
+          clientRandom: cap.keylog.clientRandom!,
+          serverRandom,
         });
         const fromClient = decryptFlight(afterCcs(c2s), undefined, new RecordProtection(suite, keys.rx.key, keys.rx.iv, 0n));
         const fromServer = decryptFlight(afterCcs(s2c), undefined, new RecordProtection(suite, keys.tx.key, keys.tx.iv, 0n));

@@ -244,9 +244,7 @@ function makeCipher(aead: AeadName, key: Buffer, nonce: Buffer) {
 
 function makeDecipher(aead: AeadName, key: Buffer, nonce: Buffer) {
   const opts = { authTagLength: TAG_LEN };
-  return aead === 'chacha20-poly1305'
-    ? createDecipheriv(aead, key, nonce, opts)
-    : createDecipheriv(aead, key, nonce, opts);
+  return aead === 'chacha20-poly1305' ? createDecipheriv(aead, key, nonce, opts) : createDecipheriv(aead, key, nonce, opts);
 }
 
 function checkKeys(suite: CipherSuite, key: Buffer, iv: Buffer): void {

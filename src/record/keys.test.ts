@@ -2,14 +2,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  deriveDirectionKeys,
-  hkdfExpandLabel,
-  tls12KeyBlock,
-  tls12Prf,
-  tls13NextTrafficSecret,
-  tls13TrafficKeys,
-} from './keys.js';
+import { deriveDirectionKeys, hkdfExpandLabel, tls12KeyBlock, tls12Prf, tls13NextTrafficSecret, tls13TrafficKeys } from './keys.js';
 import { suiteByName } from './suites.js';
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
@@ -20,9 +13,7 @@ const AES256 = suiteByName('TLS_AES_256_GCM_SHA384', 'TLSv1.3')!;
 // RFC 8448 §3 "Simple 1-RTT Handshake".
 const RFC8448 = {
   masterSecret: hex('18 df 06 84 3d 13 a0 8b f2 a4 49 84 4c 5f 8a 47 80 01 bc 4d 4c 62 79 84 d5 a4 1d a8 d0 40 29 19'),
-  serverFinishedTranscript: hex(
-    '96 08 10 2a 0f 1c cc 6d b6 25 0b 7b 7e 41 7b 1a 00 0e aa da 3d aa e4 77 7a 76 86 c9 ff 83 df 13',
-  ),
+  serverFinishedTranscript: hex('96 08 10 2a 0f 1c cc 6d b6 25 0b 7b 7e 41 7b 1a 00 0e aa da 3d aa e4 77 7a 76 86 c9 ff 83 df 13'),
   serverHsSecret: hex('b6 7b 7d 69 0c c1 6c 4e 75 e5 42 13 cb 2d 37 b4 e9 c9 12 bc de d9 10 5d 42 be fd 59 d3 91 ad 38'),
   serverHsKey: hex('3f ce 51 60 09 c2 17 27 d0 f2 e4 e8 6e e4 03 bc'),
   serverHsIv: hex('5d 31 3e b2 67 12 76 ee 13 00 0b 30'),
@@ -59,12 +50,8 @@ test('HKDF-Expand-Label with a transcript-hash context derives the RFC 8448 serv
 
 test('a KeyUpdate advances a SHA-384 traffic secret to the value OpenSSL computes', () => {
   // Vector published in s2n-tls's key update tests, produced by OpenSSL s_client (TLS_AES_256_GCM_SHA384).
-  const current = hex(
-    '4bc28934ddd802b00f479e14a72d7725dab45d32b3b145f29e4c5b56677560eb5236b168c71c5c75aa52f3e20ee89bfb',
-  );
-  const expected = hex(
-    'ee85dd54781bd4d8a100589a9fe6ac9a3797b811e977f549cd531be2441d7c63e2b9729d145c11d84af35957727565a4',
-  );
+  const current = hex('4bc28934ddd802b00f479e14a72d7725dab45d32b3b145f29e4c5b56677560eb5236b168c71c5c75aa52f3e20ee89bfb');
+  const expected = hex('ee85dd54781bd4d8a100589a9fe6ac9a3797b811e977f549cd531be2441d7c63e2b9729d145c11d84af35957727565a4');
   assert.deepEqual(tls13NextTrafficSecret(AES256, current), expected);
 });
 

@@ -57,13 +57,7 @@ export function hkdfExpand(hash: HashName, prk: Buffer, info: Buffer, length: nu
  * HKDF-Expand-Label (RFC 8446 §7.1). `label` is given without the "tls13 " prefix.
  * HkdfLabel = uint16 length || opaque label<7..255> || opaque context<0..255>.
  */
-export function hkdfExpandLabel(
-  hash: HashName,
-  secret: Buffer,
-  label: string,
-  context: Buffer,
-  length: number,
-): Buffer {
+export function hkdfExpandLabel(hash: HashName, secret: Buffer, label: string, context: Buffer, length: number): Buffer {
   const fullLabel = Buffer.from('tls13 ' + label, 'ascii');
   if (fullLabel.length > 255 || context.length > 255 || length > 0xffff) {
     throw new RangeError('HKDF-Expand-Label argument too long');
@@ -99,13 +93,7 @@ export function tls13NextTrafficSecret(suite: CipherSuite, secret: Buffer): Buff
  * TLS 1.2 PRF (RFC 5246 §5): P_hash(secret, label || seed).
  * A(0) = label||seed, A(i) = HMAC(secret, A(i-1)), output = HMAC(secret, A(1)||label||seed) || ...
  */
-export function tls12Prf(
-  hash: HashName,
-  secret: Buffer,
-  label: string,
-  seed: Buffer,
-  length: number,
-): Buffer {
+export function tls12Prf(hash: HashName, secret: Buffer, label: string, seed: Buffer, length: number): Buffer {
   if (!Number.isInteger(length) || length < 0) throw new RangeError(`PRF length ${length} invalid`);
   const labelSeed = Buffer.concat([Buffer.from(label, 'ascii'), seed]);
   const out = Buffer.alloc(length);
@@ -129,12 +117,7 @@ export function tls12Prf(
  * PRF(master, "key expansion", server_random || client_random) split into
  * client_write_key, server_write_key, client_write_IV, server_write_IV.
  */
-export function tls12KeyBlock(
-  suite: CipherSuite,
-  masterSecret: Buffer,
-  clientRandom: Buffer,
-  serverRandom: Buffer,
-): Tls12KeyBlock {
+export function tls12KeyBlock(suite: CipherSuite, masterSecret: Buffer, clientRandom: Buffer, serverRandom: Buffer): Tls12KeyBlock {
   requireVersion(suite, 'TLSv1.2');
   requireLength(masterSecret, 48, 'master secret');
   requireLength(clientRandom, 32, 'client random');
@@ -158,11 +141,7 @@ export function tls12KeyBlock(
  * Record keys for one endpoint: `rx` protects what it receives, `tx` what it sends.
  * Iron Socket terminates TLS, so `side` defaults to 'server' (rx = client write keys).
  */
-export function deriveDirectionKeys(
-  suite: CipherSuite,
-  secrets: SessionSecrets,
-  side: 'server' | 'client' = 'server',
-): DirectionKeys {
+export function deriveDirectionKeys(suite: CipherSuite, secrets: SessionSecrets, side: 'server' | 'client' = 'server'): DirectionKeys {
   if (suite.version !== secrets.version) {
     throw new Error(`suite ${suite.name} is ${suite.version} but secrets are ${secrets.version}`);
   }

@@ -41,22 +41,11 @@ export interface CipherSuite {
   readonly kernelCipherType: number;
 }
 
-function suite(
-  name: string,
-  standardName: string,
-  code: number,
-  version: TlsVersion,
-  aead: AeadName,
-  hash: HashName,
-): CipherSuite {
+function suite(name: string, standardName: string, code: number, version: TlsVersion, aead: AeadName, hash: HashName): CipherSuite {
   const keyLen = aead === 'aes-128-gcm' ? 16 : 32;
   const gcm12 = version === 'TLSv1.2' && aead !== 'chacha20-poly1305';
   const kernelCipherType =
-    aead === 'aes-128-gcm'
-      ? KERNEL_CIPHER.AES_GCM_128
-      : aead === 'aes-256-gcm'
-        ? KERNEL_CIPHER.AES_GCM_256
-        : KERNEL_CIPHER.CHACHA20_POLY1305;
+    aead === 'aes-128-gcm' ? KERNEL_CIPHER.AES_GCM_128 : aead === 'aes-256-gcm' ? KERNEL_CIPHER.AES_GCM_256 : KERNEL_CIPHER.CHACHA20_POLY1305;
   return Object.freeze({
     name,
     standardName,

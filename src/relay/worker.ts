@@ -157,4 +157,3 @@ while (running) {
 }
 sys.close(ep);
 send({ op: 'stopped' });
-
