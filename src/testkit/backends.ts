@@ -10,8 +10,11 @@ export interface Backend {
   close(): Promise<void>;
 }
 
-function listen(server: net.Server | http.Server): Promise<number> {
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
+function listen(server: net.Server | http.Server, port = 0): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port));
+  });
 }
 
 function closer(server: net.Server, sockets: Set<net.Socket>): () => Promise<void> {
@@ -60,7 +63,7 @@ export async function exactEchoBackend(n: number): Promise<Backend> {
 }
 
 /** Answers every HTTP request with `body`. */
-export async function httpBackend(body: Buffer): Promise<Backend> {
+export async function httpBackend(body: Buffer, port = 0): Promise<Backend> {
   const sockets = new Set<net.Socket>();
   const b = { port: 0, accepted: 0, close: async () => {} };
   const server = http.createServer((_req, res) => {
@@ -72,7 +75,7 @@ export async function httpBackend(body: Buffer): Promise<Backend> {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
   });
-  b.port = await listen(server);
+  b.port = await listen(server, port);
   b.close = closer(server, sockets);
   return b;
 }
