@@ -19,8 +19,8 @@ export type ClientRead =
   | { kind: 'close_notify' }
   /** TCP FIN without close_notify. */
   | { kind: 'eof' }
-  /** Handled internally (e.g. a warning alert); read again. */
-  | { kind: 'skip' }
+  /** Handled internally (e.g. a warning alert, a KeyUpdate); read again. `note` is logged. */
+  | { kind: 'skip'; note?: string }
   /** Fatal: `alert` (if any) should be sent before closing; `reason` is for the log. */
   | { kind: 'fatal'; alert?: number; reason: string };
 

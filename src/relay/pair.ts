@@ -90,6 +90,7 @@ export class Pair {
         case 'again':
           return;
         case 'skip':
+          if (r.note) this.host.log('info', this.info.id, r.note);
           continue;
         case 'data': {
           this.bytesIn += r.n;

@@ -81,7 +81,7 @@ export class UserClient implements ClientSide {
         throw e;
       }
       const res = this.dispatch(opened.type, opened.plaintext, buf);
-      if (res.kind !== 'skip') return res;
+      if (res.kind !== 'skip' || res.note) return res;
     }
   }
 
@@ -131,7 +131,9 @@ export class UserClient implements ClientSide {
         // update_requested: answer with our own KeyUpdate (not requesting), sent under the old key, then switch.
         this.queue(this.tx.seal(22, Buffer.from([KEY_UPDATE, 0, 0, 1, 0])));
         this.rekey('server');
+        return { kind: 'skip', note: 'client KeyUpdate (update_requested): new receive key; answered with our KeyUpdate and a new send key' };
       }
+      return { kind: 'skip', note: 'client KeyUpdate (update_not_requested): new receive key' };
     }
     return { kind: 'skip' };
   }
