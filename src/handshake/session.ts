@@ -32,7 +32,7 @@ export interface EstablishedSession {
 export class HandshakeError extends Error {
   constructor(
     message: string,
-    readonly reason: 'timeout' | 'client-closed' | 'io' | 'malformed' | 'tls' | 'unsupported-suite' | 'internal',
+    readonly reason: 'timeout' | 'client-closed' | 'io' | 'malformed' | 'tls' | 'unsupported-suite' | 'internal' | 'aborted',
   ) {
     super(message);
   }
@@ -44,6 +44,8 @@ export interface HandshakeOptions {
   timeoutMs: number;
   keepTrafficSecrets?: boolean;
   ALPNProtocols?: string[];
+  /** Aborting fails the handshake at once (an upgrade that could not wait for it). */
+  signal?: AbortSignal;
 }
 
 /** One record seen on the wire during the handshake (server output is kept whole for sequence accounting). */
@@ -114,6 +116,9 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
       else fail(err);
     });
     const timer = setTimeout(() => fail(new HandshakeError(`handshake not finished after ${opts.timeoutMs} ms`, 'timeout')), opts.timeoutMs);
+    const onAbort = () => fail(new HandshakeError(`handshake aborted: ${String(opts.signal?.reason ?? 'aborted')}`, 'aborted'));
+    if (opts.signal?.aborted) queueMicrotask(onAbort);
+    else opts.signal?.addEventListener('abort', onAbort, { once: true });
 
     function trackOutput(chunk: Buffer): void {
       let buf = outPartial.length ? Buffer.concat([outPartial, chunk]) : chunk;
@@ -152,6 +157,7 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
       finished = true;
       sealed = true;
       clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onAbort);
       raw.detach();
       keylog.wipe();
       socket.destroy();
@@ -171,6 +177,7 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
             const session = settle();
             finished = true;
             clearTimeout(timer);
+            opts.signal?.removeEventListener('abort', onAbort);
             raw.detach();
             socket.destroy();
             resolve(session);

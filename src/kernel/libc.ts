@@ -59,6 +59,9 @@ const fn = {
   epoll_ctl: libc.func('int epoll_ctl(int, int, int, void *)'),
   epoll_wait: libc.func('int epoll_wait(int, void *, int, int)'),
   eventfd: libc.func('int eventfd(unsigned int, int)'),
+  memfd_create: libc.func('int memfd_create(const char *, unsigned int)'),
+  lseek: libc.func('int64_t lseek(int, int64_t, int)'),
+  execve: libc.func('int execve(const char *, const char **, const char **)'),
 };
 
 /** A failed system call, carrying errno and its symbolic name. */
@@ -112,6 +115,12 @@ export const sys = {
     check('getsockopt', fn.getsockopt(fd, level, name, b, [4]));
     return b.readInt32LE(0);
   },
+  /** getsockopt into `buf`; returns the option length, or -errno. */
+  getsockoptBuf: (fd: number, level: number, name: number, buf: Buffer): number => {
+    const len = [buf.length];
+    const r = fn.getsockopt(fd, level, name, buf, len);
+    return r < 0 ? -koffi.errno() : len[0]!;
+  },
   getsockname: (fd: number): Buffer => {
     const b = Buffer.alloc(128);
     const len = [128];
@@ -151,6 +160,15 @@ export const sys = {
     fn.epoll_wait.async(ep, events, max, timeoutMs, (err: unknown, r: number) => cb(err ? -EINTR : r));
   },
   eventfd: (flags: number) => check('eventfd', fn.eventfd(0, flags)),
+  /** An anonymous in-memory file (never on disk), close-on-exec. */
+  memfdCreate: (name: string) => check('memfd_create', fn.memfd_create(name, 1 /* MFD_CLOEXEC */)),
+  rewind: (fd: number) => check('lseek', Number(fn.lseek(fd, 0, 0))),
+  /** Replaces the process image; returns only on failure (the errno). */
+  execve: (path: string, argv: string[], env: string[]): number => {
+    fn.execve(path, [...argv, null], [...env, null]);
+    return koffi.errno();
+  },
+  isCloexec: (fd: number) => (check('fcntl', fn.fcntl(fd, F_GETFD, 'int', 0)) & FD_CLOEXEC) !== 0,
 };
 
 /** Address of a Buffer's memory; Buffers from allocUnsafeSlow/alloc never move. */

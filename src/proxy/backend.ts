@@ -27,7 +27,7 @@ export class BackendError extends Error {
 }
 
 /** Connects to `ep` (an IP literal); resolves with a connected non-blocking fd, or rejects (fd closed). */
-export function connectBackend(poller: Poller, ep: Endpoint, timeoutMs: number): Promise<number> {
+export function connectBackend(poller: Poller, ep: Endpoint, timeoutMs: number, signal?: AbortSignal): Promise<number> {
   return new Promise((resolve, reject) => {
     const family = net.isIP(ep.host) === 6 ? AF_INET6 : AF_INET;
     let fd: number;
@@ -51,8 +51,10 @@ export function connectBackend(poller: Poller, ep: Endpoint, timeoutMs: number):
       sys.close(fd);
       return reject(failWith(-r));
     }
+    const onAbort = () => done(new BackendError(`backend ${where}: connect aborted`, 'error'));
     const done = (err?: BackendError) => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       poller.remove(fd);
       if (err) {
         sys.close(fd);
@@ -64,5 +66,6 @@ export function connectBackend(poller: Poller, ep: Endpoint, timeoutMs: number):
       done(soErr ? failWith(soErr) : undefined);
     });
     timer = setTimeout(() => done(new BackendError(`backend ${where}: no connection after ${timeoutMs} ms`, 'timeout')), timeoutMs);
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }

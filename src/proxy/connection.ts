@@ -24,6 +24,8 @@ export interface ConnectionContext {
   handshakeTimeoutMs: number;
   backendConnectTimeoutMs: number;
   count(name: string): void;
+  /** Aborted when an upgrade cannot wait for this connection's handshake. */
+  signalFor(id: string): AbortSignal | undefined;
   /** A connection reached the relay. */
   established(c: LiveConnection): void;
   /** A connection that never reached the relay is gone. */
@@ -76,6 +78,7 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
         poller: ctx.poller,
         secureContext: ctx.secureContext,
         timeoutMs: ctx.handshakeTimeoutMs,
+        signal: ctx.signalFor(id),
         // KeyUpdate in userspace needs the current traffic secrets; the kernel path wipes them once installed.
         keepTrafficSecrets: true,
       });
@@ -88,7 +91,7 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
     ctx.count('handshakes_ok');
     let mode: 'kernel' | 'user' = ctx.policy !== 'off' && ctx.kernelSuites.has(session.suite.name) ? 'kernel' : 'user';
     try {
-      backendFd = await connectBackend(ctx.poller, ctx.backend, ctx.backendConnectTimeoutMs);
+      backendFd = await connectBackend(ctx.poller, ctx.backend, ctx.backendConnectTimeoutMs, ctx.signalFor(id));
     } catch (e) {
       const be = e instanceof BackendError ? e : new BackendError(String(e), 'error');
       ctx.count(`backend_${be.reason}`);

@@ -7,6 +7,8 @@ import net from 'node:net';
 export interface ListenerOptions {
   endpoint: Endpoint;
   backlog?: number;
+  /** An fd already bound and listening (carried across exec) to use instead of binding. */
+  adoptFd?: number;
   /** Called with each accepted non-blocking, close-on-exec fd. */
   onConnection(fd: number): void;
   onError(message: string): void;
@@ -23,15 +25,21 @@ export class Listener {
     private readonly poller: Poller,
     private readonly opts: ListenerOptions,
   ) {
-    const family = net.isIP(opts.endpoint.host) === 6 ? AF_INET6 : AF_INET;
-    this.fd = sys.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
-    try {
-      sys.setsockoptInt(this.fd, SOL_SOCKET, SO_REUSEADDR, 1);
-      sys.bind(this.fd, encodeSockaddr(opts.endpoint));
-      sys.listen(this.fd, opts.backlog ?? 1024);
-    } catch (e) {
-      sys.close(this.fd);
-      throw new Error(`cannot listen on ${formatEndpoint(opts.endpoint)}: ${(e as Error).message}`);
+    if (opts.adoptFd !== undefined) {
+      this.fd = opts.adoptFd;
+      sys.setNonBlocking(this.fd);
+      sys.setCloexec(this.fd, true);
+    } else {
+      const family = net.isIP(opts.endpoint.host) === 6 ? AF_INET6 : AF_INET;
+      this.fd = sys.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
+      try {
+        sys.setsockoptInt(this.fd, SOL_SOCKET, SO_REUSEADDR, 1);
+        sys.bind(this.fd, encodeSockaddr(opts.endpoint));
+        sys.listen(this.fd, opts.backlog ?? 1024);
+      } catch (e) {
+        sys.close(this.fd);
+        throw new Error(`cannot listen on ${formatEndpoint(opts.endpoint)}: ${(e as Error).message}`);
+      }
     }
     this.address = formatEndpoint(decodeSockaddr(sys.getsockname(this.fd)));
     poller.add(this.fd, EPOLLIN, () => this.accept());

@@ -1,4 +1,4 @@
-// Starts the proxy: probes the kernel, builds the TLS context, listens, and serves the admin socket.
+// Starts the proxy — fresh, or continuing a previous image's connections after exec — and serves the admin socket.
 import dns from 'node:dns/promises';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -6,14 +6,18 @@ import tls from 'node:tls';
 import crypto from 'node:crypto';
 import type { Logger } from '../admin/log.js';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
+import { sys } from '../kernel/libc.js';
+import { TlsRecordIo } from '../kernel/ktls.js';
 import { Poller } from '../kernel/poller.js';
 import { probeKernel, type KernelProbe } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import { SUITES } from '../record/suites.js';
 import { Relay } from '../relay/relay.js';
-import { serveConnection, type LiveConnection } from './connection.js';
-import { Listener } from './listener.js';
-import type { KtlsSupport, ProxyConfig, StatusSnapshot } from './types.js';
+import { checkListener, checkPair, rejectPair, wipeCarried } from '../upgrade/restore.js';
+import { decodeState, readStateMemfd, type HandoffState } from '../upgrade/state.js';
+import { HANDOFF_ENV, upgradeInPlace } from '../upgrade/upgrade.js';
+import { ProxyServer } from './server.js';
+import type { KtlsSupport, ProxyConfig } from './types.js';
 
 export interface ProxyHandle {
   close(): Promise<void>;
@@ -42,9 +46,30 @@ function ktlsSupport(probe: KernelProbe): KtlsSupport {
   return { available: probe.available, reason: probe.reason, ciphers: { 'TLSv1.2': names('TLSv1.2'), 'TLSv1.3': names('TLSv1.3') }, rekey: probe.rekey };
 }
 
+/** Reads the state a previous image left us, if this process was exec'ed by an upgrade. */
+function takeHandoff(): HandoffState | undefined {
+  const raw = process.env[HANDOFF_ENV];
+  delete process.env[HANDOFF_ENV];
+  if (!raw) return undefined;
+  const fd = Number(raw);
+  if (!Number.isInteger(fd) || fd < 3) throw new Error(`${HANDOFF_ENV}=${raw} is not a file descriptor`);
+  const buf = readStateMemfd(fd);
+  try {
+    return decodeState(buf);
+  } finally {
+    buf.fill(0);
+  }
+}
+
+function sameEndpoint(carried: string, want: Endpoint): boolean {
+  const w = formatEndpoint(want);
+  return want.port === 0 ? carried.replace(/:\d+$/, '') === w.replace(/:\d+$/, '') : carried === w;
+}
+
 export async function startProxy(config: ProxyConfig, deps: { logger: Logger }): Promise<ProxyHandle> {
   const log = deps.logger;
-  const probe = probeKernel();
+  const handoff = takeHandoff();
+  const probe = handoff?.probe ?? probeKernel();
   const support = ktlsSupport(probe);
   if (config.ktls === 'require' && !probe.available) {
     throw new StartupError(`--ktls require: this kernel cannot take TLS sessions: ${probe.reason}`, 'KTLS_REQUIRED');
@@ -68,111 +93,65 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   const listenAt = await resolveEndpoint(config.listen);
   const poller = new Poller();
   const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs });
-  const counters: Record<string, number> = {};
-  const count = (name: string) => {
-    counters[name] = (counters[name] ?? 0) + 1;
-  };
-  const live = new Map<string, LiveConnection>();
-  let inFlight = 0; // accepted, not yet relayed
-  let nextId = 1;
-  const startedAt = new Date();
-  let listener: Listener | undefined;
+  const server = new ProxyServer({ config, logger: log, poller, relay, secureContext, backend, probe, support, kernelSuites });
+  server.pauseAccepting();
 
-  const atCapacity = () => live.size + inFlight >= config.maxConnections;
-  const recheckCapacity = () => {
-    if (!atCapacity()) listener?.resume();
-  };
-
-  relay.on('closed', (m) => {
-    live.delete(m.id);
-    count('connections_closed');
-    log[m.level]({ conn: m.id, bytesIn: m.bytesIn, bytesOut: m.bytesOut }, `closed: ${m.reason}`);
-    recheckCapacity();
-  });
-  relay.on('log', (m) => log[m.level]({ conn: m.id }, m.msg));
-  relay.on('error', (e) => log.fatal({ err: e.message }, `relay worker failed: ${e.message}`));
-
-  const ctx = {
-    poller,
-    relay,
-    logger: log,
-    secureContext,
-    backend,
-    policy: config.ktls,
-    kernelSuites,
-    handshakeTimeoutMs: config.handshakeTimeoutMs,
-    backendConnectTimeoutMs: config.backendConnectTimeoutMs,
-    count,
-    established(c: LiveConnection) {
-      inFlight--;
-      live.set(c.id, c);
-    },
-    gone() {
-      inFlight--;
-      recheckCapacity();
-    },
-  };
-
+  if (handoff) restore(server, handoff);
   try {
-    listener = new Listener(poller, {
-      endpoint: listenAt,
-      onConnection(fd) {
-        inFlight++;
-        count('connections_accepted');
-        void serveConnection(ctx, fd, `c${nextId++}`);
-        if (atCapacity()) {
-          log.warn(`at max_connections (${config.maxConnections}); new clients wait in the backlog`);
-          listener!.pause();
-        }
-      },
-      onError(message) {
-        log.error(message);
-      },
-    });
+    const carried = handoff?.listeners.find((l) => sameEndpoint(l.address, listenAt));
+    for (const l of handoff?.listeners ?? []) if (l !== carried) sys.close(l.fd);
+    if (carried) {
+      const bad = checkListener(carried);
+      if (bad) throw new Error(`carried listener: ${bad}`);
+    }
+    server.listen(listenAt, carried?.fd);
   } catch (e) {
     poller.close();
     await relay.stop();
     throw new StartupError((e as Error).message, 'LISTEN');
   }
+  if (handoff) {
+    // Relays first, new connections second: wait until the worker has taken every carried connection.
+    await relay.stats();
+    const u = server.lastUpgrade!;
+    u.stallMs = Date.now() - handoff.frozenAt;
+    log.info(
+      { generation: server.generation, moved: u.moved, failedToRestore: u.failedToRestore, stallMs: u.stallMs },
+      'upgrade complete: connections resumed',
+    );
+  }
+  server.resumeAccepting();
 
-  const status = async (): Promise<StatusSnapshot> => {
-    const stats = new Map((await relay.stats()).map((s) => [s.id, s]));
-    const now = Date.now();
-    return {
-      pid: process.pid,
-      version: process.env.npm_package_version ?? '0.1.0',
-      startedAt: startedAt.toISOString(),
-      ktls: { ...support, policy: config.ktls },
-      listeners: [{ address: listener!.address, backend: formatEndpoint(backend) }],
-      connections: [...live.values()].map((c) => ({
-        id: c.id,
-        client: c.client,
-        backend: c.backend,
-        version: c.version,
-        cipher: c.cipher,
-        mode: c.mode,
-        bytesIn: stats.get(c.id)?.bytesIn ?? 0,
-        bytesOut: stats.get(c.id)?.bytesOut ?? 0,
-        ageMs: now - c.startedAt,
-      })),
-      counters: { ...counters, connections_live: live.size, handshakes_in_progress: inFlight },
-    };
-  };
+  const upgrade = (attempt?: string) => upgradeInPlace(server, { handshakeBoundMs: Math.min(config.handshakeTimeoutMs, 5000) }, attempt);
+  const onUsr2 = () => void upgrade();
+  process.on('SIGUSR2', onUsr2);
 
   let admin: AdminServer;
   try {
-    admin = await startAdminServer(config.adminSocket, { status }, { logger: log });
+    admin = await startAdminServer(
+      config.adminSocket,
+      {
+        status: () => server.status(),
+        upgrade: () => {
+          const attempt = crypto.randomBytes(6).toString('hex');
+          // Answer first; the upgrade (and exec) follow once the reply is on its way.
+          setTimeout(() => void upgrade(attempt), 50);
+          return { attempt, generation: server.generation, pid: process.pid };
+        },
+      },
+      { logger: log },
+    );
   } catch (e) {
-    listener.close();
+    await server.close();
     poller.close();
-    await relay.stop();
     throw new StartupError(`admin socket ${config.adminSocket}: ${(e as Error).message}`, 'ADMIN');
   }
-  log.info({ listen: listener.address, backend: formatEndpoint(backend), ktls: support }, 'listening');
+  const address = server.listeners[0]!.address;
+  log.info({ listen: address, backend: formatEndpoint(backend), ktls: support, generation: server.generation }, 'listening');
 
   let closing: Promise<void> | undefined;
   return {
-    address: listener.address,
+    address,
     describeKtls() {
       if (config.ktls === 'off') return 'off (--ktls off): connections use the userspace record layer';
       if (!support.available) return `unavailable (${support.reason})`;
@@ -181,12 +160,40 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
     },
     close() {
       closing ??= (async () => {
-        listener!.close();
+        process.off('SIGUSR2', onUsr2);
         await admin.close();
-        await relay.stop();
+        await server.close();
         poller.close();
       })();
       return closing;
     },
   };
+}
+
+/** Adopts what the previous image handed over: counters, ids, and every connection that checks out. */
+function restore(server: ProxyServer, h: HandoffState): void {
+  const log = server.deps.logger;
+  server.generation = h.generation;
+  server.startedAt = h.startedAt;
+  server.nextId = h.nextId;
+  Object.assign(server.counters, h.counters);
+  const io = new TlsRecordIo();
+  const good = [];
+  let failed = 0;
+  for (const p of h.pairs) {
+    const bad = checkPair(p);
+    if (bad) {
+      failed++;
+      log.warn({ conn: p.pair.info.id }, `cannot restore connection: ${bad}; closing it`);
+      rejectPair(p, io);
+      continue;
+    }
+    sys.setCloexec(p.clientFd, true);
+    sys.setCloexec(p.backendFd, true);
+    good.push(p);
+  }
+  server.restorePairs(good);
+  wipeCarried(h.pairs);
+  if (failed) server.count('upgrade_restore_failed', failed);
+  server.lastUpgrade = { attempt: h.attempt, ok: true, at: new Date().toISOString(), moved: good.length, failedToRestore: failed };
 }

@@ -201,6 +201,12 @@ export class RecordProtection {
     this.#wiped = false;
   }
 
+  /** Copies of the current key, IV and sequence number, for carrying the state across exec. Wipe them after use. */
+  exportState(): { key: Buffer; iv: Buffer; seq: bigint } {
+    if (this.#wiped) throw new Error('record protection was wiped');
+    return { key: Buffer.from(this.#key), iv: Buffer.from(this.#iv), seq: this.#seq };
+  }
+
   /** Zero the key and IV; the object is unusable afterwards (until `rekey`). */
   wipe(): void {
     this.#key.fill(0);

@@ -27,6 +27,16 @@ interface Pending {
   off: number;
 }
 
+/** Everything about a pair except its fds and client record state: what an upgrade carries. */
+export interface PairSnapshot {
+  info: PairInfo;
+  bytesIn: number;
+  bytesOut: number;
+  c2b?: Uint8Array;
+  b2c?: Uint8Array;
+  flags: { clientEof: boolean; backendShut: boolean; backendEof: boolean; clientShut: boolean; closeNotifySent: boolean };
+}
+
 export class Pair {
   bytesIn = 0;
   bytesOut = 0;
@@ -47,13 +57,41 @@ export class Pair {
     readonly client: ClientSide,
     readonly backendFd: number,
     private readonly host: PairHost,
-    /** Plaintext the client sent before the relay started (already decrypted), delivered first. */
-    early?: Buffer,
+    /** State carried over from a previous process image. */
+    restored?: PairSnapshot,
   ) {
-    if (early && early.length) {
-      this.c2b = { buf: early, off: 0 };
-      this.bytesIn += early.length;
+    if (restored) {
+      this.bytesIn = restored.bytesIn;
+      this.bytesOut = restored.bytesOut;
+      if (restored.c2b?.length) this.c2b = { buf: Buffer.from(restored.c2b), off: 0 };
+      if (restored.b2c?.length) this.b2c = { buf: Buffer.from(restored.b2c), off: 0 };
+      Object.assign(this, restored.flags);
     }
+  }
+
+  /** The state an upgrade must carry (call only while the loop is stopped). */
+  snapshot(): PairSnapshot {
+    const rest = (p: Pending | undefined) => (p ? new Uint8Array(p.buf.subarray(p.off)) : undefined);
+    return {
+      info: this.info,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      c2b: rest(this.c2b),
+      b2c: rest(this.b2c),
+      flags: {
+        clientEof: this.clientEof,
+        backendShut: this.backendShut,
+        backendEof: this.backendEof,
+        clientShut: this.clientShut,
+        closeNotifySent: this.closeNotifySent,
+      },
+    };
+  }
+
+  /** Forgets its fds' epoll interest so a restart can re-register them (after a failed upgrade). */
+  resetInterest(): void {
+    this.cEvents = -1;
+    this.bEvents = -1;
   }
 
   get closed(): boolean {

@@ -1,5 +1,5 @@
 // Messages between the main thread and the relay worker (structured-clone safe: no keys ever cross here for kernel mode).
-import type { PairInfo } from './pair.js';
+import type { PairInfo, PairSnapshot } from './pair.js';
 
 export interface WorkerInit {
   /** eventfd the main thread writes to after posting, to wake epoll_wait. */
@@ -14,10 +14,25 @@ export interface UserState {
   tx: { key: Uint8Array; iv: Uint8Array; seq: bigint };
   rx: { key: Uint8Array; iv: Uint8Array; seq: bigint };
   secrets?: { client: Uint8Array; server: Uint8Array };
+  inbox?: Uint8Array;
+  plain?: Uint8Array;
+  out?: Uint8Array;
+}
+
+/** One connection as an upgrade carries it: fds, relay state, and (user mode) record state. */
+export interface CarriedPair {
+  clientFd: number;
+  backendFd: number;
+  pair: PairSnapshot;
+  user?: UserState;
 }
 
 export type ToWorker =
-  | { op: 'add'; info: PairInfo; clientFd: number; backendFd: number; early?: Uint8Array; user?: UserState }
+  | { op: 'add'; info: PairInfo; clientFd: number; backendFd: number; user?: UserState; restored?: PairSnapshot }
+  /** Stop relaying at a clean point and report every connection's state (for an upgrade). */
+  | { op: 'freeze'; seq: number }
+  /** Resume after a freeze (the upgrade did not happen). */
+  | { op: 'thaw' }
   | { op: 'stats'; seq: number }
   | { op: 'abort'; id: string; reason: string; alert?: number }
   | { op: 'stop' };
@@ -32,5 +47,6 @@ export interface PairStats {
 export type FromWorker =
   | { op: 'closed'; id: string; reason: string; level: 'info' | 'warn'; bytesIn: number; bytesOut: number }
   | { op: 'stats'; seq: number; connections: PairStats[] }
+  | { op: 'frozen'; seq: number; pairs: CarriedPair[] }
   | { op: 'log'; level: 'info' | 'warn' | 'debug'; id: string; msg: string }
   | { op: 'stopped' };

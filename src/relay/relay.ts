@@ -2,8 +2,8 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
-import type { PairInfo } from './pair.js';
-import type { FromWorker, PairStats, ToWorker, UserState, WorkerInit } from './protocol.js';
+import type { PairInfo, PairSnapshot } from './pair.js';
+import type { CarriedPair, FromWorker, PairStats, ToWorker, UserState, WorkerInit } from './protocol.js';
 
 export interface RelayEvents {
   closed: [msg: Extract<FromWorker, { op: 'closed' }>];
@@ -17,6 +17,7 @@ export class Relay extends EventEmitter<RelayEvents> {
   private readonly one = Buffer.alloc(8);
   private seq = 0;
   private readonly waiting = new Map<number, (s: PairStats[]) => void>();
+  private readonly frozenWaiters = new Map<number, (p: CarriedPair[]) => void>();
   private stopped: Promise<void> | undefined;
   private live = 0;
 
@@ -54,15 +55,41 @@ export class Relay extends EventEmitter<RelayEvents> {
         cb?.(m.connections);
         break;
       }
+      case 'frozen': {
+        const cb = this.frozenWaiters.get(m.seq);
+        this.frozenWaiters.delete(m.seq);
+        cb?.(m.pairs);
+        break;
+      }
       case 'stopped':
         break;
     }
   }
 
   /** Gives the worker both fds; from here on it owns (and closes) them. */
-  add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState): void {
+  add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot): void {
     this.live++;
-    this.post({ op: 'add', info, clientFd, backendFd, user });
+    this.post({ op: 'add', info, clientFd, backendFd, user, restored });
+  }
+
+  /** Stops relaying at a clean point and returns every connection's state (keys included for user mode). */
+  freeze(timeoutMs = 5000): Promise<CarriedPair[]> {
+    const seq = ++this.seq;
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.frozenWaiters.delete(seq);
+        reject(new Error('relay worker did not freeze'));
+      }, timeoutMs);
+      this.frozenWaiters.set(seq, (p) => {
+        clearTimeout(t);
+        resolve(p);
+      });
+      this.post({ op: 'freeze', seq });
+    });
+  }
+
+  thaw(): void {
+    this.post({ op: 'thaw' });
   }
 
   abort(id: string, reason: string, alert?: number): void {

@@ -15,6 +15,10 @@ export interface UserSessionState {
   rx: { key: Buffer; iv: Buffer; seq: bigint };
   /** TLS 1.3 current traffic secrets (KeyUpdate derives the next ones from these). */
   secrets?: { client: Buffer; server: Buffer };
+  /** Carried across an upgrade: a partly received record, undelivered plaintext, unsent ciphertext. */
+  inbox?: Buffer;
+  plain?: Buffer;
+  out?: Buffer;
 }
 
 export class UserClient implements ClientSide {
@@ -38,6 +42,27 @@ export class UserClient implements ClientSide {
     this.tx = new RecordProtection(state.suite, state.tx.key, state.tx.iv, state.tx.seq);
     this.secrets = state.secrets;
     for (const b of [state.rx.key, state.rx.iv, state.tx.key, state.tx.iv]) b.fill(0);
+    if (state.inbox?.length) {
+      state.inbox.copy(this.inbox);
+      this.got = state.inbox.length;
+      if (this.got >= HEADER) this.need = HEADER + this.inbox.readUInt16BE(3);
+    }
+    if (state.plain?.length) this.plain = Buffer.from(state.plain);
+    if (state.out?.length) this.out = Buffer.from(state.out);
+  }
+
+  /** The whole record-layer state, as copies (the caller wipes them once carried). */
+  snapshot(): Omit<UserSessionState, 'suite'> & { suite: string } {
+    return {
+      suite: this.state.suite.name,
+      version: this.state.version,
+      tx: this.tx.exportState(),
+      rx: this.rx.exportState(),
+      secrets: this.secrets ? { client: Buffer.from(this.secrets.client), server: Buffer.from(this.secrets.server) } : undefined,
+      inbox: this.got ? Buffer.from(this.inbox.subarray(0, this.got)) : undefined,
+      plain: this.plain ? Buffer.from(this.plain) : undefined,
+      out: this.out ? Buffer.from(this.out) : undefined,
+    };
   }
 
   get pendingOutput(): boolean {

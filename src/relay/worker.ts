@@ -5,7 +5,7 @@ import { TlsRecordIo } from '../kernel/ktls.js';
 import { EPOLL_EVENT_SIZE, decodeEvent, encodeEvent } from '../kernel/poller.js';
 import { KernelClient } from './kernel-client.js';
 import { Pair, type PairHost } from './pair.js';
-import type { ToWorker, FromWorker, UserState, WorkerInit } from './protocol.js';
+import type { CarriedPair, ToWorker, FromWorker, UserState, WorkerInit } from './protocol.js';
 import { UserClient } from './user-client.js';
 import { suiteByName } from '../record/suites.js';
 
@@ -26,8 +26,12 @@ const byFd = new Map<number, { pair: Pair; side: 'client' | 'backend' }>();
 const registered = new Map<number, number>(); // fd -> events currently in epoll
 const pairs = new Map<string, Pair>();
 let running = true;
+/** While frozen the loop waits only for messages; sockets keep their data in the kernel. */
+let frozen = false;
+const wakeOnly = sys.epollCreate();
 
 sys.epollCtl(ep, EPOLL_CTL_ADD, wake, encodeEvent(ev, 0x001, wake));
+sys.epollCtl(wakeOnly, EPOLL_CTL_ADD, wake, encodeEvent(ev, 0x001, wake));
 
 function send(msg: FromWorker): void {
   port.postMessage(msg);
@@ -77,12 +81,16 @@ function userClient(fd: number, u: UserState): UserClient {
   u.secrets?.client.fill(0);
   u.secrets?.server.fill(0);
   // UserClient copies keys into its record protection and zeroes the ones it was given.
+  const opt = (a: Uint8Array | undefined) => (a ? Buffer.from(a) : undefined);
   return new UserClient(fd, {
     suite,
     version: u.version,
     tx: { key: buf(u.tx.key), iv: buf(u.tx.iv), seq: u.tx.seq },
     rx: { key: buf(u.rx.key), iv: buf(u.rx.iv), seq: u.rx.seq },
     secrets,
+    inbox: opt(u.inbox),
+    plain: opt(u.plain),
+    out: opt(u.out),
   });
 }
 
@@ -90,8 +98,7 @@ function handle(msg: ToWorker): void {
   switch (msg.op) {
     case 'add': {
       const client = msg.user ? userClient(msg.clientFd, msg.user) : new KernelClient(msg.clientFd, io, msg.info.version);
-      const early = msg.early ? Buffer.from(msg.early) : undefined;
-      const pair = new Pair(msg.info, client, msg.backendFd, host, early);
+      const pair = new Pair(msg.info, client, msg.backendFd, host, msg.restored);
       pairs.set(msg.info.id, pair);
       byFd.set(msg.clientFd, { pair, side: 'client' });
       byFd.set(msg.backendFd, { pair, side: 'backend' });
@@ -105,6 +112,12 @@ function handle(msg: ToWorker): void {
         connections: [...pairs.values()].map((p) => ({ id: p.info.id, bytesIn: p.bytesIn, bytesOut: p.bytesOut, lastActivity: p.lastActivity })),
       });
       break;
+    case 'freeze':
+      freeze(msg.seq);
+      break;
+    case 'thaw':
+      thaw();
+      break;
     case 'abort':
       pairs.get(msg.id)?.abort(msg.reason, msg.alert);
       break;
@@ -116,6 +129,35 @@ function handle(msg: ToWorker): void {
       running = false;
       break;
   }
+}
+
+/** Stops dispatching fd events (an upgrade is taking the connections) and reports their state. */
+function freeze(seq: number): void {
+  frozen = true;
+  const carried: CarriedPair[] = [];
+  for (const p of pairs.values()) {
+    const user = p.client instanceof UserClient ? p.client.snapshot() : undefined;
+    carried.push({
+      clientFd: p.client.fd,
+      backendFd: p.backendFd,
+      pair: p.snapshot(),
+      user: user && {
+        ...user,
+        tx: { ...user.tx, key: new Uint8Array(user.tx.key), iv: new Uint8Array(user.tx.iv) },
+        rx: { ...user.rx, key: new Uint8Array(user.rx.key), iv: new Uint8Array(user.rx.iv) },
+        secrets: user.secrets && { client: new Uint8Array(user.secrets.client), server: new Uint8Array(user.secrets.server) },
+      },
+    });
+    if (user) for (const b of [user.tx.key, user.tx.iv, user.rx.key, user.rx.iv, user.secrets?.client, user.secrets?.server]) b?.fill(0);
+  }
+  send({ op: 'frozen', seq, pairs: carried });
+  for (const c of carried)
+    for (const b of [c.user?.tx.key, c.user?.tx.iv, c.user?.rx.key, c.user?.rx.iv, c.user?.secrets?.client, c.user?.secrets?.server]) b?.fill(0);
+}
+
+function thaw(): void {
+  frozen = false;
+  for (const p of pairs.values()) p.start();
 }
 
 function drainMessages(): void {
@@ -136,7 +178,7 @@ function checkIdle(now: number): void {
 let lastIdleCheck = Date.now();
 drainMessages();
 while (running) {
-  const n = sys.epollWait(ep, events, MAX_EVENTS, 1000);
+  const n = sys.epollWait(frozen ? wakeOnly : ep, events, MAX_EVENTS, 1000);
   for (let i = 0; i < n; i++) {
     const { events: e, fd } = decodeEvent(events, i);
     if (fd === wake) {
@@ -150,7 +192,7 @@ while (running) {
   }
   drainMessages();
   const now = Date.now();
-  if (now - lastIdleCheck >= 1000) {
+  if (!frozen && now - lastIdleCheck >= 1000) {
     lastIdleCheck = now;
     checkIdle(now);
   }

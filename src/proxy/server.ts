@@ -1,0 +1,178 @@
+// The running proxy's state: listeners, in-progress handshakes, live connections and counters, with the hooks an upgrade needs.
+import type tls from 'node:tls';
+import type { Logger } from '../admin/log.js';
+import type { Poller } from '../kernel/poller.js';
+import type { KernelProbe } from '../kernel/probe.js';
+import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
+import type { CarriedPair } from '../relay/protocol.js';
+import type { Relay } from '../relay/relay.js';
+import { serveConnection, type ConnectionContext, type LiveConnection } from './connection.js';
+import { Listener } from './listener.js';
+import type { KtlsSupport, ProxyConfig, StatusSnapshot } from './types.js';
+
+export interface UpgradeRecord {
+  attempt: string;
+  ok: boolean;
+  at: string;
+  error?: string;
+  stallMs?: number;
+  moved?: number;
+  failedToRestore?: number;
+}
+
+export interface ServerDeps {
+  config: ProxyConfig;
+  logger: Logger;
+  poller: Poller;
+  relay: Relay;
+  secureContext: tls.SecureContext;
+  backend: Endpoint;
+  probe: KernelProbe;
+  support: KtlsSupport;
+  kernelSuites: Set<string>;
+}
+
+export class ProxyServer {
+  readonly counters: Record<string, number> = {};
+  readonly live = new Map<string, LiveConnection>();
+  /** Accepted connections still in handshake or backend connect, with a way to abort them. */
+  readonly inFlight = new Map<string, AbortController>();
+  readonly listeners: Listener[] = [];
+  generation = 1;
+  startedAt = new Date().toISOString();
+  nextId = 1;
+  lastUpgrade: UpgradeRecord | undefined;
+  private accepting = true;
+  private readonly ctx: ConnectionContext;
+
+  constructor(readonly deps: ServerDeps) {
+    const { relay, logger: log } = deps;
+    relay.on('closed', (m) => {
+      this.live.delete(m.id);
+      this.count('connections_closed');
+      log[m.level]({ conn: m.id, bytesIn: m.bytesIn, bytesOut: m.bytesOut }, `closed: ${m.reason}`);
+      this.recheckCapacity();
+    });
+    relay.on('log', (m) => log[m.level]({ conn: m.id }, m.msg));
+    relay.on('error', (e) => log.fatal({ err: e.message }, `relay worker failed: ${e.message}`));
+    this.ctx = {
+      poller: deps.poller,
+      relay,
+      logger: log,
+      secureContext: deps.secureContext,
+      backend: deps.backend,
+      policy: deps.config.ktls,
+      kernelSuites: deps.kernelSuites,
+      handshakeTimeoutMs: deps.config.handshakeTimeoutMs,
+      backendConnectTimeoutMs: deps.config.backendConnectTimeoutMs,
+      count: (name) => this.count(name),
+      signalFor: (id) => this.inFlight.get(id)?.signal,
+      established: (c) => {
+        this.inFlight.delete(c.id);
+        this.live.set(c.id, c);
+      },
+      gone: (id) => {
+        this.inFlight.delete(id);
+        this.recheckCapacity();
+      },
+    };
+  }
+
+  count(name: string, by = 1): void {
+    this.counters[name] = (this.counters[name] ?? 0) + by;
+  }
+
+  /** Listens on `at`, or adopts an already-listening fd (carried across exec). */
+  listen(at: Endpoint, adoptFd?: number): Listener {
+    const l = new Listener(this.deps.poller, {
+      endpoint: at,
+      adoptFd,
+      onConnection: (fd) => this.accept(fd),
+      onError: (message) => this.deps.logger.error(message),
+    });
+    if (!this.accepting) l.pause();
+    this.listeners.push(l);
+    return l;
+  }
+
+  private atCapacity(): boolean {
+    return this.live.size + this.inFlight.size >= this.deps.config.maxConnections;
+  }
+
+  private recheckCapacity(): void {
+    if (this.accepting && !this.atCapacity()) for (const l of this.listeners) l.resume();
+  }
+
+  private accept(fd: number): void {
+    const id = `c${this.nextId++}`;
+    this.inFlight.set(id, new AbortController());
+    this.count('connections_accepted');
+    void serveConnection(this.ctx, fd, id);
+    if (this.atCapacity()) {
+      this.deps.logger.warn(`at max_connections (${this.deps.config.maxConnections}); new clients wait in the backlog`);
+      for (const l of this.listeners) l.pause();
+    }
+  }
+
+  /** Stops taking connections off the backlog; the listening sockets stay open so the kernel keeps queueing. */
+  pauseAccepting(): void {
+    this.accepting = false;
+    for (const l of this.listeners) l.pause();
+  }
+
+  resumeAccepting(): void {
+    this.accepting = true;
+    this.recheckCapacity();
+  }
+
+  /** Waits up to `boundMs` for in-progress handshakes, then aborts the rest; resolves with how many were aborted. */
+  async settleHandshakes(boundMs: number): Promise<number> {
+    const end = Date.now() + boundMs;
+    while (this.inFlight.size > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    const left = [...this.inFlight.values()];
+    for (const c of left) c.abort('upgrade in progress');
+    while (this.inFlight.size > 0) await new Promise((r) => setTimeout(r, 5));
+    if (left.length) this.count('handshakes_aborted_by_upgrade', left.length);
+    return left.length;
+  }
+
+  /** Adopts connections carried from a previous image; the relay resumes them in order. */
+  restorePairs(pairs: CarriedPair[]): void {
+    for (const p of pairs) {
+      this.live.set(p.pair.info.id, { ...p.pair.info });
+      this.deps.relay.add(p.pair.info, p.clientFd, p.backendFd, p.user, p.pair);
+    }
+  }
+
+  async status(): Promise<StatusSnapshot & { generation: number; lastUpgrade?: UpgradeRecord }> {
+    const stats = new Map((await this.deps.relay.stats()).map((s) => [s.id, s]));
+    const now = Date.now();
+    return {
+      pid: process.pid,
+      version: process.env.npm_package_version ?? '0.1.0',
+      startedAt: this.startedAt,
+      generation: this.generation,
+      lastUpgrade: this.lastUpgrade,
+      ktls: { ...this.deps.support, policy: this.deps.config.ktls },
+      listeners: this.listeners.map((l) => ({ address: l.address, backend: formatEndpoint(this.deps.backend) })),
+      connections: [...this.live.values()].map((c) => ({
+        id: c.id,
+        client: c.client,
+        backend: c.backend,
+        version: c.version,
+        cipher: c.cipher,
+        mode: c.mode,
+        bytesIn: stats.get(c.id)?.bytesIn ?? 0,
+        bytesOut: stats.get(c.id)?.bytesOut ?? 0,
+        ageMs: now - c.startedAt,
+      })),
+      counters: { ...this.counters, connections_live: this.live.size, handshakes_in_progress: this.inFlight.size },
+    };
+  }
+
+  async close(): Promise<void> {
+    for (const l of this.listeners) l.close();
+    for (const c of this.inFlight.values()) c.abort('shutting down');
+    await this.deps.relay.stop();
+  }
+}
