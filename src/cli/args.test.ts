@@ -68,12 +68,22 @@ describe('parseCli', () => {
     assert.match(usageError(['--listen', 'x']).message, /options go after the command/);
   });
 
-  it('requires something to check', () => {
-    assert.match(usageError(['check']).message, /check needs --config FILE/);
+  it('checks the defaults when given nothing, exactly as run would start (the upgrade pre-flight relies on it)', () => {
+    assert.deepEqual(parseCli(['check']), { kind: 'check', config: undefined, flags: {} });
+  });
+
+  it('parses upgrade with its admin socket and timeout, and rejects a bad timeout', () => {
+    assert.deepEqual(parseCli(['upgrade', '--admin-socket', '/x.sock', '--timeout', '30']), {
+      kind: 'upgrade',
+      config: undefined,
+      adminSocket: '/x.sock',
+      timeoutS: 30,
+    });
+    assert.match(usageError(['upgrade', '--timeout', 'soon']).message, /--timeout/);
   });
 
   it('has help text for every command', () => {
-    for (const topic of ['run', 'status', 'check'] as const) assert.match(usage(topic), new RegExp(`^Usage: ironsocket ${topic}`));
+    for (const topic of ['run', 'status', 'check', 'upgrade'] as const) assert.match(usage(topic), new RegExp(`^Usage: ironsocket ${topic}`));
     assert.match(usage(), /^Usage: ironsocket <command>/);
   });
 });

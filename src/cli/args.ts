@@ -2,14 +2,15 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ConfigFlags } from '../config/load.js';
 
-export type Topic = 'run' | 'status' | 'check';
+export type Topic = 'run' | 'status' | 'check' | 'upgrade';
 
 export type Command =
   | { kind: 'help'; topic?: Topic }
   | { kind: 'version' }
   | { kind: 'run'; config?: string; flags: ConfigFlags }
   | { kind: 'check'; config?: string; flags: ConfigFlags }
-  | { kind: 'status'; config?: string; adminSocket?: string; json: boolean };
+  | { kind: 'status'; config?: string; adminSocket?: string; json: boolean }
+  | { kind: 'upgrade'; config?: string; adminSocket?: string; timeoutS: number };
 
 /** Bad command line; the CLI prints the message and the usage of `topic`, then exits 2. */
 export class UsageError extends Error {
@@ -40,6 +41,13 @@ const STATUS_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];
 
+const UPGRADE_OPTIONS = {
+  config: { type: 'string', short: 'c' },
+  'admin-socket': { type: 'string' },
+  timeout: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options'];
+
 const CONFIG_FLAGS_HELP = `  -c, --config FILE        TOML config file (flags override it)
       --listen HOST:PORT   address to accept TLS on (default 127.0.0.1:8443; IPv6 as [::1]:8443)
       --backend HOST:PORT  plain TCP backend to forward to (default 127.0.0.1:8080)
@@ -58,6 +66,7 @@ Iron Socket: a TLS-terminating TCP proxy that hands TLS sessions to the Linux ke
 Commands:
   run      start the proxy
   status   show the running proxy's state through its admin socket
+  upgrade  replace the running proxy's code in place (same PID); live connections keep flowing
   check    validate a config file (and that its certificate and key load and match)
   help     show help for a command: ironsocket help run
 
@@ -88,6 +97,19 @@ Options:
   -c, --config FILE        read admin_socket from this config file
       --json               print the raw status snapshot as JSON
   -h, --help               show this help`,
+  upgrade: `Usage: ironsocket upgrade [options]
+
+Asks the running proxy to upgrade itself in place: it checks the code now on disk against its
+configuration, pauses, hands every connection to the new code by exec (same PID) and resumes.
+Waits for the result and prints JSON { ok, pid, generation, moved, stallMs }; exits 1 when the
+upgrade was refused or failed (the running proxy then keeps serving untouched). The same happens on
+\`kill -USR2 <pid>\`; either suits a systemd ExecReload= line.
+
+Options:
+      --admin-socket PATH  admin Unix socket of the proxy (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
+  -c, --config FILE        read admin_socket from this config file
+      --timeout SECONDS    how long to wait for the result (default 120)
+  -h, --help               show this help`,
 };
 
 export function usage(topic?: Topic): string {
@@ -95,7 +117,7 @@ export function usage(topic?: Topic): string {
 }
 
 function isTopic(s: string | undefined): s is Topic {
-  return s === 'run' || s === 'status' || s === 'check';
+  return s === 'run' || s === 'status' || s === 'check' || s === 'upgrade';
 }
 
 /** Parses argv (without node and the script path). Throws UsageError. */
@@ -117,6 +139,13 @@ export function parseCli(argv: string[]): Command {
     if (v.help) return { kind: 'help', topic: first };
     return { kind: 'status', config: v.config, adminSocket: v['admin-socket'], json: v.json === true };
   }
+  if (first === 'upgrade') {
+    const v = strictParse(rest, UPGRADE_OPTIONS, first);
+    if (v.help) return { kind: 'help', topic: first };
+    const timeoutS = v.timeout === undefined ? 120 : Number(v.timeout);
+    if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw new UsageError(`--timeout: expected a number of seconds, got ${JSON.stringify(v.timeout)}`, first);
+    return { kind: 'upgrade', config: v.config, adminSocket: v['admin-socket'], timeoutS };
+  }
   const v = strictParse(rest, CONFIG_OPTIONS, first);
   if (v.help) return { kind: 'help', topic: first };
   const flags: ConfigFlags = {};
@@ -130,9 +159,6 @@ export function parseCli(argv: string[]): Command {
   set('ktls', v.ktls);
   set('adminSocket', v['admin-socket']);
   set('logLevel', v['log-level']);
-  if (first === 'check' && v.config === undefined && Object.keys(flags).length === 0) {
-    throw new UsageError('check needs --config FILE (or the flags to check)', first);
-  }
   return { kind: first, config: v.config, flags };
 }
 

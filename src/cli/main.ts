@@ -127,6 +127,8 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
       const problems = await checkCertificateFiles(r.config.certFile, r.config.keyFile);
       if (problems.length > 0) throw new ConfigError(problems);
     }
+    // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.
+    await import('../proxy/start.js');
     process.stdout.write('config OK\n');
     if (r.certSource !== 'configured') {
       process.stdout.write(`note: no cert/key configured; run will use the self-signed localhost certificate in ${r.config.certFile}\n`);
@@ -166,6 +168,27 @@ async function status(cmd: Extract<Command, { kind: 'status' }>): Promise<number
   }
 }
 
+async function upgrade(cmd: Extract<Command, { kind: 'upgrade' }>): Promise<number> {
+  try {
+    let socket = cmd.adminSocket !== undefined ? resolve(cmd.adminSocket) : defaultAdminSocketPath();
+    if (cmd.adminSocket === undefined && cmd.config !== undefined) {
+      socket = (await resolveConfig({ file: cmd.config, flags: {}, generateDefaultCert: false })).config.adminSocket;
+    }
+    const { requestUpgrade } = await import('./upgrade.js');
+    const outcome = await requestUpgrade(socket, cmd.timeoutS);
+    process.stdout.write(JSON.stringify(outcome) + '\n');
+    if (!outcome.ok) err(`ironsocket: upgrade ${outcome.error ? `failed: ${outcome.error}` : 'failed'}; the running proxy keeps serving`);
+    return outcome.ok ? EXIT_OK : EXIT_FAILURE;
+  } catch (e) {
+    if (e instanceof AdminError) {
+      err(`ironsocket: ${e.message}`);
+      return EXIT_FAILURE;
+    }
+    reportFailure('upgrade failed', e, false);
+    return EXIT_FAILURE;
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   let cmd: Command;
   try {
@@ -190,6 +213,8 @@ async function main(argv: string[]): Promise<number> {
       return check(cmd);
     case 'status':
       return status(cmd);
+    case 'upgrade':
+      return upgrade(cmd);
   }
 }
 

@@ -34,7 +34,10 @@ export function npmStartScenario(expectMode: 'kernel' | 'user'): void {
       assert.match(stderr, /to change:/);
       const { stdout: got } = await run('curl', ['-sk', '--fail', 'https://127.0.0.1:8443/'], { encoding: 'buffer', maxBuffer: 1 << 20 });
       assert.ok(got.equals(body), 'curl got different bytes');
-      assert.ok(stdout.split('\n').some((l) => l.includes('"established"') && l.includes(`"mode":"${expectMode}"`)), stdout);
+      assert.ok(
+        stdout.split('\n').some((l) => l.includes('"established"') && l.includes(`"mode":"${expectMode}"`)),
+        stdout,
+      );
       const keyFile = path.join(dir, 'state', 'localhost', 'key.pem');
       assert.equal(fs.statSync(keyFile).mode & 0o777, 0o600, 'the generated key is kept 0600');
     } finally {

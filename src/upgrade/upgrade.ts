@@ -115,8 +115,10 @@ function execWithState(server: ProxyServer, attempt: string, frozenAt: number, p
     for (const fd of [memfd, ...stdio, ...carried]) sys.setCloexec(fd, false);
     server.deps.logger.info({ generation: state.generation, connections: pairs.length, listeners: state.listeners.length }, 'exec');
     const env = Object.entries({ ...process.env, [HANDOFF_ENV]: String(memfd) }).map(([k, v]) => `${k}=${v ?? ''}`);
-    const errno = sys.execve(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], env);
-    return `execve(${process.execPath}) failed: ${errnoName(errno)}`;
+    // Fault injection for tests only: exec a path that does not exist to prove the old image resumes.
+    const path = process.env.IRONSOCKET_FAULT_EXEC_PATH || process.execPath;
+    const errno = sys.execve(path, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], env);
+    return `execve(${path}) failed: ${errnoName(errno)}`;
   } catch (e) {
     return (e as Error).message;
   } finally {

@@ -1,0 +1,51 @@
+// `ironsocket upgrade`: asks the proxy to exec itself, then waits across the exec for the new image to report the outcome.
+import { adminRequest, AdminError } from '../admin/client.js';
+
+interface UpgradeAccepted {
+  attempt: string;
+  generation: number;
+  pid: number;
+}
+
+interface StatusWithUpgrade {
+  pid: number;
+  generation?: number;
+  lastUpgrade?: { attempt: string; ok: boolean; error?: string; stallMs?: number; moved?: number; failedToRestore?: number };
+}
+
+export interface UpgradeOutcome {
+  ok: boolean;
+  pid: number;
+  generation: number;
+  moved?: number;
+  stallMs?: number;
+  failedToRestore?: number;
+  error?: string;
+}
+
+/** Requests the upgrade and polls the admin socket (which disappears briefly during exec) until this attempt's result appears. */
+export async function requestUpgrade(socket: string, timeoutS: number): Promise<UpgradeOutcome> {
+  const accepted = await adminRequest<UpgradeAccepted>(socket, 'upgrade', undefined, 10_000);
+  const end = Date.now() + timeoutS * 1000;
+  let last: unknown;
+  while (Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 100));
+    let s: StatusWithUpgrade;
+    try {
+      s = await adminRequest<StatusWithUpgrade>(socket, 'status', undefined, 5_000);
+    } catch (e) {
+      // Expected while the process execs and the new image re-creates the socket.
+      if (e instanceof AdminError && (e.code === 'ADMIN_UNREACHABLE' || e.code === 'ADMIN_TIMEOUT' || e.code === 'ADMIN_PROTOCOL')) {
+        last = e;
+        continue;
+      }
+      throw e;
+    }
+    const u = s.lastUpgrade;
+    if (!u || u.attempt !== accepted.attempt) continue;
+    if (u.ok && (s.generation ?? 0) <= accepted.generation) continue;
+    if (s.pid !== accepted.pid) return { ok: false, pid: s.pid, generation: s.generation ?? 0, error: `the PID changed from ${accepted.pid} to ${s.pid}` };
+    return { ok: u.ok, pid: s.pid, generation: s.generation ?? 0, moved: u.moved, stallMs: u.stallMs, failedToRestore: u.failedToRestore, error: u.error };
+  }
+  throw new Error(`no upgrade result within ${timeoutS} s${last ? ` (last error: ${(last as Error).message})` : ''}`);
+}

@@ -1,0 +1,130 @@
+// In-place upgrades under load: 200 verified streams survive 5 consecutive execs; refusal and exec failure leave the proxy serving.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { promisify } from 'node:util';
+import { readTlsStat } from '../kernel/probe.js';
+import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
+import { echoBackend, type Backend } from '../testkit/backends.js';
+import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
+import { CLI, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
+
+const run = promisify(execFile);
+
+interface Outcome {
+  ok: boolean;
+  pid: number;
+  generation: number;
+  moved?: number;
+  stallMs?: number;
+  error?: string;
+}
+
+async function upgradeCli(proxy: RunningProxy): Promise<{ code: number; outcome?: Outcome; stderr: string }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket, '--timeout', '300']);
+    return { code: 0, outcome: JSON.parse(stdout) as Outcome, stderr };
+  } catch (e) {
+    const err = e as { code: number; stdout: string; stderr: string };
+    return { code: err.code, outcome: err.stdout ? (JSON.parse(err.stdout) as Outcome) : undefined, stderr: err.stderr };
+  }
+}
+
+export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: number }): void {
+  let echo: Backend;
+  before(async () => {
+    if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
+    echo = await echoBackend();
+  });
+  after(async () => {
+    await echo?.close();
+  });
+
+  test(`200 verified streams survive 5 consecutive in-place upgrades with the same PID, no reset and no new handshake (${mode} mode)`, async () => {
+    const proxy = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode) });
+    const acceptedBefore = echo.accepted;
+    try {
+      const streams: EchoStream[] = [];
+      for (let i = 0; i < 200; i += 20) {
+        streams.push(...(await Promise.all(Array.from({ length: 20 }, (_, j) => echoStream(proxy.port, `up-${mode}-${i + j}`, pace.chunk, pace.everyMs)))));
+      }
+      const baseline = (await proxy.status()).counters.handshakes_ok;
+      assert.equal(baseline, 200);
+      for (let k = 1; k <= 5; k++) {
+        const before = streams.map((s) => s.received());
+        const r = await upgradeCli(proxy);
+        assert.equal(r.code, 0, `upgrade ${k}: ${r.stderr}`);
+        assert.equal(r.outcome?.ok, true);
+        assert.equal(r.outcome?.pid, proxy.pid, 'the PID never changes');
+        assert.equal(r.outcome?.generation, k + 1);
+        assert.equal(r.outcome?.moved, 200, `upgrade ${k} moved ${r.outcome?.moved} connections`);
+        assert.equal(typeof r.outcome?.stallMs, 'number');
+        // Every stream is still flowing after this upgrade.
+        const deadline = Date.now() + 60_000;
+        while (streams.some((s, i) => s.received() <= before[i]!) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 100));
+        assert.ok(
+          streams.every((s, i) => s.received() > before[i]!),
+          `streams stalled after upgrade ${k}`,
+        );
+      }
+      const results = await Promise.all(streams.map((s) => s.finish()));
+      for (const r of results) assert.ok(r.ok, `${r.seed}: sent ${r.sent}, received ${r.received}, mismatch at ${r.mismatchAt}, errors ${r.errors.join('; ')}`);
+      const status = await proxy.status();
+      assert.equal(status.pid, proxy.pid);
+      assert.equal(status.counters.handshakes_ok, 200, 'no new handshakes');
+      assert.equal(status.counters.upgrades, 5);
+      assert.equal(echo.accepted - acceptedBefore, 200, 'the backend saw no reconnection');
+      if (mode === 'kernel') for (const c of status.connections) assert.equal(c.mode, 'kernel');
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  test(`an upgrade whose pre-flight check fails is refused and the running proxy keeps serving untouched (${mode} mode)`, async () => {
+    const dir = tempDir('preflight');
+    const config = path.join(dir, 'ironsocket.toml');
+    fs.writeFileSync(config, '[timeouts]\nhandshake = "10s"\n');
+    const proxy = await startProxyProcess({ backendPort: echo.port, args: [...modeArgs(mode), '--config', config] });
+    try {
+      const s = await echoStream(proxy.port, `preflight-${mode}`, 1024, 20);
+      fs.writeFileSync(config, '[timeouts]\nhandshake = "soon"\n');
+      const r = await upgradeCli(proxy);
+      assert.equal(r.code, 1);
+      assert.equal(r.outcome?.ok, false);
+      assert.match(r.outcome?.error ?? '', /pre-flight check failed.*timeouts\.handshake/s);
+      assert.match(r.stderr, /keeps serving/);
+      const status = await proxy.status();
+      assert.equal(status.pid, proxy.pid);
+      assert.equal((status as { generation?: number }).generation, 1);
+      const got = s.received();
+      await new Promise((res) => setTimeout(res, 500));
+      assert.ok(s.received() > got, 'the stream keeps flowing');
+      const done = await s.finish();
+      assert.ok(done.ok, done.errors.join('; '));
+    } finally {
+      await proxy.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test(`when execve itself fails the old image resumes every relay and accepting, and reports the failure (${mode} mode)`, async () => {
+    const proxy = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode), env: { IRONSOCKET_FAULT_EXEC_PATH: '/nonexistent/node' } });
+    try {
+      const s = await echoStream(proxy.port, `execfail-${mode}`, 1024, 20);
+      const r = await upgradeCli(proxy);
+      assert.equal(r.code, 1);
+      assert.match(r.outcome?.error ?? '', /execve\(\/nonexistent\/node\) failed: ENOENT/);
+      const got = s.received();
+      await new Promise((res) => setTimeout(res, 500));
+      assert.ok(s.received() > got, 'the relay resumed');
+      const fresh = await echoStream(proxy.port, `execfail-new-${mode}`, 1024, 20);
+      await new Promise((res) => setTimeout(res, 300));
+      const results = await Promise.all([s.finish(), fresh.finish()]);
+      for (const x of results) assert.ok(x.ok && x.received > 0, `${x.seed}: ${x.errors.join('; ')}`);
+    } finally {
+      await proxy.stop();
+    }
+  });
+}
