@@ -28,6 +28,10 @@ export const StatusSnapshotSchema = z.object({
   listeners: z.array(z.object({ address: z.string(), backend: z.string() })),
   connections: z.array(Connection),
   counters: z.record(z.string(), z.number()),
+  generation: z.number().optional(),
+  lastUpgrade: z
+    .object({ ok: z.boolean(), at: z.string(), error: z.string().optional(), stallMs: z.number().optional(), moved: z.number().optional(), failedToRestore: z.number().optional() })
+    .optional(),
 });
 
 export type StatusView = z.output<typeof StatusSnapshotSchema>;
@@ -72,7 +76,15 @@ export function table(header: string[], rows: string[][], right: Set<number> = n
 export function formatStatus(s: StatusView, now: number = Date.now()): string {
   const out: string[] = [];
   const started = Date.parse(s.startedAt);
-  out.push(`ironsocket ${s.version}  pid ${s.pid}  up ${formatDuration(now - started)}  (since ${s.startedAt})`);
+  out.push(`ironsocket ${s.version}  pid ${s.pid}  up ${formatDuration(now - started)}  (since ${s.startedAt})  generation ${s.generation ?? 1}`);
+  const u = s.lastUpgrade;
+  if (u) {
+    out.push(
+      u.ok
+        ? `last upgrade: ${u.at}, moved ${u.moved ?? 0} connection(s)${u.failedToRestore ? `, ${u.failedToRestore} could not be restored` : ''}, stall ${u.stallMs ?? '?'} ms`
+        : `last upgrade: ${u.at} FAILED: ${u.error ?? 'unknown error'} (still serving on the previous code)`,
+    );
+  }
 
   const k = s.ktls;
   if (k.available) {

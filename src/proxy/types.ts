@@ -60,4 +60,7 @@ export interface StatusSnapshot {
   listeners: ListenerStatus[];
   connections: ConnectionStatus[];
   counters: Record<string, number>;
+  /** 1 for the first image, +1 for every in-place upgrade. */
+  generation?: number;
+  lastUpgrade?: { attempt: string; ok: boolean; at: string; error?: string; stallMs?: number; moved?: number; failedToRestore?: number };
 }

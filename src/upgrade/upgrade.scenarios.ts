@@ -52,6 +52,7 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       }
       const baseline = (await proxy.status()).counters.handshakes_ok;
       assert.equal(baseline, 200);
+      const fdsAfter: number[] = [];
       for (let k = 1; k <= 5; k++) {
         const before = streams.map((s) => s.received());
         const r = await upgradeCli(proxy);
@@ -68,7 +69,10 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
           streams.every((s, i) => s.received() > before[i]!),
           `streams stalled after upgrade ${k}`,
         );
+        fdsAfter.push(proxy.fdCount());
       }
+      // Only the carried fds cross exec: the count does not creep up from one generation to the next.
+      assert.ok(Math.max(...fdsAfter) - Math.min(...fdsAfter) <= 2, `open fds after each upgrade: ${fdsAfter.join(', ')}`);
       const results = await Promise.all(streams.map((s) => s.finish()));
       for (const r of results) assert.ok(r.ok, `${r.seed}: sent ${r.sent}, received ${r.received}, mismatch at ${r.mismatchAt}, errors ${r.errors.join('; ')}`);
       const status = await proxy.status();
