@@ -30,7 +30,14 @@ export const StatusSnapshotSchema = z.object({
   counters: z.record(z.string(), z.number()),
   generation: z.number().optional(),
   lastUpgrade: z
-    .object({ ok: z.boolean(), at: z.string(), error: z.string().optional(), stallMs: z.number().optional(), moved: z.number().optional(), failedToRestore: z.number().optional() })
+    .object({
+      ok: z.boolean(),
+      at: z.string(),
+      error: z.string().optional(),
+      stallMs: z.number().optional(),
+      moved: z.number().optional(),
+      failedToRestore: z.number().optional(),
+    })
     .optional(),
 });
 
