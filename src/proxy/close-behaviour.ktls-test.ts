@@ -123,14 +123,25 @@ function dataThenCloseNotify(wire: Buffer, client: Client): Buffer {
   const recs = proxyRecords(wire, client);
   const last = recs.at(-1)!;
   assert.deepEqual([last.type, ...last.plaintext], [21, 1, 0], 'the last record the proxy sent is a warning close_notify alert');
-  assert.ok(recs.slice(0, -1).every((r) => r.type === 23 || r.type === 22), `only data and tickets before it: ${recs.map((r) => r.type)}`);
+  assert.ok(
+    recs.slice(0, -1).every((r) => r.type === 23 || r.type === 22),
+    `only data and tickets before it: ${recs.map((r) => r.type)}`,
+  );
   return Buffer.concat(recs.filter((r) => r.type === 23).map((r) => r.plaintext));
 }
 
 /** The first log line after `mark` matching `re`. */
 async function logLine(p: RunningProxy, mark: number, re: RegExp): Promise<string> {
   let hit: string | undefined;
-  await eventually(() => (hit = p.logs().slice(mark).find((l) => re.test(l))) !== undefined, 30_000, `a log line matching ${re}`).catch(() => {
+  await eventually(
+    () =>
+      (hit = p
+        .logs()
+        .slice(mark)
+        .find((l) => re.test(l))) !== undefined,
+    30_000,
+    `a log line matching ${re}`,
+  ).catch(() => {
     assert.fail(`no log line matching ${re}; logs since the test began:\n${p.logs().slice(mark).join('\n')}`);
   });
   return hit!;
@@ -310,7 +321,9 @@ describe('closing relayed connections', () => {
     const exited = new Promise<number | null>((r) => child.once('exit', r));
     try {
       child.stdin.write('hello before the update\n');
-      await eventually(() => /^hello before the update$/m.test(out), 30_000, 'the echo through s_client').catch(() => assert.fail(`no echo; s_client said:\n${out}`));
+      await eventually(() => /^hello before the update$/m.test(out), 30_000, 'the echo through s_client').catch(() =>
+        assert.fail(`no echo; s_client said:\n${out}`),
+      );
       child.stdin.write('k\n');
       const code = await Promise.race([exited, new Promise((r) => setTimeout(r, 30_000, 'still running'))]);
       assert.match(out, /KEYUPDATE/, 's_client sent the KeyUpdate');

@@ -4,7 +4,7 @@ import type { Logger } from '../admin/log.js';
 import type { Poller } from '../kernel/poller.js';
 import type { KernelProbe } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
-import type { CarriedPair } from '../relay/protocol.js';
+import type { PairInfo } from '../relay/pair.js';
 import type { Relay } from '../relay/relay.js';
 import { serveConnection, type ConnectionContext, type LiveConnection } from './connection.js';
 import { Listener } from './listener.js';
@@ -136,12 +136,9 @@ export class ProxyServer {
     return left.length;
   }
 
-  /** Adopts connections carried from a previous image; the relay resumes them in order. */
-  restorePairs(pairs: CarriedPair[]): void {
-    for (const p of pairs) {
-      this.live.set(p.pair.info.id, { ...p.pair.info });
-      this.deps.relay.add(p.pair.info, p.clientFd, p.backendFd, p.user, p.pair);
-    }
+  /** Records connections the relay worker already took over from a previous image. */
+  adoptRelayed(infos: PairInfo[]): void {
+    for (const info of infos) this.live.set(info.id, { ...info });
   }
 
   async status(): Promise<StatusSnapshot & { generation: number; lastUpgrade?: UpgradeRecord }> {

@@ -7,15 +7,15 @@ import crypto from 'node:crypto';
 import type { Logger } from '../admin/log.js';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
 import { sys } from '../kernel/libc.js';
-import { TlsRecordIo } from '../kernel/ktls.js';
 import { Poller } from '../kernel/poller.js';
 import { probeKernel, type KernelProbe } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import { SUITES } from '../record/suites.js';
 import { Relay } from '../relay/relay.js';
-import { checkListener, checkPair, rejectPair, wipeCarried } from '../upgrade/restore.js';
-import { decodeState, readStateMemfd, type HandoffState } from '../upgrade/state.js';
-import { HANDOFF_ENV, upgradeInPlace } from '../upgrade/upgrade.js';
+import type { RestoredSummary } from '../relay/protocol.js';
+import { takeEarlyRestore } from '../upgrade/early.js';
+import { checkListener } from '../upgrade/restore.js';
+import { upgradeInPlace } from '../upgrade/upgrade.js';
 import { ProxyServer } from './server.js';
 import type { KtlsSupport, ProxyConfig } from './types.js';
 
@@ -46,21 +46,6 @@ function ktlsSupport(probe: KernelProbe): KtlsSupport {
   return { available: probe.available, reason: probe.reason, ciphers: { 'TLSv1.2': names('TLSv1.2'), 'TLSv1.3': names('TLSv1.3') }, rekey: probe.rekey };
 }
 
-/** Reads the state a previous image left us, if this process was exec'ed by an upgrade. */
-function takeHandoff(): HandoffState | undefined {
-  const raw = process.env[HANDOFF_ENV];
-  delete process.env[HANDOFF_ENV];
-  if (!raw) return undefined;
-  const fd = Number(raw);
-  if (!Number.isInteger(fd) || fd < 3) throw new Error(`${HANDOFF_ENV}=${raw} is not a file descriptor`);
-  const buf = readStateMemfd(fd);
-  try {
-    return decodeState(buf);
-  } finally {
-    buf.fill(0);
-  }
-}
-
 function sameEndpoint(carried: string, want: Endpoint): boolean {
   const w = formatEndpoint(want);
   return want.port === 0 ? carried.replace(/:\d+$/, '') === w.replace(/:\d+$/, '') : carried === w;
@@ -68,7 +53,9 @@ function sameEndpoint(carried: string, want: Endpoint): boolean {
 
 export async function startProxy(config: ProxyConfig, deps: { logger: Logger }): Promise<ProxyHandle> {
   const log = deps.logger;
-  const handoff = takeHandoff();
+  // After exec the relay worker is already running the carried connections (started by cli/main.ts).
+  const early = takeEarlyRestore();
+  const handoff = early ? await early.restored : undefined;
   const probe = handoff?.probe ?? probeKernel();
   const support = ktlsSupport(probe);
   if (config.ktls === 'require' && !probe.available) {
@@ -92,7 +79,8 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   const backend = await resolveEndpoint(config.backend);
   const listenAt = await resolveEndpoint(config.listen);
   const poller = new Poller();
-  const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs });
+  const relay = early?.relay ?? new Relay({ idleTimeoutMs: config.idleTimeoutMs });
+  if (early) relay.configure({ idleTimeoutMs: config.idleTimeoutMs });
   const server = new ProxyServer({ config, logger: log, poller, relay, secureContext, backend, probe, support, kernelSuites });
   server.pauseAccepting();
 
@@ -111,10 +99,7 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
     throw new StartupError((e as Error).message, 'LISTEN');
   }
   if (handoff) {
-    // Relays first, new connections second: wait until the worker has taken every carried connection.
-    await relay.stats();
     const u = server.lastUpgrade!;
-    u.stallMs = Date.now() - handoff.frozenAt;
     log.info(
       { generation: server.generation, moved: u.moved, failedToRestore: u.failedToRestore, stallMs: u.stallMs },
       'upgrade complete: connections resumed',
@@ -170,30 +155,22 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   };
 }
 
-/** Adopts what the previous image handed over: counters, ids, and every connection that checks out. */
-function restore(server: ProxyServer, h: HandoffState): void {
+/** Adopts what the previous image handed over (the worker already resumed the connections): ids, counters, generation. */
+function restore(server: ProxyServer, h: RestoredSummary): void {
   const log = server.deps.logger;
   server.generation = h.generation;
   server.startedAt = h.startedAt;
   server.nextId = h.nextId;
   Object.assign(server.counters, h.counters);
-  const io = new TlsRecordIo();
-  const good = [];
-  let failed = 0;
-  for (const p of h.pairs) {
-    const bad = checkPair(p);
-    if (bad) {
-      failed++;
-      log.warn({ conn: p.pair.info.id }, `cannot restore connection: ${bad}; closing it`);
-      rejectPair(p, io);
-      continue;
-    }
-    sys.setCloexec(p.clientFd, true);
-    sys.setCloexec(p.backendFd, true);
-    good.push(p);
-  }
-  server.restorePairs(good);
-  wipeCarried(h.pairs);
-  if (failed) server.count('upgrade_restore_failed', failed);
-  server.lastUpgrade = { attempt: h.attempt, ok: true, at: new Date().toISOString(), moved: good.length, failedToRestore: failed };
+  for (const f of h.failed) log.warn({ conn: f.id }, `cannot restore connection: ${f.reason}; closed it`);
+  server.adoptRelayed(h.connections);
+  if (h.failed.length) server.count('upgrade_restore_failed', h.failed.length);
+  server.lastUpgrade = {
+    attempt: h.attempt,
+    ok: true,
+    at: new Date(h.resumedAt).toISOString(),
+    moved: h.connections.length,
+    failedToRestore: h.failed.length,
+    stallMs: h.resumedAt - h.frozenAt,
+  };
 }

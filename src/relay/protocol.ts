@@ -5,6 +5,8 @@ export interface WorkerInit {
   /** eventfd the main thread writes to after posting, to wake epoll_wait. */
   wakeFd: number;
   idleTimeoutMs: number;
+  /** Set when this worker must first take over connections from a hand-off memfd (after exec). */
+  handoffFd?: number;
 }
 
 /** Record state for a `user`-mode connection (the only case where keys cross to the worker, in memory). */
@@ -33,6 +35,7 @@ export type ToWorker =
   | { op: 'freeze'; seq: number }
   /** Resume after a freeze (the upgrade did not happen). */
   | { op: 'thaw' }
+  | { op: 'configure'; idleTimeoutMs: number }
   | { op: 'stats'; seq: number }
   | { op: 'abort'; id: string; reason: string; alert?: number }
   | { op: 'stop' };
@@ -48,5 +51,23 @@ export type FromWorker =
   | { op: 'closed'; id: string; reason: string; level: 'info' | 'warn'; bytesIn: number; bytesOut: number }
   | { op: 'stats'; seq: number; connections: PairStats[] }
   | { op: 'frozen'; seq: number; pairs: CarriedPair[] }
+  /** After exec: what the worker took over from the hand-off state (no keys). */
+  | { op: 'restored'; restored: RestoredSummary }
   | { op: 'log'; level: 'info' | 'warn' | 'debug'; id: string; msg: string }
   | { op: 'stopped' };
+
+/** The non-secret part of a hand-off state, as the worker that restored it reports to the main thread. */
+export interface RestoredSummary {
+  generation: number;
+  attempt: string;
+  startedAt: string;
+  frozenAt: number;
+  /** When the worker resumed relaying (wall-clock ms). */
+  resumedAt: number;
+  counters: Record<string, number>;
+  probe: import('../kernel/probe.js').KernelProbe;
+  listeners: { fd: number; address: string }[];
+  nextId: number;
+  connections: PairInfo[];
+  failed: { id: string; reason: string }[];
+}

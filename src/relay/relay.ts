@@ -3,9 +3,10 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
 import type { PairInfo, PairSnapshot } from './pair.js';
-import type { CarriedPair, FromWorker, PairStats, ToWorker, UserState, WorkerInit } from './protocol.js';
+import type { CarriedPair, FromWorker, PairStats, RestoredSummary, ToWorker, UserState, WorkerInit } from './protocol.js';
 
 export interface RelayEvents {
+  restored: [summary: RestoredSummary];
   closed: [msg: Extract<FromWorker, { op: 'closed' }>];
   log: [msg: Extract<FromWorker, { op: 'log' }>];
   error: [err: Error];
@@ -20,15 +21,21 @@ export class Relay extends EventEmitter<RelayEvents> {
   private readonly frozenWaiters = new Map<number, (p: CarriedPair[]) => void>();
   private stopped: Promise<void> | undefined;
   private live = 0;
+  private early: Array<Extract<FromWorker, { op: 'closed' }>> = [];
 
-  constructor(opts: { idleTimeoutMs: number }) {
+  constructor(opts: { idleTimeoutMs: number; handoffFd?: number; workerUrl?: URL }) {
     super();
     this.one.writeBigUInt64LE(1n);
-    const init: WorkerInit = { wakeFd: this.wakeFd, idleTimeoutMs: opts.idleTimeoutMs };
-    this.worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: init });
+    const init: WorkerInit = { wakeFd: this.wakeFd, idleTimeoutMs: opts.idleTimeoutMs, handoffFd: opts.handoffFd };
+    this.worker = new Worker(opts.workerUrl ?? new URL('./worker.js', import.meta.url), { workerData: init });
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
     this.worker.on('error', (e) => this.emit('error', e));
     this.worker.unref();
+    (this as EventEmitter).on('newListener', (event: string) => {
+      if (event !== 'closed' || this.early.length === 0) return;
+      const queued = this.early.splice(0);
+      setImmediate(() => queued.forEach((m) => this.emit('closed', m)));
+    });
   }
 
   get connections(): number {
@@ -42,9 +49,15 @@ export class Relay extends EventEmitter<RelayEvents> {
 
   private onMessage(m: FromWorker): void {
     switch (m.op) {
+      case 'restored':
+        this.live += m.restored.connections.length;
+        this.emit('restored', m.restored);
+        break;
       case 'closed':
         this.live--;
-        this.emit('closed', m);
+        // After exec the worker can report closes before anyone listens: keep them until someone does.
+        if (this.listenerCount('closed') === 0) this.early.push(m);
+        else this.emit('closed', m);
         break;
       case 'log':
         this.emit('log', m);
@@ -90,6 +103,10 @@ export class Relay extends EventEmitter<RelayEvents> {
 
   thaw(): void {
     this.post({ op: 'thaw' });
+  }
+
+  configure(opts: { idleTimeoutMs: number }): void {
+    this.post({ op: 'configure', idleTimeoutMs: opts.idleTimeoutMs });
   }
 
   abort(id: string, reason: string, alert?: number): void {

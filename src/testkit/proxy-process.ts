@@ -42,7 +42,22 @@ export async function makeCert(dir: string, kind: 'ec' | 'rsa'): Promise<{ certF
   const certFile = path.join(dir, `${kind}-cert.pem`);
   const keyFile = path.join(dir, `${kind}-key.pem`);
   const newkey = kind === 'ec' ? ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'] : ['-newkey', 'rsa:2048'];
-  await run('openssl', ['req', '-x509', ...newkey, '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1']);
+  await run('openssl', [
+    'req',
+    '-x509',
+    ...newkey,
+    '-nodes',
+    '-keyout',
+    keyFile,
+    '-out',
+    certFile,
+    '-days',
+    '2',
+    '-subj',
+    '/CN=localhost',
+    '-addext',
+    'subjectAltName=DNS:localhost,IP:127.0.0.1',
+  ]);
   return { certFile, keyFile };
 }
 

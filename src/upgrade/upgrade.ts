@@ -6,10 +6,10 @@ import { errnoName, sys } from '../kernel/libc.js';
 import type { ProxyServer, UpgradeRecord } from '../proxy/server.js';
 import type { CarriedPair } from '../relay/protocol.js';
 import { wipeCarried } from './restore.js';
+import { HANDOFF_ENV } from './early.js';
 import { encodeState, writeStateMemfd, type HandoffState } from './state.js';
 
 const run = promisify(execFile);
-export const HANDOFF_ENV = 'IRONSOCKET_HANDOFF_FD';
 
 export interface UpgradeOptions {
   /** How long in-progress handshakes may take to finish before they are closed. */

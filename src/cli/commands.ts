@@ -1,0 +1,228 @@
+// The `ironsocket` commands: dispatches run / status / check / upgrade / help / version and owns exit codes.
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { adminRequest, AdminError } from '../admin/client.js';
+import { createLogger, type Logger } from '../admin/log.js';
+import { checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
+import { ConfigError, formatHostPort } from '../config/schema.js';
+import type { ProxyConfig } from '../proxy/types.js';
+import { parseCli, usage, UsageError, type Command } from './args.js';
+import { formatStatus, StatusSnapshotSchema } from './status.js';
+
+/** What `startProxy` (src/proxy/start.ts) must resolve with. */
+export interface ProxyHandle {
+  /** Stops accepting, finishes or drops connections, releases the admin socket. */
+  close(): Promise<void>;
+  /** One human-readable line (or several, newline-separated) about kernel TLS for the start-up banner. */
+  describeKtls(): string;
+}
+export type StartProxy = (config: ProxyConfig, deps: { logger: Logger }) => Promise<ProxyHandle>;
+
+const EXIT_OK = 0;
+const EXIT_FAILURE = 1;
+const EXIT_USAGE = 2;
+
+function version(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+const err = (line: string) => process.stderr.write(line.endsWith('\n') ? line : line + '\n');
+
+/** Prints why something failed: config problems one per line, otherwise the message (stack only when debugging). */
+function reportFailure(what: string, e: unknown, debug: boolean): void {
+  if (e instanceof ConfigError) {
+    err(`ironsocket: ${what}: invalid configuration:`);
+    for (const p of e.problems) err(`  ${p.replace(/\n/g, '\n  ')}`);
+    return;
+  }
+  const error = e instanceof Error ? e : new Error(String(e));
+  err(`ironsocket: ${what}: ${error.message}`);
+  if ((error as { code?: unknown }).code === 'KTLS_REQUIRED') {
+    err('  (--ktls require refuses to start without kernel TLS; use --ktls auto to fall back to userspace TLS)');
+  }
+  if (debug && error.stack) err(error.stack);
+}
+
+function isDebug(level: string | undefined): boolean {
+  return level === 'debug' || level === 'trace';
+}
+
+function banner(r: ResolvedConfig, ktls: string): string[] {
+  const c = r.config;
+  const pad = (label: string) => `  ${label.padEnd(15)}`;
+  const cont = ' '.repeat(17);
+  const lines = [`ironsocket ${version()} started (pid ${process.pid})`];
+  lines.push(`${pad('listening on')}${formatHostPort(c.listen)} (TLS)`);
+  lines.push(`${pad('forwarding to')}${formatHostPort(c.backend)} (plain TCP)`);
+  if (r.certSource === 'configured') {
+    lines.push(`${pad('certificate')}${c.certFile}`, `${cont}key ${c.keyFile}`);
+  } else {
+    const how = r.certSource === 'default-created' ? 'generated just now' : 'generated earlier';
+    lines.push(
+      `${pad('certificate')}self-signed for localhost (${how}): ${c.certFile}`,
+      `${cont}clients will not trust it; pass --cert and --key for a real certificate`,
+    );
+  }
+  lines.push(`${pad('kTLS')}${ktls.split('\n').join('\n' + cont)} (policy ${c.ktls})`);
+  lines.push(`${pad('admin socket')}${c.adminSocket} (ironsocket status --admin-socket ${c.adminSocket})`);
+  lines.push(`${pad('config')}${r.file ?? 'none (defaults and flags)'}`);
+  lines.push(
+    'to change: ironsocket run --listen HOST:PORT --backend HOST:PORT --cert cert.pem --key key.pem',
+    '       or: ironsocket run --config ironsocket.toml   (ironsocket help run lists every option)',
+  );
+  return lines;
+}
+
+async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
+  let debug = isDebug(cmd.flags.logLevel);
+  let handle: ProxyHandle;
+  let resolved: ResolvedConfig;
+  let logger: Logger;
+  try {
+    resolved = await resolveConfig({ file: cmd.config, flags: cmd.flags });
+    debug = isDebug(resolved.config.logLevel);
+    logger = createLogger(resolved.config.logLevel);
+    // Loaded lazily so `status`, `check` and `--help` never load the proxy (and its native bindings).
+    const { startProxy } = await import('../proxy/start.js');
+    const start: StartProxy = startProxy;
+    handle = await start(resolved.config, { logger });
+  } catch (e) {
+    reportFailure('cannot start', e, debug);
+    return EXIT_FAILURE;
+  }
+  for (const line of banner(resolved, handle.describeKtls())) err(line);
+
+  return new Promise<number>((done) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        err(`ironsocket: ${signal} again, exiting without waiting`);
+        process.exit(EXIT_FAILURE);
+      }
+      stopping = true;
+      logger.info({ signal }, 'shutting down');
+      handle.close().then(
+        () => done(EXIT_OK),
+        (e: unknown) => {
+          reportFailure('error while shutting down', e, debug);
+          done(EXIT_FAILURE);
+        },
+      );
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}
+
+async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> {
+  try {
+    const r = await resolveConfig({ file: cmd.config, flags: cmd.flags, generateDefaultCert: false });
+    if (r.certSource === 'configured') {
+      const problems = await checkCertificateFiles(r.config.certFile, r.config.keyFile);
+      if (problems.length > 0) throw new ConfigError(problems);
+    }
+    // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.
+    await import('../proxy/start.js');
+    process.stdout.write('config OK\n');
+    if (r.certSource !== 'configured') {
+      process.stdout.write(`note: no cert/key configured; run will use the self-signed localhost certificate in ${r.config.certFile}\n`);
+    }
+    return EXIT_OK;
+  } catch (e) {
+    reportFailure('check failed', e, isDebug(cmd.flags.logLevel));
+    return EXIT_FAILURE;
+  }
+}
+
+async function status(cmd: Extract<Command, { kind: 'status' }>): Promise<number> {
+  try {
+    let socket = cmd.adminSocket !== undefined ? resolve(cmd.adminSocket) : defaultAdminSocketPath();
+    if (cmd.adminSocket === undefined && cmd.config !== undefined) {
+      socket = (await resolveConfig({ file: cmd.config, flags: {}, generateDefaultCert: false })).config.adminSocket;
+    }
+    const result = await adminRequest(socket, 'status');
+    if (cmd.json) {
+      process.stdout.write(JSON.stringify(result, null, 2) + '\n');
+      return EXIT_OK;
+    }
+    const parsed = StatusSnapshotSchema.safeParse(result);
+    if (!parsed.success) {
+      err(`ironsocket: unexpected status answer from ${socket} (try --json): ${parsed.error.issues[0]?.path.join('.')}`);
+      return EXIT_FAILURE;
+    }
+    process.stdout.write(formatStatus(parsed.data));
+    return EXIT_OK;
+  } catch (e) {
+    if (e instanceof AdminError) {
+      err(`ironsocket: ${e.message}`);
+      return EXIT_FAILURE;
+    }
+    reportFailure('status failed', e, false);
+    return EXIT_FAILURE;
+  }
+}
+
+async function upgrade(cmd: Extract<Command, { kind: 'upgrade' }>): Promise<number> {
+  try {
+    let socket = cmd.adminSocket !== undefined ? resolve(cmd.adminSocket) : defaultAdminSocketPath();
+    if (cmd.adminSocket === undefined && cmd.config !== undefined) {
+      socket = (await resolveConfig({ file: cmd.config, flags: {}, generateDefaultCert: false })).config.adminSocket;
+    }
+    const { requestUpgrade } = await import('./upgrade.js');
+    const outcome = await requestUpgrade(socket, cmd.timeoutS);
+    process.stdout.write(JSON.stringify(outcome) + '\n');
+    if (!outcome.ok) err(`ironsocket: upgrade ${outcome.error ? `failed: ${outcome.error}` : 'failed'}; the running proxy keeps serving`);
+    return outcome.ok ? EXIT_OK : EXIT_FAILURE;
+  } catch (e) {
+    if (e instanceof AdminError) {
+      err(`ironsocket: ${e.message}`);
+      return EXIT_FAILURE;
+    }
+    reportFailure('upgrade failed', e, false);
+    return EXIT_FAILURE;
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  let cmd: Command;
+  try {
+    cmd = parseCli(argv);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    err(`ironsocket: ${e.message}\n`);
+    err(usage(e.topic));
+    return EXIT_USAGE;
+  }
+  switch (cmd.kind) {
+    case 'help':
+      process.stdout.write(usage(cmd.topic) + '\n');
+      return EXIT_OK;
+    case 'version':
+      process.stdout.write(`ironsocket ${version()}\n`);
+      return EXIT_OK;
+    case 'run':
+      // A running proxy may hold handles that never drain on their own; exit explicitly once closed.
+      process.exit(await run(cmd));
+    case 'check':
+      return check(cmd);
+    case 'status':
+      return status(cmd);
+    case 'upgrade':
+      return upgrade(cmd);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    reportFailure('internal error', e, true);
+    process.exitCode = EXIT_FAILURE;
+  },
+);
