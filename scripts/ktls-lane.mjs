@@ -73,7 +73,7 @@ function testArgs() {
   }
   for (const f of files) if (!existsSync(path.resolve(ROOT, f))) die(`test file not found: ${f}`);
   if (files.length === 0) die('no kTLS-lane test files (dist/**/*.ktls-test.js); did the build run?');
-  return ['--test', '--test-concurrency=1', ...opts, ...files];
+  return ['--test', '--test-concurrency=1', '--test-timeout=900000', ...opts, ...files];
 }
 
 function hostHasKtls() {
