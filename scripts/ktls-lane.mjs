@@ -30,11 +30,17 @@ function descendants(pid) {
       const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
       if (!kids.has(ppid)) kids.set(ppid, []);
       kids.get(ppid).push(Number(name));
-    } catch { /* process went away */ }
+    } catch {
+      /* process went away */
+    }
   }
   const out = [];
   const todo = [pid];
-  while (todo.length) for (const k of kids.get(todo.pop()) ?? []) { out.push(k); todo.push(k); }
+  while (todo.length)
+    for (const k of kids.get(todo.pop()) ?? []) {
+      out.push(k);
+      todo.push(k);
+    }
   return out;
 }
 
@@ -42,18 +48,45 @@ function killTree() {
   if (!child?.pid) return;
   const alive = child.exitCode === null && child.signalCode === null;
   const pids = alive ? [child.pid, ...descendants(child.pid)] : [];
-  if (ownGroup) { try { process.kill(-child.pid, 'SIGKILL'); } catch { /* group already gone */ } }
-  for (const p of pids) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
+  if (ownGroup) {
+    try {
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      /* group already gone */
+    }
+  }
+  for (const p of pids) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
 }
 
 function cleanup() {
   killTree();
-  if (tmpDir) { try { rmSync(tmpDir, { recursive: true, force: true }); } catch { /* best effort */ } tmpDir = null; }
+  if (tmpDir) {
+    try {
+      rmSync(tmpDir, { recursive: true, force: true });
+    } catch {
+      /* best effort */
+    }
+    tmpDir = null;
+  }
 }
 
 process.on('exit', cleanup);
-for (const [sig, n] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]]) {
-  process.on(sig, () => { say(`got ${sig}, stopping`); cleanup(); process.exit(128 + n); });
+for (const [sig, n] of [
+  ['SIGINT', 2],
+  ['SIGTERM', 15],
+  ['SIGHUP', 1],
+]) {
+  process.on(sig, () => {
+    say(`got ${sig}, stopping`);
+    cleanup();
+    process.exit(128 + n);
+  });
 }
 
 // Split the pass-through args into test files and node --test options.
@@ -62,13 +95,15 @@ function testArgs() {
   const opts = [];
   for (const a of process.argv.slice(2)) {
     const isFile = !a.startsWith('-') && (/\.[cm]?js$/.test(a) || (existsSync(a) && statSync(a).isFile()));
-    if (isFile) files.push(path.resolve(a)); else opts.push(a);
+    if (isFile) files.push(path.resolve(a));
+    else opts.push(a);
   }
   if (files.length === 0) {
-    const walk = (dir) => readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
-      const p = path.join(dir, e.name);
-      return e.isDirectory() ? walk(p) : e.name.endsWith('.ktls-test.js') ? [path.relative(ROOT, p)] : [];
-    });
+    const walk = (dir) =>
+      readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+        const p = path.join(dir, e.name);
+        return e.isDirectory() ? walk(p) : e.name.endsWith('.ktls-test.js') ? [path.relative(ROOT, p)] : [];
+      });
     if (existsSync(path.join(ROOT, 'dist'))) files.push(...walk(path.join(ROOT, 'dist')).sort());
   }
   for (const f of files) if (!existsSync(path.resolve(ROOT, f))) die(`test file not found: ${f}`);
@@ -105,17 +140,36 @@ function runOnHost(args) {
 
 function findUml() {
   const want = process.env.IRONSOCKET_UML || 'linux.uml';
-  const candidates = want.includes('/') ? [want] : (process.env.PATH ?? '').split(':').concat('/usr/bin').map((d) => path.join(d, want));
-  for (const c of candidates) { try { accessSync(c, constants.X_OK); if (statSync(c).isFile()) return c; } catch { /* next */ } }
-  die(`no kTLS here and no User-Mode Linux kernel to boot one: ${want} not found or not executable ` +
-    '(install the Debian package user-mode-linux, or set IRONSOCKET_UML=/path/to/linux.uml)');
+  const candidates = want.includes('/')
+    ? [want]
+    : (process.env.PATH ?? '')
+        .split(':')
+        .concat('/usr/bin')
+        .map((d) => path.join(d, want));
+  for (const c of candidates) {
+    try {
+      accessSync(c, constants.X_OK);
+      if (statSync(c).isFile()) return c;
+    } catch {
+      /* next */
+    }
+  }
+  die(
+    `no kTLS here and no User-Mode Linux kernel to boot one: ${want} not found or not executable ` +
+      '(install the Debian package user-mode-linux, or set IRONSOCKET_UML=/path/to/linux.uml)',
+  );
 }
 
 const sq = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`;
 
 function guestScript(args, modRoot, kver, statusFile) {
-  const env = { PATH: process.env.PATH || '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-    HOME: process.env.HOME || '/root', LANG: 'C.UTF-8', TMPDIR: '/tmp', IRONSOCKET_KTLS_LANE: 'uml' };
+  const env = {
+    PATH: process.env.PATH || '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    HOME: process.env.HOME || '/root',
+    LANG: 'C.UTF-8',
+    TMPDIR: '/tmp',
+    IRONSOCKET_KTLS_LANE: 'uml',
+  };
   for (const [k, v] of Object.entries(process.env)) {
     if ((/^IRONSOCKET_/.test(k) && k !== 'IRONSOCKET_KTLS_LANE') || ['CI', 'NODE_OPTIONS', 'NO_COLOR', 'FORCE_COLOR'].includes(k)) env[k] = v;
   }
@@ -123,14 +177,21 @@ function guestScript(args, modRoot, kver, statusFile) {
   if (!process.stdout.isTTY && env.FORCE_COLOR === undefined) env.NO_COLOR = '1';
   const under = (dir) => ROOT === dir || ROOT.startsWith(`${dir}/`);
   // tmpfs over /tmp, /run and /dev/shm, unless the repo lives there (then show the host's directory instead).
-  const tmpfs = (dir) => under(dir) ? (dir === '/dev/shm' ? `mount -t hostfs hostfs /dev/shm -o /dev/shm || fail "mount hostfs /dev/shm"` : ':')
-    : `mount -t tmpfs tmpfs ${dir} || fail "mount tmpfs ${dir}"`;
+  const tmpfs = (dir) =>
+    under(dir)
+      ? dir === '/dev/shm'
+        ? `mount -t hostfs hostfs /dev/shm -o /dev/shm || fail "mount hostfs /dev/shm"`
+        : ':'
+      : `mount -t tmpfs tmpfs ${dir} || fail "mount tmpfs ${dir}"`;
   return `#!/bin/sh
 # Generated by scripts/ktls-lane.mjs: PID 1 of the User-Mode Linux guest that runs the kTLS-lane tests.
 S=${sq(statusFile)}
 stop() { sync; halt -f || poweroff -f; echo o > /proc/sysrq-trigger; exit 1; }
 fail() { echo "ktls-lane(guest): setup failed: $*"; echo "setup-failed: $*" > "$S"; stop; }
-${Object.entries(env).filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)).map(([k, v]) => `export ${k}=${sq(v)}`).join('\n')}
+${Object.entries(env)
+  .filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k))
+  .map(([k, v]) => `export ${k}=${sq(v)}`)
+  .join('\n')}
 mount -t proc proc /proc || fail "mount /proc"
 mount -t sysfs sysfs /sys || fail "mount /sys"
 [ -e /dev/null ] || mount -t devtmpfs devtmpfs /dev || fail "mount devtmpfs /dev"
@@ -155,8 +216,10 @@ function runInGuest(args) {
   const kver = process.env.IRONSOCKET_UML_KVER || (ver.stdout ?? '').trim().split(/\s+/).pop();
   if (ver.status !== 0 && !process.env.IRONSOCKET_UML_KVER) die(`${uml} --version failed (${ver.error?.message ?? `exit ${ver.status}`}); is it a UML kernel?`);
   const modDir = process.env.IRONSOCKET_UML_MODULES || `/usr/lib/uml/modules/${kver}`;
-  if (!existsSync(path.join(modDir, 'modules.dep'))) die(`UML kernel modules for ${kver} not found in ${modDir} (package user-mode-linux; or set IRONSOCKET_UML_MODULES)`);
-  if (ROOT.startsWith('/proc/') || ROOT.startsWith('/sys/') || (ROOT.startsWith('/dev/') && !ROOT.startsWith('/dev/shm/'))) die(`the repo at ${ROOT} is not visible inside the guest`);
+  if (!existsSync(path.join(modDir, 'modules.dep')))
+    die(`UML kernel modules for ${kver} not found in ${modDir} (package user-mode-linux; or set IRONSOCKET_UML_MODULES)`);
+  if (ROOT.startsWith('/proc/') || ROOT.startsWith('/sys/') || (ROOT.startsWith('/dev/') && !ROOT.startsWith('/dev/shm/')))
+    die(`the repo at ${ROOT} is not visible inside the guest`);
 
   // Scratch dir on the shared filesystem, visible at boot: not /tmp (the guest mounts a tmpfs there), not /dev (devtmpfs).
   const base = ROOT.startsWith('/dev/') ? '/var/tmp' : path.join(ROOT, '.tmp');
@@ -169,18 +232,36 @@ function runInGuest(args) {
   writeFileSync(init, guestScript(args, path.join(tmpDir, 'mods'), kver, statusFile), { mode: 0o755 });
 
   const mem = process.env.IRONSOCKET_UML_MEM || '2G';
-  const umlArgs = [`mem=${mem}`, 'root=/dev/root', 'rootfstype=hostfs', 'rootflags=/', 'rw', `init=${init}`,
-    'con=null', 'con0=null,fd:1', `umid=ktls-lane-${process.pid}`, `uml_dir=${tmpDir}`, 'quiet'];
+  const umlArgs = [
+    `mem=${mem}`,
+    'root=/dev/root',
+    'rootfstype=hostfs',
+    'rootflags=/',
+    'rw',
+    `init=${init}`,
+    'con=null',
+    'con0=null,fd:1',
+    `umid=ktls-lane-${process.pid}`,
+    `uml_dir=${tmpDir}`,
+    'quiet',
+  ];
   say(`no kTLS in this kernel; booting ${uml} (kernel ${kver}, mem=${mem}, timeout ${TIMEOUT_S} s)`);
   const started = Date.now();
   ownGroup = true;
-  child = spawn(uml, umlArgs, { cwd: tmpDir, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, TMPDIR: existsSync('/dev/shm') ? '/dev/shm' : tmpDir } });
+  child = spawn(uml, umlArgs, {
+    cwd: tmpDir,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, TMPDIR: existsSync('/dev/shm') ? '/dev/shm' : tmpDir },
+  });
   // The guest console turns \n into \r\n; drop the \r.
   child.stdout.on('data', (b) => process.stdout.write(b.toString('utf8').replace(/\r/g, '')));
   child.stderr.on('data', (b) => process.stderr.write(b.toString('utf8').replace(/\r/g, '')));
   const timer = withTimeout('the UML guest');
-  child.on('error', (e) => { clearTimeout(timer); die(`could not start ${uml}: ${e.message}`); });
+  child.on('error', (e) => {
+    clearTimeout(timer);
+    die(`could not start ${uml}: ${e.message}`);
+  });
   // Helper processes still holding the console pipe after UML itself exited must not keep us waiting.
   child.on('exit', () => setTimeout(killTree, 5_000).unref());
   child.on('close', (code, signal) => {

@@ -101,7 +101,7 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   if (handoff) {
     const u = server.lastUpgrade!;
     log.info(
-      { generation: server.generation, moved: u.moved, failedToRestore: u.failedToRestore, stallMs: u.stallMs },
+      { generation: server.generation, moved: u.moved, failedToRestore: u.failedToRestore, stallMs: u.stallMs, stallBreakdownMs: handoff.breakdown },
       'upgrade complete: connections resumed',
     );
   }

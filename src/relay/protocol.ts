@@ -64,6 +64,8 @@ export interface RestoredSummary {
   frozenAt: number;
   /** When the worker resumed relaying (wall-clock ms). */
   resumedAt: number;
+  /** Where the stall went, in ms: old image freeze→exec, exec→worker running, reading+checking+adopting. */
+  breakdown: { freezeToExec: number; execToWorker: number; restore: number };
   counters: Record<string, number>;
   probe: import('../kernel/probe.js').KernelProbe;
   listeners: { fd: number; address: string }[];

@@ -30,7 +30,7 @@ export class Relay extends EventEmitter<RelayEvents> {
     this.worker = new Worker(opts.workerUrl ?? new URL('./worker.js', import.meta.url), { workerData: init });
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
     this.worker.on('error', (e) => this.emit('error', e));
-    this.worker.unref();
+    // Kept referenced: after exec the main thread may wait on nothing else but the restoring worker.
     (this as EventEmitter).on('newListener', (event: string) => {
       if (event !== 'closed' || this.early.length === 0) return;
       const queued = this.early.splice(0);

@@ -6,6 +6,7 @@ import type { RestoredSummary, WorkerInit } from '../relay/protocol.js';
 import { checkPair, rejectPair, wipeCarried } from './restore.js';
 import { decodeState, readStateMemfd } from './state.js';
 
+const workerAt = Date.now();
 const init = workerData as WorkerInit;
 const loop = new RelayLoop(parentPort as MessagePort, init.wakeFd, init.idleTimeoutMs);
 const buf = readStateMemfd(init.handoffFd!);
@@ -17,6 +18,7 @@ const summary: RestoredSummary = {
   startedAt: state.startedAt,
   frozenAt: state.frozenAt,
   resumedAt: 0,
+  breakdown: { freezeToExec: state.execAt - state.frozenAt, execToWorker: workerAt - state.execAt, restore: 0 },
   counters: state.counters,
   probe: state.probe,
   listeners: state.listeners,
@@ -38,5 +40,6 @@ for (const p of state.pairs) {
 }
 wipeCarried(state.pairs);
 summary.resumedAt = Date.now();
+summary.breakdown.restore = summary.resumedAt - workerAt;
 loop.send({ op: 'restored', restored: summary });
 loop.run();

@@ -18,6 +18,8 @@ export interface HandoffState {
   startedAt: string;
   /** Wall-clock ms at which the relays stopped in the old image (for the stall figure). */
   frozenAt: number;
+  /** Wall-clock ms just before execve (freeze → exec is the old image's share of the stall). */
+  execAt: number;
   counters: Record<string, number>;
   probe: KernelProbe;
   listeners: CarriedListener[];

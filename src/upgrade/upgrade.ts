@@ -89,6 +89,7 @@ function execWithState(server: ProxyServer, attempt: string, frozenAt: number, p
     attempt,
     startedAt: server.startedAt,
     frozenAt,
+    execAt: 0,
     counters: { ...server.counters, upgrades: (server.counters.upgrades ?? 0) + 1 },
     probe: server.deps.probe,
     listeners: server.listeners.map((l) => ({ fd: l.fd, address: l.address })),
@@ -96,6 +97,7 @@ function execWithState(server: ProxyServer, attempt: string, frozenAt: number, p
     nextId: server.nextId,
   };
   let memfd = -1;
+  state.execAt = Date.now();
   const carried = [...state.listeners.map((l) => l.fd), ...pairs.flatMap((p) => [p.clientFd, p.backendFd])];
   // Node marks stdio close-on-exec at start-up; the new image must keep writing to the same stdout/stderr.
   const stdio = [0, 1, 2].filter((fd) => {

@@ -1,0 +1,93 @@
+// Benchmark: the stall an in-place upgrade causes at N live connections, and the bytes lost (must be 0).
+// Usage: npm run bench:upgrade -- [--connections 1000] [--period-ms 200] [--ktls auto|off|require] [--upgrades 3]
+import { execFile } from 'node:child_process';
+import os from 'node:os';
+import tls from 'node:tls';
+import { parseArgs, promisify } from 'node:util';
+import { echoBackend, streamChunk } from '../dist/testkit/backends.js';
+import { CLI, startProxyProcess } from '../dist/testkit/proxy-process.js';
+
+const run = promisify(execFile);
+const { values: opt } = parseArgs({
+  options: {
+    connections: { type: 'string', default: '1000' },
+    'period-ms': { type: 'string', default: '200' },
+    ktls: { type: 'string', default: 'auto' },
+    upgrades: { type: 'string', default: '3' },
+  },
+});
+const N = Number(opt.connections);
+const PERIOD = Number(opt['period-ms']);
+const CHUNK = 64;
+
+function open(port, i) {
+  return new Promise((resolve, reject) => {
+    const seed = `bench-${i}`;
+    const c = { sent: 0, received: 0, mismatch: false, errors: 0, last: 0, maxGap: 0, timer: undefined, sock: undefined };
+    const s = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false });
+    c.sock = s;
+    s.on('data', (d) => {
+      if (!d.equals(streamChunk(seed, c.received, d.length))) c.mismatch = true;
+      c.received += d.length;
+      const now = performance.now();
+      if (c.last) c.maxGap = Math.max(c.maxGap, now - c.last);
+      c.last = now;
+    });
+    s.on('error', () => c.errors++);
+    s.once('secureConnect', () => {
+      c.timer = setInterval(() => {
+        s.write(streamChunk(seed, c.sent, CHUNK));
+        c.sent += CHUNK;
+      }, PERIOD);
+      resolve(c);
+    });
+    s.once('error', reject);
+  });
+}
+
+const pct = (xs, p) => xs.slice().sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
+
+const echo = await echoBackend();
+const proxy = await startProxyProcess({ backendPort: echo.port, args: ['--ktls', opt.ktls] });
+const conns = [];
+for (let i = 0; i < N; i += 50) conns.push(...(await Promise.all(Array.from({ length: Math.min(50, N - i) }, (_, j) => open(proxy.port, i + j)))));
+const mode = (await proxy.status()).connections[0]?.mode;
+await new Promise((r) => setTimeout(r, 1000));
+const rows = [];
+for (let k = 0; k < Number(opt.upgrades); k++) {
+  for (const c of conns) c.maxGap = 0;
+  const { stdout } = await run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket]);
+  const outcome = JSON.parse(stdout);
+  await new Promise((r) => setTimeout(r, 1000));
+  const gaps = conns.map((c) => c.maxGap);
+  rows.push({
+    upgrade: k + 1,
+    ok: outcome.ok,
+    moved: outcome.moved,
+    proxyStallMs: outcome.stallMs,
+    clientMaxGapMs: Math.round(Math.max(...gaps)),
+    clientP50GapMs: Math.round(pct(gaps, 50)),
+    clientP99GapMs: Math.round(pct(gaps, 99)),
+  });
+}
+for (const c of conns) clearInterval(c.timer);
+await new Promise((r) => setTimeout(r, 2000));
+const sent = conns.reduce((n, c) => n + c.sent, 0);
+const received = conns.reduce((n, c) => n + c.received, 0);
+const mismatched = conns.filter((c) => c.mismatch).length;
+const errors = conns.reduce((n, c) => n + c.errors, 0);
+for (const c of conns) c.sock.destroy();
+const warnings = proxy.logs().filter((l) => /"level":(40|50|60)/.test(l));
+await proxy.stop();
+await echo.close();
+
+console.log(
+  `# in-place upgrade stall — ${new Date().toISOString()} — ${os.cpus().length} CPU ${os.cpus()[0]?.model ?? ''}, Linux ${os.release()}, Node ${process.version}`,
+);
+console.log(`# ${N} connections in ${mode} mode, each echoing ${CHUNK} B every ${PERIOD} ms; the client-side gap includes the ${PERIOD} ms period`);
+console.table(rows);
+console.log(`stall (proxy-measured, freeze → relays resumed): max ${Math.max(...rows.map((r) => r.proxyStallMs))} ms`);
+console.log(`stall (client-observed, largest gap − period): max ${Math.max(...rows.map((r) => r.clientMaxGapMs)) - PERIOD} ms`);
+console.log(`bytes sent ${sent}, echoed back ${received}, lost ${sent - received}, streams with a wrong byte ${mismatched}, client errors ${errors}`);
+if (warnings.length) console.log(`proxy warnings (${warnings.length}), first few:\n${warnings.slice(0, 5).join('\n')}`);
+process.exit(sent === received && mismatched === 0 && errors === 0 && rows.every((r) => r.ok) ? 0 : 1);
