@@ -139,12 +139,16 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
   }
 }
 
+/** The admin socket a client command talks to: --admin-socket, else the config file's, else the default. */
+async function adminSocketOf(cmd: { adminSocket?: string; config?: string }): Promise<string> {
+  if (cmd.adminSocket !== undefined) return resolve(cmd.adminSocket);
+  if (cmd.config !== undefined) return (await resolveConfig({ file: cmd.config, flags: {}, generateDefaultCert: false })).config.adminSocket;
+  return defaultAdminSocketPath();
+}
+
 async function status(cmd: Extract<Command, { kind: 'status' }>): Promise<number> {
   try {
-    let socket = cmd.adminSocket !== undefined ? resolve(cmd.adminSocket) : defaultAdminSocketPath();
-    if (cmd.adminSocket === undefined && cmd.config !== undefined) {
-      socket = (await resolveConfig({ file: cmd.config, flags: {}, generateDefaultCert: false })).config.adminSocket;
-    }
+    const socket = await adminSocketOf(cmd);
     const result = await adminRequest(socket, 'status');
     if (cmd.json) {
       process.stdout.write(JSON.stringify(result, null, 2) + '\n');
@@ -169,10 +173,7 @@ async function status(cmd: Extract<Command, { kind: 'status' }>): Promise<number
 
 async function upgrade(cmd: Extract<Command, { kind: 'upgrade' }>): Promise<number> {
   try {
-    let socket = cmd.adminSocket !== undefined ? resolve(cmd.adminSocket) : defaultAdminSocketPath();
-    if (cmd.adminSocket === undefined && cmd.config !== undefined) {
-      socket = (await resolveConfig({ file: cmd.config, flags: {}, generateDefaultCert: false })).config.adminSocket;
-    }
+    const socket = await adminSocketOf(cmd);
     const { requestUpgrade } = await import('./upgrade.js');
     const outcome = await requestUpgrade(socket, cmd.timeoutS);
     process.stdout.write(JSON.stringify(outcome) + '\n');

@@ -64,7 +64,8 @@ export class RawRecordSocket {
 
   /** Queues bytes to send; `cb` runs once they are all in the kernel. */
   write(data: Buffer, cb?: () => void): void {
-    if (this.failed) return;
+    // After a read-side failure (EOF, malformed input) we may still owe the peer an alert; not after an I/O error.
+    if (this.failed?.kind === 'io') return;
     this.outQueue.push(data);
     if (cb) this.outCallbacks.push(cb);
     this.flush();

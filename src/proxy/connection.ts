@@ -7,9 +7,11 @@ import { IPPROTO_TCP, TCP_NODELAY, sys } from '../kernel/libc.js';
 import type { Poller } from '../kernel/poller.js';
 import { decodeSockaddr, formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import { Alert, RecordProtection } from '../record/aead.js';
+import type { PairInfo } from '../relay/pair.js';
 import type { Relay } from '../relay/relay.js';
 import type { UserState } from '../relay/protocol.js';
 import { BackendError, connectBackend } from './backend.js';
+import { lingeringClose } from './linger.js';
 import type { KtlsPolicy } from './types.js';
 
 export interface ConnectionContext {
@@ -32,15 +34,8 @@ export interface ConnectionContext {
   gone(id: string): void;
 }
 
-export interface LiveConnection {
-  id: string;
-  client: string;
-  backend: string;
-  version: 'TLSv1.2' | 'TLSv1.3';
-  cipher: string;
-  mode: 'kernel' | 'user';
-  startedAt: number;
-}
+/** A connection handed to the relay: what status reports about it. */
+export type LiveConnection = PairInfo;
 
 /** Sends a fatal alert protected with the session's TX keys (the kernel does not have them yet). */
 function userspaceAlert(fd: number, s: EstablishedSession, desc: number): void {
@@ -104,17 +99,21 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
         installKtls(fd, session);
       } catch (e) {
         ctx.count('ktls_install_failed');
-        if (ctx.policy === 'require') {
+        const err = e as Error;
+        // TCP_ULP needs an ESTABLISHED socket: a client that already sent its FIN (request, close_notify, FIN
+        // in one go) cannot move into the kernel, but nothing was installed, so userspace records can carry it.
+        const halfClosed = e instanceof KtlsInstallError && e.step === 'ulp' && /ENOTCONN/.test(err.message);
+        if (!(e instanceof KtlsInstallError) || e.step !== 'ulp' || (ctx.policy === 'require' && !halfClosed)) {
           userspaceAlert(fd, session, Alert.internal_error);
-          log.error({ err: (e as Error).message }, `installing kernel TLS failed: ${(e as Error).message}`);
+          log.error({ err: err.message }, `installing kernel TLS failed, closing: ${err.message}`);
           return;
         }
-        // Nothing was installed if TCP_ULP itself failed; a half-installed socket cannot fall back.
-        if (!(e instanceof KtlsInstallError) || e.step !== 'ulp') {
-          log.error({ err: (e as Error).message }, `installing kernel TLS failed midway, closing: ${(e as Error).message}`);
-          return;
-        }
-        log.warn({ err: (e as Error).message }, 'kernel TLS install failed; using the userspace record layer');
+        log.info(
+          { err: err.message },
+          halfClosed
+            ? 'client already half-closed: kTLS needs an established socket; using the userspace record layer'
+            : 'kernel TLS install failed; using the userspace record layer',
+        );
         mode = 'user';
       }
     }
@@ -141,7 +140,7 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
   } finally {
     session?.wipe();
     if (fd >= 0) {
-      sys.close(fd);
+      lingeringClose(ctx.poller, fd);
       ctx.gone(id);
     }
     if (backendFd >= 0) sys.close(backendFd);

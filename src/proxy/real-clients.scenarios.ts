@@ -28,7 +28,9 @@ export type Mode = 'kernel' | 'user';
 /** `kernel`: --ktls require on a kTLS kernel; `user`: the userspace record layer (--ktls off). */
 export const modeArgs = (mode: Mode) => (mode === 'kernel' ? ['--ktls', 'require'] : ['--ktls', 'off']);
 
-export function realClientScenarios(mode: Mode): void {
+/** `policy` overrides the --ktls flag (e.g. 'auto' on a kernel without kTLS, which must end up in `user` mode). */
+export function realClientScenarios(mode: Mode, policy?: 'auto'): void {
+  const args = () => (policy ? ['--ktls', policy] : modeArgs(mode));
   const dir = tempDir('clients');
   const proxies: Record<'ec' | 'rsa', RunningProxy | undefined> = { ec: undefined, rsa: undefined };
   let echo: Backend;
@@ -37,7 +39,7 @@ export function realClientScenarios(mode: Mode): void {
     if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
     echo = await echoBackend();
     for (const kind of ['ec', 'rsa'] as const) {
-      proxies[kind] = await startProxyProcess({ backendPort: echo.port, cert: await makeCert(dir, kind), args: modeArgs(mode) });
+      proxies[kind] = await startProxyProcess({ backendPort: echo.port, cert: await makeCert(dir, kind), args: args() });
     }
   });
 
@@ -106,7 +108,7 @@ export function realClientScenarios(mode: Mode): void {
       test(`openssl s_client with ${suite.version} ${suite.name} gets back exactly what it sent`, async () => {
         const data = streamChunk(`s_client ${suite.name}`, 0, 200_000);
         const backend = await exactEchoBackend(data.length);
-        const p = await startProxyProcess({ backendPort: backend.port, cert: await makeCert(dir, suite.cert), args: modeArgs(mode) });
+        const p = await startProxyProcess({ backendPort: backend.port, cert: await makeCert(dir, suite.cert), args: args() });
         try {
           const args = ['s_client', '-connect', `127.0.0.1:${p.port}`, '-quiet', '-ign_eof'];
           if (suite.version === 'TLSv1.3') args.push('-tls1_3', '-ciphersuites', suite.name);
@@ -137,7 +139,7 @@ export function realClientScenarios(mode: Mode): void {
     for (const suite of SUITES.filter((s) => s.cert === 'ec')) {
       test(`curl with ${suite.version} ${suite.name} downloads 1 MiB byte-exact through the proxy`, async () => {
         const backend = await httpBackend(body);
-        const p = await startProxyProcess({ backendPort: backend.port, cert: await makeCert(dir, 'ec'), args: modeArgs(mode) });
+        const p = await startProxyProcess({ backendPort: backend.port, cert: await makeCert(dir, 'ec'), args: args() });
         try {
           const args = ['-sk', '--fail', `https://127.0.0.1:${p.port}/`];
           if (suite.version === 'TLSv1.3') args.push('--tlsv1.3', '--tls13-ciphers', suite.name);

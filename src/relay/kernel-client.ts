@@ -1,5 +1,5 @@
 // The client side of a relayed connection whose TLS state lives in the kernel: plaintext in, plaintext out, control records by cmsg.
-import { EAGAIN, EINTR, E, errnoName, sys } from '../kernel/libc.js';
+import { EAGAIN, EINTR, E, SOL_SOCKET, SO_ERROR, errnoName, sys } from '../kernel/libc.js';
 import { RECORD_ALERT, RECORD_APPLICATION_DATA, RECORD_CHANGE_CIPHER_SPEC, RECORD_HANDSHAKE, type TlsRecordIo } from '../kernel/ktls.js';
 
 export const ALERT = {
@@ -114,6 +114,13 @@ export class KernelClient implements ClientSide {
   }
 
   sendAlert(desc: number): void {
+    // A failed decryption leaves its error pending on the socket and every send would fail with it;
+    // reading SO_ERROR clears it, and the TX state is intact, so the alert can still go out.
+    try {
+      sys.getsockoptInt(this.fd, SOL_SOCKET, SO_ERROR);
+    } catch {
+      /* not a socket any more: the send below fails quietly */
+    }
     this.io.sendRecord(this.fd, RECORD_ALERT, Buffer.from([2, desc]));
   }
 }

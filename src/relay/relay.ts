@@ -87,17 +87,22 @@ export class Relay extends EventEmitter<RelayEvents> {
 
   /** Stops relaying at a clean point and returns every connection's state (keys included for user mode). */
   freeze(timeoutMs = 5000): Promise<CarriedPair[]> {
+    return this.request(this.frozenWaiters, (seq) => ({ op: 'freeze', seq }), timeoutMs, 'relay worker did not freeze');
+  }
+
+  /** Posts a request carrying a sequence number and resolves with the worker's matching answer. */
+  private request<T>(waiters: Map<number, (v: T) => void>, msg: (seq: number) => ToWorker, timeoutMs: number, what: string): Promise<T> {
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
       const t = setTimeout(() => {
-        this.frozenWaiters.delete(seq);
-        reject(new Error('relay worker did not freeze'));
+        waiters.delete(seq);
+        reject(new Error(what));
       }, timeoutMs);
-      this.frozenWaiters.set(seq, (p) => {
+      waiters.set(seq, (v) => {
         clearTimeout(t);
-        resolve(p);
+        resolve(v);
       });
-      this.post({ op: 'freeze', seq });
+      this.post(msg(seq));
     });
   }
 
@@ -114,18 +119,7 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 
   stats(timeoutMs = 2000): Promise<PairStats[]> {
-    const seq = ++this.seq;
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.waiting.delete(seq);
-        reject(new Error('relay worker did not answer'));
-      }, timeoutMs);
-      this.waiting.set(seq, (s) => {
-        clearTimeout(t);
-        resolve(s);
-      });
-      this.post({ op: 'stats', seq });
-    });
+    return this.request(this.waiting, (seq) => ({ op: 'stats', seq }), timeoutMs, 'relay worker did not answer');
   }
 
   /** Closes every connection (close_notify) and stops the worker. */

@@ -85,7 +85,15 @@ export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProx
   child.stderr!.setEncoding('utf8').on('data', (d: string) => {
     stderr += d;
   });
+  let stopping = false;
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // A proxy that dies on its own is the first thing to know when a test fails: say so with its output.
+  child.once('exit', (code, signal) => {
+    if (stopping) return;
+    process.stderr.write(
+      `\n[testkit] proxy ${child.pid} exited unexpectedly (code ${code}, signal ${signal})\n--- stderr ---\n${stderr.slice(-4000)}\n--- last log lines ---\n${lines.slice(-30).join('\n')}\n`,
+    );
+  });
 
   const waitForLog = (re: RegExp, timeoutMs = 60_000) =>
     new Promise<string>((resolve, reject) => {
@@ -125,6 +133,7 @@ export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProx
       return JSON.parse(stdout) as StatusSnapshot;
     },
     async stop() {
+      stopping = true;
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
       const code = await exited;

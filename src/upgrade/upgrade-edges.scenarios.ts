@@ -85,37 +85,61 @@ export function upgradeEdgeScenarios(mode: Mode): void {
   });
 
   test(`a connection half-closed by the client before an upgrade still gets all the backend sends after it (${mode} mode)`, async () => {
-    // A backend that, once the client's side ends, sends 40 chunks over ~2 s and then ends.
+    // A backend that, once the client's side ends, sends 20 chunks, then 20 more once the upgrade is done, then ends.
     const chunks = 40;
+    let upgraded!: () => void;
+    const afterUpgrade = new Promise<void>((r) => (upgraded = r));
     const server = net.createServer({ allowHalfOpen: true }, (s) => {
+      s.on('error', () => {}); // the client side reports what went wrong
+      s.once('data', () => s.write('ack'));
       s.resume();
       s.on('end', () => {
         let i = 0;
-        const t = setInterval(() => {
+        const send = () => {
           s.write(streamChunk('half', i * 4096, 4096));
-          if (++i === chunks) {
-            clearInterval(t);
-            s.end();
-          }
-        }, 50);
+          if (++i === chunks) return void s.end();
+          if (i === chunks / 2) return void afterUpgrade.then(() => setTimeout(send, 50));
+          setTimeout(send, 50);
+        };
+        send();
       });
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const p = await startProxyProcess({ backendPort: (server.address() as net.AddressInfo).port, args: modeArgs(mode) });
     try {
       const received = await new Promise<Buffer>((resolve, reject) => {
-        const s = tls.connect({ port: p.port, host: '127.0.0.1', rejectUnauthorized: false }, () => {
-          s.end('bye'); // close_notify + FIN: the proxy half-closes the backend
-          setTimeout(() => void upgradeOk(p).catch(reject), 300);
-        });
+        const s = tls.connect({ port: p.port, host: '127.0.0.1', rejectUnauthorized: false, allowHalfOpen: true } as tls.ConnectionOptions, () =>
+          s.write('hello'),
+        );
         const got: Buffer[] = [];
-        s.on('data', (d: Buffer) => got.push(d));
+        s.once('data', () => {
+          // The relay is running (the backend answered): now close_notify + FIN, and the proxy half-closes the backend.
+          s.end();
+          setTimeout(() => void upgradeOk(p).then(upgraded, reject), 300);
+          s.on('data', (d: Buffer) => got.push(d));
+        });
         s.on('end', () => resolve(Buffer.concat(got)));
-        s.on('error', reject);
+        s.on('error', (e) =>
+          setTimeout(
+            () =>
+              reject(
+                new Error(
+                  `${e.message} after ${got.reduce((n, b) => n + b.length, 0)} bytes; proxy said: ${p
+                    .logs()
+                    .slice(-8)
+                    .map((l) => (JSON.parse(l) as { msg: string }).msg)
+                    .join(' | ')}`,
+                ),
+              ),
+            1000,
+          ),
+        );
       });
       assert.equal(received.length, chunks * 4096);
       assert.ok(received.equals(streamChunk('half', 0, chunks * 4096)), 'bytes differ');
       assert.equal((await p.status()).generation, 2, 'the upgrade happened while the connection was half-closed');
+      const est = p.logs().find((l) => l.includes('"msg":"established"'));
+      assert.match(est ?? '', new RegExp(`"mode":"${mode}"`));
     } finally {
       await p.stop();
       server.close();
