@@ -1,5 +1,6 @@
 // Test support: plain-TCP backends (echo, exact-length echo, HTTP, deterministic streams) and verifiable byte streams.
 import crypto from 'node:crypto';
+import { once } from 'node:events';
 import http from 'node:http';
 import net from 'node:net';
 
@@ -167,4 +168,25 @@ export async function streamBackend(): Promise<Backend & { results: Map<string, 
   b.port = await listen(server);
   b.close = closer(server, sockets);
   return b;
+}
+
+/** A backend whose next accepted connection runs a test's handler; all others echo (half-close aware). */
+export async function scriptedBackend(port = 0) {
+  const handlers: Array<(s: net.Socket) => void> = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    const h = handlers.shift();
+    if (h) h(s);
+    else s.pipe(s);
+  });
+  server.listen(port, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    next: (h: (s: net.Socket) => void) => void handlers.push(h),
+    close: () => new Promise<void>((r) => (sockets.forEach((s) => s.destroy()), server.close(() => r()))),
+  };
 }
