@@ -35,7 +35,8 @@ export async function requestUpgrade(socket: string, timeoutS: number): Promise<
       s = await adminRequest<StatusWithUpgrade>(socket, 'status', undefined, 5_000);
     } catch (e) {
       // Expected while the process execs and the new image re-creates the socket.
-      if (e instanceof AdminError && (e.code === 'ADMIN_UNREACHABLE' || e.code === 'ADMIN_TIMEOUT' || e.code === 'ADMIN_PROTOCOL')) {
+      // ADMIN_FAILED too: a freshly exec'ed image may answer "busy" while it is still taking connections over.
+      if (e instanceof AdminError && (e.code === 'ADMIN_UNREACHABLE' || e.code === 'ADMIN_TIMEOUT' || e.code === 'ADMIN_PROTOCOL' || e.code === 'ADMIN_FAILED')) {
         last = e;
         continue;
       }

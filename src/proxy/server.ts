@@ -142,7 +142,10 @@ export class ProxyServer {
   }
 
   async status(): Promise<StatusSnapshot & { generation: number; lastUpgrade?: UpgradeRecord }> {
-    const stats = new Map((await this.deps.relay.stats()).map((s) => [s.id, s]));
+    // A busy relay (e.g. just after exec, taking over thousands of connections) must not make status fail:
+    // report the connections without their byte counts rather than nothing.
+    const relayed = await this.deps.relay.stats(10_000).catch(() => undefined);
+    const stats = new Map((relayed ?? []).map((s) => [s.id, s]));
     const now = Date.now();
     return {
       pid: process.pid,
@@ -163,7 +166,7 @@ export class ProxyServer {
         bytesOut: stats.get(c.id)?.bytesOut ?? 0,
         ageMs: now - c.startedAt,
       })),
-      counters: { ...this.counters, connections_live: this.live.size, handshakes_in_progress: this.inFlight.size },
+      counters: { ...this.counters, connections_live: this.live.size, handshakes_in_progress: this.inFlight.size, relay_stats_unavailable: relayed ? 0 : 1 },
     };
   }
 
