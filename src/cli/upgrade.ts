@@ -36,7 +36,10 @@ export async function requestUpgrade(socket: string, timeoutS: number): Promise<
     } catch (e) {
       // Expected while the process execs and the new image re-creates the socket.
       // ADMIN_FAILED too: a freshly exec'ed image may answer "busy" while it is still taking connections over.
-      if (e instanceof AdminError && (e.code === 'ADMIN_UNREACHABLE' || e.code === 'ADMIN_TIMEOUT' || e.code === 'ADMIN_PROTOCOL' || e.code === 'ADMIN_FAILED')) {
+      if (
+        e instanceof AdminError &&
+        (e.code === 'ADMIN_UNREACHABLE' || e.code === 'ADMIN_TIMEOUT' || e.code === 'ADMIN_PROTOCOL' || e.code === 'ADMIN_FAILED')
+      ) {
         last = e;
         continue;
       }

@@ -7,6 +7,8 @@ export interface EchoStream {
   finish(): Promise<{ seed: string; sent: number; received: number; ok: boolean; mismatchAt: number; errors: string[] }>;
   sent(): number;
   received(): number;
+  /** Stops at once and closes (test clean-up on failure: no timer may outlive the test). */
+  abort(): void;
 }
 
 /** Opens one TLS connection and sends `chunk` bytes every `everyMs` until finish() is called. */
@@ -37,6 +39,10 @@ export function echoStream(port: number, seed: string, chunk: number, everyMs: n
       resolve({
         sent: () => sent,
         received: () => verifier.received,
+        abort: () => {
+          clearInterval(timer);
+          s.destroy();
+        },
         finish: () =>
           new Promise((done) => {
             clearInterval(timer);

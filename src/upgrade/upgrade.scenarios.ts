@@ -45,8 +45,8 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
   test(`200 verified streams survive 5 consecutive in-place upgrades with the same PID, no reset and no new handshake (${mode} mode)`, async () => {
     const proxy = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode) });
     const acceptedBefore = echo.accepted;
+    const streams: EchoStream[] = [];
     try {
-      const streams: EchoStream[] = [];
       for (let i = 0; i < 200; i += 20) {
         streams.push(...(await Promise.all(Array.from({ length: 20 }, (_, j) => echoStream(proxy.port, `up-${mode}-${i + j}`, pace.chunk, pace.everyMs)))));
       }
@@ -82,6 +82,7 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       assert.equal(echo.accepted - acceptedBefore, 200, 'the backend saw no reconnection');
       if (mode === 'kernel') for (const c of status.connections) assert.equal(c.mode, 'kernel');
     } finally {
+      for (const s of streams) s.abort();
       await proxy.stop();
     }
   });
@@ -91,8 +92,9 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
     const config = path.join(dir, 'ironsocket.toml');
     fs.writeFileSync(config, '[timeouts]\nhandshake = "10s"\n');
     const proxy = await startProxyProcess({ backendPort: echo.port, args: [...modeArgs(mode), '--config', config] });
+    let s: EchoStream | undefined;
     try {
-      const s = await echoStream(proxy.port, `preflight-${mode}`, 1024, 20);
+      s = await echoStream(proxy.port, `preflight-${mode}`, 1024, 20);
       fs.writeFileSync(config, '[timeouts]\nhandshake = "soon"\n');
       const r = await upgradeCli(proxy);
       assert.equal(r.code, 1);
@@ -108,6 +110,7 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       const done = await s.finish();
       assert.ok(done.ok, done.errors.join('; '));
     } finally {
+      s?.abort();
       await proxy.stop();
       fs.rmSync(dir, { recursive: true, force: true });
     }
@@ -115,8 +118,10 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
 
   test(`when execve itself fails the old image resumes every relay and accepting, and reports the failure (${mode} mode)`, async () => {
     const proxy = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode), env: { IRONSOCKET_FAULT_EXEC_PATH: '/nonexistent/node' } });
+    const open: EchoStream[] = [];
     try {
       const s = await echoStream(proxy.port, `execfail-${mode}`, 1024, 20);
+      open.push(s);
       const r = await upgradeCli(proxy);
       assert.equal(r.code, 1);
       assert.match(r.outcome?.error ?? '', /execve\(\/nonexistent\/node\) failed: ENOENT/);
@@ -124,10 +129,12 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       await new Promise((res) => setTimeout(res, 500));
       assert.ok(s.received() > got, 'the relay resumed');
       const fresh = await echoStream(proxy.port, `execfail-new-${mode}`, 1024, 20);
+      open.push(fresh);
       await new Promise((res) => setTimeout(res, 300));
       const results = await Promise.all([s.finish(), fresh.finish()]);
       for (const x of results) assert.ok(x.ok && x.received > 0, `${x.seed}: ${x.errors.join('; ')}`);
     } finally {
+      for (const x of open) x.abort();
       await proxy.stop();
     }
   });
