@@ -1,5 +1,5 @@
 // Installs TLS session state into a TCP socket (TCP_ULP "tls", TLS_TX/TLS_RX) and speaks TLS control records through it.
-import { IPPROTO_TCP, SysError, addressOf, errno, sys } from './libc.js';
+import { IPPROTO_TCP, SysError, addressOf, sys } from './libc.js';
 
 export const TCP_ULP = 31;
 export const SOL_TLS = 282;
@@ -134,8 +134,6 @@ export class TlsRecordIo {
     return sys.sendmsg(fd, this.msg);
   }
 }
-
-export { errno };
 
 /** The session fields installKtls needs (structurally matches handshake/EstablishedSession). */
 export interface SessionKeys {

@@ -17,15 +17,12 @@ export const SOL_SOCKET = 1;
 export const SO_REUSEADDR = 2;
 export const SO_ERROR = 4;
 export const SO_TYPE = 3;
-export const SO_DOMAIN = 39;
 export const IPPROTO_TCP = 6;
 export const TCP_NODELAY = 1;
-export const SHUT_RD = 0;
 export const SHUT_WR = 1;
 export const SHUT_RDWR = 2;
 export const MSG_DONTWAIT = 0x40;
 export const MSG_NOSIGNAL = 0x4000;
-export const MSG_MORE = 0x8000;
 export const F_GETFD = 1;
 export const F_SETFD = 2;
 export const F_GETFL = 3;
@@ -142,7 +139,6 @@ export const sys = {
   sendmsg: (fd: number, msghdr: Buffer, flags = MSG_NOSIGNAL) => ret(fn.sendmsg(fd, msghdr, flags)),
   read: (fd: number, buf: Buffer, len: number) => ret(fn.read(fd, buf, len)),
   write: (fd: number, buf: Buffer, len: number) => ret(fn.write(fd, buf, len)),
-  getfd: (fd: number) => check('fcntl', fn.fcntl(fd, F_GETFD, 'int', 0)),
   setCloexec: (fd: number, on: boolean) => {
     const cur = check('fcntl', fn.fcntl(fd, F_GETFD, 'int', 0));
     check('fcntl', fn.fcntl(fd, F_SETFD, 'int', on ? cur | FD_CLOEXEC : cur & ~FD_CLOEXEC));

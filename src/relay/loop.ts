@@ -129,9 +129,6 @@ export class RelayLoop {
         this.frozen = false;
         for (const p of this.pairs.values()) p.start();
         break;
-      case 'abort':
-        this.pairs.get(msg.id)?.abort(msg.reason, msg.alert);
-        break;
       case 'stop':
         for (const p of [...this.pairs.values()]) {
           p.client.closeNotify();

@@ -88,16 +88,6 @@ export class Pair {
     };
   }
 
-  /** Forgets its fds' epoll interest so a restart can re-register them (after a failed upgrade). */
-  resetInterest(): void {
-    this.cEvents = -1;
-    this.bEvents = -1;
-  }
-
-  get closed(): boolean {
-    return this.done;
-  }
-
   /** Registers interest; call once after both fds are in the poller. */
   start(): void {
     this.progress();
@@ -225,9 +215,7 @@ export class Pair {
   }
 
   /** Closes both sides now (idle timeout, shutdown). */
-  abort(reason: string, alert?: number): void {
-    if (this.done) return;
-    if (alert !== undefined) this.client.sendAlert(alert);
+  abort(reason: string): void {
     this.finish(reason, 'info');
   }
 

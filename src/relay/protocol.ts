@@ -37,7 +37,6 @@ export type ToWorker =
   | { op: 'thaw' }
   | { op: 'configure'; idleTimeoutMs: number }
   | { op: 'stats'; seq: number }
-  | { op: 'abort'; id: string; reason: string; alert?: number }
   | { op: 'stop' };
 
 export interface PairStats {

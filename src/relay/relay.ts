@@ -114,10 +114,6 @@ export class Relay extends EventEmitter<RelayEvents> {
     this.post({ op: 'configure', idleTimeoutMs: opts.idleTimeoutMs });
   }
 
-  abort(id: string, reason: string, alert?: number): void {
-    this.post({ op: 'abort', id, reason, alert });
-  }
-
   stats(timeoutMs = 2000): Promise<PairStats[]> {
     return this.request(this.waiting, (seq) => ({ op: 'stats', seq }), timeoutMs, 'relay worker did not answer');
   }
