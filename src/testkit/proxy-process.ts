@@ -35,6 +35,8 @@ export interface ProxyOptions {
   args?: string[];
   cert?: { certFile: string; keyFile: string };
   env?: NodeJS.ProcessEnv;
+  /** TOML written to a config file passed with --config (flags in `args` still override it). */
+  config?: string;
 }
 
 /** Generates a self-signed certificate with openssl ('ec' = P-256 ECDSA, 'rsa' = RSA 2048). */
@@ -66,6 +68,11 @@ export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProx
   const adminSocket = path.join(dir, 'admin.sock');
   const args = [CLI, 'run', '--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${opts.backendPort}`, '--admin-socket', adminSocket];
   if (opts.cert) args.push('--cert', opts.cert.certFile, '--key', opts.cert.keyFile);
+  if (opts.config !== undefined) {
+    const file = path.join(dir, 'ironsocket.toml');
+    fs.writeFileSync(file, opts.config);
+    args.push('--config', file);
+  }
   args.push(...(opts.args ?? []));
   const child = spawn(process.execPath, args, {
     env: { ...process.env, IRONSOCKET_STATE_DIR: path.join(dir, 'state'), ...opts.env },
