@@ -37,6 +37,7 @@ export const StatusSnapshotSchema = z.object({
       stallMs: z.number().optional(),
       moved: z.number().optional(),
       failedToRestore: z.number().optional(),
+      closedDuringUpgrade: z.number().optional(),
     })
     .optional(),
 });

@@ -10,7 +10,7 @@ interface UpgradeAccepted {
 interface StatusWithUpgrade {
   pid: number;
   generation?: number;
-  lastUpgrade?: { attempt: string; ok: boolean; error?: string; stallMs?: number; moved?: number; failedToRestore?: number };
+  lastUpgrade?: { attempt: string; ok: boolean; error?: string; stallMs?: number; moved?: number; failedToRestore?: number; closedDuringUpgrade?: number };
 }
 
 export interface UpgradeOutcome {
@@ -20,6 +20,7 @@ export interface UpgradeOutcome {
   moved?: number;
   stallMs?: number;
   failedToRestore?: number;
+  closedDuringUpgrade?: number;
   error?: string;
 }
 
@@ -32,7 +33,7 @@ export async function requestUpgrade(socket: string, timeoutS: number): Promise<
     await new Promise((r) => setTimeout(r, 100));
     let s: StatusWithUpgrade;
     try {
-      s = await adminRequest<StatusWithUpgrade>(socket, 'status', undefined, 5_000);
+      s = await adminRequest<StatusWithUpgrade>(socket, 'upgrade-result', undefined, 5_000);
     } catch (e) {
       // Expected while the process execs and the new image re-creates the socket.
       // ADMIN_FAILED too: a freshly exec'ed image may answer "busy" while it is still taking connections over.
@@ -49,7 +50,16 @@ export async function requestUpgrade(socket: string, timeoutS: number): Promise<
     if (!u || u.attempt !== accepted.attempt) continue;
     if (u.ok && (s.generation ?? 0) <= accepted.generation) continue;
     if (s.pid !== accepted.pid) return { ok: false, pid: s.pid, generation: s.generation ?? 0, error: `the PID changed from ${accepted.pid} to ${s.pid}` };
-    return { ok: u.ok, pid: s.pid, generation: s.generation ?? 0, moved: u.moved, stallMs: u.stallMs, failedToRestore: u.failedToRestore, error: u.error };
+    return {
+      ok: u.ok,
+      pid: s.pid,
+      generation: s.generation ?? 0,
+      moved: u.moved,
+      stallMs: u.stallMs,
+      failedToRestore: u.failedToRestore,
+      closedDuringUpgrade: u.closedDuringUpgrade,
+      error: u.error,
+    };
   }
   throw new Error(`no upgrade result within ${timeoutS} s${last ? ` (last error: ${(last as Error).message})` : ''}`);
 }

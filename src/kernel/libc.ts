@@ -8,9 +8,11 @@ export const EAGAIN = E.EAGAIN!;
 export const EINTR = E.EINTR!;
 export const EINPROGRESS = E.EINPROGRESS!;
 
+export const AF_UNIX = 1;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 export const SOCK_STREAM = 1;
+export const SOCK_SEQPACKET = 5;
 export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SOL_SOCKET = 1;
@@ -59,6 +61,9 @@ const fn = {
   memfd_create: libc.func('int memfd_create(const char *, unsigned int)'),
   lseek: libc.func('int64_t lseek(int, int64_t, int)'),
   execve: libc.func('int execve(const char *, const char **, const char **)'),
+  socketpair: libc.func('int socketpair(int, int, int, void *)'),
+  ftruncate: libc.func('int ftruncate(int, int64_t)'),
+  waitpid: libc.func('int waitpid(int, void *, int)'),
 };
 
 /** A failed system call, carrying errno and its symbolic name. */
@@ -164,6 +169,15 @@ export const sys = {
     fn.execve(path, [...argv, null], [...env, null]);
     return koffi.errno();
   },
+  /** Two connected sockets (close-on-exec) of the given type, e.g. SOCK_SEQPACKET. */
+  socketpair: (type: number): [number, number] => {
+    const sv = Buffer.alloc(8);
+    check('socketpair', fn.socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv));
+    return [sv.readInt32LE(0), sv.readInt32LE(4)];
+  },
+  ftruncate: (fd: number, len: number) => ret(fn.ftruncate(fd, len)),
+  /** Reaps a child without blocking: its pid once it has exited, 0 while it runs, or -errno. */
+  reap: (pid: number) => ret(fn.waitpid(pid, null, 1 /* WNOHANG */)),
   isCloexec: (fd: number) => (check('fcntl', fn.fcntl(fd, F_GETFD, 'int', 0)) & FD_CLOEXEC) !== 0,
 };
 

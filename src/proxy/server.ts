@@ -18,6 +18,8 @@ export interface UpgradeRecord {
   stallMs?: number;
   moved?: number;
   failedToRestore?: number;
+  /** Connections that ended on their own while the upgrade bridge held them. */
+  closedDuringUpgrade?: number;
 }
 
 export interface ServerDeps {

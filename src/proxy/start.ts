@@ -12,8 +12,9 @@ import { probeKernel, type KernelProbe } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import { SUITES } from '../record/suites.js';
 import { Relay } from '../relay/relay.js';
-import type { RestoredSummary } from '../relay/protocol.js';
-import { takeEarlyRestore } from '../upgrade/early.js';
+import type { Reclaimed } from '../relay/protocol.js';
+import { RELAY_WORKER, resumeFromBridge, takeHandoff } from '../upgrade/resume.js';
+import type { HandoffState } from '../upgrade/state.js';
 import { checkListener } from '../upgrade/restore.js';
 import { upgradeInPlace } from '../upgrade/upgrade.js';
 import { ProxyServer } from './server.js';
@@ -53,9 +54,8 @@ function sameEndpoint(carried: string, want: Endpoint): boolean {
 
 export async function startProxy(config: ProxyConfig, deps: { logger: Logger }): Promise<ProxyHandle> {
   const log = deps.logger;
-  // After exec the relay worker is already running the carried connections (started by cli/main.ts).
-  const early = takeEarlyRestore();
-  const handoff = early ? await early.restored : undefined;
+  // After exec: what the previous image handed over (its connections wait in the upgrade bridge).
+  const handoff = takeHandoff();
   const probe = handoff?.probe ?? probeKernel();
   const support = ktlsSupport(probe);
   if (config.ktls === 'require' && !probe.available) {
@@ -79,12 +79,11 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   const backend = await resolveEndpoint(config.backend);
   const listenAt = await resolveEndpoint(config.listen);
   const poller = new Poller();
-  const relay = early?.relay ?? new Relay({ idleTimeoutMs: config.idleTimeoutMs });
-  if (early) relay.configure({ idleTimeoutMs: config.idleTimeoutMs });
+  const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs, workerUrl: RELAY_WORKER });
   const server = new ProxyServer({ config, logger: log, poller, relay, secureContext, backend, probe, support, kernelSuites });
   server.pauseAccepting();
 
-  if (handoff) restore(server, handoff);
+  if (handoff) continueFrom(server, handoff);
   try {
     const carried = handoff?.listeners.find((l) => sameEndpoint(l.address, listenAt));
     for (const l of handoff?.listeners ?? []) if (l !== carried) sys.close(l.fd);
@@ -99,11 +98,9 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
     throw new StartupError((e as Error).message, 'LISTEN');
   }
   if (handoff) {
-    const u = server.lastUpgrade!;
-    log.info(
-      { generation: server.generation, moved: u.moved, failedToRestore: u.failedToRestore, stallMs: u.stallMs, stallBreakdownMs: handoff.breakdown },
-      'upgrade complete: connections resumed',
-    );
+    // Now that this image is ready, its connections come back from the bridge (which relayed them meanwhile).
+    const r = await resumeFromBridge(relay, handoff, 30_000);
+    recordUpgrade(server, handoff, r);
   }
   server.resumeAccepting();
 
@@ -117,6 +114,8 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
       config.adminSocket,
       {
         status: () => server.status(),
+        // What `ironsocket upgrade` polls across the exec: cheap, unlike a full status with every connection.
+        'upgrade-result': () => ({ pid: process.pid, generation: server.generation, lastUpgrade: server.lastUpgrade }),
         upgrade: () => {
           const attempt = crypto.randomBytes(6).toString('hex');
           // Answer first; the upgrade (and exec) follow once the reply is on its way.
@@ -155,22 +154,41 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   };
 }
 
-/** Adopts what the previous image handed over (the worker already resumed the connections): ids, counters, generation. */
-function restore(server: ProxyServer, h: RestoredSummary): void {
-  const log = server.deps.logger;
+/** Continues the previous image's identity: generation, start time, connection ids, counters. */
+function continueFrom(server: ProxyServer, h: HandoffState): void {
   server.generation = h.generation;
   server.startedAt = h.startedAt;
   server.nextId = h.nextId;
   Object.assign(server.counters, h.counters);
-  for (const f of h.failed) log.warn({ conn: f.id }, `cannot restore connection: ${f.reason}; closed it`);
-  server.adoptRelayed(h.connections);
-  if (h.failed.length) server.count('upgrade_restore_failed', h.failed.length);
+}
+
+/** Records the upgrade's outcome once the connections are back: status, counters, one log line. */
+function recordUpgrade(server: ProxyServer, h: HandoffState, r: Reclaimed): void {
+  const log = server.deps.logger;
+  if (r.error) log.error({ err: r.error }, `taking connections back from the upgrade bridge: ${r.error}`);
+  for (const f of r.failed) log.warn({ conn: f.id }, `cannot restore connection: ${f.reason}; closed it`);
+  server.adoptRelayed(r.connections);
+  if (r.failed.length) server.count('upgrade_restore_failed', r.failed.length);
+  const breakdown = { intoBridge: Math.max(h.intoBridgeMs, r.intoBridgeMs), outOfBridge: r.outOfBridgeMs, bridgeHeldMs: Date.now() - h.execAt };
   server.lastUpgrade = {
     attempt: h.attempt,
     ok: true,
-    at: new Date(h.resumedAt).toISOString(),
-    moved: h.connections.length,
-    failedToRestore: h.failed.length,
-    stallMs: h.resumedAt - h.frozenAt,
+    at: new Date().toISOString(),
+    moved: r.connections.length,
+    failedToRestore: r.failed.length,
+    closedDuringUpgrade: r.closed.length,
+    stallMs: Math.max(breakdown.intoBridge, breakdown.outOfBridge),
   };
+  const u = server.lastUpgrade;
+  log.info(
+    {
+      generation: server.generation,
+      moved: u.moved,
+      failedToRestore: u.failedToRestore,
+      closedDuringUpgrade: u.closedDuringUpgrade,
+      stallMs: u.stallMs,
+      stallBreakdownMs: breakdown,
+    },
+    'upgrade complete: connections resumed',
+  );
 }

@@ -62,5 +62,14 @@ export interface StatusSnapshot {
   counters: Record<string, number>;
   /** 1 for the first image, +1 for every in-place upgrade. */
   generation?: number;
-  lastUpgrade?: { attempt: string; ok: boolean; at: string; error?: string; stallMs?: number; moved?: number; failedToRestore?: number };
+  lastUpgrade?: {
+    attempt: string;
+    ok: boolean;
+    at: string;
+    error?: string;
+    stallMs?: number;
+    moved?: number;
+    failedToRestore?: number;
+    closedDuringUpgrade?: number;
+  };
 }

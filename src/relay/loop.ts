@@ -1,4 +1,4 @@
-// The data plane's event loop: a synchronous epoll loop over every established connection, run inside a worker thread.
+// The data plane's event loop: a synchronous epoll loop over every established connection (in a worker thread, or the upgrade bridge).
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { sys } from '../kernel/libc.js';
 import { TlsRecordIo } from '../kernel/ktls.js';
@@ -36,28 +36,47 @@ function userClient(fd: number, u: UserState): UserClient {
   });
 }
 
+/** How the loop hears from and talks to whoever runs it (the main thread, or the bridge process). */
+export interface Control {
+  /** An fd that becomes readable when messages are waiting (drained by `receive`), or -1 for none. */
+  readonly wakeFd: number;
+  /** Called when wakeFd fired, before messages are drained. */
+  woken?(): void;
+  receive(): ToWorker | undefined;
+  send(msg: FromWorker): void;
+}
+
+/** The control of a loop in a worker thread: messages on its port, an eventfd to wake epoll. */
+export function portControl(port: MessagePort, wakeFd: number): Control {
+  const drain = Buffer.alloc(8);
+  return {
+    wakeFd,
+    woken: () => void sys.read(wakeFd, drain, 8),
+    receive: () => receiveMessageOnPort(port)?.message as ToWorker | undefined,
+    send: (msg) => port.postMessage(msg),
+  };
+}
+
 export class RelayLoop {
   readonly io = new TlsRecordIo();
   private readonly ep = sys.epollCreate();
-  /** While frozen the loop waits only for messages; sockets keep their data in the kernel. */
-  private readonly wakeOnly = sys.epollCreate();
   private readonly events = Buffer.allocUnsafeSlow(MAX_EVENTS * EPOLL_EVENT_SIZE);
   private readonly ev = Buffer.alloc(EPOLL_EVENT_SIZE);
   private readonly scratch = Buffer.allocUnsafeSlow(64 * 1024);
   private readonly byFd = new Map<number, { pair: Pair; side: 'client' | 'backend' }>();
   private readonly registered = new Map<number, number>(); // fd -> events currently in epoll
   private readonly pairs = new Map<string, Pair>();
+  private readonly watched = new Map<number, (events: number) => void>();
+  private readonly extensions: Array<(msg: ToWorker) => boolean> = [];
+  private readonly tickers = new Set<() => void>();
   private running = true;
-  private frozen = false;
   private readonly host: PairHost;
 
   constructor(
-    private readonly port: MessagePort,
-    private readonly wake: number,
+    private readonly control: Control,
     private idleTimeoutMs: number,
   ) {
-    sys.epollCtl(this.ep, EPOLL_CTL_ADD, wake, encodeEvent(this.ev, 0x001, wake));
-    sys.epollCtl(this.wakeOnly, EPOLL_CTL_ADD, wake, encodeEvent(this.ev, 0x001, wake));
+    if (control.wakeFd >= 0) sys.epollCtl(this.ep, EPOLL_CTL_ADD, control.wakeFd, encodeEvent(this.ev, 0x001, control.wakeFd));
     const { ep, ev, registered, byFd, pairs } = this;
     this.host = {
       interest(fd, want) {
@@ -74,19 +93,8 @@ export class RelayLoop {
         registered.set(fd, want);
       },
       closed: (pair, reason, level) => {
-        for (const fd of [pair.client.fd, pair.backendFd]) {
-          if (registered.has(fd)) {
-            try {
-              sys.epollCtl(ep, EPOLL_CTL_DEL, fd, encodeEvent(ev, 0, fd));
-            } catch {
-              /* already gone */
-            }
-            registered.delete(fd);
-          }
-          byFd.delete(fd);
-          sys.close(fd);
-        }
-        pairs.delete(pair.info.id);
+        this.forget(pair);
+        for (const fd of [pair.client.fd, pair.backendFd]) sys.close(fd);
         this.send({ op: 'closed', id: pair.info.id, reason, level, bytesIn: pair.bytesIn, bytesOut: pair.bytesOut });
       },
       log: (level, id, msg) => this.send({ op: 'log', level, id, msg }),
@@ -94,10 +102,14 @@ export class RelayLoop {
   }
 
   send(msg: FromWorker): void {
-    this.port.postMessage(msg);
+    this.control.send(msg);
   }
 
-  /** Starts relaying one connection (new, or carried from a previous image with its snapshot). */
+  get size(): number {
+    return this.pairs.size;
+  }
+
+  /** Starts relaying one connection (new, or carried from elsewhere with its snapshot). */
   add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot): void {
     const client = user ? userClient(clientFd, user) : new KernelClient(clientFd, this.io, info.version);
     const pair = new Pair(info, client, backendFd, this.host, restored);
@@ -107,45 +119,21 @@ export class RelayLoop {
     pair.start();
   }
 
-  private handle(msg: ToWorker): void {
-    switch (msg.op) {
-      case 'add':
-        this.add(msg.info, msg.clientFd, msg.backendFd, msg.user, msg.restored);
-        break;
-      case 'configure':
-        this.idleTimeoutMs = msg.idleTimeoutMs;
-        break;
-      case 'stats':
-        this.send({
-          op: 'stats',
-          seq: msg.seq,
-          connections: [...this.pairs.values()].map((p) => ({ id: p.info.id, bytesIn: p.bytesIn, bytesOut: p.bytesOut, lastActivity: p.lastActivity })),
-        });
-        break;
-      case 'freeze':
-        this.freeze(msg.seq);
-        break;
-      case 'thaw':
-        this.frozen = false;
-        for (const p of this.pairs.values()) p.start();
-        break;
-      case 'stop':
-        for (const p of [...this.pairs.values()]) {
-          p.client.closeNotify();
-          p.abort('proxy shutting down');
-        }
-        this.running = false;
-        break;
-    }
+  /** Takes over a connection that another loop detached. */
+  adopt(c: CarriedPair): void {
+    this.add(c.pair.info, c.clientFd, c.backendFd, c.user, c.pair);
   }
 
-  /** Stops dispatching fd events (an upgrade is taking the connections) and reports their state. */
-  private freeze(seq: number): void {
-    this.frozen = true;
-    const carried: CarriedPair[] = [];
+  /**
+   * Stops relaying up to `max` connections at a clean point and returns their whole state (keys
+   * included for user mode). Their fds leave this loop's epoll but stay open: the caller owns them.
+   */
+  detach(max: number): CarriedPair[] {
+    const out: CarriedPair[] = [];
     for (const p of this.pairs.values()) {
+      if (out.length >= max) break;
       const user = p.client instanceof UserClient ? p.client.snapshot() : undefined;
-      carried.push({
+      out.push({
         clientFd: p.client.fd,
         backendFd: p.backendFd,
         pair: p.snapshot(),
@@ -157,17 +145,102 @@ export class RelayLoop {
         },
       });
       if (user) for (const b of [user.tx.key, user.tx.iv, user.rx.key, user.rx.iv, user.secrets?.client, user.secrets?.server]) b?.fill(0);
+      p.release();
+      this.forget(p);
     }
-    this.send({ op: 'frozen', seq, pairs: carried });
-    for (const c of carried)
-      for (const b of [c.user?.tx.key, c.user?.tx.iv, c.user?.rx.key, c.user?.rx.iv, c.user?.secrets?.client, c.user?.secrets?.server]) b?.fill(0);
+    return out;
+  }
+
+  /** Removes a pair from epoll and the maps (an epoll entry outlives close() while another process holds the socket). */
+  private forget(pair: Pair): void {
+    for (const fd of [pair.client.fd, pair.backendFd]) {
+      if (this.registered.has(fd)) {
+        try {
+          sys.epollCtl(this.ep, EPOLL_CTL_DEL, fd, encodeEvent(this.ev, 0, fd));
+        } catch {
+          /* already gone */
+        }
+        this.registered.delete(fd);
+      }
+      this.byFd.delete(fd);
+    }
+    this.pairs.delete(pair.info.id);
+  }
+
+  /** Adds another fd (e.g. the bridge link) to this loop's epoll, with its own handler. */
+  watch(fd: number, onEvents: (events: number) => void): void {
+    sys.epollCtl(this.ep, EPOLL_CTL_ADD, fd, encodeEvent(this.ev, 0x001, fd));
+    this.watched.set(fd, onEvents);
+  }
+
+  unwatch(fd: number): void {
+    if (!this.watched.delete(fd)) return;
+    try {
+      sys.epollCtl(this.ep, EPOLL_CTL_DEL, fd, encodeEvent(this.ev, 0, fd));
+    } catch {
+      /* already closed */
+    }
+  }
+
+  /** Handles control messages this loop does not know (returns true when it took one). */
+  extend(handler: (msg: ToWorker) => boolean): void {
+    this.extensions.push(handler);
+  }
+
+  /** Calls fn after every wake-up of the loop (at least once a second); fn removes itself by returning false. */
+  onTick(fn: () => boolean): void {
+    const t = () => {
+      if (!fn()) this.tickers.delete(t);
+    };
+    this.tickers.add(t);
+  }
+
+  configure(idleTimeoutMs: number): void {
+    this.idleTimeoutMs = idleTimeoutMs;
+  }
+
+  /** Closes every connection (close_notify) and ends run(). */
+  stop(): void {
+    for (const p of [...this.pairs.values()]) {
+      p.client.closeNotify();
+      p.abort('proxy shutting down');
+    }
+    this.running = false;
+  }
+
+  /** Ends run() without touching the connections (there are none left, or someone else has them). */
+  end(): void {
+    this.running = false;
+  }
+
+  private handle(msg: ToWorker): void {
+    switch (msg.op) {
+      case 'add':
+        this.add(msg.info, msg.clientFd, msg.backendFd, msg.user, msg.restored);
+        break;
+      case 'configure':
+        this.configure(msg.idleTimeoutMs);
+        break;
+      case 'stats':
+        this.send({
+          op: 'stats',
+          seq: msg.seq,
+          connections: [...this.pairs.values()].map((p) => ({ id: p.info.id, bytesIn: p.bytesIn, bytesOut: p.bytesOut, lastActivity: p.lastActivity })),
+        });
+        break;
+      case 'stop':
+        this.stop();
+        break;
+      default:
+        if (!this.extensions.some((h) => h(msg))) throw new Error(`relay loop: unknown message ${JSON.stringify(msg.op)}`);
+    }
   }
 
   private drainMessages(): void {
     for (;;) {
-      const m = receiveMessageOnPort(this.port);
+      const m = this.control.receive();
       if (!m) return;
-      this.handle(m.message as ToWorker);
+      this.handle(m);
     }
   }
 
@@ -178,33 +251,36 @@ export class RelayLoop {
     }
   }
 
-  /** Runs until told to stop; returns after closing its epoll instances. */
+  /** Runs until stopped; returns after closing its epoll instance. */
   run(): void {
     let lastIdleCheck = Date.now();
-    const { events, scratch, byFd } = this;
+    const { events, scratch, byFd, watched } = this;
     this.drainMessages();
     while (this.running) {
-      const n = sys.epollWait(this.frozen ? this.wakeOnly : this.ep, events, MAX_EVENTS, 1000);
-      for (let i = 0; i < n; i++) {
+      const n = sys.epollWait(this.ep, events, MAX_EVENTS, 1000);
+      for (let i = 0; i < n && this.running; i++) {
         const { events: e, fd } = decodeEvent(events, i);
-        if (fd === this.wake) {
-          sys.read(this.wake, scratch, 8);
+        if (fd === this.control.wakeFd) {
+          this.control.woken?.();
           continue;
         }
         const ent = byFd.get(fd);
-        if (!ent) continue;
-        if (ent.side === 'client') ent.pair.onClient(e, scratch);
-        else ent.pair.onBackend(e, scratch);
+        if (ent) {
+          if (ent.side === 'client') ent.pair.onClient(e, scratch);
+          else ent.pair.onBackend(e, scratch);
+          continue;
+        }
+        watched.get(fd)?.(e);
       }
       this.drainMessages();
+      for (const t of [...this.tickers]) t();
       const now = Date.now();
-      if (!this.frozen && now - lastIdleCheck >= 1000) {
+      if (now - lastIdleCheck >= 1000) {
         lastIdleCheck = now;
         this.checkIdle(now);
       }
     }
     sys.close(this.ep);
-    sys.close(this.wakeOnly);
     this.send({ op: 'stopped' });
   }
 }

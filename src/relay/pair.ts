@@ -214,6 +214,12 @@ export class Pair {
     if (b !== this.bEvents) this.host.interest(this.backendFd, (this.bEvents = b));
   }
 
+  /** Lets go of the connection without closing anything (it moves to another loop); wipes the client's keys. */
+  release(): void {
+    this.done = true;
+    this.client.wipe();
+  }
+
   /** Closes both sides now (idle timeout, shutdown). */
   abort(reason: string): void {
     this.finish(reason, 'info');

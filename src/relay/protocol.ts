@@ -5,8 +5,6 @@ export interface WorkerInit {
   /** eventfd the main thread writes to after posting, to wake epoll_wait. */
   wakeFd: number;
   idleTimeoutMs: number;
-  /** Set when this worker must first take over connections from a hand-off memfd (after exec). */
-  handoffFd?: number;
 }
 
 /** Record state for a `user`-mode connection (the only case where keys cross to the worker, in memory). */
@@ -31,10 +29,10 @@ export interface CarriedPair {
 
 export type ToWorker =
   | { op: 'add'; info: PairInfo; clientFd: number; backendFd: number; user?: UserState; restored?: PairSnapshot }
-  /** Stop relaying at a clean point and report every connection's state (for an upgrade). */
-  | { op: 'freeze'; seq: number }
-  /** Resume after a freeze (the upgrade did not happen). */
-  | { op: 'thaw' }
+  /** Move every connection to the upgrade bridge on the other end of linkFd, batch by batch. */
+  | { op: 'migrate'; seq: number; linkFd: number; idleTimeoutMs: number }
+  /** Take every connection back from the upgrade bridge (the exec did not happen). */
+  | { op: 'reclaim'; seq: number; linkFd: number }
   | { op: 'configure'; idleTimeoutMs: number }
   | { op: 'stats'; seq: number }
   | { op: 'stop' };
@@ -46,29 +44,29 @@ export interface PairStats {
   lastActivity: number;
 }
 
+/** A connection that ended while another process (the upgrade bridge) was relaying it. */
+export interface ClosedElsewhere {
+  id: string;
+  reason: string;
+  level: 'info' | 'warn';
+}
+
+/** What taking connections back from the bridge produced. */
+export interface Reclaimed {
+  /** Set when the bridge could not hand everything back (what did come back is listed). */
+  error?: string;
+  connections: PairInfo[];
+  failed: { id: string; reason: string }[];
+  closed: ClosedElsewhere[];
+  /** The largest pause one connection saw moving into the bridge, and out of it (ms). */
+  intoBridgeMs: number;
+  outOfBridgeMs: number;
+}
+
 export type FromWorker =
   | { op: 'closed'; id: string; reason: string; level: 'info' | 'warn'; bytesIn: number; bytesOut: number }
   | { op: 'stats'; seq: number; connections: PairStats[] }
-  | { op: 'frozen'; seq: number; pairs: CarriedPair[] }
-  /** After exec: what the worker took over from the hand-off state (no keys). */
-  | { op: 'restored'; restored: RestoredSummary }
+  | { op: 'migrated'; seq: number; moved: number; intoBridgeMs: number; error?: string }
+  | { op: 'reclaimed'; seq: number; reclaimed: Reclaimed }
   | { op: 'log'; level: 'info' | 'warn' | 'debug'; id: string; msg: string }
   | { op: 'stopped' };
-
-/** The non-secret part of a hand-off state, as the worker that restored it reports to the main thread. */
-export interface RestoredSummary {
-  generation: number;
-  attempt: string;
-  startedAt: string;
-  frozenAt: number;
-  /** When the worker resumed relaying (wall-clock ms). */
-  resumedAt: number;
-  /** Where the stall went, in ms: old image freeze→exec, exec→worker running, reading+checking+adopting. */
-  breakdown: { freezeToExec: number; execToWorker: number; restore: number };
-  counters: Record<string, number>;
-  probe: import('../kernel/probe.js').KernelProbe;
-  listeners: { fd: number; address: string }[];
-  nextId: number;
-  connections: PairInfo[];
-  failed: { id: string; reason: string }[];
-}

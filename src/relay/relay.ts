@@ -3,10 +3,9 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
 import type { PairInfo, PairSnapshot } from './pair.js';
-import type { CarriedPair, FromWorker, PairStats, RestoredSummary, ToWorker, UserState, WorkerInit } from './protocol.js';
+import type { FromWorker, PairStats, Reclaimed, ToWorker, UserState, WorkerInit } from './protocol.js';
 
 export interface RelayEvents {
-  restored: [summary: RestoredSummary];
   closed: [msg: Extract<FromWorker, { op: 'closed' }>];
   log: [msg: Extract<FromWorker, { op: 'log' }>];
   error: [err: Error];
@@ -18,24 +17,21 @@ export class Relay extends EventEmitter<RelayEvents> {
   private readonly one = Buffer.alloc(8);
   private seq = 0;
   private readonly waiting = new Map<number, (s: PairStats[]) => void>();
-  private readonly frozenWaiters = new Map<number, (p: CarriedPair[]) => void>();
+  private readonly migrateWaiters = new Map<number, (m: Extract<FromWorker, { op: 'migrated' }>) => void>();
+  private readonly reclaimWaiters = new Map<number, (r: Reclaimed) => void>();
+  private reclaiming = 0;
+  private readonly closedWhileReclaiming = new Set<string>();
   private stopped: Promise<void> | undefined;
   private live = 0;
-  private early: Array<Extract<FromWorker, { op: 'closed' }>> = [];
 
-  constructor(opts: { idleTimeoutMs: number; handoffFd?: number; workerUrl?: URL }) {
+  /** `workerUrl` is the worker entry: a RelayLoop plus whatever the caller layers on it (upgrades). */
+  constructor(opts: { idleTimeoutMs: number; workerUrl: URL }) {
     super();
     this.one.writeBigUInt64LE(1n);
-    const init: WorkerInit = { wakeFd: this.wakeFd, idleTimeoutMs: opts.idleTimeoutMs, handoffFd: opts.handoffFd };
-    this.worker = new Worker(opts.workerUrl ?? new URL('./worker.js', import.meta.url), { workerData: init });
+    const init: WorkerInit = { wakeFd: this.wakeFd, idleTimeoutMs: opts.idleTimeoutMs };
+    this.worker = new Worker(opts.workerUrl, { workerData: init });
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
     this.worker.on('error', (e) => this.emit('error', e));
-    // Kept referenced: after exec the main thread may wait on nothing else but the restoring worker.
-    (this as EventEmitter).on('newListener', (event: string) => {
-      if (event !== 'closed' || this.early.length === 0) return;
-      const queued = this.early.splice(0);
-      setImmediate(() => queued.forEach((m) => this.emit('closed', m)));
-    });
   }
 
   get connections(): number {
@@ -49,15 +45,10 @@ export class Relay extends EventEmitter<RelayEvents> {
 
   private onMessage(m: FromWorker): void {
     switch (m.op) {
-      case 'restored':
-        this.live += m.restored.connections.length;
-        this.emit('restored', m.restored);
-        break;
       case 'closed':
         this.live--;
-        // After exec the worker can report closes before anyone listens: keep them until someone does.
-        if (this.listenerCount('closed') === 0) this.early.push(m);
-        else this.emit('closed', m);
+        if (this.reclaiming > 0) this.closedWhileReclaiming.add(m.id);
+        this.emit('closed', m);
         break;
       case 'log':
         this.emit('log', m);
@@ -68,10 +59,28 @@ export class Relay extends EventEmitter<RelayEvents> {
         cb?.(m.connections);
         break;
       }
-      case 'frozen': {
-        const cb = this.frozenWaiters.get(m.seq);
-        this.frozenWaiters.delete(m.seq);
-        cb?.(m.pairs);
+      case 'migrated': {
+        this.live -= m.moved;
+        const cb = this.migrateWaiters.get(m.seq);
+        this.migrateWaiters.delete(m.seq);
+        cb?.(m);
+        break;
+      }
+      case 'reclaimed': {
+        const cb = this.reclaimWaiters.get(m.seq);
+        this.reclaimWaiters.delete(m.seq);
+        // Connections that ended (or could not come back) while elsewhere are gone from here too.
+        this.live += m.reclaimed.connections.length;
+        if (--this.reclaiming === 0) {
+          // A connection can end between its adoption and this answer: do not report it as live.
+          const gone = this.closedWhileReclaiming;
+          m.reclaimed.connections = m.reclaimed.connections.filter((c) => !gone.has(c.id));
+          gone.clear();
+        }
+        for (const c of [...m.reclaimed.closed, ...m.reclaimed.failed.map((f) => ({ ...f, level: 'warn' as const }))]) {
+          this.emit('closed', { op: 'closed', id: c.id, reason: `${c.reason} (during an upgrade)`, level: c.level, bytesIn: 0, bytesOut: 0 });
+        }
+        cb?.(m.reclaimed);
         break;
       }
       case 'stopped':
@@ -85,29 +94,38 @@ export class Relay extends EventEmitter<RelayEvents> {
     this.post({ op: 'add', info, clientFd, backendFd, user, restored });
   }
 
-  /** Stops relaying at a clean point and returns every connection's state (keys included for user mode). */
-  freeze(timeoutMs = 5000): Promise<CarriedPair[]> {
-    return this.request(this.frozenWaiters, (seq) => ({ op: 'freeze', seq }), timeoutMs, 'relay worker did not freeze');
+  /**
+   * Moves every connection to the upgrade bridge at the other end of `linkFd`, batch by batch; resolves
+   * when all are there or, with `error` set, when the bridge failed (the rest stayed here).
+   */
+  migrate(linkFd: number, idleTimeoutMs: number): Promise<Extract<FromWorker, { op: 'migrated' }>> {
+    return this.request(this.migrateWaiters, (seq) => ({ op: 'migrate', seq, linkFd, idleTimeoutMs }), 0, '');
+  }
+
+  /** Takes every connection back from the upgrade bridge (after a failed exec). */
+  reclaim(linkFd: number): Promise<Reclaimed> {
+    this.reclaiming++;
+    return this.request(this.reclaimWaiters, (seq) => ({ op: 'reclaim', seq, linkFd }), 0, '');
   }
 
   /** Posts a request carrying a sequence number and resolves with the worker's matching answer. */
   private request<T>(waiters: Map<number, (v: T) => void>, msg: (seq: number) => ToWorker, timeoutMs: number, what: string): Promise<T> {
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        waiters.delete(seq);
-        reject(new Error(what));
-      }, timeoutMs);
+      // 0: no timeout (the worker always answers; the caller bounds the other process instead).
+      const t =
+        timeoutMs > 0
+          ? setTimeout(() => {
+              waiters.delete(seq);
+              reject(new Error(what));
+            }, timeoutMs)
+          : undefined;
       waiters.set(seq, (v) => {
         clearTimeout(t);
         resolve(v);
       });
       this.post(msg(seq));
     });
-  }
-
-  thaw(): void {
-    this.post({ op: 'thaw' });
   }
 
   configure(opts: { idleTimeoutMs: number }): void {

@@ -39,7 +39,11 @@ export function streamScenarios(mode: Mode): void {
     const n = 256 << 10;
     const seeds = Array.from({ length: 200 }, (_, i) => `conc${i}`);
     const results = await Promise.all(seeds.map((s) => streamThrough(proxy.port, s, n)));
-    const warnings = () => proxy.logs().filter((l) => /"level":(40|50)/.test(l)).join('\n');
+    const warnings = () =>
+      proxy
+        .logs()
+        .filter((l) => /"level":(40|50)/.test(l))
+        .join('\n');
     for (const r of results) assert.ok(r.ok, `${r.seed}: received ${r.received}, mismatch at ${r.mismatchAt}; proxy warnings:\n${warnings()}`);
     await eventually(() => seeds.every((s) => backend.results.has(s)), 60_000, 'the backend to verify all 200 uploads');
     for (const s of seeds) assert.deepEqual(backend.results.get(s), { received: n, ok: true }, s);

@@ -1,7 +1,6 @@
 // The hand-off state an upgrade carries across exec, and its binary encoding in an anonymous memfd (never on disk).
 import { EAGAIN, EINTR, errnoName, sys } from '../kernel/libc.js';
 import type { KernelProbe } from '../kernel/probe.js';
-import type { CarriedPair } from '../relay/protocol.js';
 
 export interface CarriedListener {
   fd: number;
@@ -16,37 +15,39 @@ export interface HandoffState {
   attempt: string;
   /** When the first image started (ISO time), kept across upgrades. */
   startedAt: string;
-  /** Wall-clock ms at which the relays stopped in the old image (for the stall figure). */
-  frozenAt: number;
-  /** Wall-clock ms just before execve (freeze → exec is the old image's share of the stall). */
+  /** Wall-clock ms just before execve. */
   execAt: number;
+  /** The largest pause one connection saw while moving into the bridge (ms). */
+  intoBridgeMs: number;
   counters: Record<string, number>;
   probe: KernelProbe;
   listeners: CarriedListener[];
-  pairs: CarriedPair[];
+  /** The bridge process holding every live connection while this image execs, and our end of its link. */
+  bridge: { linkFd: number; pid: number };
   nextId: number;
 }
 
-const MAGIC = Buffer.from('IRONSOCKET-HANDOFF-1\n');
+const STATE_MAGIC = 'IRONSOCKET-HANDOFF-2\n';
 
 /**
- * Encodes as MAGIC | u32 json length | json | blobs. Byte arrays (keys, buffered bytes) are stored
- * as blobs referenced from the JSON as {"$b": index}, and bigints as {"$n": "digits"}, so no secret
- * ever becomes a JS string. The returned Buffer holds secrets: wipe it after writing.
+ * Encodes `value` as MAGIC | u32 json length | json | blobs. Byte arrays (keys, buffered bytes) are
+ * stored as blobs referenced from the JSON as {"$b": index}, and bigints as {"$n": "digits"}, so no
+ * secret ever becomes a JS string. The returned Buffer may hold secrets: wipe it after use.
  */
-export function encodeState(state: HandoffState): Buffer {
+export function encodeTagged(magic: string, value: unknown): Buffer {
   const blobs: Uint8Array[] = [];
   // Look at the raw value (`this[k]`): Buffer.toJSON would otherwise turn bytes into a number array.
-  const json = JSON.stringify(state, function (this: Record<string, unknown>, k: string, v: unknown) {
+  const json = JSON.stringify(value, function (this: Record<string, unknown>, k: string, v: unknown) {
     const raw = this[k];
     if (raw instanceof Uint8Array) return { $b: blobs.push(raw) - 1 };
     if (typeof raw === 'bigint') return { $n: raw.toString() };
     return v;
   });
   const head = Buffer.from(json, 'utf8');
-  const size = MAGIC.length + 4 + head.length + blobs.reduce((n, b) => n + 4 + b.length, 0);
+  const tag = Buffer.from(magic);
+  const size = tag.length + 4 + head.length + blobs.reduce((n, b) => n + 4 + b.length, 0);
   const out = Buffer.alloc(size);
-  let o = MAGIC.copy(out, 0);
+  let o = tag.copy(out, 0);
   o = out.writeUInt32LE(head.length, o);
   o += head.copy(out, o);
   for (const b of blobs) {
@@ -57,33 +58,48 @@ export function encodeState(state: HandoffState): Buffer {
   return out;
 }
 
-export function decodeState(buf: Buffer): HandoffState {
-  if (buf.length < MAGIC.length + 4 || !buf.subarray(0, MAGIC.length).equals(MAGIC)) throw new Error('hand-off state: bad magic');
-  let o = MAGIC.length;
+/** Replaces {"$b"} and {"$n"} markers in place (a walk is much cheaper than a JSON.parse reviver). */
+function revive(v: unknown, blobs: Uint8Array[]): unknown {
+  if (v === null || typeof v !== 'object') return v;
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) v[i] = revive(v[i], blobs);
+    return v;
+  }
+  const o = v as Record<string, unknown>;
+  if (typeof o.$b === 'number') {
+    const b = blobs[o.$b];
+    if (!b) throw new Error('hand-off state: dangling blob reference');
+    return b;
+  }
+  if (typeof o.$n === 'string') return BigInt(o.$n);
+  for (const k in o) o[k] = revive(o[k], blobs);
+  return o;
+}
+
+export function decodeTagged<T>(magic: string, buf: Buffer): T {
+  const tag = Buffer.from(magic);
+  if (buf.length < tag.length + 4 || !buf.subarray(0, tag.length).equals(tag)) throw new Error(`hand-off data: not ${JSON.stringify(magic.trim())}`);
+  let o = tag.length;
   const jsonLen = buf.readUInt32LE(o);
   o += 4;
+  if (o + jsonLen > buf.length) throw new Error('hand-off data: truncated');
   const json = buf.subarray(o, o + jsonLen).toString('utf8');
   o += jsonLen;
   const blobs: Uint8Array[] = [];
   while (o < buf.length) {
     const n = buf.readUInt32LE(o);
     o += 4;
-    if (o + n > buf.length) throw new Error('hand-off state: truncated blob');
+    if (o + n > buf.length) throw new Error('hand-off data: truncated blob');
     blobs.push(new Uint8Array(buf.subarray(o, o + n)));
     o += n;
   }
-  return JSON.parse(json, (_k, v: unknown) => {
-    if (v && typeof v === 'object' && '$b' in v) {
-      const b = blobs[(v as { $b: number }).$b];
-      if (!b) throw new Error('hand-off state: dangling blob reference');
-      return b;
-    }
-    if (v && typeof v === 'object' && '$n' in v) return BigInt((v as { $n: string }).$n);
-    return v;
-  }) as HandoffState;
+  return revive(JSON.parse(json), blobs) as T;
 }
 
-/** Writes the encoded state into a new memfd and rewinds it; returns the fd (close-on-exec still set). */
+export const encodeState = (state: HandoffState): Buffer => encodeTagged(STATE_MAGIC, state);
+export const decodeState = (buf: Buffer): HandoffState => decodeTagged<HandoffState>(STATE_MAGIC, buf);
+
+/** Writes encoded data into a new memfd and rewinds it; returns the fd (close-on-exec still set). */
 export function writeStateMemfd(encoded: Buffer): number {
   const fd = sys.memfdCreate('ironsocket-handoff');
   let o = 0;
@@ -100,7 +116,7 @@ export function writeStateMemfd(encoded: Buffer): number {
   return fd;
 }
 
-/** Reads a whole memfd (from the start) and closes it. The returned Buffer holds secrets. */
+/** Reads a whole memfd (from the start), empties it and closes it. The returned Buffer holds secrets. */
 export function readStateMemfd(fd: number): Buffer {
   sys.rewind(fd);
   const parts: Buffer[] = [];
@@ -113,6 +129,7 @@ export function readStateMemfd(fd: number): Buffer {
     parts.push(Buffer.from(chunk.subarray(0, r)));
   }
   chunk.fill(0);
+  sys.ftruncate(fd, 0); // frees (and so discards) the pages that held secrets
   sys.close(fd);
   const all = Buffer.concat(parts);
   for (const p of parts) p.fill(0);

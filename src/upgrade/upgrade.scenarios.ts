@@ -1,4 +1,4 @@
-// In-place upgrades under load: 200 verified streams survive 5 consecutive execs; refusal and exec failure leave the proxy serving.
+// In-place upgrades under load: 200 verified streams survive 5 consecutive execs; refusal, exec or bridge failure leave the proxy serving.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
@@ -9,7 +9,7 @@ import { readTlsStat } from '../kernel/probe.js';
 import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
 import { echoBackend, type Backend } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
-import { CLI, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
+import { CLI, childProcesses, eventually, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
 
 const run = promisify(execFile);
 
@@ -81,6 +81,8 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       assert.equal(status.counters.upgrades, 5);
       assert.equal(echo.accepted - acceptedBefore, 200, 'the backend saw no reconnection');
       if (mode === 'kernel') for (const c of status.connections) assert.equal(c.mode, 'kernel');
+      // Each upgrade's bridge exited and was collected by the new image: no process (or zombie) is left behind.
+      await eventually(() => childProcesses(proxy.pid).length === 0, 10_000, 'the upgrade bridges to be gone');
     } finally {
       for (const s of streams) s.abort();
       await proxy.stop();
@@ -131,6 +133,32 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       const fresh = await echoStream(proxy.port, `execfail-new-${mode}`, 1024, 20);
       open.push(fresh);
       await new Promise((res) => setTimeout(res, 300));
+      const results = await Promise.all([s.finish(), fresh.finish()]);
+      for (const x of results) assert.ok(x.ok && x.received > 0, `${x.seed}: ${x.errors.join('; ')}`);
+      await eventually(() => childProcesses(proxy.pid).length === 0, 10_000, 'the upgrade bridge to be gone');
+    } finally {
+      for (const x of open) x.abort();
+      await proxy.stop();
+    }
+  });
+
+  test(`an upgrade bridge that dies before taking any connection fails the upgrade and the proxy keeps serving (${mode} mode)`, async () => {
+    const proxy = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode), env: { IRONSOCKET_FAULT_BRIDGE: 'exit' } });
+    const open: EchoStream[] = [];
+    try {
+      const s = await echoStream(proxy.port, `bridgefail-${mode}`, 1024, 20);
+      open.push(s);
+      const r = await upgradeCli(proxy);
+      assert.equal(r.code, 1);
+      assert.match(r.outcome?.error ?? '', /upgrade bridge went away.*exited with code 70/);
+      const got = s.received();
+      await new Promise((res) => setTimeout(res, 500));
+      assert.ok(s.received() > got, 'the stream keeps flowing');
+      const fresh = await echoStream(proxy.port, `bridgefail-new-${mode}`, 1024, 20);
+      open.push(fresh);
+      const status = await proxy.status();
+      assert.equal(status.pid, proxy.pid);
+      assert.equal(status.connections.length, 2);
       const results = await Promise.all([s.finish(), fresh.finish()]);
       for (const x of results) assert.ok(x.ok && x.received > 0, `${x.seed}: ${x.errors.join('; ')}`);
     } finally {

@@ -1,12 +1,12 @@
-// In-place upgrade: pre-flight the new code, quiesce, freeze the relays, write the hand-off state to a memfd, and exec ourselves.
-import { execFile } from 'node:child_process';
+// In-place upgrade: pre-flight the new code, move connections to a bridge process, exec ourselves, and take them back.
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { errnoName, sys } from '../kernel/libc.js';
+import { SOCK_SEQPACKET, errnoName, sys } from '../kernel/libc.js';
 import type { ProxyServer, UpgradeRecord } from '../proxy/server.js';
-import type { CarriedPair } from '../relay/protocol.js';
-import { wipeCarried } from './restore.js';
-import { HANDOFF_ENV } from './early.js';
+import { HANDOFF_ENV } from './resume.js';
 import { encodeState, writeStateMemfd, type HandoffState } from './state.js';
 
 const run = promisify(execFile);
@@ -16,6 +16,8 @@ export interface UpgradeOptions {
   handshakeBoundMs: number;
   /** Called with the outcome when the upgrade does not happen (refused, or exec failed). */
   onFailure?: (r: UpgradeRecord) => void;
+  /** How long the bridge may take to start and take every connection (default 30 s). */
+  bridgeTimeoutMs?: number;
 }
 
 /** The command line that started us, as [script, 'run', ...flags]; pre-flight swaps 'run' for 'check'. */
@@ -29,13 +31,44 @@ function ownCommand(): { script: string; flags: string[] } {
 async function preflight(): Promise<string | undefined> {
   const { script, flags } = ownCommand();
   try {
-    await run(process.execPath, [...process.execArgv, script, 'check', ...flags], { timeout: 60_000, env: { ...process.env, [HANDOFF_ENV]: '' } });
+    // Background work: under nice(1) when there is one, so the relays keep priority for the CPU.
+    const argv = [process.execPath, ...process.execArgv, script, 'check', ...flags];
+    const [cmd, ...args] = NICE ? [NICE, '-n', '10', ...argv] : argv;
+    await run(cmd!, args, { timeout: 60_000, env: { ...process.env, [HANDOFF_ENV]: '' } });
     return undefined;
   } catch (e) {
     const err = e as { stderr?: string; stdout?: string; message: string };
     return `pre-flight check failed: ${(err.stderr || err.stdout || err.message).trim()}`;
   }
 }
+
+/** A running bridge process and our end of its link. */
+interface Bridge {
+  linkFd: number;
+  child: ChildProcess;
+  /** Why it exited, once it has. */
+  exit?: string;
+}
+
+/** Starts the bridge (the code on disk) with its end of a seqpacket link as fd 3. */
+function startBridge(): Bridge {
+  const [mine, theirs] = sys.socketpair(SOCK_SEQPACKET);
+  try {
+    const entry = fileURLToPath(new URL('./bridge.js', import.meta.url));
+    const child = spawn(process.execPath, [...process.execArgv, entry], { stdio: ['ignore', 'inherit', 'inherit', theirs] });
+    const bridge: Bridge = { linkFd: mine, child };
+    child.on('error', (e) => (bridge.exit = e.message));
+    child.on('exit', (code, signal) => (bridge.exit = signal ? `killed by ${signal}` : `exited with code ${code}`));
+    return bridge;
+  } catch (e) {
+    sys.close(mine);
+    throw e;
+  } finally {
+    sys.close(theirs);
+  }
+}
+
+const NICE = ['/usr/bin/nice', '/bin/nice'].find((p) => fs.existsSync(p));
 
 let busy = false;
 
@@ -45,6 +78,7 @@ let busy = false;
  */
 export async function upgradeInPlace(server: ProxyServer, opts: UpgradeOptions, attempt = crypto.randomBytes(6).toString('hex')): Promise<UpgradeRecord> {
   const log = server.deps.logger.child({ upgrade: attempt });
+  const relay = server.deps.relay;
   const fail = (error: string): UpgradeRecord => {
     const r: UpgradeRecord = { attempt, ok: false, at: new Date().toISOString(), error };
     server.lastUpgrade = r;
@@ -55,50 +89,81 @@ export async function upgradeInPlace(server: ProxyServer, opts: UpgradeOptions, 
   };
   if (busy) return fail('another upgrade is in progress');
   busy = true;
+  let bridge: Bridge | undefined;
   try {
     log.info({ generation: server.generation }, 'upgrade requested: running pre-flight check of the code on disk');
     const refused = await preflight().catch((e: Error) => e.message);
     if (refused) return fail(refused);
+    try {
+      bridge = startBridge();
+    } catch (e) {
+      return fail(`cannot start the upgrade bridge: ${(e as Error).message}`);
+    }
 
     server.pauseAccepting();
     const aborted = await server.settleHandshakes(opts.handshakeBoundMs);
     if (aborted) log.warn({ aborted }, `closed ${aborted} handshake(s) that did not finish within ${opts.handshakeBoundMs} ms`);
-    const frozenAt = Date.now();
-    let pairs: CarriedPair[];
-    try {
-      pairs = await server.deps.relay.freeze();
-    } catch (e) {
-      server.resumeAccepting();
-      return fail((e as Error).message);
+    // A bridge that hangs is killed: its link then closes and the worker stops waiting for it.
+    const b = bridge;
+    const bound = opts.bridgeTimeoutMs ?? 30_000;
+    const watchdog = setTimeout(() => b.child.kill('SIGKILL'), bound);
+    const migrated = await relay.migrate(bridge.linkFd, server.deps.config.idleTimeoutMs);
+    clearTimeout(watchdog);
+    if (migrated.error) {
+      await exited(bridge, 1000); // its exit status is the clearest reason
+      await takeBack(server, bridge, log, bound);
+      return fail(`moving connections to the upgrade bridge: ${migrated.error}${bridge.exit ? ` (bridge ${bridge.exit})` : ''}`);
     }
-    const error = execWithState(server, attempt, frozenAt, pairs);
-    // Still here: exec failed. Everything resumes as it was.
-    wipeCarried(pairs);
-    server.deps.relay.thaw();
-    server.resumeAccepting();
+    log.info({ moved: migrated.moved, intoBridgeMs: migrated.intoBridgeMs }, 'every connection is in the upgrade bridge');
+    const error = execWithState(server, attempt, bridge, migrated.intoBridgeMs);
+    // Still here: exec failed. Everything comes back and resumes as it was.
+    await takeBack(server, bridge, log, bound);
     return fail(error);
   } finally {
+    if (bridge) sys.close(bridge.linkFd);
+    server.resumeAccepting();
     busy = false;
   }
 }
 
+/** Resolves once the bridge has exited, or after `ms`. */
+function exited(bridge: Bridge, ms: number): Promise<void> {
+  if (bridge.exit !== undefined) return Promise.resolve();
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    bridge.child.once('exit', () => setImmediate(() => (clearTimeout(t), resolve())));
+  });
+}
+
+/** Takes the connections back from the bridge into this image (the upgrade is not happening). */
+async function takeBack(server: ProxyServer, bridge: Bridge, log: ProxyServer['deps']['logger'], timeoutMs: number): Promise<void> {
+  if (bridge.exit === undefined) {
+    const watchdog = setTimeout(() => bridge.child.kill('SIGKILL'), timeoutMs);
+    const r = await server.deps.relay.reclaim(bridge.linkFd);
+    clearTimeout(watchdog);
+    if (r.error) log.error({ err: r.error }, `taking connections back from the upgrade bridge: ${r.error}`);
+    log.info({ reclaimed: r.connections.length, closed: r.closed.length, failed: r.failed.length }, 'connections back from the upgrade bridge');
+  }
+  bridge.child.kill('SIGKILL'); // normally gone already: it exits after its last batch
+}
+
 /** Writes the state, clears close-on-exec on exactly the carried fds, and execs. Returns only on failure. */
-function execWithState(server: ProxyServer, attempt: string, frozenAt: number, pairs: CarriedPair[]): string {
+function execWithState(server: ProxyServer, attempt: string, bridge: Bridge, intoBridgeMs: number): string {
   const state: HandoffState = {
     generation: server.generation + 1,
     attempt,
     startedAt: server.startedAt,
-    frozenAt,
     execAt: 0,
+    intoBridgeMs,
     counters: { ...server.counters, upgrades: (server.counters.upgrades ?? 0) + 1 },
     probe: server.deps.probe,
     listeners: server.listeners.map((l) => ({ fd: l.fd, address: l.address })),
-    pairs,
+    bridge: { linkFd: bridge.linkFd, pid: bridge.child.pid ?? -1 },
     nextId: server.nextId,
   };
   let memfd = -1;
   state.execAt = Date.now();
-  const carried = [...state.listeners.map((l) => l.fd), ...pairs.flatMap((p) => [p.clientFd, p.backendFd])];
+  const carried = [...state.listeners.map((l) => l.fd), bridge.linkFd];
   // Node marks stdio close-on-exec at start-up; the new image must keep writing to the same stdout/stderr.
   const stdio = [0, 1, 2].filter((fd) => {
     try {
@@ -115,7 +180,7 @@ function execWithState(server: ProxyServer, attempt: string, frozenAt: number, p
       encoded.fill(0);
     }
     for (const fd of [memfd, ...stdio, ...carried]) sys.setCloexec(fd, false);
-    server.deps.logger.info({ generation: state.generation, connections: pairs.length, listeners: state.listeners.length }, 'exec');
+    server.deps.logger.info({ generation: state.generation, listeners: state.listeners.length, bridge: state.bridge.pid }, 'exec');
     const env = Object.entries({ ...process.env, [HANDOFF_ENV]: String(memfd) }).map(([k, v]) => `${k}=${v ?? ''}`);
     // Fault injection for tests only: exec a path that does not exist to prove the old image resumes.
     const path = process.env.IRONSOCKET_FAULT_EXEC_PATH || process.execPath;

@@ -1,0 +1,111 @@
+// The bridge link carries connections between processes: fds and state arrive intact, and malformed batches are refused without leaking fds.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { describe, it } from 'node:test';
+import { FdChannel } from '../kernel/fdpass.js';
+import { SOCK_SEQPACKET, SOCK_STREAM, sys } from '../kernel/libc.js';
+import type { CarriedPair } from '../relay/protocol.js';
+import { Link } from './link.js';
+
+const openFds = () => fs.readdirSync('/proc/self/fd').length;
+
+function carried(id: string, clientFd: number, backendFd: number): CarriedPair {
+  return {
+    clientFd,
+    backendFd,
+    pair: {
+      info: { id, client: '127.0.0.1:1', backend: '127.0.0.1:2', version: 'TLSv1.3', cipher: 'TLS_AES_128_GCM_SHA256', mode: 'user', startedAt: 1 },
+      bytesIn: 10,
+      bytesOut: 20,
+      b2c: new Uint8Array([1, 2, 3]),
+      flags: { clientEof: false, backendShut: false, backendEof: true, clientShut: false, closeNotifySent: false },
+    },
+    user: {
+      suite: 'TLS_AES_128_GCM_SHA256',
+      version: 'TLSv1.3',
+      tx: { key: new Uint8Array(16).fill(7), iv: new Uint8Array(12).fill(8), seq: 2n ** 40n + 3n },
+      rx: { key: new Uint8Array(16).fill(9), iv: new Uint8Array(12).fill(10), seq: 5n },
+    },
+  };
+}
+
+describe('the bridge link', () => {
+  it('moves a batch of connections with their fds: the received fds are the same sockets, the state is exact', () => {
+    const [a, b] = sys.socketpair(SOCK_SEQPACKET);
+    const [c1, c1peer] = sys.socketpair(SOCK_STREAM);
+    const [b1, b1peer] = sys.socketpair(SOCK_STREAM);
+    try {
+      const sent = carried('c7', c1, b1);
+      assert.equal(
+        new Link(a).sendBatch({ op: 'adopt', count: 1, frozenAt: 123, idleTimeoutMs: 0 }, [sent], [{ id: 'c3', reason: 'gone', level: 'info' }]),
+        undefined,
+      );
+      sys.close(c1);
+      sys.close(b1);
+      const ev = new Link(b).receive();
+      assert.equal(ev.kind, 'message');
+      if (ev.kind !== 'message') return;
+      assert.deepEqual(ev.header, { op: 'adopt', count: 1, frozenAt: 123, idleTimeoutMs: 0 });
+      assert.deepEqual(ev.closed, [{ id: 'c3', reason: 'gone', level: 'info' }]);
+      const [got] = ev.pairs;
+      assert.ok(got);
+      assert.equal(got.user?.tx.seq, 2n ** 40n + 3n);
+      assert.deepEqual([...got.user!.rx.key], new Array(16).fill(9));
+      assert.deepEqual([...got.pair.b2c!], [1, 2, 3]);
+      assert.deepEqual(got.pair.info, sent.pair.info);
+      // Bytes written on the received client fd come out of the original socket's peer.
+      const msg = Buffer.from('through the moved fd');
+      assert.equal(sys.send(got.clientFd, msg, msg.length), msg.length);
+      const back = Buffer.alloc(64);
+      assert.equal(back.subarray(0, sys.recv(c1peer, back, 64)).toString(), 'through the moved fd');
+      assert.ok(sys.isCloexec(got.clientFd) && sys.isCloexec(got.backendFd), 'received fds are close-on-exec');
+      sys.close(got.clientFd);
+      sys.close(got.backendFd);
+    } finally {
+      for (const fd of [a, b, c1peer, b1peer]) sys.close(fd);
+    }
+  });
+
+  it('refuses a batch whose descriptors do not match its header, closing every fd that came with it', () => {
+    const [a, b] = sys.socketpair(SOCK_SEQPACKET);
+    const [x, y] = sys.socketpair(SOCK_STREAM);
+    try {
+      const before = openFds();
+      // Claims two connections but carries a single fd.
+      assert.equal(new FdChannel(a).send(Buffer.from(JSON.stringify({ op: 'returned', count: 2, frozenAt: 0, more: false, intoBridgeMs: 0 })), [x]), 0);
+      const ev = new Link(b).receive();
+      assert.equal(ev.kind, 'closed');
+      assert.match(ev.kind === 'closed' ? ev.reason : '', /2 connection\(s\) came with 1 descriptor/);
+      assert.equal(openFds(), before, 'the received duplicate was closed');
+    } finally {
+      for (const fd of [a, b, x, y]) sys.close(fd);
+    }
+  });
+
+  it('refuses a batch whose memfd is not a batch, without leaking the connection fds', () => {
+    const [a, b] = sys.socketpair(SOCK_SEQPACKET);
+    const [x, y] = sys.socketpair(SOCK_STREAM);
+    const memfd = sys.memfdCreate('not-a-batch');
+    try {
+      sys.write(memfd, Buffer.from('garbage'), 7);
+      const before = openFds();
+      const header = { op: 'adopt', count: 1, frozenAt: 0, idleTimeoutMs: 0 };
+      assert.equal(new FdChannel(a).send(Buffer.from(JSON.stringify(header)), [memfd, x, y]), 0);
+      const ev = new Link(b).receive();
+      assert.equal(ev.kind, 'closed');
+      assert.match(ev.kind === 'closed' ? ev.reason : '', /IRONSOCKET-BATCH/);
+      assert.equal(openFds(), before);
+    } finally {
+      for (const fd of [a, b, x, y, memfd]) sys.close(fd);
+    }
+  });
+
+  it('reports the other end closing, and says nothing while no message is waiting', () => {
+    const [a, b] = sys.socketpair(SOCK_SEQPACKET);
+    const link = new Link(b);
+    assert.equal(link.receive().kind, 'again');
+    sys.close(a);
+    assert.equal(link.receive().kind, 'closed');
+    sys.close(b);
+  });
+});

@@ -1,0 +1,23 @@
+// Relay worker entry: the relay loop plus upgrades — moving connections to the upgrade bridge and taking them back.
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { RelayLoop, portControl } from '../relay/loop.js';
+import type { WorkerInit } from '../relay/protocol.js';
+import { Link } from './link.js';
+import { migrate, reclaim } from './transfer.js';
+
+const init = workerData as WorkerInit;
+const loop = new RelayLoop(portControl(parentPort as MessagePort, init.wakeFd), init.idleTimeoutMs);
+
+loop.extend((msg) => {
+  if (msg.op === 'migrate') {
+    migrate(loop, new Link(msg.linkFd), msg.idleTimeoutMs, (r) => loop.send({ op: 'migrated', seq: msg.seq, ...r }));
+    return true;
+  }
+  if (msg.op === 'reclaim') {
+    reclaim(loop, new Link(msg.linkFd), (r) => loop.send({ op: 'reclaimed', seq: msg.seq, reclaimed: r }));
+    return true;
+  }
+  return false;
+});
+
+loop.run();
