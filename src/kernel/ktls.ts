@@ -144,11 +144,14 @@ export interface SessionKeys {
 }
 
 export class KtlsInstallError extends Error {
+  /** The errno name of the failed setsockopt (e.g. ENOTCONN), when a system call failed. */
+  readonly code: string | undefined;
   constructor(
     readonly step: 'ulp' | 'tx' | 'rx',
     cause: Error,
   ) {
     super(cause.message);
+    this.code = cause instanceof SysError ? cause.code : undefined;
   }
 }
 

@@ -64,6 +64,8 @@ const fn = {
   socketpair: libc.func('int socketpair(int, int, int, void *)'),
   ftruncate: libc.func('int ftruncate(int, int64_t)'),
   waitpid: libc.func('int waitpid(int, void *, int)'),
+  pipe2: libc.func('int pipe2(void *, int)'),
+  splice: libc.func('intptr_t splice(int, void *, int, void *, size_t, unsigned int)'),
 };
 
 /** A failed system call, carrying errno and its symbolic name. */
@@ -176,6 +178,14 @@ export const sys = {
     return [sv.readInt32LE(0), sv.readInt32LE(4)];
   },
   ftruncate: (fd: number, len: number) => ret(fn.ftruncate(fd, len)),
+  /** A non-blocking, close-on-exec pipe: [read end, write end]. */
+  pipe: (): [number, number] => {
+    const fds = Buffer.alloc(8);
+    check('pipe2', fn.pipe2(fds, O_NONBLOCK | 0o2000000));
+    return [fds.readInt32LE(0), fds.readInt32LE(4)];
+  },
+  /** Moves up to len bytes between an fd and a pipe inside the kernel (never blocking on the pipe); bytes or -errno. */
+  splice: (from: number, to: number, len: number) => ret(fn.splice(from, null, to, null, len, 1 /* MOVE */ | 2 /* NONBLOCK */)),
   /** Reaps a child without blocking: its pid once it has exited, 0 while it runs, or -errno. */
   reap: (pid: number) => ret(fn.waitpid(pid, null, 1 /* WNOHANG */)),
   isCloexec: (fd: number) => (check('fcntl', fn.fcntl(fd, F_GETFD, 'int', 0)) & FD_CLOEXEC) !== 0,

@@ -102,7 +102,7 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
         const err = e as Error;
         // TCP_ULP needs an ESTABLISHED socket: a client that already sent its FIN (request, close_notify, FIN
         // in one go) cannot move into the kernel, but nothing was installed, so userspace records can carry it.
-        const halfClosed = e instanceof KtlsInstallError && e.step === 'ulp' && /ENOTCONN/.test(err.message);
+        const halfClosed = e instanceof KtlsInstallError && e.step === 'ulp' && e.code === 'ENOTCONN';
         if (!(e instanceof KtlsInstallError) || e.step !== 'ulp' || (ctx.policy === 'require' && !halfClosed)) {
           userspaceAlert(fd, session, Alert.internal_error);
           log.error({ err: err.message }, `installing kernel TLS failed, closing: ${err.message}`);

@@ -38,6 +38,13 @@ export interface ClientSide {
   flush(): number;
   /** Zeroes any key material held. */
   wipe(): void;
+  /** Whether bytes can move with splice (plaintext in the kernel: kTLS); userspace records cannot. */
+  readonly splices: boolean;
+  /**
+   * Splices application data into a pipe: bytes moved, 'control' when a non-data record is next
+   * (read() it), or what stopped it. Only when `splices`.
+   */
+  spliceIn?(pipeW: number, len: number): number | 'control' | ClientRead;
 }
 
 const EBADMSG = E.EBADMSG!;
@@ -51,17 +58,30 @@ export class KernelClient implements ClientSide {
     private readonly version: 'TLSv1.2' | 'TLSv1.3',
   ) {}
 
+  readonly splices = true;
+
+  spliceIn(pipeW: number, len: number): number | 'control' | ClientRead {
+    const r = sys.splice(this.fd, pipeW, len);
+    if (r > 0) return r;
+    if (r === 0) return { kind: 'eof' };
+    if (r === -EAGAIN || r === -EINTR) return { kind: 'again' };
+    // kTLS splices application data only: at any other record type it says EINVAL.
+    if (r === -E.EINVAL!) return 'control';
+    return this.failure(-r);
+  }
+
+  private failure(e: number): ClientRead {
+    if (e === EBADMSG) return { kind: 'fatal', alert: ALERT.bad_record_mac, reason: 'record failed authentication (EBADMSG)' };
+    if (e === EMSGSIZE) return { kind: 'fatal', alert: ALERT.record_overflow, reason: 'record too large (EMSGSIZE)' };
+    if (e === EKEYEXPIRED) return { kind: 'fatal', alert: ALERT.internal_error, reason: 'client KeyUpdate: kernel paused RX for a new key' };
+    if (e === E.EINVAL) return { kind: 'fatal', alert: ALERT.decode_error, reason: 'record with a wrong TLS version (EINVAL)' };
+    return { kind: 'fatal', reason: `read from client: ${errnoName(e)}` };
+  }
+
   read(buf: Buffer): ClientRead {
     const r = this.io.recv(this.fd, buf, buf.length);
     if (r === -EAGAIN || r === -EINTR) return { kind: 'again' };
-    if (r < 0) {
-      const e = -r;
-      if (e === EBADMSG) return { kind: 'fatal', alert: ALERT.bad_record_mac, reason: 'record failed authentication (EBADMSG)' };
-      if (e === EMSGSIZE) return { kind: 'fatal', alert: ALERT.record_overflow, reason: 'record too large (EMSGSIZE)' };
-      if (e === EKEYEXPIRED) return { kind: 'fatal', alert: ALERT.internal_error, reason: 'client KeyUpdate: kernel paused RX for a new key' };
-      if (e === E.EINVAL) return { kind: 'fatal', alert: ALERT.decode_error, reason: 'record with a wrong TLS version (EINVAL)' };
-      return { kind: 'fatal', reason: `read from client: ${errnoName(e)}` };
-    }
+    if (r < 0) return this.failure(-r);
     if (r === 0) return { kind: 'eof' };
     const type = this.io.recordType;
     if (type === RECORD_APPLICATION_DATA) return { kind: 'data', n: r };

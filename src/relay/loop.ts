@@ -7,6 +7,7 @@ import { suiteByName } from '../record/suites.js';
 import { KernelClient } from './kernel-client.js';
 import { Pair, type PairHost, type PairInfo, type PairSnapshot } from './pair.js';
 import type { CarriedPair, FromWorker, ToWorker, UserState } from './protocol.js';
+import { PipePool } from './pipes.js';
 import { UserClient } from './user-client.js';
 
 const EPOLL_CTL_ADD = 1;
@@ -67,6 +68,7 @@ export class RelayLoop {
   private readonly registered = new Map<number, number>(); // fd -> events currently in epoll
   private readonly pairs = new Map<string, Pair>();
   private readonly watched = new Map<number, (events: number) => void>();
+  private readonly pipes = new PipePool();
   private readonly extensions: Array<(msg: ToWorker) => boolean> = [];
   private readonly tickers = new Set<() => void>();
   private running = true;
@@ -98,6 +100,7 @@ export class RelayLoop {
         this.send({ op: 'closed', id: pair.info.id, reason, level, bytesIn: pair.bytesIn, bytesOut: pair.bytesOut });
       },
       log: (level, id, msg) => this.send({ op: 'log', level, id, msg }),
+      pipes: this.pipes,
     };
   }
 
@@ -281,6 +284,7 @@ export class RelayLoop {
       }
     }
     sys.close(this.ep);
+    this.pipes.close();
     this.send({ op: 'stopped' });
   }
 }

@@ -1,7 +1,11 @@
 // One relayed connection: client plaintext ⇄ backend bytes with bounded buffers, half-close and alerts, driven by readiness.
 import { EAGAIN, EINTR, SHUT_WR, errnoName, sys } from '../kernel/libc.js';
 import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
-import { ALERT, type ClientSide } from './kernel-client.js';
+import { ALERT, type ClientRead, type ClientSide } from './kernel-client.js';
+import { PipePool, type PipeLoad } from './pipes.js';
+
+/** Bytes one splice moves at most: a default pipe's capacity. */
+const PIPE_CHUNK = 64 * 1024;
 
 export interface PairInfo {
   id: string;
@@ -19,6 +23,8 @@ export interface PairHost {
   /** Called once when the pair has closed both fds. */
   closed(pair: Pair, reason: string, level: 'info' | 'warn'): void;
   log(level: 'info' | 'warn' | 'debug', id: string, msg: string): void;
+  /** Pipes for splice (kTLS connections move bytes without copying them through JavaScript). */
+  readonly pipes?: PipePool;
 }
 
 /** Plaintext bytes still to be written in one direction (at most one read's worth: the bound). */
@@ -43,6 +49,9 @@ export class Pair {
   lastActivity = Date.now();
   private c2b: Pending | undefined;
   private b2c: Pending | undefined;
+  /** The same, when the bytes wait in a pipe (spliced). At most one of c2b / c2bPipe is set. */
+  private c2bPipe: PipeLoad | undefined;
+  private b2cPipe: PipeLoad | undefined;
   private clientEof = false; // client sent close_notify (or we gave up reading it)
   private backendShut = false; // we sent FIN to the backend
   private backendEof = false;
@@ -69,8 +78,20 @@ export class Pair {
     }
   }
 
-  /** The state an upgrade must carry (call only while the loop is stopped). */
+  private get c2bHeld(): boolean {
+    return this.c2b !== undefined || this.c2bPipe !== undefined;
+  }
+
+  private get b2cHeld(): boolean {
+    return this.b2c !== undefined || this.b2cPipe !== undefined;
+  }
+
+  /** The state an upgrade must carry (call only while the loop is stopped). Bytes parked in pipes move into buffers. */
   snapshot(): PairSnapshot {
+    const pipes = this.host.pipes;
+    if (this.c2bPipe && pipes) this.c2b = { buf: pipes.drain(this.c2bPipe), off: 0 };
+    if (this.b2cPipe && pipes) this.b2c = { buf: pipes.drain(this.b2cPipe), off: 0 };
+    this.c2bPipe = this.b2cPipe = undefined;
     const rest = (p: Pending | undefined) => (p ? new Uint8Array(p.buf.subarray(p.off)) : undefined);
     return {
       info: this.info,
@@ -112,8 +133,24 @@ export class Pair {
   }
 
   private readClient(scratch: Buffer): void {
-    while (!this.done && !this.clientEof && !this.c2b) {
-      const r = this.client.read(scratch);
+    const pipes = this.client.splices ? this.host.pipes : undefined;
+    while (!this.done && !this.clientEof && !this.c2bHeld) {
+      let r: ClientRead;
+      if (pipes) {
+        const pipe = pipes.take();
+        const s = this.client.spliceIn!(pipe.w, PIPE_CHUNK);
+        if (typeof s === 'number') {
+          this.bytesIn += s;
+          this.lastActivity = Date.now();
+          this.c2bPipe = { pipe, len: s };
+          this.flushC2b();
+          continue;
+        }
+        pipes.give(pipe);
+        r = s === 'control' ? this.client.read(scratch) : s;
+      } else {
+        r = this.client.read(scratch);
+      }
       switch (r.kind) {
         case 'again':
           return;
@@ -140,8 +177,11 @@ export class Pair {
   }
 
   private readBackend(scratch: Buffer): void {
-    while (!this.done && !this.backendEof && !this.b2c) {
-      const r = sys.recv(this.backendFd, scratch, scratch.length);
+    const pipes = this.client.splices ? this.host.pipes : undefined;
+    while (!this.done && !this.backendEof && !this.b2cHeld) {
+      const pipe = pipes?.take();
+      const r = pipe ? sys.splice(this.backendFd, pipe.w, PIPE_CHUNK) : sys.recv(this.backendFd, scratch, scratch.length);
+      if (pipe && r <= 0) pipes!.give(pipe);
       if (r === -EAGAIN || r === -EINTR) return;
       if (r < 0) {
         this.client.sendAlert(ALERT.internal_error);
@@ -154,7 +194,12 @@ export class Pair {
       }
       this.bytesOut += r;
       this.lastActivity = Date.now();
-      this.sendOrKeep(this.client.fd, scratch, r, 'b2c');
+      if (pipe) {
+        this.b2cPipe = { pipe, len: r };
+        this.flushB2c();
+      } else {
+        this.sendOrKeep(this.client.fd, scratch, r, 'b2c');
+      }
     }
   }
 
@@ -172,7 +217,20 @@ export class Pair {
     }
   }
 
+  /** Splices what a pipe holds on to `fd`; the pipe goes back to the pool once empty. */
+  private flushPipe(load: PipeLoad, fd: number, dir: 'c2b' | 'b2c'): void {
+    const w = sys.splice(load.pipe.r, fd, load.len);
+    if (w === -EAGAIN || w === -EINTR) return;
+    if (w < 0) return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, 'warn');
+    load.len -= w;
+    if (load.len > 0) return;
+    if (dir === 'c2b') this.c2bPipe = undefined;
+    else this.b2cPipe = undefined;
+    this.host.pipes!.give(load.pipe);
+  }
+
   private flushC2b(): void {
+    if (this.c2bPipe) return this.flushPipe(this.c2bPipe, this.backendFd, 'c2b');
     const p = this.c2b;
     if (!p) return;
     const w = sys.send(this.backendFd, p.buf.subarray(p.off), p.buf.length - p.off);
@@ -183,6 +241,7 @@ export class Pair {
   }
 
   private flushB2c(): void {
+    if (this.b2cPipe) return this.flushPipe(this.b2cPipe, this.client.fd, 'b2c');
     const p = this.b2c;
     if (!p) return;
     const w = this.client.write(p.buf.subarray(p.off), p.buf.length - p.off);
@@ -195,11 +254,11 @@ export class Pair {
   /** Applies half-closes once their direction is drained, closes when both are done, and sets interest. */
   private progress(): void {
     if (this.done) return;
-    if (this.clientEof && !this.c2b && !this.backendShut) {
+    if (this.clientEof && !this.c2bHeld && !this.backendShut) {
       this.backendShut = true;
       sys.shutdown(this.backendFd, SHUT_WR);
     }
-    if (this.backendEof && !this.b2c && !this.closeNotifySent) {
+    if (this.backendEof && !this.b2cHeld && !this.closeNotifySent) {
       this.closeNotifySent = true;
       this.client.closeNotify();
     }
@@ -208,8 +267,8 @@ export class Pair {
       sys.shutdown(this.client.fd, SHUT_WR);
     }
     if (this.backendShut && this.clientShut) return this.finish('both sides closed', 'info');
-    const c = (!this.clientEof && !this.c2b ? EPOLLIN : 0) | (this.b2c || this.client.pendingOutput ? EPOLLOUT : 0);
-    const b = (!this.backendEof && !this.b2c ? EPOLLIN : 0) | (this.c2b ? EPOLLOUT : 0);
+    const c = (!this.clientEof && !this.c2bHeld ? EPOLLIN : 0) | (this.b2cHeld || this.client.pendingOutput ? EPOLLOUT : 0);
+    const b = (!this.backendEof && !this.b2cHeld ? EPOLLIN : 0) | (this.c2bHeld ? EPOLLOUT : 0);
     if (c !== this.cEvents) this.host.interest(this.client.fd, (this.cEvents = c));
     if (b !== this.bEvents) this.host.interest(this.backendFd, (this.bEvents = b));
   }
@@ -217,7 +276,14 @@ export class Pair {
   /** Lets go of the connection without closing anything (it moves to another loop); wipes the client's keys. */
   release(): void {
     this.done = true;
+    this.dropPipes();
     this.client.wipe();
+  }
+
+  /** Closes pipes that still hold bytes (an empty pipe would have gone back to the pool already). */
+  private dropPipes(): void {
+    for (const l of [this.c2bPipe, this.b2cPipe]) if (l) PipePool.close(l.pipe);
+    this.c2bPipe = this.b2cPipe = undefined;
   }
 
   /** Closes both sides now (idle timeout, shutdown). */
@@ -230,6 +296,7 @@ export class Pair {
     this.done = true;
     this.c2b = undefined;
     this.b2c = undefined;
+    this.dropPipes();
     this.client.flush();
     this.client.wipe();
     this.host.closed(this, reason, level);

@@ -65,6 +65,8 @@ export class UserClient implements ClientSide {
     };
   }
 
+  readonly splices = false;
+
   get pendingOutput(): boolean {
     return this.out !== undefined;
   }

@@ -9,6 +9,8 @@ import { wipeCarried } from './restore.js';
 /** The proxy passes its end of the link as fd 3 (a seqpacket socket); nothing secret is in argv or env. */
 const LINK_FD = 3;
 
+process.title = 'ironsocket-bridge';
+
 // Fault injection for tests only: a bridge that dies before taking anything.
 if (process.env.IRONSOCKET_FAULT_BRIDGE === 'exit') process.exit(70);
 

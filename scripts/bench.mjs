@@ -1,0 +1,294 @@
+// Benchmark: Iron Socket next to HAProxy, stunnel and hitch, in one run on this machine with the same certificate
+// (ECDSA P-256), the same backend and TLS 1.3 only: bulk throughput, full handshakes/s, 1 KiB echo latency and memory
+// per idle connection, as absolute figures and as ratios to HAProxy. Prints figures; asserts nothing about speed.
+// Usage: npm run bench -- [--quick] [--write] [--ktls auto|off|require] [--peers haproxy,stunnel,hitch,ironsocket]
+// Helpers: bench/peers.mjs (start/stop/measure the peers), bench/client.mjs (load), bench/backend.mjs (backend).
+import { fork } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { makeCert, ROOT, tempDir } from '../dist/testkit/proxy-process.js';
+import { rpc, sleep } from './bench/common.mjs';
+import { findBin, ironsocketModes, killAllPeers, PEERS, startPeer } from './bench/peers.mjs';
+
+const argv = process.argv.slice(2);
+const { values: opt } = parseArgs({
+  args: argv,
+  options: {
+    quick: { type: 'boolean', default: false },
+    write: { type: 'boolean', default: false },
+    ktls: { type: 'string', default: 'auto' },
+    peers: { type: 'string', default: PEERS.map((p) => p.name).join(',') },
+  },
+});
+if (!['auto', 'off', 'require'].includes(opt.ktls)) throw new Error(`--ktls: expected auto, off or require, got ${opt.ktls}`);
+const S = opt.quick
+  ? { warmupMs: 300, tputMs: 2000, hsMs: 2000, latMs: 2000, idle: 1000 }
+  : { warmupMs: 1000, tputMs: 10_000, hsMs: 10_000, latMs: 10_000, idle: 5000 };
+const HS_CONCURRENCY = 16;
+const LAT_CONNS = 8;
+
+// --- cleanup: every process and temp dir goes, on success, error or signal -------------------------------------
+const children = new Set();
+let dir;
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+  killAllPeers();
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
+});
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => (console.error(`\nbench: ${sig}, cleaning up`), process.exit(130)));
+const say = (msg) => process.stderr.write(`bench: ${msg}\n`);
+
+function forkChild(file, name) {
+  const child = fork(new URL(`./bench/${file}`, import.meta.url), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return rpc(child, name);
+}
+
+// --- machine, limits -----------------------------------------------------------------------------------------------
+const fdLimit = Number(/Max open files\s+(\d+)/.exec(fs.readFileSync('/proc/self/limits', 'utf8'))?.[1] ?? 1024);
+let N = S.idle;
+const notes = [];
+// A proxy holds two sockets per connection; Node cannot raise its own limit, so N must fit the one it was given.
+if (2 * N + 200 > fdLimit) {
+  N = Math.max(100, Math.floor((fdLimit - 200) / 2));
+  notes.push(`idle connections reduced to ${N}: ulimit -n is ${fdLimit} and a proxy needs 2 fds per connection`);
+}
+const perClient = Math.max(100, fdLimit - 200);
+const cpu = `${os.cpus().length} × ${os.cpus()[0]?.model?.trim() ?? 'unknown CPU'}`;
+const machine = `${cpu}, ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, Linux ${os.release()}, Node ${process.version}, load avg ${os
+  .loadavg()
+  .map((l) => l.toFixed(2))
+  .join(' ')} at start`;
+const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+const command =
+  process.env.npm_lifecycle_event === 'bench'
+    ? `npm run bench${argv.length ? ` -- ${argv.join(' ')}` : ''}`
+    : `node scripts/bench.mjs ${argv.join(' ')}`.trim();
+
+// --- measurements ----------------------------------------------------------------------------------------------------
+const broken = []; // things that are wrong, not slow: they make the exit code 1
+
+async function throughput(peer, backend, client, dir, conns) {
+  await backend('reset');
+  await client('tputOpen', { port: peer.port, dir, conns });
+  await sleep(S.warmupMs);
+  // Counted where the bytes arrive, with that process's own clock.
+  const count = dir === 'up' ? async () => backend('stats').then((st) => ({ bytes: st.upBytes, at: st.at })) : () => client('tputCount');
+  const a = await count();
+  await sleep(S.tputMs);
+  const b = await count();
+  const stop = await client('tputStop');
+  let problem = stop.errors.length ? `connection errors: ${stop.errors.join('; ')}` : stop.badStreams ? `${stop.badStreams} streams had wrong bytes` : '';
+  if (dir === 'up' && !problem) {
+    // Everything written must reach the backend, byte for byte: wait for the proxy to drain.
+    let st;
+    for (let t = 0; t < 200; t++, await sleep(50)) if ((st = await backend('stats')).upBytes >= stop.bytes) break;
+    if (st.upBadStreams) problem = `${st.upBadStreams} streams had wrong bytes at the backend`;
+    else if (st.upBytes !== stop.bytes) problem = `sent ${stop.bytes} bytes, the backend got ${st.upBytes}`;
+  }
+  await client('tputClose');
+  if (problem) throw new Error(problem);
+  return (b.bytes - a.bytes) / ((b.at - a.at) / 1000) / 1e6;
+}
+
+async function idleMemory(peer, clients, ironsocket) {
+  const before = peer.rssKiB();
+  const share = Math.ceil(N / clients.length);
+  const opened = await Promise.all(clients.map((c, i) => c('idleOpen', { port: peer.port, n: Math.max(0, Math.min(share, N - i * share)) })));
+  await sleep(1000);
+  const after = peer.rssKiB();
+  const modes = ironsocket ? await ironsocketModes(peer.admin) : undefined;
+  await Promise.all(clients.map((c) => c('idleClose')));
+  const open = opened.reduce((n, o) => n + o.opened, 0);
+  if (open !== N) throw new Error(`only ${open} of ${N} idle connections opened (${opened.find((o) => o.firstError)?.firstError})`);
+  return { kib: (after - before) / N, before, after, modes };
+}
+
+async function measurePeer(peer, backend, clients, ironsocket) {
+  const r = {};
+  const step = async (what, fn) => {
+    if (!peer.alive()) throw new Error(`it exited; its output:\n${peer.output()}`);
+    const t = Date.now();
+    try {
+      await fn();
+      say(`  ${what} (${((Date.now() - t) / 1000).toFixed(1)} s)`);
+    } catch (e) {
+      say(`  ${what}: FAILED (${((Date.now() - t) / 1000).toFixed(1)} s)`);
+      broken.push(`${peer.name}: ${what}: ${e.message}`);
+    }
+  };
+  await step('warm-up handshakes', async () => {
+    const w = await clients[0]('handshakes', { port: peer.port, concurrency: 4, warmupMs: 0, ms: 300 });
+    r.tls = w.seen.join(', ');
+    if (w.fingerprint !== FINGERPRINT) throw new Error(`served a certificate other than the bench one (${w.fingerprint})`);
+    if (w.errors) throw new Error(`${w.errors} handshakes failed: ${w.firstErrors.join('; ')}`);
+    if (!w.seen.every((s) => s.startsWith('TLSv1.3 '))) throw new Error(`negotiated ${r.tls}, not TLS 1.3`);
+  });
+  await sleep(500);
+  await step(`${N} idle connections`, async () => {
+    const m = await idleMemory(peer, clients, ironsocket);
+    r.mem = m.kib;
+    r.rss = `${Math.round(m.before / 1024)} → ${Math.round(m.after / 1024)} MiB`;
+    if (m.modes)
+      r.modes = Object.entries(m.modes)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ');
+  });
+  await step('latency', async () => {
+    const l = await clients[0]('latency', { port: peer.port, conns: LAT_CONNS, warmupMs: S.warmupMs, ms: S.latMs });
+    if (l.bad || l.errors.length || !l.count) throw new Error(`${l.bad} wrong echoes, errors: ${l.errors.join('; ') || 'none'}, ${l.count} samples`);
+    r.p50 = l.p50;
+    r.p99 = l.p99;
+  });
+  await step('handshakes', async () => {
+    const h = await clients[0]('handshakes', { port: peer.port, concurrency: HS_CONCURRENCY, warmupMs: S.warmupMs, ms: S.hsMs });
+    r.hs = h.count / (S.hsMs / 1000);
+    if (h.errors) throw new Error(`${h.errors} of ${h.count + h.errors} handshakes failed: ${h.firstErrors.join('; ')}`);
+  });
+  for (const [key, dir, conns] of [
+    ['up1', 'up', 1],
+    ['up32', 'up', 32],
+    ['down1', 'down', 1],
+    ['down32', 'down', 32],
+  ])
+    await step(`throughput ${dir}, ${conns} conn`, async () => (r[key] = await throughput(peer, backend, clients[0], dir, conns)));
+  return r;
+}
+
+// --- run -------------------------------------------------------------------------------------------------------------
+const METRICS = [
+  ['up1', 'MB/s up, 1 conn (higher is better)', 1],
+  ['up32', 'MB/s up, 32 conns (higher is better)', 1],
+  ['down1', 'MB/s down, 1 conn (higher is better)', 1],
+  ['down32', 'MB/s down, 32 conns (higher is better)', 1],
+  ['hs', `full TLS 1.3 handshakes/s, ${HS_CONCURRENCY} connectors (higher is better)`, 0],
+  ['p50', `1 KiB echo p50 ms, ${LAT_CONNS} conns (lower is better)`, 3],
+  ['p99', `1 KiB echo p99 ms, ${LAT_CONNS} conns (lower is better)`, 3],
+  ['mem', `KiB RSS per idle conn, N=${N} (lower is better)`, 1],
+];
+const wanted = opt.peers.split(',').map((n) => n.trim());
+const unknown = wanted.filter((n) => !PEERS.some((p) => p.name === n));
+if (unknown.length) throw new Error(`--peers: unknown ${unknown.join(', ')} (known: ${PEERS.map((p) => p.name).join(', ')})`);
+
+const t0 = Date.now();
+dir = tempDir('bench');
+const { certFile, keyFile } = await makeCert(dir, 'ec');
+const pem = path.join(dir, 'cert+key.pem'); // haproxy `crt`, stunnel `cert` and hitch `pem-file` want both in one file
+fs.writeFileSync(pem, fs.readFileSync(certFile, 'utf8') + fs.readFileSync(keyFile, 'utf8'));
+const FINGERPRINT = new crypto.X509Certificate(fs.readFileSync(certFile)).fingerprint256;
+const backend = forkChild('backend.mjs', 'backend');
+const backendPort = await backend('port');
+const clients = Array.from({ length: Math.ceil(N / perClient) }, (_, i) => forkChild('client.mjs', `client ${i}`));
+
+const results = {};
+const about = [];
+for (const def of PEERS.filter((p) => wanted.includes(p.name))) {
+  const bin = findBin(def);
+  if (!bin) {
+    results[def.name] = 'not installed';
+    about.push(`${def.name}: not installed`);
+    continue;
+  }
+  const version = await def.version(bin);
+  say(`${def.name} ${version ?? ''}`);
+  let peer;
+  try {
+    peer = { name: def.name, ...(await startPeer(def, { bin, dir, backendPort, certFile, keyFile, pem, ktls: opt.ktls })) };
+  } catch (e) {
+    results[def.name] = 'failed to start';
+    broken.push(`${def.name} is installed (${bin}) but failed to start: ${e.message}`);
+    about.push(`${def.name} ${version}: failed to start`);
+    continue;
+  }
+  try {
+    results[def.name] = await measurePeer(peer, backend, clients, def.name === 'ironsocket');
+  } catch (e) {
+    broken.push(`${def.name}: ${e.message}`);
+    results[def.name] = 'died';
+  } finally {
+    await peer.stop();
+  }
+  const r = typeof results[def.name] === 'object' ? results[def.name] : {};
+  const extra = [def.name === 'ironsocket' && `--ktls ${opt.ktls}, connections: ${r.modes ?? '?'}`, r.tls, r.rss && `RSS ${r.rss} with the idle connections`];
+  about.push(`${def.name} ${version ?? '(version unknown)'}: ${def.model}; ${extra.filter(Boolean).join('; ')}`);
+}
+
+// --- report ----------------------------------------------------------------------------------------------------------
+const names = Object.keys(results);
+const cell = (name, key, digits) => {
+  const r = results[name];
+  if (typeof r === 'string') return r;
+  return r[key] === undefined ? 'error' : Number(r[key].toFixed(digits));
+};
+const figures = Object.fromEntries(METRICS.map(([key, label, d]) => [label, Object.fromEntries(names.map((n) => [n, cell(n, key, d)]))]));
+const ratios = Object.fromEntries(
+  METRICS.map(([key, label]) => [
+    label,
+    Object.fromEntries(
+      names.map((n) => {
+        const base = results.haproxy?.[key];
+        const v = results[n]?.[key];
+        return [n, typeof v === 'number' && typeof base === 'number' && base > 0 ? Number((v / base).toFixed(2)) : 'n/a'];
+      }),
+    ),
+  ]),
+);
+notes.push(
+  'client (node:tls, TLS 1.3 only, no session resumption), backend and proxy are separate processes sharing this machine: figures are relative, not a proxy in isolation',
+  'up = client → backend, down = backend → client; MB = 10^6 bytes; every byte is checked against a known pattern',
+  'handshakes: each connection is connect → full handshake → 1 request → close; latency: each connection sends 1 KiB and waits for its echo, back-to-back',
+  "memory: growth of VmRSS summed over all of the peer's processes, with N idle connections open through it to the backend, divided by N",
+  'per-connection logging is off for every peer (haproxy: no log, stunnel: debug = 3, hitch: log-level = 1, ironsocket: --log-level warn)',
+);
+const header = [`# TLS proxy benchmark — ${date} — ${opt.quick ? 'quick' : 'full'} run (${command})`, `# machine: ${machine}`, ...about.map((a) => `# ${a}`)];
+console.log(header.join('\n'));
+console.table(figures);
+console.log('ratios to HAProxy (peer ÷ haproxy: above 1 is better for MB/s and handshakes, below 1 is better for ms and KiB)');
+console.table(ratios);
+for (const n of notes) console.log(`- ${n}`);
+const elapsed = `${Math.round((Date.now() - t0) / 1000)} s`;
+console.log(`took ${elapsed}`);
+
+if (opt.write) {
+  const md = (table) => {
+    const rows = Object.entries(table);
+    return [
+      `| metric | ${names.join(' | ')} |`,
+      `|---|${names.map(() => '---:').join('|')}|`,
+      ...rows.map(([k, v]) => `| ${k} | ${names.map((n) => v[n]).join(' | ')} |`),
+    ].join('\n');
+  };
+  const section = [
+    `## ${date} — \`${command}\``,
+    '',
+    `Machine: ${machine}. Took ${elapsed}.`,
+    '',
+    ...about.map((a) => `- ${a}`),
+    '',
+    md(figures),
+    '',
+    'Ratios to HAProxy (above 1 is better for MB/s and handshakes, below 1 is better for ms and KiB):',
+    '',
+    md(ratios),
+    '',
+    ...notes.map((n) => `- ${n}`),
+    ...(broken.length ? ['', 'Problems in this run:', '', ...broken.map((b) => `- ${b.split('\n')[0]}`)] : []),
+    '',
+  ].join('\n');
+  const file = path.join(ROOT, 'BENCHMARKS.md');
+  const intro =
+    '# Benchmarks\n\nProduced by `npm run bench` (scripts/bench.mjs), newest run first. Each run starts every peer on the same machine with the same certificate and backend; compare ratios within a run rather than figures across runs.\n\n';
+  const old = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : intro;
+  const at = old.indexOf('\n## ');
+  fs.writeFileSync(file, at < 0 ? `${old.trimEnd()}\n\n${section}` : `${old.slice(0, at + 1)}${section}\n${old.slice(at + 1)}`);
+  console.log(`written to ${file}`);
+}
+if (broken.length) {
+  console.error(`\nbench: BROKEN (not slow — wrong):\n${broken.map((b) => `- ${b}`).join('\n')}`);
+  process.exit(1);
+}
+process.exit(0);

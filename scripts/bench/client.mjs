@@ -1,0 +1,183 @@
+// The bench load generator (node:tls clients), forked apart from the backend and the orchestrator so that the three
+// do not share one event loop. Every client offers TLS 1.3 only and never resumes a session (no `session` is passed).
+import tls from 'node:tls';
+import { matchesPattern, now, patternAt, serve } from './common.mjs';
+
+const OPTIONS = { host: '127.0.0.1', rejectUnauthorized: false, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', session: undefined };
+const CHUNK = 64 * 1024;
+
+/** A TLS connection that has sent `header`; `setup(s)` runs before any data can arrive. */
+function open(port, header, setup = () => {}) {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ ...OPTIONS, port });
+    s.setTimeout(15_000, () => s.destroy(new Error('no handshake within 15 s')));
+    s.once('error', reject);
+    s.once('secureConnect', () => {
+      s.setTimeout(0);
+      s.off('error', reject);
+      s.setNoDelay(true);
+      setup(s);
+      s.write(header);
+      resolve(s);
+    });
+  });
+}
+
+function closeAll(socks) {
+  return Promise.all(socks.map((s) => (s.destroyed ? undefined : new Promise((r) => (s.once('close', r), s.destroy())))));
+}
+
+function percentile(sorted, p) {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+let run; // the current throughput run
+let idle = [];
+
+serve({
+  /** Opens `conns` streams in direction `dir` ('up': we send the pattern; 'down': we receive and verify it). */
+  async tputOpen({ port, dir, conns }) {
+    const r = (run = { dir, socks: [], bytes: 0, badStreams: 0, errors: [], stopped: false });
+    const setup = (s) => {
+      s.on('error', (e) => r.errors.push(e.message));
+      s.on('close', () => r.stopped || r.errors.push('connection closed during the run'));
+      if (dir === 'down') {
+        let off = 0;
+        let bad = false;
+        s.on('data', (d) => {
+          if (!bad && !matchesPattern(d, off)) ((bad = true), r.badStreams++);
+          off += d.length;
+          r.bytes += d.length;
+        });
+      }
+    };
+    r.socks = await Promise.all(Array.from({ length: conns }, () => open(port, dir === 'up' ? 'UP\n' : 'DOWN\n', setup)));
+    if (dir === 'up')
+      for (const s of r.socks) {
+        let off = 0;
+        const pump = () => {
+          while (!r.stopped && !s.destroyed) {
+            const ok = s.write(patternAt(off, CHUNK));
+            off += CHUNK;
+            r.bytes += CHUNK;
+            if (!ok) return void s.once('drain', pump);
+          }
+        };
+        pump();
+      }
+  },
+  tputCount: () => ({ bytes: run.bytes, at: now() }),
+  /** Stops sending (up) or counting errors (down); what was written still travels to the backend. */
+  tputStop: () => {
+    run.stopped = true;
+    return { bytes: run.bytes, badStreams: run.badStreams, errors: run.errors.slice(0, 3) };
+  },
+  tputClose: () => closeAll(run.socks),
+
+  /** `conns` connections each doing 1 KiB request → 1 KiB echo back-to-back; round trips after the warm-up count. */
+  async latency({ port, conns, warmupMs, ms }) {
+    const req = patternAt(0, 1024);
+    const samples = [];
+    let bad = 0;
+    const errors = [];
+    const socks = await Promise.all(Array.from({ length: conns }, () => open(port, 'ECHO\n')));
+    const start = now() + warmupMs;
+    const end = start + ms;
+    await Promise.all(
+      socks.map(
+        (s) =>
+          new Promise((resolve) => {
+            let got = [];
+            let n = 0;
+            let sent = 0;
+            const fire = () => {
+              if (now() >= end) return resolve();
+              sent = now();
+              s.write(req);
+            };
+            s.on('data', (d) => {
+              got.push(d);
+              n += d.length;
+              if (n < req.length) return;
+              if (n !== req.length || !Buffer.concat(got).equals(req)) bad++;
+              if (sent >= start) samples.push(now() - sent);
+              got = [];
+              n = 0;
+              fire();
+            });
+            s.on('error', (e) => (errors.push(e.message), resolve()));
+            s.on('close', resolve);
+            fire();
+          }),
+      ),
+    );
+    await closeAll(socks);
+    samples.sort((a, b) => a - b);
+    return { count: samples.length, p50: percentile(samples, 50), p99: percentile(samples, 99), bad, errors: errors.slice(0, 3) };
+  },
+
+  /** `concurrency` loops of connect → full handshake → "HS" → "OK" → close; those finishing after the warm-up count. */
+  async handshakes({ port, concurrency, warmupMs, ms }) {
+    const start = now() + warmupMs;
+    const end = start + ms;
+    let count = 0;
+    const errors = [];
+    const seen = new Set();
+    let fingerprint;
+    const one = () =>
+      new Promise((resolve) => {
+        const s = tls.connect({ ...OPTIONS, port });
+        let answer = '';
+        let failed = false;
+        const fail = (why) => {
+          if (!failed) ((failed = true), errors.push(why));
+          s.destroy();
+        };
+        const timer = setTimeout(() => fail('no answer within 5 s'), 5000);
+        s.once('secureConnect', () => {
+          const eph = s.getEphemeralKeyInfo();
+          seen.add(`${s.getProtocol()} ${s.getCipher().standardName} ${eph?.name ?? eph?.type ?? ''}`.trim());
+          fingerprint ??= s.getPeerCertificate().fingerprint256;
+          s.write('HS\n');
+        });
+        s.on('data', (d) => {
+          answer += d;
+          if (answer === 'OK\n') s.end();
+        });
+        s.on('error', (e) => fail(e.message));
+        s.once('close', () => {
+          clearTimeout(timer);
+          if (answer !== 'OK\n') fail(`closed after ${JSON.stringify(answer)}`);
+          else if (!failed && now() >= start && now() <= end) count++;
+          resolve();
+        });
+      });
+    const loop = async () => {
+      while (now() < end) await one();
+    };
+    await Promise.all(Array.from({ length: concurrency }, loop));
+    return { count, errors: errors.length, firstErrors: [...new Set(errors)].slice(0, 3), seen: [...seen], fingerprint };
+  },
+
+  /** Opens `n` idle connections (each got the backend's OK, so the whole path is up), 100 at a time. */
+  async idleOpen({ port, n }) {
+    let errors = 0;
+    let firstError;
+    for (let i = 0; i < n; i += 100) {
+      const batch = Array.from({ length: Math.min(100, n - i) }, () =>
+        open(port, 'IDLE\n', (s) => {
+          s.on('error', () => {});
+          idle.push(s);
+        })
+          .then((s) => new Promise((resolve, reject) => (s.once('data', resolve), s.once('close', () => reject(new Error('closed before OK'))))))
+          .catch((e) => (errors++, (firstError ??= e.message))),
+      );
+      await Promise.all(batch);
+    }
+    return { opened: idle.filter((s) => !s.destroyed).length, errors, firstError };
+  },
+  async idleClose() {
+    await closeAll(idle);
+    idle = [];
+  },
+});

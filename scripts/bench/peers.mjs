@@ -1,0 +1,252 @@
+// The TLS terminators `npm run bench` compares: how to find each one, read its version, start it on loopback with a
+// generated config (same certificate, same backend, TLS 1.3 only, per-connection logging off), read its memory
+// (every process it runs) and stop it. Every process started here is killed on exit, whatever happens.
+import { execFile, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { CLI, ROOT } from '../../dist/testkit/proxy-process.js';
+import { sleep } from './common.mjs';
+
+const run = promisify(execFile);
+const CPUS = os.cpus().length;
+const started = new Set(); // child processes still to kill
+
+function which(names) {
+  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/usr/local/sbin', '/sbin'];
+  for (const name of names)
+    for (const file of name.startsWith('/') ? [name] : dirs.map((d) => path.join(d, name))) {
+      try {
+        fs.accessSync(file, fs.constants.X_OK);
+        return file;
+      } catch {
+        /* not here */
+      }
+    }
+  return undefined;
+}
+
+async function output(bin, args) {
+  try {
+    const { stdout, stderr } = await run(bin, args, { timeout: 10_000 });
+    return stdout + stderr;
+  } catch (e) {
+    return `${e.stdout ?? ''}${e.stderr ?? ''}`; // stunnel4 -version exits non-zero
+  }
+}
+
+export const PEERS = [
+  {
+    name: 'haproxy',
+    bins: ['haproxy'],
+    model: `${CPUS} threads (nbthread default)`,
+    version: async (bin) => /version (\S+)/i.exec(await output(bin, ['-v']))?.[1],
+    command({ bin, dir, port, backendPort, pem }) {
+      const cfg = path.join(dir, 'haproxy.cfg');
+      // No maxconn: haproxy derives it from ulimit -n (it cannot raise its hard limit here).
+      fs.writeFileSync(
+        cfg,
+        `defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend tls
+  bind 127.0.0.1:${port} ssl crt ${pem} ssl-min-ver TLSv1.3
+  default_backend plain
+backend plain
+  server b 127.0.0.1:${backendPort}
+`,
+      );
+      return [bin, ['-db', '-f', cfg]];
+    },
+  },
+  {
+    name: 'stunnel',
+    bins: ['stunnel4', 'stunnel'],
+    model: 'a thread per connection',
+    version: async (bin) => /stunnel (\S+)/.exec(await output(bin, ['-version']))?.[1],
+    command({ bin, dir, port, backendPort, pem }) {
+      const cfg = path.join(dir, 'stunnel.conf');
+      fs.writeFileSync(
+        cfg,
+        `foreground = yes
+pid =
+syslog = no
+debug = 3
+[tls]
+accept = 127.0.0.1:${port}
+connect = 127.0.0.1:${backendPort}
+cert = ${pem}
+sslVersionMin = TLSv1.3
+`,
+      );
+      return [bin, [cfg]];
+    },
+  },
+  {
+    name: 'hitch',
+    bins: ['hitch'],
+    model: `${CPUS} worker processes (one per CPU)`,
+    version: async (bin) => /hitch (\S+)/.exec(await output(bin, ['--version']))?.[1],
+    command({ bin, dir, port, backendPort, pem }) {
+      const cfg = path.join(dir, 'hitch.conf');
+      // backlog: hitch's default of 100 overflows while the idle test opens 100 connections at once.
+      fs.writeFileSync(
+        cfg,
+        `frontend = "[127.0.0.1]:${port}"
+backend = "[127.0.0.1]:${backendPort}"
+pem-file = "${pem}"
+tls-protos = TLSv1.3
+workers = ${CPUS}
+backlog = 1024
+daemon = off
+log-level = 1
+`,
+      );
+      return [bin, ['--config', cfg]];
+    },
+  },
+  {
+    name: 'ironsocket',
+    bins: [process.execPath],
+    model: 'handshake thread + relay worker thread',
+    async version() {
+      const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version;
+      const commit = (await output('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'])).trim();
+      return /^[0-9a-f]+$/.test(commit) ? `${pkg} @ ${commit}` : pkg;
+    },
+    command({ bin, dir, port, backendPort, certFile, keyFile, ktls }) {
+      const admin = path.join(dir, 'ironsocket-admin.sock');
+      const args = ['run', '--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${backendPort}`, '--cert', certFile, '--key', keyFile];
+      args.push('--admin-socket', admin, '--ktls', ktls, '--log-level', 'warn');
+      return [bin, [CLI, ...args], { IRONSOCKET_STATE_DIR: path.join(dir, 'ironsocket-state') }, admin];
+    },
+  },
+];
+
+export const findBin = (peer) => which(peer.bins);
+
+/** Connection modes of a running Iron Socket ({kernel: n, user: m}), from `status --json`. */
+export async function ironsocketModes(admin) {
+  const { stdout } = await run(process.execPath, [CLI, 'status', '--json', '--admin-socket', admin]);
+  const modes = {};
+  for (const c of JSON.parse(stdout).connections) modes[c.mode] = (modes[c.mode] ?? 0) + 1;
+  return modes;
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer().once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+const accepts = (port) =>
+  new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.once('connect', () => (s.destroy(), resolve(true)));
+    s.once('error', () => resolve(false));
+  });
+
+/** All descendants of `pid` (hitch forks workers; listed before any kill, as orphans get reparented). */
+function descendants(pid) {
+  const kids = new Map();
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      kids.set(ppid, [...(kids.get(ppid) ?? []), Number(name)]);
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  const out = [];
+  for (const todo = [pid]; todo.length;) for (const k of kids.get(todo.pop()) ?? []) (out.push(k), todo.push(k));
+  return out;
+}
+
+/** A pid with its start time, so that a kill never reaches a later process that reused the number. */
+function identify(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return { pid, start: stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] };
+  } catch {
+    return undefined;
+  }
+}
+
+function kill(procs, signal) {
+  for (const p of procs) {
+    if (p && identify(p.pid)?.start === p.start) {
+      try {
+        process.kill(p.pid, signal);
+      } catch {
+        /* already gone */
+      }
+    }
+  }
+}
+
+const tree = (child) => [child.pid, ...descendants(child.pid)].map(identify);
+const killTree = (child) => kill(tree(child), 'SIGKILL');
+
+/** Synchronous, for process 'exit': kills whatever peer is still running. */
+export function killAllPeers() {
+  for (const child of started) killTree(child);
+  started.clear();
+}
+
+/** Starts `peer` and resolves once its port accepts; throws with its output if it exits or never listens. */
+export async function startPeer(peer, ctx) {
+  const port = await freePort();
+  const [cmd, args, env, admin] = peer.command({ ...ctx, port });
+  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  started.add(child);
+  let out = '';
+  const keep = (d) => (out = (out + d).slice(-3000));
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  let exit;
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve((exit = signal ?? `code ${code}`))));
+  const deadline = Date.now() + 15_000;
+  while (!(await accepts(port))) {
+    if (exit || Date.now() > deadline) {
+      killTree(child);
+      started.delete(child);
+      throw new Error(`${exit ? `exited (${exit})` : 'not listening after 15 s'}; its output:\n${out.trim() || '(none)'}`);
+    }
+    await sleep(50);
+  }
+  return {
+    port,
+    admin,
+    /** Resident memory of the peer's processes, KiB (VmRSS of the main pid plus every descendant). */
+    rssKiB() {
+      let kib = 0;
+      for (const pid of [child.pid, ...descendants(child.pid)]) {
+        try {
+          kib += Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+        } catch {
+          /* gone meanwhile */
+        }
+      }
+      return kib;
+    },
+    alive: () => exit === undefined,
+    output: () => out.trim(),
+    async stop() {
+      const procs = tree(child);
+      kill(procs, 'SIGTERM');
+      await Promise.race([exited, sleep(5000)]);
+      kill(procs, 'SIGKILL'); // workers that outlived their parent, or a peer that ignored SIGTERM
+      started.delete(child);
+    },
+  };
+}

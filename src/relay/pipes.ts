@@ -1,0 +1,56 @@
+// A pool of kernel pipes for splice: a connection holds one only while bytes are in it, so idle connections hold none.
+import { errnoName, sys } from '../kernel/libc.js';
+
+export interface Pipe {
+  readonly r: number;
+  readonly w: number;
+}
+
+/** Bytes parked in a pipe on their way out (the destination was full). */
+export interface PipeLoad {
+  pipe: Pipe;
+  len: number;
+}
+
+export class PipePool {
+  private readonly idle: Pipe[] = [];
+
+  /** `keep`: how many empty pipes stay open for reuse. */
+  constructor(private readonly keep = 32) {}
+
+  /** An empty pipe. */
+  take(): Pipe {
+    const p = this.idle.pop();
+    if (p) return p;
+    const [r, w] = sys.pipe();
+    return { r, w };
+  }
+
+  /** Returns a pipe known to be empty. */
+  give(p: Pipe): void {
+    if (this.idle.length < this.keep) this.idle.push(p);
+    else PipePool.close(p);
+  }
+
+  /** Reads out what a pipe holds (a connection leaving this process) and returns the pipe. */
+  drain(load: PipeLoad): Buffer {
+    const out = Buffer.allocUnsafe(load.len);
+    let got = 0;
+    while (got < load.len) {
+      const r = sys.read(load.pipe.r, out.subarray(got), load.len - got);
+      if (r <= 0) throw new Error(`draining a relay pipe: ${r < 0 ? errnoName(-r) : 'empty'} after ${got} of ${load.len} bytes`);
+      got += r;
+    }
+    this.give(load.pipe);
+    return out;
+  }
+
+  static close(p: Pipe): void {
+    sys.close(p.r);
+    sys.close(p.w);
+  }
+
+  close(): void {
+    for (const p of this.idle.splice(0)) PipePool.close(p);
+  }
+}
