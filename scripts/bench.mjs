@@ -25,7 +25,7 @@ const { values: opt } = parseArgs({
 });
 if (!['auto', 'off', 'require'].includes(opt.ktls)) throw new Error(`--ktls: expected auto, off or require, got ${opt.ktls}`);
 const S = opt.quick
-  ? { warmupMs: 300, tputMs: 2000, hsMs: 2000, latMs: 2000, idle: 1000 }
+  ? { warmupMs: 250, tputMs: 1500, hsMs: 1500, latMs: 1500, idle: 1000 }
   : { warmupMs: 1000, tputMs: 10_000, hsMs: 10_000, latMs: 10_000, idle: 5000 };
 const HS_CONCURRENCY = 16;
 const LAT_CONNS = 8;
@@ -59,10 +59,9 @@ if (2 * N + 200 > fdLimit) {
 }
 const perClient = Math.max(100, fdLimit - 200);
 const cpu = `${os.cpus().length} × ${os.cpus()[0]?.model?.trim() ?? 'unknown CPU'}`;
-const machine = `${cpu}, ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, Linux ${os.release()}, Node ${process.version}, load avg ${os
-  .loadavg()
-  .map((l) => l.toFixed(2))
-  .join(' ')} at start`;
+const ktlsHere = fs.existsSync('/proc/net/tls_stat') ? 'kTLS available' : 'no kTLS in this kernel (no /proc/net/tls_stat)';
+const load = os.loadavg().map((l) => l.toFixed(2));
+const machine = `${cpu}, ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, Linux ${os.release()}, ${ktlsHere}, Node ${process.version}, load ${load.join(' ')} at start`;
 const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
 const command =
   process.env.npm_lifecycle_event === 'bench'
@@ -72,46 +71,61 @@ const command =
 // --- measurements ----------------------------------------------------------------------------------------------------
 const broken = []; // things that are wrong, not slow: they make the exit code 1
 
-async function throughput(peer, backend, client, dir, conns) {
+/** One bulk run: `conns` streams in direction `dir`, spread over the client processes; MB/s and the peer's CPU time. */
+async function throughput(peer, backend, clients, dir, conns) {
+  const used = clients.slice(0, Math.min(conns, clients.length));
   await backend('reset');
-  await client('tputOpen', { port: peer.port, dir, conns });
-  await sleep(S.warmupMs);
-  // Counted where the bytes arrive, with that process's own clock.
-  const count = dir === 'up' ? async () => backend('stats').then((st) => ({ bytes: st.upBytes, at: st.at })) : () => client('tputCount');
-  const a = await count();
-  await sleep(S.tputMs);
-  const b = await count();
-  const stop = await client('tputStop');
-  let problem = stop.errors.length ? `connection errors: ${stop.errors.join('; ')}` : stop.badStreams ? `${stop.badStreams} streams had wrong bytes` : '';
-  if (dir === 'up' && !problem) {
-    // Everything written must reach the backend, byte for byte: wait for the proxy to drain.
-    let st;
-    for (let t = 0; t < 200; t++, await sleep(50)) if ((st = await backend('stats')).upBytes >= stop.bytes) break;
-    if (st.upBadStreams) problem = `${st.upBadStreams} streams had wrong bytes at the backend`;
-    else if (st.upBytes !== stop.bytes) problem = `sent ${stop.bytes} bytes, the backend got ${st.upBytes}`;
+  try {
+    await Promise.all(used.map((c, i) => c('tputOpen', { port: peer.port, dir, conns: Math.floor(conns / used.length) + (i < conns % used.length) })));
+    await sleep(S.warmupMs);
+    // Counted where the bytes arrive, by that process's own clock.
+    const counts = () => (dir === 'up' ? backend('stats').then((st) => [{ bytes: st.upBytes, at: st.at }]) : Promise.all(used.map((c) => c('tputCount'))));
+    const [a, cpuA] = [await counts(), peer.cpuMs()];
+    await sleep(S.tputMs);
+    const [b, cpuB] = [await counts(), peer.cpuMs()];
+    const stops = await Promise.all(used.map((c) => c('tputStop')));
+    const errors = stops.flatMap((st) => st.errors);
+    const bad = stops.reduce((n, st) => n + st.badStreams, 0);
+    let problem = errors.length ? `connection errors: ${errors.join('; ')}` : bad ? `${bad} streams had wrong bytes` : '';
+    if (dir === 'up' && !problem) {
+      // Everything written must reach the backend, byte for byte: wait for the proxy to drain.
+      const sent = stops.reduce((n, st) => n + st.bytes, 0);
+      let st;
+      for (let t = 0; t < 200; t++, await sleep(50)) if ((st = await backend('stats')).upBytes >= sent) break;
+      if (st.upBadStreams) problem = `${st.upBadStreams} streams had wrong bytes at the backend`;
+      else if (st.upBytes !== sent) problem = `sent ${sent} bytes, the backend got ${st.upBytes}`;
+    }
+    if (problem) throw new Error(problem);
+    const mb = a.reduce((n, x, i) => n + (b[i].bytes - x.bytes) / 1e6, 0);
+    return { rate: a.reduce((n, x, i) => n + (b[i].bytes - x.bytes) / 1e6 / ((b[i].at - x.at) / 1000), 0), mb, cpuMs: cpuB - cpuA };
+  } finally {
+    await Promise.all(used.map((c) => c('tputClose')));
   }
-  await client('tputClose');
-  if (problem) throw new Error(problem);
-  return (b.bytes - a.bytes) / ((b.at - a.at) / 1000) / 1e6;
 }
 
 async function idleMemory(peer, clients, ironsocket) {
   const before = peer.rssKiB();
   const share = Math.ceil(N / clients.length);
-  const opened = await Promise.all(clients.map((c, i) => c('idleOpen', { port: peer.port, n: Math.max(0, Math.min(share, N - i * share)) })));
-  await sleep(1000);
-  const after = peer.rssKiB();
-  const modes = ironsocket ? await ironsocketModes(peer.admin) : undefined;
-  await Promise.all(clients.map((c) => c('idleClose')));
-  const open = opened.reduce((n, o) => n + o.opened, 0);
-  if (open !== N) throw new Error(`only ${open} of ${N} idle connections opened (${opened.find((o) => o.firstError)?.firstError})`);
-  return { kib: (after - before) / N, before, after, modes };
+  try {
+    const opened = await Promise.all(clients.map((c, i) => c('idleOpen', { port: peer.port, n: Math.max(0, Math.min(share, N - i * share)) })));
+    const open = opened.reduce((n, o) => n + o.opened, 0);
+    if (open !== N) throw new Error(`only ${open} of ${N} idle connections opened (${opened.find((o) => o.firstError)?.firstError})`);
+    await sleep(1000);
+    const after = peer.rssKiB();
+    return { kib: (after - before) / N, before, after, modes: ironsocket ? await ironsocketModes(peer.admin) : undefined };
+  } finally {
+    await Promise.all(clients.map((c) => c('idleClose')));
+  }
 }
 
 async function measurePeer(peer, backend, clients, ironsocket) {
   const r = {};
+  const bulk = [];
   const step = async (what, fn) => {
-    if (!peer.alive()) throw new Error(`it exited; its output:\n${peer.output()}`);
+    if (!peer.alive()) {
+      if (!r.died) broken.push(`${peer.name} exited during the run; its output:\n${peer.output()}`);
+      return void (r.died = true);
+    }
     const t = Date.now();
     try {
       await fn();
@@ -145,9 +159,18 @@ async function measurePeer(peer, backend, clients, ironsocket) {
     r.p99 = l.p99;
   });
   await step('handshakes', async () => {
-    const h = await clients[0]('handshakes', { port: peer.port, concurrency: HS_CONCURRENCY, warmupMs: S.warmupMs, ms: S.hsMs });
-    r.hs = h.count / (S.hsMs / 1000);
-    if (h.errors) throw new Error(`${h.errors} of ${h.count + h.errors} handshakes failed: ${h.firstErrors.join('; ')}`);
+    const concurrency = HS_CONCURRENCY / clients.length;
+    const all = Promise.all(clients.map((c) => c('handshakes', { port: peer.port, concurrency, warmupMs: S.warmupMs, ms: S.hsMs })));
+    await sleep(S.warmupMs);
+    const cpuA = peer.cpuMs();
+    await sleep(S.hsMs);
+    const cpuB = peer.cpuMs();
+    const hs = await all;
+    const count = hs.reduce((n, h) => n + h.count, 0);
+    const errors = hs.reduce((n, h) => n + h.errors, 0);
+    r.hs = count / (S.hsMs / 1000);
+    r.hsCpu = (cpuB - cpuA) / count;
+    if (errors) throw new Error(`${errors} of ${count + errors} handshakes failed: ${hs.flatMap((h) => h.firstErrors).join('; ')}`);
   });
   for (const [key, dir, conns] of [
     ['up1', 'up', 1],
@@ -155,7 +178,12 @@ async function measurePeer(peer, backend, clients, ironsocket) {
     ['down1', 'down', 1],
     ['down32', 'down', 32],
   ])
-    await step(`throughput ${dir}, ${conns} conn`, async () => (r[key] = await throughput(peer, backend, clients[0], dir, conns)));
+    await step(`throughput ${dir}, ${conns} conn`, async () => {
+      const t = await throughput(peer, backend, clients, dir, conns);
+      r[key] = t.rate;
+      bulk.push(t);
+    });
+  if (bulk.length === 4) r.bulkCpu = bulk.reduce((n, t) => n + t.cpuMs, 0) / bulk.reduce((n, t) => n + t.mb, 0);
   return r;
 }
 
@@ -165,7 +193,9 @@ const METRICS = [
   ['up32', 'MB/s up, 32 conns (higher is better)', 1],
   ['down1', 'MB/s down, 1 conn (higher is better)', 1],
   ['down32', 'MB/s down, 32 conns (higher is better)', 1],
+  ['bulkCpu', 'proxy CPU ms per MB, 4 bulk runs (lower is better)', 2],
   ['hs', `full TLS 1.3 handshakes/s, ${HS_CONCURRENCY} connectors (higher is better)`, 0],
+  ['hsCpu', 'proxy CPU ms per handshake (lower is better)', 3],
   ['p50', `1 KiB echo p50 ms, ${LAT_CONNS} conns (lower is better)`, 3],
   ['p99', `1 KiB echo p99 ms, ${LAT_CONNS} conns (lower is better)`, 3],
   ['mem', `KiB RSS per idle conn, N=${N} (lower is better)`, 1],
@@ -182,7 +212,8 @@ fs.writeFileSync(pem, fs.readFileSync(certFile, 'utf8') + fs.readFileSync(keyFil
 const FINGERPRINT = new crypto.X509Certificate(fs.readFileSync(certFile)).fingerprint256;
 const backend = forkChild('backend.mjs', 'backend');
 const backendPort = await backend('port');
-const clients = Array.from({ length: Math.ceil(N / perClient) }, (_, i) => forkChild('client.mjs', `client ${i}`));
+// One client process per CPU (a node:tls client needs about as much CPU per handshake as the proxy), more if fds run short.
+const clients = Array.from({ length: Math.max(os.cpus().length, Math.ceil(N / perClient)) }, (_, i) => forkChild('client.mjs', `client ${i}`));
 
 const results = {};
 const about = [];
@@ -204,15 +235,7 @@ for (const def of PEERS.filter((p) => wanted.includes(p.name))) {
     about.push(`${def.name} ${version}: failed to start`);
     continue;
   }
-  try {
-    results[def.name] = await measurePeer(peer, backend, clients, def.name === 'ironsocket');
-  } catch (e) {
-    broken.push(`${def.name}: ${e.message}`);
-    results[def.name] = 'died';
-  } finally {
-    await peer.stop();
-  }
-  const r = typeof results[def.name] === 'object' ? results[def.name] : {};
+  const r = (results[def.name] = await measurePeer(peer, backend, clients, def.name === 'ironsocket').finally(() => peer.stop()));
   const extra = [def.name === 'ironsocket' && `--ktls ${opt.ktls}, connections: ${r.modes ?? '?'}`, r.tls, r.rss && `RSS ${r.rss} with the idle connections`];
   about.push(`${def.name} ${version ?? '(version unknown)'}: ${def.model}; ${extra.filter(Boolean).join('; ')}`);
 }
@@ -222,7 +245,7 @@ const names = Object.keys(results);
 const cell = (name, key, digits) => {
   const r = results[name];
   if (typeof r === 'string') return r;
-  return r[key] === undefined ? 'error' : Number(r[key].toFixed(digits));
+  return r[key] === undefined ? (r.died ? 'died' : 'error') : Number(r[key].toFixed(digits));
 };
 const figures = Object.fromEntries(METRICS.map(([key, label, d]) => [label, Object.fromEntries(names.map((n) => [n, cell(n, key, d)]))]));
 const ratios = Object.fromEntries(
@@ -231,7 +254,8 @@ const ratios = Object.fromEntries(
     Object.fromEntries(
       names.map((n) => {
         const base = results.haproxy?.[key];
-        const v = results[n]?.[key];
+        const v = results[n][key];
+        if (typeof results[n] === 'string') return [n, results[n]];
         return [n, typeof v === 'number' && typeof base === 'number' && base > 0 ? Number((v / base).toFixed(2)) : 'n/a'];
       }),
     ),
@@ -239,7 +263,9 @@ const ratios = Object.fromEntries(
 );
 notes.push(
   'client (node:tls, TLS 1.3 only, no session resumption), backend and proxy are separate processes sharing this machine: figures are relative, not a proxy in isolation',
+  `${clients.length} client processes; 1-connection runs and latency use one, 32-connection runs and handshakes are spread over all`,
   'up = client → backend, down = backend → client; MB = 10^6 bytes; every byte is checked against a known pattern',
+  "proxy CPU = user + system time of all the peer's processes during the measured window: less noisy than rates when the client is the bottleneck",
   'handshakes: each connection is connect → full handshake → 1 request → close; latency: each connection sends 1 KiB and waits for its echo, back-to-back',
   "memory: growth of VmRSS summed over all of the peer's processes, with N idle connections open through it to the backend, divided by N",
   'per-connection logging is off for every peer (haproxy: no log, stunnel: debug = 3, hitch: log-level = 1, ironsocket: --log-level warn)',

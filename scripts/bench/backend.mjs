@@ -30,11 +30,16 @@ function down(s) {
     while (!closed) {
       const ok = s.write(patternAt(off, CHUNK));
       off += CHUNK;
-      if (!ok) return void s.once('drain', pump);
+      if (!ok) return void s.once('drain', () => setImmediate(pump)); // a synchronous drain would starve IPC
     }
   };
   pump();
 }
+
+const reject = (s) => {
+  stats.badHeaders++;
+  s.destroy();
+};
 
 const server = net.createServer((s) => {
   stats.open++;
@@ -46,7 +51,7 @@ const server = net.createServer((s) => {
     head = Buffer.concat([head, d]);
     const nl = head.indexOf(10);
     if (nl < 0) {
-      if (head.length > 64) (stats.badHeaders++, s.destroy());
+      if (head.length > 64) reject(s);
       return;
     }
     s.off('data', onHead);
@@ -59,7 +64,7 @@ const server = net.createServer((s) => {
       s.on('data', (x) => s.write(x));
     } else if (kind === 'HS') s.end('OK\n');
     else if (kind === 'IDLE') s.write('OK\n');
-    else (stats.badHeaders++, s.destroy());
+    else reject(s);
   };
   s.on('data', onHead);
 });

@@ -3,7 +3,7 @@
 import tls from 'node:tls';
 import { matchesPattern, now, patternAt, serve } from './common.mjs';
 
-const OPTIONS = { host: '127.0.0.1', rejectUnauthorized: false, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', session: undefined };
+const OPTIONS = { host: '127.0.0.1', noDelay: true, rejectUnauthorized: false, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', session: undefined };
 const CHUNK = 64 * 1024;
 
 /** A TLS connection that has sent `header`; `setup(s)` runs before any data can arrive. */
@@ -39,19 +39,23 @@ serve({
   async tputOpen({ port, dir, conns }) {
     const r = (run = { dir, socks: [], bytes: 0, badStreams: 0, errors: [], stopped: false });
     const setup = (s) => {
+      r.socks.push(s);
       s.on('error', (e) => r.errors.push(e.message));
       s.on('close', () => r.stopped || r.errors.push('connection closed during the run'));
       if (dir === 'down') {
         let off = 0;
         let bad = false;
         s.on('data', (d) => {
-          if (!bad && !matchesPattern(d, off)) ((bad = true), r.badStreams++);
+          if (!bad && !matchesPattern(d, off)) {
+            bad = true;
+            r.badStreams++;
+          }
           off += d.length;
           r.bytes += d.length;
         });
       }
     };
-    r.socks = await Promise.all(Array.from({ length: conns }, () => open(port, dir === 'up' ? 'UP\n' : 'DOWN\n', setup)));
+    await Promise.all(Array.from({ length: conns }, () => open(port, dir === 'up' ? 'UP\n' : 'DOWN\n', setup)));
     if (dir === 'up')
       for (const s of r.socks) {
         let off = 0;
@@ -60,7 +64,7 @@ serve({
             const ok = s.write(patternAt(off, CHUNK));
             off += CHUNK;
             r.bytes += CHUNK;
-            if (!ok) return void s.once('drain', pump);
+            if (!ok) return void s.once('drain', () => setImmediate(pump)); // let IPC in between
           }
         };
         pump();
@@ -72,7 +76,7 @@ serve({
     run.stopped = true;
     return { bytes: run.bytes, badStreams: run.badStreams, errors: run.errors.slice(0, 3) };
   },
-  tputClose: () => closeAll(run.socks),
+  tputClose: () => closeAll(run?.socks ?? []),
 
   /** `conns` connections each doing 1 KiB request → 1 KiB echo back-to-back; round trips after the warm-up count. */
   async latency({ port, conns, warmupMs, ms }) {
@@ -124,20 +128,24 @@ serve({
     const errors = [];
     const seen = new Set();
     let fingerprint;
+    let checked = 0; // what was negotiated, on the first few only: reading it costs the client CPU
     const one = () =>
       new Promise((resolve) => {
         const s = tls.connect({ ...OPTIONS, port });
         let answer = '';
         let failed = false;
         const fail = (why) => {
-          if (!failed) ((failed = true), errors.push(why));
+          if (!failed) errors.push(why);
+          failed = true;
           s.destroy();
         };
         const timer = setTimeout(() => fail('no answer within 5 s'), 5000);
         s.once('secureConnect', () => {
-          const eph = s.getEphemeralKeyInfo();
-          seen.add(`${s.getProtocol()} ${s.getCipher().standardName} ${eph?.name ?? eph?.type ?? ''}`.trim());
-          fingerprint ??= s.getPeerCertificate().fingerprint256;
+          if (checked++ < 20) {
+            const eph = s.getEphemeralKeyInfo();
+            seen.add(`${s.getProtocol()} ${s.getCipher().standardName} ${eph?.name ?? eph?.type ?? ''}`.trim());
+            fingerprint ??= s.getPeerCertificate().fingerprint256;
+          }
           s.write('HS\n');
         });
         s.on('data', (d) => {
@@ -163,17 +171,22 @@ serve({
   async idleOpen({ port, n }) {
     let errors = 0;
     let firstError;
-    for (let i = 0; i < n; i += 100) {
-      const batch = Array.from({ length: Math.min(100, n - i) }, () =>
-        open(port, 'IDLE\n', (s) => {
+    const one = async () => {
+      try {
+        const s = await open(port, 'IDLE\n', (s) => {
           s.on('error', () => {});
           idle.push(s);
-        })
-          .then((s) => new Promise((resolve, reject) => (s.once('data', resolve), s.once('close', () => reject(new Error('closed before OK'))))))
-          .catch((e) => (errors++, (firstError ??= e.message))),
-      );
-      await Promise.all(batch);
-    }
+        });
+        await new Promise((resolve, reject) => {
+          s.once('data', resolve);
+          s.once('close', () => reject(new Error('closed before the backend answered')));
+        });
+      } catch (e) {
+        errors++;
+        firstError ??= e.message;
+      }
+    };
+    for (let i = 0; i < n; i += 100) await Promise.all(Array.from({ length: Math.min(100, n - i) }, one));
     return { opened: idle.filter((s) => !s.destroyed).length, errors, firstError };
   },
   async idleClose() {

@@ -1,7 +1,7 @@
 // The TLS terminators `npm run bench` compares: how to find each one, read its version, start it on loopback with a
 // generated config (same certificate, same backend, TLS 1.3 only, per-connection logging off), read its memory
 // (every process it runs) and stop it. Every process started here is killed on exit, whatever happens.
-import { execFile, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -11,6 +11,7 @@ import { CLI, ROOT } from '../../dist/testkit/proxy-process.js';
 import { sleep } from './common.mjs';
 
 const run = promisify(execFile);
+const TICK_MS = 1000 / Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }));
 const CPUS = os.cpus().length;
 const started = new Set(); // child processes still to kill
 
@@ -36,6 +37,9 @@ async function output(bin, args) {
     return `${e.stdout ?? ''}${e.stderr ?? ''}`; // stunnel4 -version exits non-zero
   }
 }
+
+// hitch refuses to run its workers as root: give it the Debian package's account, or nobody.
+const hitchUser = () => (/^_hitch:/m.test(fs.readFileSync('/etc/passwd', 'utf8')) ? '_hitch' : 'nobody');
 
 export const PEERS = [
   {
@@ -104,7 +108,7 @@ workers = ${CPUS}
 backlog = 1024
 daemon = off
 log-level = 1
-`,
+${process.getuid() === 0 ? `user = "${hitchUser()}"\n` : ''}`,
       );
       return [bin, ['--config', cfg]];
     },
@@ -131,7 +135,7 @@ export const findBin = (peer) => which(peer.bins);
 
 /** Connection modes of a running Iron Socket ({kernel: n, user: m}), from `status --json`. */
 export async function ironsocketModes(admin) {
-  const { stdout } = await run(process.execPath, [CLI, 'status', '--json', '--admin-socket', admin]);
+  const { stdout } = await run(process.execPath, [CLI, 'status', '--json', '--admin-socket', admin], { maxBuffer: 256 << 20 });
   const modes = {};
   for (const c of JSON.parse(stdout).connections) modes[c.mode] = (modes[c.mode] ?? 0) + 1;
   return modes;
@@ -238,6 +242,20 @@ export async function startPeer(peer, ctx) {
         }
       }
       return kib;
+    },
+    /** CPU time (user + system) the peer's processes have used so far, ms. */
+    cpuMs() {
+      let ticks = 0;
+      for (const pid of [child.pid, ...descendants(child.pid)]) {
+        try {
+          const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+          const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+          ticks += Number(f[11]) + Number(f[12]); // utime, stime: all threads
+        } catch {
+          /* gone meanwhile */
+        }
+      }
+      return ticks * TICK_MS;
     },
     alive: () => exit === undefined,
     output: () => out.trim(),

@@ -31,6 +31,7 @@ const CONFIG_OPTIONS = {
   ktls: { type: 'string' },
   'admin-socket': { type: 'string' },
   'log-level': { type: 'string' },
+  workers: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];
 
@@ -56,6 +57,7 @@ const CONFIG_FLAGS_HELP = `  -c, --config FILE        TOML config file (flags ov
       --ktls MODE          auto (default: use kernel TLS when possible), require (refuse to start without it), off
       --admin-socket PATH  admin Unix socket (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
       --log-level LEVEL    trace, debug, info (default), warn, error, fatal, silent
+      --workers N          relay worker threads (default: one per CPU)
   -h, --help               show this help`;
 
 const HELP: Record<Topic | 'main', string> = {
@@ -159,6 +161,7 @@ export function parseCli(argv: string[]): Command {
   set('ktls', v.ktls);
   set('adminSocket', v['admin-socket']);
   set('logLevel', v['log-level']);
+  set('workers', v.workers);
   return { kind: first, config: v.config, flags };
 }
 

@@ -11,6 +11,7 @@ const Connection = z.object({
   bytesIn: z.number(),
   bytesOut: z.number(),
   ageMs: z.number(),
+  worker: z.number().optional(),
 });
 
 /** What `status` needs from the snapshot (a StatusSnapshot fits it; --json prints the raw answer instead). */

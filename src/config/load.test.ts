@@ -1,4 +1,5 @@
 // Checks how defaults, the config file and flags combine into a ProxyConfig, and the cert/key check.
+import { availableParallelism } from 'node:os';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -45,6 +46,7 @@ describe('loadConfig', () => {
     assert.equal(c.idleTimeoutMs, 0);
     assert.equal(c.maxConnections, 10_000);
     assert.equal(c.logLevel, 'info');
+    assert.equal(c.workers, availableParallelism());
     assert.equal(c.certFile, join(dir, 'state', 'localhost', 'cert.pem'));
     assert.equal(c.keyFile, join(dir, 'state', 'localhost', 'key.pem'));
   });
@@ -58,6 +60,7 @@ cert = "certs/c.pem"
 key = "/abs/k.pem"
 ktls = "require"
 admin_socket = "run/a.sock"
+workers = 3
 [timeouts]
 handshake = "500ms"
 backend_connect = "2s"
@@ -81,13 +84,15 @@ level = "debug"
       idleTimeoutMs: 300_000,
       maxConnections: 42,
       logLevel: 'debug',
+      workers: 3,
     });
   });
 
   it('lets flags override file values, which override defaults', async () => {
     const file = await writeConfig('partial.toml', 'listen = "0.0.0.0:443"\nbackend = "10.0.0.2:80"\nktls = "off"\n');
-    const c = await loadConfig({ file, flags: { listen: '[::]:8443', logLevel: 'warn' }, env });
+    const c = await loadConfig({ file, flags: { listen: '[::]:8443', logLevel: 'warn', workers: '5' }, env });
     assert.deepEqual(c.listen, { host: '::', port: 8443 });
+    assert.equal(c.workers, 5);
     assert.deepEqual(c.backend, { host: '10.0.0.2', port: 80 });
     assert.equal(c.ktls, 'off');
     assert.equal(c.logLevel, 'warn');
@@ -102,11 +107,12 @@ level = "debug"
 
   it('names the flag in flag errors and the file in file errors', async () => {
     const file = await writeConfig('bad.toml', 'listen = "foo"\n');
-    const p = await configProblems(loadConfig({ file, flags: { backend: 'nope', ktls: 'sometimes' }, env }));
+    const p = await configProblems(loadConfig({ file, flags: { backend: 'nope', ktls: 'sometimes', workers: '0' }, env }));
     assert.deepEqual(p, [
       `${file}: listen: expected "HOST:PORT", got "foo"`,
       '--backend: expected "HOST:PORT", got "nope"',
       '--ktls: expected one of "auto", "require", "off", got "sometimes"',
+      '--workers: expected a number of at least 1, got 0',
     ]);
   });
 

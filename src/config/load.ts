@@ -1,7 +1,7 @@
 // Merges defaults, the TOML config file and CLI flags into the one ProxyConfig the proxy runs with.
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { parse as parseToml, TomlError } from 'smol-toml';
@@ -19,6 +19,7 @@ export interface ConfigFlags {
   ktls?: string;
   adminSocket?: string;
   logLevel?: string;
+  workers?: string;
 }
 
 export interface LoadOptions {
@@ -70,6 +71,7 @@ const FLAG_NAMES: Record<keyof ConfigFlags, string> = {
   ktls: '--ktls',
   adminSocket: '--admin-socket',
   logLevel: '--log-level',
+  workers: '--workers',
 };
 
 /** Reads and validates the config file; throws ConfigError with `FILE: key: ...` messages. */
@@ -126,6 +128,7 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
   const listen = flag('listen') ?? file.listen ?? { ...DEFAULTS.listen };
   const backend = flag('backend') ?? file.backend ?? { ...DEFAULTS.backend };
   const ktls = flag('ktls') ?? file.ktls ?? DEFAULTS.ktls;
+  const workers = flag('workers') ?? file.workers ?? availableParallelism();
   const logLevel = flag('logLevel') ?? file.log?.level ?? DEFAULTS.logLevel;
   const certFlag = flag('cert');
   const keyFlag = flag('key');
@@ -172,6 +175,7 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
     idleTimeoutMs: file.timeouts?.idle ?? DEFAULTS.idleTimeoutMs,
     maxConnections: file.limits?.max_connections ?? DEFAULTS.maxConnections,
     logLevel,
+    workers,
   };
   return { config, certSource, file: opts.file };
 }

@@ -69,7 +69,7 @@ describe('file schema messages', () => {
   it('reports unknown keys at any level with the keys allowed there', () => {
     const p = problems({ lisen: 'x', log: { lvl: 'info' } });
     assert.ok(
-      p.includes('config.toml: lisen: unknown key (allowed here: listen, backend, cert, key, ktls, admin_socket, timeouts, limits, log)'),
+      p.includes('config.toml: lisen: unknown key (allowed here: listen, backend, cert, key, ktls, admin_socket, workers, timeouts, limits, log)'),
       p.join('\n'),
     );
     assert.ok(p.includes('config.toml: log.lvl: unknown key (allowed here: level)'), p.join('\n'));

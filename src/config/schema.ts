@@ -108,6 +108,11 @@ export const fields = {
   idle: durationSchema(true),
   maxConnections: z.int({ error: 'expected a whole number' }).min(1, { error: 'expected a number of at least 1' }),
   logLevel: z.enum(LOG_LEVELS),
+  // Flags arrive as strings; the file gives numbers.
+  workers: z.preprocess(
+    (v) => (typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v),
+    z.int({ error: 'expected a whole number' }).min(1, { error: 'expected a number of at least 1' }).max(256, { error: 'expected at most 256' }),
+  ),
 };
 
 /** The config file: flat keys plus [timeouts], [limits] and [log] tables; unknown keys are errors. */
@@ -118,6 +123,7 @@ export const FileSchema = z.strictObject({
   key: fields.key.optional(),
   ktls: fields.ktls.optional(),
   admin_socket: fields.adminSocket.optional(),
+  workers: fields.workers.optional(),
   timeouts: z
     .strictObject({
       handshake: fields.handshake.optional(),

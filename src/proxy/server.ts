@@ -157,6 +157,7 @@ export class ProxyServer {
       lastUpgrade: this.lastUpgrade,
       ktls: { ...this.deps.support, policy: this.deps.config.ktls },
       listeners: this.listeners.map((l) => ({ address: l.address, backend: formatEndpoint(this.deps.backend) })),
+      workers: this.deps.relay.shardCount,
       connections: [...this.live.values()].map((c) => ({
         id: c.id,
         client: c.client,
@@ -167,6 +168,7 @@ export class ProxyServer {
         bytesIn: stats.get(c.id)?.bytesIn ?? 0,
         bytesOut: stats.get(c.id)?.bytesOut ?? 0,
         ageMs: now - c.startedAt,
+        worker: stats.get(c.id)?.worker,
       })),
       counters: { ...this.counters, connections_live: this.live.size, handshakes_in_progress: this.inFlight.size, relay_stats_unavailable: relayed ? 0 : 1 },
     };

@@ -79,7 +79,7 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   const backend = await resolveEndpoint(config.backend);
   const listenAt = await resolveEndpoint(config.listen);
   const poller = new Poller();
-  const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs, workerUrl: RELAY_WORKER });
+  const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs, workerUrl: RELAY_WORKER, shards: config.workers });
   const server = new ProxyServer({ config, logger: log, poller, relay, secureContext, backend, probe, support, kernelSuites });
   server.pauseAccepting();
 

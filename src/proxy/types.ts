@@ -16,6 +16,8 @@ export interface ProxyConfig {
   /** 0 disables the idle timeout. */
   idleTimeoutMs: number;
   maxConnections: number;
+  /** Relay worker threads (connections are spread over them); default: one per CPU. */
+  workers: number;
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 }
 
@@ -45,6 +47,8 @@ export interface ConnectionStatus {
   /** Plaintext bytes received from the backend (and sent to the client). */
   bytesOut: number;
   ageMs: number;
+  /** The relay worker carrying it (0-based), when it answered. */
+  worker?: number;
 }
 
 export interface ListenerStatus {
@@ -58,6 +62,8 @@ export interface StatusSnapshot {
   startedAt: string;
   ktls: KtlsSupport & { policy: KtlsPolicy };
   listeners: ListenerStatus[];
+  /** Relay worker threads. */
+  workers?: number;
   connections: ConnectionStatus[];
   counters: Record<string, number>;
   /** 1 for the first image, +1 for every in-place upgrade. */

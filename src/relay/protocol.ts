@@ -30,9 +30,9 @@ export interface CarriedPair {
 export type ToWorker =
   | { op: 'add'; info: PairInfo; clientFd: number; backendFd: number; user?: UserState; restored?: PairSnapshot }
   /** Move every connection to the upgrade bridge on the other end of linkFd, batch by batch. */
-  | { op: 'migrate'; seq: number; linkFd: number; idleTimeoutMs: number }
-  /** Take every connection back from the upgrade bridge (the exec did not happen). */
-  | { op: 'reclaim'; seq: number; linkFd: number }
+  | { op: 'migrate'; seq: number; linkFd: number; idleTimeoutMs: number; bridgeReady: boolean }
+  /** Take up to `max` connections back from the upgrade bridge. */
+  | { op: 'reclaim'; seq: number; linkFd: number; max: number }
   | { op: 'configure'; idleTimeoutMs: number }
   | { op: 'stats'; seq: number }
   | { op: 'stop' };
@@ -42,6 +42,8 @@ export interface PairStats {
   bytesIn: number;
   bytesOut: number;
   lastActivity: number;
+  /** Which relay worker reported it (set by the main-thread pool). */
+  worker?: number;
 }
 
 /** A connection that ended while another process (the upgrade bridge) was relaying it. */
@@ -55,6 +57,8 @@ export interface ClosedElsewhere {
 export interface Reclaimed {
   /** Set when the bridge could not hand everything back (what did come back is listed). */
   error?: string;
+  /** The bridge has nothing left (it exits now). */
+  bridgeDone: boolean;
   connections: PairInfo[];
   failed: { id: string; reason: string }[];
   closed: ClosedElsewhere[];

@@ -1,154 +1,85 @@
-// Main-thread handle on the relay worker: hands it established connections, asks for counters, hears about closes.
+// The data plane as the rest of the proxy sees it: several relay workers (shards), new connections to the least loaded one.
 import { EventEmitter } from 'node:events';
-import { Worker } from 'node:worker_threads';
-import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
 import type { PairInfo, PairSnapshot } from './pair.js';
-import type { FromWorker, PairStats, Reclaimed, ToWorker, UserState, WorkerInit } from './protocol.js';
+import type { PairStats, Reclaimed, UserState } from './protocol.js';
+import { Shard, type RelayEvents } from './shard.js';
 
-export interface RelayEvents {
-  closed: [msg: Extract<FromWorker, { op: 'closed' }>];
-  log: [msg: Extract<FromWorker, { op: 'log' }>];
-  error: [err: Error];
+export interface Migrated {
+  moved: number;
+  intoBridgeMs: number;
+  error?: string;
 }
 
 export class Relay extends EventEmitter<RelayEvents> {
-  private readonly worker: Worker;
-  private readonly wakeFd = sys.eventfd(EFD_NONBLOCK | EFD_CLOEXEC);
-  private readonly one = Buffer.alloc(8);
-  private seq = 0;
-  private readonly waiting = new Map<number, (s: PairStats[]) => void>();
-  private readonly migrateWaiters = new Map<number, (m: Extract<FromWorker, { op: 'migrated' }>) => void>();
-  private readonly reclaimWaiters = new Map<number, (r: Reclaimed) => void>();
-  private reclaiming = 0;
-  private readonly closedWhileReclaiming = new Set<string>();
-  private stopped: Promise<void> | undefined;
-  private live = 0;
+  private readonly shards: Shard[];
 
-  /** `workerUrl` is the worker entry: a RelayLoop plus whatever the caller layers on it (upgrades). */
-  constructor(opts: { idleTimeoutMs: number; workerUrl: URL }) {
+  /** `shards` relay workers, each an epoll loop on its own thread; `workerUrl` is their entry module. */
+  constructor(opts: { idleTimeoutMs: number; workerUrl: URL; shards: number }) {
     super();
-    this.one.writeBigUInt64LE(1n);
-    const init: WorkerInit = { wakeFd: this.wakeFd, idleTimeoutMs: opts.idleTimeoutMs };
-    this.worker = new Worker(opts.workerUrl, { workerData: init });
-    this.worker.on('message', (m: FromWorker) => this.onMessage(m));
-    this.worker.on('error', (e) => this.emit('error', e));
-  }
-
-  get connections(): number {
-    return this.live;
-  }
-
-  private post(msg: ToWorker): void {
-    this.worker.postMessage(msg);
-    sys.write(this.wakeFd, this.one, 8);
-  }
-
-  private onMessage(m: FromWorker): void {
-    switch (m.op) {
-      case 'closed':
-        this.live--;
-        if (this.reclaiming > 0) this.closedWhileReclaiming.add(m.id);
-        this.emit('closed', m);
-        break;
-      case 'log':
-        this.emit('log', m);
-        break;
-      case 'stats': {
-        const cb = this.waiting.get(m.seq);
-        this.waiting.delete(m.seq);
-        cb?.(m.connections);
-        break;
-      }
-      case 'migrated': {
-        this.live -= m.moved;
-        const cb = this.migrateWaiters.get(m.seq);
-        this.migrateWaiters.delete(m.seq);
-        cb?.(m);
-        break;
-      }
-      case 'reclaimed': {
-        const cb = this.reclaimWaiters.get(m.seq);
-        this.reclaimWaiters.delete(m.seq);
-        // Connections that ended (or could not come back) while elsewhere are gone from here too.
-        this.live += m.reclaimed.connections.length;
-        if (--this.reclaiming === 0) {
-          // A connection can end between its adoption and this answer: do not report it as live.
-          const gone = this.closedWhileReclaiming;
-          m.reclaimed.connections = m.reclaimed.connections.filter((c) => !gone.has(c.id));
-          gone.clear();
-        }
-        for (const c of [...m.reclaimed.closed, ...m.reclaimed.failed.map((f) => ({ ...f, level: 'warn' as const }))]) {
-          this.emit('closed', { op: 'closed', id: c.id, reason: `${c.reason} (during an upgrade)`, level: c.level, bytesIn: 0, bytesOut: 0 });
-        }
-        cb?.(m.reclaimed);
-        break;
-      }
-      case 'stopped':
-        break;
+    if (!(opts.shards >= 1)) throw new Error(`relay: need at least one shard, not ${opts.shards}`);
+    this.shards = Array.from({ length: opts.shards }, () => new Shard(opts));
+    for (const s of this.shards) {
+      s.on('closed', (m) => this.emit('closed', m));
+      s.on('log', (m) => this.emit('log', m));
+      s.on('error', (e) => this.emit('error', e));
     }
   }
 
-  /** Gives the worker both fds; from here on it owns (and closes) them. */
+  get connections(): number {
+    return this.shards.reduce((n, s) => n + s.connections, 0);
+  }
+
+  get shardCount(): number {
+    return this.shards.length;
+  }
+
+  /** Hands a connection to the shard relaying the fewest; from here on it owns (and closes) both fds. */
   add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot): void {
-    this.live++;
-    this.post({ op: 'add', info, clientFd, backendFd, user, restored });
+    let best = this.shards[0]!;
+    for (const s of this.shards) if (s.connections < best.connections) best = s;
+    best.add(info, clientFd, backendFd, user, restored);
   }
 
-  /**
-   * Moves every connection to the upgrade bridge at the other end of `linkFd`, batch by batch; resolves
-   * when all are there or, with `error` set, when the bridge failed (the rest stayed here).
-   */
-  migrate(linkFd: number, idleTimeoutMs: number): Promise<Extract<FromWorker, { op: 'migrated' }>> {
-    return this.request(this.migrateWaiters, (seq) => ({ op: 'migrate', seq, linkFd, idleTimeoutMs }), 0, '');
-  }
-
-  /** Takes every connection back from the upgrade bridge (after a failed exec). */
-  reclaim(linkFd: number): Promise<Reclaimed> {
-    this.reclaiming++;
-    return this.request(this.reclaimWaiters, (seq) => ({ op: 'reclaim', seq, linkFd }), 0, '');
-  }
-
-  /** Posts a request carrying a sequence number and resolves with the worker's matching answer. */
-  private request<T>(waiters: Map<number, (v: T) => void>, msg: (seq: number) => ToWorker, timeoutMs: number, what: string): Promise<T> {
-    const seq = ++this.seq;
-    return new Promise((resolve, reject) => {
-      // 0: no timeout (the worker always answers; the caller bounds the other process instead).
-      const t =
-        timeoutMs > 0
-          ? setTimeout(() => {
-              waiters.delete(seq);
-              reject(new Error(what));
-            }, timeoutMs)
-          : undefined;
-      waiters.set(seq, (v) => {
-        clearTimeout(t);
-        resolve(v);
-      });
-      this.post(msg(seq));
-    });
+  async stats(timeoutMs = 2000): Promise<PairStats[]> {
+    const per = await Promise.all(this.shards.map((s) => s.stats(timeoutMs)));
+    return per.flatMap((list, worker) => list.map((p) => ({ ...p, worker })));
   }
 
   configure(opts: { idleTimeoutMs: number }): void {
-    this.post({ op: 'configure', idleTimeoutMs: opts.idleTimeoutMs });
+    for (const s of this.shards) s.configure(opts);
   }
 
-  stats(timeoutMs = 2000): Promise<PairStats[]> {
-    return this.request(this.waiting, (seq) => ({ op: 'stats', seq }), timeoutMs, 'relay worker did not answer');
+  /** Moves every shard's connections to the upgrade bridge, one shard after another (the others keep relaying). */
+  async migrate(linkFd: number, idleTimeoutMs: number): Promise<Migrated> {
+    const total: Migrated = { moved: 0, intoBridgeMs: 0 };
+    for (const [i, s] of this.shards.entries()) {
+      const m = await s.migrate(linkFd, idleTimeoutMs, i > 0);
+      total.moved += m.moved;
+      total.intoBridgeMs = Math.max(total.intoBridgeMs, m.intoBridgeMs);
+      if (m.error) return { ...total, error: m.error };
+    }
+    return total;
   }
 
-  /** Closes every connection (close_notify) and stops the worker. */
-  stop(): Promise<void> {
-    this.stopped ??= new Promise<void>((resolve) => {
-      const done = () => {
-        sys.close(this.wakeFd);
-        resolve();
-      };
-      this.worker.once('exit', done);
-      this.worker.on('message', (m: FromWorker) => {
-        if (m.op === 'stopped') void this.worker.terminate();
-      });
-      this.post({ op: 'stop' });
-    });
-    return this.stopped;
+  /** Takes the connections back from the bridge, `expected` of them spread evenly over the shards. */
+  async reclaim(linkFd: number, expected: number): Promise<Reclaimed> {
+    const all: Reclaimed = { connections: [], failed: [], closed: [], intoBridgeMs: 0, outOfBridgeMs: 0, bridgeDone: false };
+    const share = Math.ceil(expected / this.shards.length);
+    for (let i = 0; i < this.shards.length && !all.bridgeDone && !all.error; i++) {
+      const r = await this.shards[i]!.reclaim(linkFd, i === this.shards.length - 1 ? Number.MAX_SAFE_INTEGER : share);
+      all.connections.push(...r.connections);
+      all.failed.push(...r.failed);
+      all.closed.push(...r.closed);
+      all.intoBridgeMs = Math.max(all.intoBridgeMs, r.intoBridgeMs);
+      all.outOfBridgeMs = Math.max(all.outOfBridgeMs, r.outOfBridgeMs);
+      all.bridgeDone = r.bridgeDone;
+      if (r.error) all.error = r.error;
+    }
+    return all;
+  }
+
+  /** Closes every connection (close_notify) and stops the workers. */
+  async stop(): Promise<void> {
+    await Promise.all(this.shards.map((s) => s.stop()));
   }
 }

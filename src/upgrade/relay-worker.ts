@@ -10,11 +10,11 @@ const loop = new RelayLoop(portControl(parentPort as MessagePort, init.wakeFd), 
 
 loop.extend((msg) => {
   if (msg.op === 'migrate') {
-    migrate(loop, new Link(msg.linkFd), msg.idleTimeoutMs, (r) => loop.send({ op: 'migrated', seq: msg.seq, ...r }));
+    migrate(loop, new Link(msg.linkFd), msg.idleTimeoutMs, msg.bridgeReady, (r) => loop.send({ op: 'migrated', seq: msg.seq, ...r }));
     return true;
   }
   if (msg.op === 'reclaim') {
-    reclaim(loop, new Link(msg.linkFd), (r) => loop.send({ op: 'reclaimed', seq: msg.seq, reclaimed: r }));
+    reclaim(loop, new Link(msg.linkFd), msg.max, (r) => loop.send({ op: 'reclaimed', seq: msg.seq, reclaimed: r }));
     return true;
   }
   return false;

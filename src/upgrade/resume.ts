@@ -41,7 +41,7 @@ export async function resumeFromBridge(relay: Relay, h: HandoffState, timeoutMs:
   };
   const watchdog = setTimeout(kill, timeoutMs);
   try {
-    return await relay.reclaim(linkFd);
+    return await relay.reclaim(linkFd, h.moved);
   } finally {
     clearTimeout(watchdog);
     sys.close(linkFd);

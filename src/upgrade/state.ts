@@ -19,6 +19,8 @@ export interface HandoffState {
   execAt: number;
   /** The largest pause one connection saw while moving into the bridge (ms). */
   intoBridgeMs: number;
+  /** How many connections went into the bridge (spread over the relay workers on the way back). */
+  moved: number;
   counters: Record<string, number>;
   probe: KernelProbe;
   listeners: CarriedListener[];

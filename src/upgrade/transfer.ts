@@ -2,14 +2,9 @@
 import { sys } from '../kernel/libc.js';
 import type { RelayLoop } from '../relay/loop.js';
 import type { CarriedPair, Reclaimed } from '../relay/protocol.js';
+import type { Migrated } from '../relay/relay.js';
 import { BATCH, LINK_PROTOCOL, type Link } from './link.js';
 import { checkPair, rejectPair, wipeCarried } from './restore.js';
-
-export interface Migrated {
-  moved: number;
-  intoBridgeMs: number;
-  error?: string;
-}
 
 /** Closes this side's copies of fds that are now in flight to (or held by) the other process. */
 function closeOurCopies(batch: CarriedPair[]): void {
@@ -20,13 +15,14 @@ function closeOurCopies(batch: CarriedPair[]): void {
 }
 
 /**
- * Waits for the bridge's `ready`, then moves every connection of `loop` into it, one acknowledged
- * batch at a time (connections not yet moved keep flowing here). Calls `done` once.
+ * Waits for the bridge's `ready` (unless another loop already saw it), then moves every connection
+ * of `loop` into it, one acknowledged batch at a time (connections not yet moved keep flowing here).
+ * Calls `done` once.
  */
-export function migrate(loop: RelayLoop, link: Link, idleTimeoutMs: number, done: (r: Migrated) => void): void {
+export function migrate(loop: RelayLoop, link: Link, idleTimeoutMs: number, bridgeReady: boolean, done: (r: Migrated) => void): void {
   let moved = 0;
   let intoBridgeMs = 0;
-  let ready = false;
+  let ready = bridgeReady;
   let finished = false;
   const finish = (error?: string) => {
     if (finished) return;
@@ -67,14 +63,16 @@ export function migrate(loop: RelayLoop, link: Link, idleTimeoutMs: number, done
       }
     }
   });
+  if (ready) next();
 }
 
 /**
- * Takes every connection back from the bridge into `loop`, batch by batch, checking each fd
+ * Takes up to `max` connections back from the bridge into `loop`, batch by batch, checking each fd
  * before adopting it. Calls `done` once; the bridge exits after its last batch.
  */
-export function reclaim(loop: RelayLoop, link: Link, done: (r: Reclaimed) => void): void {
-  const r: Reclaimed = { connections: [], failed: [], closed: [], intoBridgeMs: 0, outOfBridgeMs: 0 };
+export function reclaim(loop: RelayLoop, link: Link, max: number, done: (r: Reclaimed) => void): void {
+  const r: Reclaimed = { connections: [], failed: [], closed: [], intoBridgeMs: 0, outOfBridgeMs: 0, bridgeDone: false };
+  let taken = 0;
   let finished = false;
   const finish = (error?: string) => {
     if (finished) return;
@@ -84,7 +82,8 @@ export function reclaim(loop: RelayLoop, link: Link, done: (r: Reclaimed) => voi
     done(r);
   };
   const ask = () => {
-    const err = link.send({ op: 'return', max: BATCH });
+    if (taken >= max) return finish();
+    const err = link.send({ op: 'return', max: Math.min(BATCH, max - taken) });
     if (err) finish(err);
   };
   loop.watch(link.fd, () => {
@@ -105,11 +104,15 @@ export function reclaim(loop: RelayLoop, link: Link, done: (r: Reclaimed) => voi
           r.connections.push(p.pair.info);
         }
       }
+      taken += ev.pairs.length;
       wipeCarried(ev.pairs);
       r.closed.push(...ev.closed);
       r.intoBridgeMs = Math.max(r.intoBridgeMs, h.intoBridgeMs);
       r.outOfBridgeMs = Math.max(r.outOfBridgeMs, Date.now() - h.frozenAt);
-      if (!h.more) return finish();
+      if (!h.more) {
+        r.bridgeDone = true;
+        return finish();
+      }
       ask();
     }
   });

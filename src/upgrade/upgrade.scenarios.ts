@@ -42,8 +42,15 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
     await echo?.close();
   });
 
-  test(`200 verified streams survive 5 consecutive in-place upgrades with the same PID, no reset and no new handshake (${mode} mode)`, async () => {
-    const proxy = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode) });
+  test(`200 verified streams spread over 3 relay workers survive 5 consecutive in-place upgrades with the same PID, no reset and no new handshake (${mode} mode)`, async () => {
+    const proxy = await startProxyProcess({ backendPort: echo.port, args: [...modeArgs(mode), '--workers', '3'] });
+    /** Connections per relay worker, from status. */
+    const spread = async () => {
+      const s = await proxy.status();
+      const per = [0, 0, 0];
+      for (const c of s.connections) per[(c as { worker?: number }).worker ?? -1]! += 1;
+      return per;
+    };
     const acceptedBefore = echo.accepted;
     const streams: EchoStream[] = [];
     try {
@@ -52,6 +59,10 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       }
       const baseline = (await proxy.status()).counters.handshakes_ok;
       assert.equal(baseline, 200);
+      assert.ok(
+        (await spread()).every((n) => n >= 50),
+        `connections per worker: ${(await spread()).join(', ')}`,
+      );
       const fdsAfter: number[] = [];
       for (let k = 1; k <= 5; k++) {
         const before = streams.map((s) => s.received());
@@ -70,6 +81,15 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
           `streams stalled after upgrade ${k}`,
         );
         fdsAfter.push(proxy.fdCount());
+        const per = await spread();
+        assert.equal(
+          per.reduce((a, b) => a + b, 0),
+          200,
+        );
+        assert.ok(
+          per.every((n) => n >= 50),
+          `after upgrade ${k}, connections per worker: ${per.join(', ')}`,
+        );
       }
       // Only the carried fds cross exec: the count does not creep up from one generation to the next.
       assert.ok(Math.max(...fdsAfter) - Math.min(...fdsAfter) <= 2, `open fds after each upgrade: ${fdsAfter.join(', ')}`);

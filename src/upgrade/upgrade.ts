@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { SOCK_SEQPACKET, errnoName, sys } from '../kernel/libc.js';
 import type { ProxyServer, UpgradeRecord } from '../proxy/server.js';
+import type { Migrated } from '../relay/relay.js';
 import { HANDOFF_ENV } from './resume.js';
 import { encodeState, writeStateMemfd, type HandoffState } from './state.js';
 
@@ -111,13 +112,13 @@ export async function upgradeInPlace(server: ProxyServer, opts: UpgradeOptions, 
     clearTimeout(watchdog);
     if (migrated.error) {
       await exited(bridge, 1000); // its exit status is the clearest reason
-      await takeBack(server, bridge, log, bound);
+      await takeBack(server, bridge, migrated.moved, log, bound);
       return fail(`moving connections to the upgrade bridge: ${migrated.error}${bridge.exit ? ` (bridge ${bridge.exit})` : ''}`);
     }
     log.info({ moved: migrated.moved, intoBridgeMs: migrated.intoBridgeMs }, 'every connection is in the upgrade bridge');
-    const error = execWithState(server, attempt, bridge, migrated.intoBridgeMs);
+    const error = execWithState(server, attempt, bridge, migrated);
     // Still here: exec failed. Everything comes back and resumes as it was.
-    await takeBack(server, bridge, log, bound);
+    await takeBack(server, bridge, migrated.moved, log, bound);
     return fail(error);
   } finally {
     if (bridge) sys.close(bridge.linkFd);
@@ -136,10 +137,10 @@ function exited(bridge: Bridge, ms: number): Promise<void> {
 }
 
 /** Takes the connections back from the bridge into this image (the upgrade is not happening). */
-async function takeBack(server: ProxyServer, bridge: Bridge, log: ProxyServer['deps']['logger'], timeoutMs: number): Promise<void> {
+async function takeBack(server: ProxyServer, bridge: Bridge, moved: number, log: ProxyServer['deps']['logger'], timeoutMs: number): Promise<void> {
   if (bridge.exit === undefined) {
     const watchdog = setTimeout(() => bridge.child.kill('SIGKILL'), timeoutMs);
-    const r = await server.deps.relay.reclaim(bridge.linkFd);
+    const r = await server.deps.relay.reclaim(bridge.linkFd, moved);
     clearTimeout(watchdog);
     if (r.error) log.error({ err: r.error }, `taking connections back from the upgrade bridge: ${r.error}`);
     log.info({ reclaimed: r.connections.length, closed: r.closed.length, failed: r.failed.length }, 'connections back from the upgrade bridge');
@@ -148,13 +149,14 @@ async function takeBack(server: ProxyServer, bridge: Bridge, log: ProxyServer['d
 }
 
 /** Writes the state, clears close-on-exec on exactly the carried fds, and execs. Returns only on failure. */
-function execWithState(server: ProxyServer, attempt: string, bridge: Bridge, intoBridgeMs: number): string {
+function execWithState(server: ProxyServer, attempt: string, bridge: Bridge, migrated: Migrated): string {
   const state: HandoffState = {
     generation: server.generation + 1,
     attempt,
     startedAt: server.startedAt,
     execAt: 0,
-    intoBridgeMs,
+    intoBridgeMs: migrated.intoBridgeMs,
+    moved: migrated.moved,
     counters: { ...server.counters, upgrades: (server.counters.upgrades ?? 0) + 1 },
     probe: server.deps.probe,
     listeners: server.listeners.map((l) => ({ fd: l.fd, address: l.address })),
