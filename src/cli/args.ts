@@ -57,7 +57,7 @@ const CONFIG_FLAGS_HELP = `  -c, --config FILE        TOML config file (flags ov
       --ktls MODE          auto (default: use kernel TLS when possible), require (refuse to start without it), off
       --admin-socket PATH  admin Unix socket (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
       --log-level LEVEL    trace, debug, info (default), warn, error, fatal, silent
-      --workers N          relay worker threads (default: one per CPU)
+      --workers N          threads for handshakes, and as many for relaying (default: one per CPU)
   -h, --help               show this help`;
 
 const HELP: Record<Topic | 'main', string> = {

@@ -1,4 +1,4 @@
-// Readiness for raw fds on the main thread: one epoll whose wait runs off-thread, so libuv never reads our sockets.
+// Readiness for raw fds on a thread with an event loop: one epoll, waited off-thread or inline, so libuv never reads our sockets.
 import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from './libc.js';
 
 export const EPOLLIN = 0x001;
@@ -37,8 +37,15 @@ export class Poller {
   private readonly ev = Buffer.alloc(EPOLL_EVENT_SIZE);
   private waiting = false;
   private closed = false;
+  /** Inline mode: events seen on the last inline wait (0 → the next one may block briefly). */
+  private lastBatch = 0;
 
-  constructor() {
+  /**
+   * `inline`: wait on this thread between event-loop turns (epoll_wait for at most 2 ms when idle,
+   * woken at once by `wakeUp`) instead of on a libuv pool thread: for worker threads, so that many
+   * of them do not exhaust the pool.
+   */
+  constructor(private readonly inline = false) {
     sys.epollCtl(this.ep, EPOLL_CTL_ADD, this.wake, encodeEvent(this.ev, EPOLLIN, this.wake));
   }
 
@@ -80,27 +87,49 @@ export class Poller {
     sys.close(this.ep);
   }
 
+  /** Interrupts an inline wait (e.g. a message was posted to this thread). */
+  wakeUp(): void {
+    const one = Buffer.alloc(8);
+    one.writeBigUInt64LE(1n);
+    sys.write(this.wake, one, 8);
+  }
+
   private arm(): void {
     if (this.waiting || this.closed || this.handlers.size === 0) return;
     this.waiting = true;
+    if (this.inline) {
+      setImmediate(() => {
+        this.waiting = false;
+        if (this.closed) return this.release();
+        const n = sys.epollWait(this.ep, this.events, MAX_EVENTS, this.lastBatch > 0 ? 0 : 2);
+        this.lastBatch = Math.max(0, n);
+        this.dispatch(n);
+        this.arm();
+      });
+      return;
+    }
     sys.epollWaitAsync(this.ep, this.events, MAX_EVENTS, -1, (n) => {
       this.waiting = false;
       if (this.closed) return this.release();
-      for (let i = 0; i < n; i++) {
-        const { events, fd } = decodeEvent(this.events, i);
-        if (fd === this.wake) {
-          sys.read(this.wake, Buffer.alloc(8), 8);
-          continue;
-        }
-        const h = this.handlers.get(fd);
-        if (!h) continue;
-        try {
-          h(events);
-        } catch (e) {
-          process.emitWarning(`poller handler for fd ${fd} threw: ${(e as Error).stack}`);
-        }
-      }
+      this.dispatch(n);
       this.arm();
     });
+  }
+
+  private dispatch(n: number): void {
+    for (let i = 0; i < n; i++) {
+      const { events, fd } = decodeEvent(this.events, i);
+      if (fd === this.wake) {
+        sys.read(this.wake, Buffer.alloc(8), 8);
+        continue;
+      }
+      const h = this.handlers.get(fd);
+      if (!h) continue;
+      try {
+        h(events);
+      } catch (e) {
+        process.emitWarning(`poller handler for fd ${fd} threw: ${(e as Error).stack}`);
+      }
+    }
   }
 }

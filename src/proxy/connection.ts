@@ -16,7 +16,7 @@ import type { KtlsPolicy } from './types.js';
 
 export interface ConnectionContext {
   poller: Poller;
-  relay: Relay;
+  relay: Pick<Relay, 'add'>;
   logger: Logger;
   secureContext: tls.SecureContext;
   backend: Endpoint;

@@ -1,12 +1,12 @@
 // The running proxy's state: listeners, in-progress handshakes, live connections and counters, with the hooks an upgrade needs.
-import type tls from 'node:tls';
 import type { Logger } from '../admin/log.js';
 import type { Poller } from '../kernel/poller.js';
 import type { KernelProbe } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import type { PairInfo } from '../relay/pair.js';
 import type { Relay } from '../relay/relay.js';
-import { serveConnection, type ConnectionContext, type LiveConnection } from './connection.js';
+import type { LiveConnection } from './connection.js';
+import { Handshakers, type HandshakerInit } from './handshakers.js';
 import { Listener } from './listener.js';
 import type { KtlsSupport, ProxyConfig, StatusSnapshot } from './types.js';
 
@@ -27,7 +27,8 @@ export interface ServerDeps {
   logger: Logger;
   poller: Poller;
   relay: Relay;
-  secureContext: tls.SecureContext;
+  /** What every handshake worker needs (certificate and key included). */
+  handshake: HandshakerInit;
   backend: Endpoint;
   probe: KernelProbe;
   support: KtlsSupport;
@@ -37,15 +38,15 @@ export interface ServerDeps {
 export class ProxyServer {
   readonly counters: Record<string, number> = {};
   readonly live = new Map<string, LiveConnection>();
-  /** Accepted connections still in handshake or backend connect, with a way to abort them. */
-  readonly inFlight = new Map<string, AbortController>();
+  /** Accepted connections still in handshake or backend connect (in a handshake worker). */
+  readonly inFlight = new Set<string>();
   readonly listeners: Listener[] = [];
   generation = 1;
   startedAt = new Date().toISOString();
   nextId = 1;
   lastUpgrade: UpgradeRecord | undefined;
   private accepting = true;
-  private readonly ctx: ConnectionContext;
+  private readonly handshakers: Handshakers;
 
   constructor(readonly deps: ServerDeps) {
     const { relay, logger: log } = deps;
@@ -57,27 +58,19 @@ export class ProxyServer {
     });
     relay.on('log', (m) => log[m.level]({ conn: m.id }, m.msg));
     relay.on('error', (e) => log.fatal({ err: e.message }, `relay worker failed: ${e.message}`));
-    this.ctx = {
-      poller: deps.poller,
-      relay,
-      logger: log,
-      secureContext: deps.secureContext,
-      backend: deps.backend,
-      policy: deps.config.ktls,
-      kernelSuites: deps.kernelSuites,
-      handshakeTimeoutMs: deps.config.handshakeTimeoutMs,
-      backendConnectTimeoutMs: deps.config.backendConnectTimeoutMs,
-      count: (name) => this.count(name),
-      signalFor: (id) => this.inFlight.get(id)?.signal,
-      established: (c) => {
-        this.inFlight.delete(c.id);
-        this.live.set(c.id, c);
+    this.handshakers = new Handshakers(deps.config.workers, deps.handshake, {
+      established: (m) => {
+        this.inFlight.delete(m.info.id);
+        this.live.set(m.info.id, m.info);
+        relay.add(m.info, m.clientFd, m.backendFd, m.user);
       },
       gone: (id) => {
         this.inFlight.delete(id);
         this.recheckCapacity();
       },
-    };
+      count: (name) => this.count(name),
+      error: (e) => log.fatal({ err: e.message }, `handshake worker failed: ${e.message}`),
+    });
   }
 
   count(name: string, by = 1): void {
@@ -107,9 +100,9 @@ export class ProxyServer {
 
   private accept(fd: number): void {
     const id = `c${this.nextId++}`;
-    this.inFlight.set(id, new AbortController());
+    this.inFlight.add(id);
     this.count('connections_accepted');
-    void serveConnection(this.ctx, fd, id);
+    this.handshakers.dispatch(fd, id);
     if (this.atCapacity()) {
       this.deps.logger.warn(`at max_connections (${this.deps.config.maxConnections}); new clients wait in the backlog`);
       for (const l of this.listeners) l.pause();
@@ -131,11 +124,11 @@ export class ProxyServer {
   async settleHandshakes(boundMs: number): Promise<number> {
     const end = Date.now() + boundMs;
     while (this.inFlight.size > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
-    const left = [...this.inFlight.values()];
-    for (const c of left) c.abort('upgrade in progress');
+    const left = this.inFlight.size;
+    if (left) this.handshakers.abortAll('upgrade in progress');
     while (this.inFlight.size > 0) await new Promise((r) => setTimeout(r, 5));
-    if (left.length) this.count('handshakes_aborted_by_upgrade', left.length);
-    return left.length;
+    if (left) this.count('handshakes_aborted_by_upgrade', left);
+    return left;
   }
 
   /** Records connections the relay worker already took over from a previous image. */
@@ -176,7 +169,8 @@ export class ProxyServer {
 
   async close(): Promise<void> {
     for (const l of this.listeners) l.close();
-    for (const c of this.inFlight.values()) c.abort('shutting down');
+    this.handshakers.abortAll('shutting down');
+    await this.handshakers.stop();
     await this.deps.relay.stop();
   }
 }

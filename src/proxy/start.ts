@@ -64,15 +64,16 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   const kernelSuites = new Set(config.ktls === 'off' ? [] : [...support.ciphers['TLSv1.2'], ...support.ciphers['TLSv1.3']]);
   // Offer only what can be carried after the handshake: with `require`, what the kernel accepted.
   const offered = config.ktls === 'require' ? SUITES.filter((s) => kernelSuites.has(s.name)) : SUITES;
-  let secureContext: tls.SecureContext;
+  let tlsOptions: tls.SecureContextOptions;
   try {
-    secureContext = tls.createSecureContext({
+    tlsOptions = {
       cert: fs.readFileSync(config.certFile),
       key: fs.readFileSync(config.keyFile),
       minVersion: 'TLSv1.2',
       ciphers: offered.map((s) => s.name).join(':'),
       secureOptions: crypto.constants.SSL_OP_NO_RENEGOTIATION,
-    });
+    };
+    tls.createSecureContext(tlsOptions); // fails here, before anything starts, on a bad certificate or key
   } catch (e) {
     throw new StartupError(`certificate ${config.certFile} / key ${config.keyFile}: ${(e as Error).message}`, 'CERT');
   }
@@ -80,7 +81,17 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   const listenAt = await resolveEndpoint(config.listen);
   const poller = new Poller();
   const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs, workerUrl: RELAY_WORKER, shards: config.workers });
-  const server = new ProxyServer({ config, logger: log, poller, relay, secureContext, backend, probe, support, kernelSuites });
+  const handshake = {
+    tls: tlsOptions,
+    backend,
+    policy: config.ktls,
+    kernelSuites: [...kernelSuites],
+    handshakeTimeoutMs: config.handshakeTimeoutMs,
+    backendConnectTimeoutMs: config.backendConnectTimeoutMs,
+    logLevel: config.logLevel,
+  };
+  const server = new ProxyServer({ config, logger: log, poller, relay, handshake, backend, probe, support, kernelSuites });
+  (tlsOptions.key as Buffer).fill(0); // the handshake workers have their copies
   server.pauseAccepting();
 
   if (handoff) continueFrom(server, handoff);

@@ -16,7 +16,7 @@ export interface ProxyConfig {
   /** 0 disables the idle timeout. */
   idleTimeoutMs: number;
   maxConnections: number;
-  /** Relay worker threads (connections are spread over them); default: one per CPU. */
+  /** Handshake worker threads, and as many relay worker threads; default: one per CPU. */
   workers: number;
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 }

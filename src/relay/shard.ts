@@ -38,8 +38,8 @@ export class Shard extends EventEmitter<RelayEvents> {
     return this.live;
   }
 
-  private post(msg: ToWorker): void {
-    this.worker.postMessage(msg);
+  private post(msg: ToWorker, transfer: ArrayBuffer[] = []): void {
+    this.worker.postMessage(msg, transfer);
     sys.write(this.wakeFd, this.one, 8);
   }
 
@@ -91,7 +91,10 @@ export class Shard extends EventEmitter<RelayEvents> {
   /** Gives the worker both fds; from here on it owns (and closes) them. */
   add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot): void {
     this.live++;
-    this.post({ op: 'add', info, clientFd, backendFd, user, restored });
+    // Keys move to the worker rather than being copied (this thread keeps no trace of them).
+    const keys = user ? [user.tx.key, user.tx.iv, user.rx.key, user.rx.iv, user.secrets?.client, user.secrets?.server] : [];
+    const transfer = keys.filter((k): k is Uint8Array => k !== undefined && k.byteOffset === 0 && k.byteLength === k.buffer.byteLength);
+    this.post({ op: 'add', info, clientFd, backendFd, user, restored }, [...new Set(transfer.map((k) => k.buffer as ArrayBuffer))]);
   }
 
   /**

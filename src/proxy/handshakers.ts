@@ -1,0 +1,84 @@
+// Main-thread side of the handshake workers: accepted fds go to the least busy one; established connections come back.
+import type tls from 'node:tls';
+import { Worker } from 'node:worker_threads';
+import type { LogLevel } from '../admin/log.js';
+import type { Endpoint } from '../kernel/sockaddr.js';
+import type { PairInfo } from '../relay/pair.js';
+import type { UserState } from '../relay/protocol.js';
+import type { KtlsPolicy } from './types.js';
+
+export interface HandshakerInit {
+  tls: tls.SecureContextOptions;
+  backend: Endpoint;
+  policy: KtlsPolicy;
+  kernelSuites: string[];
+  handshakeTimeoutMs: number;
+  backendConnectTimeoutMs: number;
+  logLevel: LogLevel;
+}
+
+export type ToHandshaker = { op: 'conn'; fd: number; id: string } | { op: 'abort'; reason: string } | { op: 'stop' };
+
+export type FromHandshaker =
+  { op: 'established'; info: PairInfo; clientFd: number; backendFd: number; user?: UserState } | { op: 'gone'; id: string } | { op: 'count'; name: string };
+
+export interface HandshakerEvents {
+  established(m: Extract<FromHandshaker, { op: 'established' }>): void;
+  gone(id: string): void;
+  count(name: string): void;
+  error(e: Error): void;
+}
+
+export class Handshakers {
+  private readonly workers: Worker[];
+  /** Handshakes in progress per worker. */
+  private readonly busy: number[];
+  private readonly where = new Map<string, number>();
+
+  constructor(n: number, init: HandshakerInit, on: HandshakerEvents) {
+    this.workers = Array.from({ length: n }, () => new Worker(new URL('./handshake-worker.js', import.meta.url), { workerData: init }));
+    this.busy = this.workers.map(() => 0);
+    this.workers.forEach((w, i) => {
+      w.unref();
+      w.on('error', (e) => on.error(e));
+      w.on('message', (m: FromHandshaker) => {
+        if (m.op === 'count') return on.count(m.name);
+        const id = m.op === 'gone' ? m.id : m.info.id;
+        if (this.where.delete(id)) this.busy[i]!--;
+        if (m.op === 'gone') on.gone(m.id);
+        else on.established(m);
+      });
+    });
+  }
+
+  get size(): number {
+    return this.workers.length;
+  }
+
+  /** Hands an accepted client fd to the least busy worker, which owns it from now on. */
+  dispatch(fd: number, id: string): void {
+    let best = 0;
+    for (let i = 1; i < this.busy.length; i++) if (this.busy[i]! < this.busy[best]!) best = i;
+    this.busy[best]!++;
+    this.where.set(id, best);
+    this.workers[best]!.postMessage({ op: 'conn', fd, id } satisfies ToHandshaker);
+  }
+
+  /** Fails every handshake in progress (each connection is then reported `gone`). */
+  abortAll(reason: string): void {
+    for (const w of this.workers) w.postMessage({ op: 'abort', reason } satisfies ToHandshaker);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.workers.map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            w.once('exit', () => resolve());
+            w.postMessage({ op: 'stop' } satisfies ToHandshaker);
+            setTimeout(() => void w.terminate(), 2000).unref();
+          }),
+      ),
+    );
+  }
+}
