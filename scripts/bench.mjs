@@ -11,19 +11,31 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { makeCert, ROOT, tempDir } from '../dist/testkit/proxy-process.js';
 import { rpc, sleep } from './bench/common.mjs';
-import { findBin, ironsocketModes, killAllPeers, PEERS, startPeer } from './bench/peers.mjs';
+import { findBin, ironsocketStatus, killAllPeers, PEERS, startPeer } from './bench/peers.mjs';
 
 const argv = process.argv.slice(2);
-const { values: opt } = parseArgs({
-  args: argv,
-  options: {
-    quick: { type: 'boolean', default: false },
-    write: { type: 'boolean', default: false },
-    ktls: { type: 'string', default: 'auto' },
-    peers: { type: 'string', default: PEERS.map((p) => p.name).join(',') },
-  },
-});
-if (!['auto', 'off', 'require'].includes(opt.ktls)) throw new Error(`--ktls: expected auto, off or require, got ${opt.ktls}`);
+const usage = (msg) => {
+  console.error(`bench: ${msg}\nusage: npm run bench -- [--quick] [--write] [--ktls auto|off|require] [--peers ${PEERS.map((p) => p.name).join(',')}]`);
+  process.exit(2);
+};
+let opt;
+try {
+  ({ values: opt } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: 'boolean', default: false },
+      write: { type: 'boolean', default: false },
+      ktls: { type: 'string', default: 'auto' },
+      peers: { type: 'string', default: PEERS.map((p) => p.name).join(',') },
+    },
+  }));
+} catch (e) {
+  usage(e.message);
+}
+if (!['auto', 'off', 'require'].includes(opt.ktls)) usage(`--ktls: expected auto, off or require, got ${opt.ktls}`);
+const wanted = opt.peers.split(',').map((n) => n.trim());
+const unknown = wanted.filter((n) => !PEERS.some((p) => p.name === n));
+if (unknown.length) usage(`--peers: unknown ${unknown.join(', ')}`);
 const S = opt.quick
   ? { warmupMs: 250, tputMs: 1500, hsMs: 1500, latMs: 1500, idle: 1000 }
   : { warmupMs: 1000, tputMs: 10_000, hsMs: 10_000, latMs: 10_000, idle: 5000 };
@@ -112,7 +124,7 @@ async function idleMemory(peer, clients, ironsocket) {
     if (open !== N) throw new Error(`only ${open} of ${N} idle connections opened (${opened.find((o) => o.firstError)?.firstError})`);
     await sleep(1000);
     const after = peer.rssKiB();
-    return { kib: (after - before) / N, before, after, modes: ironsocket ? await ironsocketModes(peer.admin) : undefined };
+    return { kib: (after - before) / N, before, after, status: ironsocket ? await ironsocketStatus(peer.admin) : undefined };
   } finally {
     await Promise.all(clients.map((c) => c('idleClose')));
   }
@@ -147,10 +159,10 @@ async function measurePeer(peer, backend, clients, ironsocket) {
     const m = await idleMemory(peer, clients, ironsocket);
     r.mem = m.kib;
     r.rss = `${Math.round(m.before / 1024)} → ${Math.round(m.after / 1024)} MiB`;
-    if (m.modes)
-      r.modes = Object.entries(m.modes)
-        .map(([k, v]) => `${k} ${v}`)
-        .join(', ');
+    if (m.status) {
+      const modes = Object.entries(m.status.modes).map(([k, v]) => `${k} ${v}`);
+      r.ironsocket = `${m.status.workers ?? '?'} relay worker threads (from status), --ktls ${opt.ktls}, idle connections by mode: ${modes.join(', ')}`;
+    }
   });
   await step('latency', async () => {
     const l = await clients[0]('latency', { port: peer.port, conns: LAT_CONNS, warmupMs: S.warmupMs, ms: S.latMs });
@@ -200,9 +212,6 @@ const METRICS = [
   ['p99', `1 KiB echo p99 ms, ${LAT_CONNS} conns (lower is better)`, 3],
   ['mem', `KiB RSS per idle conn, N=${N} (lower is better)`, 1],
 ];
-const wanted = opt.peers.split(',').map((n) => n.trim());
-const unknown = wanted.filter((n) => !PEERS.some((p) => p.name === n));
-if (unknown.length) throw new Error(`--peers: unknown ${unknown.join(', ')} (known: ${PEERS.map((p) => p.name).join(', ')})`);
 
 const t0 = Date.now();
 dir = tempDir('bench');
@@ -236,7 +245,7 @@ for (const def of PEERS.filter((p) => wanted.includes(p.name))) {
     continue;
   }
   const r = (results[def.name] = await measurePeer(peer, backend, clients, def.name === 'ironsocket').finally(() => peer.stop()));
-  const extra = [def.name === 'ironsocket' && `--ktls ${opt.ktls}, connections: ${r.modes ?? '?'}`, r.tls, r.rss && `RSS ${r.rss} with the idle connections`];
+  const extra = [r.ironsocket, r.tls, r.rss && `RSS ${r.rss} with the idle connections`];
   about.push(`${def.name} ${version ?? '(version unknown)'}: ${def.model}; ${extra.filter(Boolean).join('; ')}`);
 }
 

@@ -116,11 +116,17 @@ ${process.getuid() === 0 ? `user = "${hitchUser()}"\n` : ''}`,
   {
     name: 'ironsocket',
     bins: [process.execPath],
-    model: 'handshake thread + relay worker thread',
+    model: 'Node.js',
     async version() {
       const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version;
       const commit = (await output('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'])).trim();
-      return /^[0-9a-f]+$/.test(commit) ? `${pkg} @ ${commit}` : pkg;
+      if (!/^[0-9a-f]+$/.test(commit)) return pkg;
+      // Plumbing only (reads, never writes the index); dist/ is what runs, and may differ from both.
+      const dirty = await run('git', ['-C', ROOT, 'diff-index', '--quiet', 'HEAD', '--', 'src', 'package.json']).then(
+        () => false,
+        () => true,
+      );
+      return `${pkg} @ ${commit}${dirty ? ' + uncommitted changes in src' : ''}`;
     },
     command({ bin, dir, port, backendPort, certFile, keyFile, ktls }) {
       const admin = path.join(dir, 'ironsocket-admin.sock');
@@ -133,12 +139,13 @@ ${process.getuid() === 0 ? `user = "${hitchUser()}"\n` : ''}`,
 
 export const findBin = (peer) => which(peer.bins);
 
-/** Connection modes of a running Iron Socket ({kernel: n, user: m}), from `status --json`. */
-export async function ironsocketModes(admin) {
+/** From a running Iron Socket's `status --json`: its connections per mode ({kernel: n, user: m}) and relay workers. */
+export async function ironsocketStatus(admin) {
   const { stdout } = await run(process.execPath, [CLI, 'status', '--json', '--admin-socket', admin], { maxBuffer: 256 << 20 });
+  const status = JSON.parse(stdout);
   const modes = {};
-  for (const c of JSON.parse(stdout).connections) modes[c.mode] = (modes[c.mode] ?? 0) + 1;
-  return modes;
+  for (const c of status.connections) modes[c.mode] = (modes[c.mode] ?? 0) + 1;
+  return { modes, workers: status.workers };
 }
 
 function freePort() {
