@@ -1,14 +1,13 @@
 // Benchmark: the stall an in-place upgrade causes at N live connections, and the bytes lost (must be 0).
 // Usage: npm run bench:upgrade -- [--connections 1000] [--period-ms 200] [--ktls auto|off|require] [--upgrades 3]
-import { execFile } from 'node:child_process';
 import os from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import tls from 'node:tls';
-import { parseArgs, promisify } from 'node:util';
-import { echoBackend, streamChunk } from '../dist/testkit/backends.js';
-import { CLI, startProxyProcess } from '../dist/testkit/proxy-process.js';
+import { parseArgs } from 'node:util';
+import { echoBackend } from '../dist/testkit/backends.js';
+import { adminRequest } from '../dist/admin/client.js';
+import { startProxyProcess } from '../dist/testkit/proxy-process.js';
 
-const run = promisify(execFile);
 const { values: opt } = parseArgs({
   options: {
     connections: { type: 'string', default: '1000' },
@@ -31,7 +30,7 @@ function open(port, i) {
     const s = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false });
     c.sock = s;
     s.on('data', (d) => {
-      if (!d.equals(streamChunk(seed, c.received, d.length))) c.mismatch = true;
+      if (!d.equals(pattern(i, c.received, d.length))) c.mismatch = true;
       c.received += d.length;
       const now = performance.now();
       if (c.last) c.maxGap = Math.max(c.maxGap, now - c.last);
@@ -40,13 +39,45 @@ function open(port, i) {
     s.on('error', () => c.errors++);
     s.once('secureConnect', () => {
       c.timer = setInterval(() => {
-        s.write(streamChunk(seed, c.sent, CHUNK));
+        s.write(pattern(i, c.sent, CHUNK));
         c.sent += CHUNK;
       }, PERIOD);
       resolve(c);
     });
     s.once('error', reject);
   });
+}
+
+/**
+ * Triggers an upgrade the way a systemd ExecReload= would (SIGUSR2) and polls the admin socket for its
+ * outcome. Spawning `ironsocket upgrade` from here would fork this big client process, whose event loop
+ * stalls meanwhile: that stall would be counted as the proxy's.
+ */
+async function upgradeBySignal(proxy) {
+  const before = await adminRequest(proxy.adminSocket, 'upgrade-result');
+  process.kill(proxy.pid, 'SIGUSR2');
+  for (const end = Date.now() + 120_000; Date.now() < end; ) {
+    await new Promise((r) => setTimeout(r, 100));
+    const r = await adminRequest(proxy.adminSocket, 'upgrade-result').catch(() => undefined);
+    const u = r?.lastUpgrade;
+    if (!u || u.attempt === before.lastUpgrade?.attempt) continue;
+    if (u.ok && r.generation <= before.generation) continue;
+    return { ok: u.ok, pid: r.pid, generation: r.generation, moved: u.moved, stallMs: u.stallMs, error: u.error };
+  }
+  throw new Error('no upgrade outcome within 120 s');
+}
+
+/**
+ * The bytes at [offset, offset+len) of connection i's stream: position-dependent, so a lost,
+ * duplicated or reordered byte shows, and cheap, so this load generator is not what runs out of CPU.
+ */
+function pattern(i, offset, len) {
+  const b = Buffer.allocUnsafe(len);
+  for (let k = 0; k < len; k++) {
+    const o = offset + k;
+    b[k] = (o * 131 + i * 7 + (o >>> 8) * 17 + (o >>> 16)) & 0xff;
+  }
+  return b;
 }
 
 const pct = (xs, p) => xs.slice().sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
@@ -74,8 +105,7 @@ const rows = [];
 for (let k = 0; k < Number(opt.upgrades); k++) {
   for (const c of conns) c.maxGap = 0;
   lag.reset();
-  const { stdout } = await run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket]);
-  const outcome = JSON.parse(stdout);
+  const outcome = await upgradeBySignal(proxy);
   await new Promise((r) => setTimeout(r, 1000));
   const gaps = conns.map((c) => c.maxGap);
   const done = proxy

@@ -37,6 +37,8 @@ const ctx: ConnectionContext = {
 };
 init.tls.key = undefined; // the secure context holds it now
 
+post({ op: 'ready' });
+
 port.on('message', (m: ToHandshaker) => {
   switch (m.op) {
     case 'conn': {

@@ -20,7 +20,10 @@ export interface HandshakerInit {
 export type ToHandshaker = { op: 'conn'; fd: number; id: string } | { op: 'abort'; reason: string } | { op: 'stop' };
 
 export type FromHandshaker =
-  { op: 'established'; info: PairInfo; clientFd: number; backendFd: number; user?: UserState } | { op: 'gone'; id: string } | { op: 'count'; name: string };
+  | { op: 'ready' }
+  | { op: 'established'; info: PairInfo; clientFd: number; backendFd: number; user?: UserState }
+  | { op: 'gone'; id: string }
+  | { op: 'count'; name: string };
 
 export interface HandshakerEvents {
   established(m: Extract<FromHandshaker, { op: 'established' }>): void;
@@ -30,18 +33,41 @@ export interface HandshakerEvents {
 }
 
 export class Handshakers {
-  private readonly workers: Worker[];
+  private readonly workers: Worker[] = [];
   /** Handshakes in progress per worker. */
-  private readonly busy: number[];
+  private readonly busy: number[] = [];
   private readonly where = new Map<string, number>();
+  /** Connections accepted before the first worker existed. */
+  private readonly waiting: Array<{ fd: number; id: string }> = [];
+  private stopping = false;
+  /** Resolves once every worker has loaded. */
+  readonly started: Promise<void>;
 
-  constructor(n: number, init: HandshakerInit, on: HandshakerEvents) {
-    this.workers = Array.from({ length: n }, () => new Worker(new URL('./handshake-worker.js', import.meta.url), { workerData: init }));
-    this.busy = this.workers.map(() => 0);
-    this.workers.forEach((w, i) => {
-      w.unref();
-      w.on('error', (e) => on.error(e));
+  /** Starts `n` workers one after another, once `after` resolves (so that their boots do not pile up on the CPUs). */
+  constructor(n: number, init: HandshakerInit, on: HandshakerEvents, after: Promise<void> = Promise.resolve()) {
+    // Our own copy of the key until every worker has its own: the caller wipes theirs.
+    const own: HandshakerInit = { ...init, tls: { ...init.tls, key: Buffer.from(init.tls.key as Buffer) } };
+    this.started = (async () => {
+      try {
+        await after;
+        for (let i = 0; i < n && !this.stopping; i++) await this.startWorker(own, on);
+      } finally {
+        (own.tls.key as Buffer).fill(0);
+      }
+    })();
+  }
+
+  private startWorker(init: HandshakerInit, on: HandshakerEvents): Promise<void> {
+    const i = this.workers.length;
+    const w = new Worker(new URL('./handshake-worker.js', import.meta.url), { workerData: init });
+    this.workers.push(w);
+    this.busy.push(0);
+    w.unref();
+    w.on('error', (e) => on.error(e));
+    const ready = new Promise<void>((resolve) => {
+      w.once('exit', () => resolve());
       w.on('message', (m: FromHandshaker) => {
+        if (m.op === 'ready') return resolve();
         if (m.op === 'count') return on.count(m.name);
         const id = m.op === 'gone' ? m.id : m.info.id;
         if (this.where.delete(id)) this.busy[i]!--;
@@ -49,14 +75,13 @@ export class Handshakers {
         else on.established(m);
       });
     });
-  }
-
-  get size(): number {
-    return this.workers.length;
+    for (const c of this.waiting.splice(0)) this.dispatch(c.fd, c.id);
+    return ready;
   }
 
   /** Hands an accepted client fd to the least busy worker, which owns it from now on. */
   dispatch(fd: number, id: string): void {
+    if (this.workers.length === 0) return void this.waiting.push({ fd, id });
     let best = 0;
     for (let i = 1; i < this.busy.length; i++) if (this.busy[i]! < this.busy[best]!) best = i;
     this.busy[best]!++;
@@ -70,6 +95,8 @@ export class Handshakers {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
+    await this.started;
     await Promise.all(
       this.workers.map(
         (w) =>

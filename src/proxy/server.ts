@@ -47,6 +47,8 @@ export class ProxyServer {
   lastUpgrade: UpgradeRecord | undefined;
   private accepting = true;
   private readonly handshakers: Handshakers;
+  /** Resolves once every handshake and relay worker has loaded. */
+  readonly started: Promise<void>;
 
   constructor(readonly deps: ServerDeps) {
     const { relay, logger: log } = deps;
@@ -58,19 +60,25 @@ export class ProxyServer {
     });
     relay.on('log', (m) => log[m.level]({ conn: m.id }, m.msg));
     relay.on('error', (e) => log.fatal({ err: e.message }, `relay worker failed: ${e.message}`));
-    this.handshakers = new Handshakers(deps.config.workers, deps.handshake, {
-      established: (m) => {
-        this.inFlight.delete(m.info.id);
-        this.live.set(m.info.id, m.info);
-        relay.add(m.info, m.clientFd, m.backendFd, m.user);
+    this.handshakers = new Handshakers(
+      deps.config.workers,
+      deps.handshake,
+      {
+        established: (m) => {
+          this.inFlight.delete(m.info.id);
+          this.live.set(m.info.id, m.info);
+          relay.add(m.info, m.clientFd, m.backendFd, m.user);
+        },
+        gone: (id) => {
+          this.inFlight.delete(id);
+          this.recheckCapacity();
+        },
+        count: (name) => this.count(name),
+        error: (e) => log.fatal({ err: e.message }, `handshake worker failed: ${e.message}`),
       },
-      gone: (id) => {
-        this.inFlight.delete(id);
-        this.recheckCapacity();
-      },
-      count: (name) => this.count(name),
-      error: (e) => log.fatal({ err: e.message }, `handshake worker failed: ${e.message}`),
-    });
+      relay.started,
+    );
+    this.started = Promise.all([relay.started, this.handshakers.started]).then(() => undefined);
   }
 
   count(name: string, by = 1): void {

@@ -113,6 +113,7 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
     const r = await resumeFromBridge(relay, handoff, 30_000);
     recordUpgrade(server, handoff, r);
   }
+  await server.started; // every worker thread is up: ready means ready
   server.resumeAccepting();
 
   const upgrade = (attempt?: string) => upgradeInPlace(server, { handshakeBoundMs: Math.min(config.handshakeTimeoutMs, 5000) }, attempt);

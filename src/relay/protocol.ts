@@ -73,4 +73,6 @@ export type FromWorker =
   | { op: 'migrated'; seq: number; moved: number; intoBridgeMs: number; error?: string }
   | { op: 'reclaimed'; seq: number; reclaimed: Reclaimed }
   | { op: 'log'; level: 'info' | 'warn' | 'debug'; id: string; msg: string }
+  /** The worker has loaded and is about to run its loop. */
+  | { op: 'ready' }
   | { op: 'stopped' };

@@ -11,18 +11,30 @@ export interface Migrated {
 }
 
 export class Relay extends EventEmitter<RelayEvents> {
-  private readonly shards: Shard[];
+  private readonly shards: Shard[] = [];
+  /** Resolves once every worker has loaded. */
+  readonly started: Promise<void>;
 
-  /** `shards` relay workers, each an epoll loop on its own thread; `workerUrl` is their entry module. */
-  constructor(opts: { idleTimeoutMs: number; workerUrl: URL; shards: number }) {
+  /**
+   * `shards` relay workers, each an epoll loop on its own thread; `workerUrl` is their entry module.
+   * They start one after another: booting isolates all at once would starve a small machine's CPUs
+   * (after an upgrade's exec, the bridge is relaying every connection on them meanwhile).
+   */
+  constructor(private readonly opts: { idleTimeoutMs: number; workerUrl: URL; shards: number }) {
     super();
     if (!(opts.shards >= 1)) throw new Error(`relay: need at least one shard, not ${opts.shards}`);
-    this.shards = Array.from({ length: opts.shards }, () => new Shard(opts));
-    for (const s of this.shards) {
-      s.on('closed', (m) => this.emit('closed', m));
-      s.on('log', (m) => this.emit('log', m));
-      s.on('error', (e) => this.emit('error', e));
-    }
+    this.started = (async () => {
+      for (let i = 0; i < opts.shards; i++) await this.startShard().ready;
+    })();
+  }
+
+  private startShard(): Shard {
+    const s = new Shard(this.opts);
+    s.on('closed', (m) => this.emit('closed', m));
+    s.on('log', (m) => this.emit('log', m));
+    s.on('error', (e) => this.emit('error', e));
+    this.shards.push(s);
+    return s;
   }
 
   get connections(): number {
@@ -30,7 +42,7 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 
   get shardCount(): number {
-    return this.shards.length;
+    return this.opts.shards;
   }
 
   /** Hands a connection to the shard relaying the fewest; from here on it owns (and closes) both fds. */
@@ -41,16 +53,19 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 
   async stats(timeoutMs = 2000): Promise<PairStats[]> {
+    await this.started;
     const per = await Promise.all(this.shards.map((s) => s.stats(timeoutMs)));
     return per.flatMap((list, worker) => list.map((p) => ({ ...p, worker })));
   }
 
   configure(opts: { idleTimeoutMs: number }): void {
+    this.opts.idleTimeoutMs = opts.idleTimeoutMs;
     for (const s of this.shards) s.configure(opts);
   }
 
   /** Moves every shard's connections to the upgrade bridge, one shard after another (the others keep relaying). */
   async migrate(linkFd: number, idleTimeoutMs: number): Promise<Migrated> {
+    await this.started;
     const total: Migrated = { moved: 0, intoBridgeMs: 0 };
     for (const [i, s] of this.shards.entries()) {
       const m = await s.migrate(linkFd, idleTimeoutMs, i > 0);
@@ -63,6 +78,7 @@ export class Relay extends EventEmitter<RelayEvents> {
 
   /** Takes the connections back from the bridge, `expected` of them spread evenly over the shards. */
   async reclaim(linkFd: number, expected: number): Promise<Reclaimed> {
+    await this.started;
     const all: Reclaimed = { connections: [], failed: [], closed: [], intoBridgeMs: 0, outOfBridgeMs: 0, bridgeDone: false };
     const share = Math.ceil(expected / this.shards.length);
     for (let i = 0; i < this.shards.length && !all.bridgeDone && !all.error; i++) {
@@ -80,6 +96,7 @@ export class Relay extends EventEmitter<RelayEvents> {
 
   /** Closes every connection (close_notify) and stops the workers. */
   async stop(): Promise<void> {
+    await this.started;
     await Promise.all(this.shards.map((s) => s.stop()));
   }
 }

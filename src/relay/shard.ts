@@ -32,7 +32,15 @@ export class Shard extends EventEmitter<RelayEvents> {
     this.worker = new Worker(opts.workerUrl, { workerData: init });
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
     this.worker.on('error', (e) => this.emit('error', e));
+    this.ready = new Promise((resolve) => {
+      this.markReady = resolve;
+      this.worker.once('exit', () => resolve());
+    });
   }
+
+  /** Resolves once the worker has loaded (or is gone). */
+  readonly ready: Promise<void>;
+  private markReady: () => void = () => {};
 
   get connections(): number {
     return this.live;
@@ -83,6 +91,9 @@ export class Shard extends EventEmitter<RelayEvents> {
         cb?.(m.reclaimed);
         break;
       }
+      case 'ready':
+        this.markReady();
+        break;
       case 'stopped':
         break;
     }

@@ -20,4 +20,5 @@ loop.extend((msg) => {
   return false;
 });
 
+loop.send({ op: 'ready' });
 loop.run();
