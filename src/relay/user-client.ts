@@ -6,6 +6,8 @@ import type { CipherSuite } from '../record/suites.js';
 import { ALERT, type ClientRead, type ClientSide } from './kernel-client.js';
 
 const HEADER = 5;
+/** Where this thread receives records; each one is decrypted (into a new buffer) before the next read. */
+const SHARED_INBOX = Buffer.allocUnsafeSlow(HEADER + MAX_CIPHERTEXT);
 const KEY_UPDATE = 24;
 
 export interface UserSessionState {
@@ -25,8 +27,11 @@ export class UserClient implements ClientSide {
   private readonly rx: RecordProtection;
   private readonly tx: RecordProtection;
   private readonly secrets?: { client: Buffer; server: Buffer };
-  /** The record being received: header, then body; never more than one record. */
-  private readonly inbox = Buffer.allocUnsafe(HEADER + MAX_CIPHERTEXT);
+  /**
+   * A record received only in part, kept between reads; complete records are received into this
+   * thread's shared buffer instead, so an idle connection holds no receive buffer.
+   */
+  private inbox: Buffer | undefined;
   private got = 0;
   private need = HEADER;
   /** Sealed bytes not yet accepted by the socket. */
@@ -43,6 +48,7 @@ export class UserClient implements ClientSide {
     this.secrets = state.secrets;
     for (const b of [state.rx.key, state.rx.iv, state.tx.key, state.tx.iv]) b.fill(0);
     if (state.inbox?.length) {
+      this.inbox = Buffer.allocUnsafe(HEADER + MAX_CIPHERTEXT);
       state.inbox.copy(this.inbox);
       this.got = state.inbox.length;
       if (this.got >= HEADER) this.need = HEADER + this.inbox.readUInt16BE(3);
@@ -59,7 +65,7 @@ export class UserClient implements ClientSide {
       tx: this.tx.exportState(),
       rx: this.rx.exportState(),
       secrets: this.secrets ? { client: Buffer.from(this.secrets.client), server: Buffer.from(this.secrets.server) } : undefined,
-      inbox: this.got ? Buffer.from(this.inbox.subarray(0, this.got)) : undefined,
+      inbox: this.got && this.inbox ? Buffer.from(this.inbox.subarray(0, this.got)) : undefined,
       plain: this.plain ? Buffer.from(this.plain) : undefined,
       out: this.out ? Buffer.from(this.out) : undefined,
     };
@@ -85,14 +91,22 @@ export class UserClient implements ClientSide {
   read(buf: Buffer): ClientRead {
     if (this.plain) return this.copyOut(buf);
     for (;;) {
-      const r = sys.recv(this.fd, this.inbox.subarray(this.got), this.need - this.got);
-      if (r === -EAGAIN || r === -EINTR) return { kind: 'again' };
+      const box = this.inbox ?? SHARED_INBOX;
+      const r = sys.recv(this.fd, box.subarray(this.got), this.need - this.got);
+      if (r === -EAGAIN || r === -EINTR) {
+        // Part of a record: it must outlive this call, so it moves out of the shared buffer.
+        if (this.got > 0 && !this.inbox) {
+          this.inbox = Buffer.allocUnsafe(HEADER + MAX_CIPHERTEXT);
+          box.copy(this.inbox, 0, 0, this.got);
+        }
+        return { kind: 'again' };
+      }
       if (r < 0) return { kind: 'fatal', reason: `read from client: ${errnoName(-r)}` };
       if (r === 0) return { kind: 'eof' };
       this.got += r;
       if (this.got < this.need) continue;
       if (this.need === HEADER) {
-        const len = this.inbox.readUInt16BE(3);
+        const len = box.readUInt16BE(3);
         if (len > MAX_CIPHERTEXT) return { kind: 'fatal', alert: ALERT.record_overflow, reason: `record of ${len} bytes exceeds 2^14+256` };
         this.need = HEADER + len;
         if (len > 0) continue;
@@ -100,9 +114,10 @@ export class UserClient implements ClientSide {
       const total = this.need;
       this.got = 0;
       this.need = HEADER;
+      this.inbox = undefined; // the next record starts in the shared buffer
       let opened;
       try {
-        opened = this.rx.open(this.inbox.subarray(0, HEADER), this.inbox.subarray(HEADER, total));
+        opened = this.rx.open(box.subarray(0, HEADER), box.subarray(HEADER, total));
       } catch (e) {
         if (e instanceof RecordError) return { kind: 'fatal', alert: e.alert, reason: e.message };
         throw e;
