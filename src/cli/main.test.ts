@@ -138,6 +138,7 @@ describe('ironsocket command line', () => {
     const r = await cli('check', '--config', file);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /cert: cannot read ".*missing\.pem": no such file/);
+    assert.match(r.stderr, /key: cannot read ".*missing-key\.pem": no such file/);
   });
 
   it('run exits 1 with a precise message and no stack trace on a bad flag value', async () => {

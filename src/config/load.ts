@@ -187,23 +187,20 @@ export async function loadConfig(opts: { file?: string; flags: ConfigFlags; env?
 
 /** Checks that cert and key files load in a TLS context and match; returns problems (empty when fine). */
 export async function checkCertificateFiles(certFile: string, keyFile: string, now: number = Date.now()): Promise<string[]> {
+  const problems: string[] = [];
   const read = async (what: string, path: string) => {
     try {
       return await readFile(path);
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.message;
-      throw new ConfigError([`${what}: cannot read ${JSON.stringify(path)}: ${why}`]);
+      problems.push(`${what}: cannot read ${JSON.stringify(path)}: ${why}`);
+      return undefined;
     }
   };
-  let cert: Buffer;
-  let key: Buffer;
-  try {
-    [cert, key] = await Promise.all([read('cert', certFile), read('key', keyFile)]);
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
+  // Both are read, so that both problems are reported, in this order, whichever fails first.
+  const [cert, key] = await Promise.all([read('cert', certFile), read('key', keyFile)]);
+  if (!cert || !key) return problems.sort((a, b) => (a.startsWith('cert') ? -1 : b.startsWith('cert') ? 1 : 0));
   try {
     createSecureContext({ cert, key });
   } catch (err) {

@@ -8,7 +8,7 @@ import type { FromHandshaker, HandshakerInit, ToHandshaker } from './handshakers
 
 const init = workerData as HandshakerInit;
 const port = parentPort as MessagePort;
-const poller = new Poller(true);
+const poller = new Poller(init.inlinePoll === true);
 const aborts = new Map<string, AbortController>();
 const post = (m: FromHandshaker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
 

@@ -15,6 +15,8 @@ export interface HandshakerInit {
   handshakeTimeoutMs: number;
   backendConnectTimeoutMs: number;
   logLevel: LogLevel;
+  /** Wait on epoll inline rather than on a libuv pool thread (set by the pool: more workers than pool threads to spare). */
+  inlinePoll?: boolean;
 }
 
 export type ToHandshaker = { op: 'conn'; fd: number; id: string } | { op: 'abort'; reason: string } | { op: 'stop' };
@@ -43,14 +45,24 @@ export class Handshakers {
   /** Resolves once every worker has loaded. */
   readonly started: Promise<void>;
 
-  /** Starts `n` workers one after another, once `after` resolves (so that their boots do not pile up on the CPUs). */
-  constructor(n: number, init: HandshakerInit, on: HandshakerEvents, after: Promise<void> = Promise.resolve()) {
+  /**
+   * Starts `n` workers. With `after`, one after another once it resolves, so that their boots do not
+   * pile up on the CPUs (after an upgrade's exec); without, all at once.
+   */
+  constructor(n: number, init: HandshakerInit, on: HandshakerEvents, after?: Promise<void>) {
     // Our own copy of the key until every worker has its own: the caller wipes theirs.
-    const own: HandshakerInit = { ...init, tls: { ...init.tls, key: Buffer.from(init.tls.key as Buffer) } };
+    // Each worker's poller blocks one libuv pool thread while it waits (main's listener holds another);
+    // past what the pool can spare, workers poll inline instead.
+    const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+    const own: HandshakerInit = { ...init, inlinePoll: n + 1 > pool - 1, tls: { ...init.tls, key: Buffer.from(init.tls.key as Buffer) } };
     this.started = (async () => {
       try {
-        await after;
-        for (let i = 0; i < n && !this.stopping; i++) await this.startWorker(own, on);
+        if (after) {
+          await after;
+          for (let i = 0; i < n && !this.stopping; i++) await this.startWorker(own, on);
+        } else {
+          await Promise.all(Array.from({ length: n }, () => this.startWorker(own, on)));
+        }
       } finally {
         (own.tls.key as Buffer).fill(0);
       }

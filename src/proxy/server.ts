@@ -27,6 +27,8 @@ export interface ServerDeps {
   logger: Logger;
   poller: Poller;
   relay: Relay;
+  /** Start worker threads one at a time (after an upgrade's exec, while the bridge relays). */
+  staggerWorkers?: boolean;
   /** What every handshake worker needs (certificate and key included). */
   handshake: HandshakerInit;
   backend: Endpoint;
@@ -76,7 +78,7 @@ export class ProxyServer {
         count: (name) => this.count(name),
         error: (e) => log.fatal({ err: e.message }, `handshake worker failed: ${e.message}`),
       },
-      relay.started,
+      deps.staggerWorkers ? relay.started : undefined,
     );
     this.started = Promise.all([relay.started, this.handshakers.started]).then(() => undefined);
   }

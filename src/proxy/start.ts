@@ -80,7 +80,8 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   const backend = await resolveEndpoint(config.backend);
   const listenAt = await resolveEndpoint(config.listen);
   const poller = new Poller();
-  const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs, workerUrl: RELAY_WORKER, shards: config.workers });
+  const stagger = handoff !== undefined;
+  const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs, workerUrl: RELAY_WORKER, shards: config.workers, stagger });
   const handshake = {
     tls: tlsOptions,
     backend,
@@ -90,7 +91,7 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
     backendConnectTimeoutMs: config.backendConnectTimeoutMs,
     logLevel: config.logLevel,
   };
-  const server = new ProxyServer({ config, logger: log, poller, relay, handshake, backend, probe, support, kernelSuites });
+  const server = new ProxyServer({ config, logger: log, poller, relay, handshake, staggerWorkers: stagger, backend, probe, support, kernelSuites });
   (tlsOptions.key as Buffer).fill(0); // the handshake workers have their copies
   server.pauseAccepting();
 

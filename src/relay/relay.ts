@@ -17,15 +17,17 @@ export class Relay extends EventEmitter<RelayEvents> {
 
   /**
    * `shards` relay workers, each an epoll loop on its own thread; `workerUrl` is their entry module.
-   * They start one after another: booting isolates all at once would starve a small machine's CPUs
-   * (after an upgrade's exec, the bridge is relaying every connection on them meanwhile).
+   * With `stagger` they start one after another: after an upgrade's exec the bridge is relaying every
+   * connection, and isolates booting all at once would starve it of a small machine's CPUs.
    */
-  constructor(private readonly opts: { idleTimeoutMs: number; workerUrl: URL; shards: number }) {
+  constructor(private readonly opts: { idleTimeoutMs: number; workerUrl: URL; shards: number; stagger?: boolean }) {
     super();
     if (!(opts.shards >= 1)) throw new Error(`relay: need at least one shard, not ${opts.shards}`);
-    this.started = (async () => {
-      for (let i = 0; i < opts.shards; i++) await this.startShard().ready;
-    })();
+    this.started = opts.stagger
+      ? (async () => {
+          for (let i = 0; i < opts.shards; i++) await this.startShard().ready;
+        })()
+      : Promise.all(Array.from({ length: opts.shards }, () => this.startShard().ready)).then(() => undefined);
   }
 
   private startShard(): Shard {

@@ -1,7 +1,6 @@
 // In-place upgrade: pre-flight the new code, move connections to a bridge process, exec ourselves, and take them back.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { SOCK_SEQPACKET, errnoName, sys } from '../kernel/libc.js';
@@ -31,14 +30,16 @@ function ownCommand(): { script: string; flags: string[] } {
 /** Runs the code now on disk in check mode against the running configuration. */
 async function preflight(): Promise<string | undefined> {
   const { script, flags } = ownCommand();
+  // Not niced: on a saturated machine a niced check starves and never finishes.
   try {
-    // Background work: under nice(1) when there is one, so the relays keep priority for the CPU.
-    const argv = [process.execPath, ...process.execArgv, script, 'check', ...flags];
-    const [cmd, ...args] = NICE ? [NICE, '-n', '10', ...argv] : argv;
-    await run(cmd!, args, { timeout: 60_000, env: { ...process.env, [HANDOFF_ENV]: '' } });
+    await run(process.execPath, [...process.execArgv, script, 'check', ...flags], {
+      timeout: PREFLIGHT_TIMEOUT_MS,
+      env: { ...process.env, [HANDOFF_ENV]: '' },
+    });
     return undefined;
   } catch (e) {
-    const err = e as { stderr?: string; stdout?: string; message: string };
+    const err = e as { stderr?: string; stdout?: string; message: string; killed?: boolean; signal?: string };
+    if (err.killed || err.signal) return `pre-flight check did not finish within ${PREFLIGHT_TIMEOUT_MS / 1000} s (${err.signal ?? 'killed'})`;
     return `pre-flight check failed: ${(err.stderr || err.stdout || err.message).trim()}`;
   }
 }
@@ -69,7 +70,7 @@ function startBridge(): Bridge {
   }
 }
 
-const NICE = ['/usr/bin/nice', '/bin/nice'].find((p) => fs.existsSync(p));
+const PREFLIGHT_TIMEOUT_MS = 180_000;
 
 let busy = false;
 
