@@ -75,4 +75,6 @@ export type FromWorker =
   | { op: 'log'; level: 'info' | 'warn' | 'debug'; id: string; msg: string }
   /** The worker has loaded and is about to run its loop. */
   | { op: 'ready' }
+  /** A batch of connections moved to or from the upgrade bridge (it is alive and working). */
+  | { op: 'transfer-progress' }
   | { op: 'stopped' };

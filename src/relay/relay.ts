@@ -35,6 +35,7 @@ export class Relay extends EventEmitter<RelayEvents> {
     s.on('closed', (m) => this.emit('closed', m));
     s.on('log', (m) => this.emit('log', m));
     s.on('error', (e) => this.emit('error', e));
+    s.on('progress', () => this.emit('progress'));
     this.shards.push(s);
     return s;
   }

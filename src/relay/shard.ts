@@ -9,6 +9,8 @@ export interface RelayEvents {
   closed: [msg: Extract<FromWorker, { op: 'closed' }>];
   log: [msg: Extract<FromWorker, { op: 'log' }>];
   error: [err: Error];
+  /** A batch moved to or from the upgrade bridge. */
+  progress: [];
 }
 
 export class Shard extends EventEmitter<RelayEvents> {
@@ -93,6 +95,9 @@ export class Shard extends EventEmitter<RelayEvents> {
       }
       case 'ready':
         this.markReady();
+        break;
+      case 'transfer-progress':
+        this.emit('progress');
         break;
       case 'stopped':
         break;

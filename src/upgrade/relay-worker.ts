@@ -8,13 +8,15 @@ import { migrate, reclaim } from './transfer.js';
 const init = workerData as WorkerInit;
 const loop = new RelayLoop(portControl(parentPort as MessagePort, init.wakeFd), init.idleTimeoutMs);
 
+const progress = () => loop.send({ op: 'transfer-progress' });
+
 loop.extend((msg) => {
   if (msg.op === 'migrate') {
-    migrate(loop, new Link(msg.linkFd), msg.idleTimeoutMs, msg.bridgeReady, (r) => loop.send({ op: 'migrated', seq: msg.seq, ...r }));
+    migrate(loop, new Link(msg.linkFd), msg.idleTimeoutMs, msg.bridgeReady, (r) => loop.send({ op: 'migrated', seq: msg.seq, ...r }), progress);
     return true;
   }
   if (msg.op === 'reclaim') {
-    reclaim(loop, new Link(msg.linkFd), msg.max, (r) => loop.send({ op: 'reclaimed', seq: msg.seq, reclaimed: r }));
+    reclaim(loop, new Link(msg.linkFd), msg.max, (r) => loop.send({ op: 'reclaimed', seq: msg.seq, reclaimed: r }), progress);
     return true;
   }
   return false;

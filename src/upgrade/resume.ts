@@ -39,14 +39,31 @@ export async function resumeFromBridge(relay: Relay, h: HandoffState, timeoutMs:
       /* already gone */
     }
   };
-  const watchdog = setTimeout(kill, timeoutMs);
+  const stop = stallWatchdog(relay, timeoutMs, kill);
   try {
     return await relay.reclaim(linkFd, h.moved);
   } finally {
-    clearTimeout(watchdog);
+    stop();
     sys.close(linkFd);
     reap(pid, Date.now() + timeoutMs, kill);
   }
+}
+
+/**
+ * Calls `kill` when `timeoutMs` pass without a batch moving to or from the bridge: a slow bridge on a
+ * loaded machine is left alone, a hung one is not. Returns the function that disarms it.
+ */
+export function stallWatchdog(relay: Relay, timeoutMs: number, kill: () => void): () => void {
+  let t = setTimeout(kill, timeoutMs);
+  const moved = () => {
+    clearTimeout(t);
+    t = setTimeout(kill, timeoutMs);
+  };
+  relay.on('progress', moved);
+  return () => {
+    clearTimeout(t);
+    relay.off('progress', moved);
+  };
 }
 
 /** Polls for the bridge's exit (Node did not start it, so nothing else will reap it); kills it past the deadline. */

@@ -19,7 +19,7 @@ function closeOurCopies(batch: CarriedPair[]): void {
  * of `loop` into it, one acknowledged batch at a time (connections not yet moved keep flowing here).
  * Calls `done` once.
  */
-export function migrate(loop: RelayLoop, link: Link, idleTimeoutMs: number, bridgeReady: boolean, done: (r: Migrated) => void): void {
+export function migrate(loop: RelayLoop, link: Link, idleTimeoutMs: number, bridgeReady: boolean, done: (r: Migrated) => void, progress = () => {}): void {
   let moved = 0;
   let intoBridgeMs = 0;
   let ready = bridgeReady;
@@ -57,6 +57,7 @@ export function migrate(loop: RelayLoop, link: Link, idleTimeoutMs: number, brid
       } else if (ready && h.op === 'adopted') {
         moved += h.count;
         intoBridgeMs = Math.max(intoBridgeMs, h.stallMs);
+        progress();
         next();
       } else {
         return finish(`unexpected "${h.op}" from the upgrade bridge`);
@@ -70,7 +71,7 @@ export function migrate(loop: RelayLoop, link: Link, idleTimeoutMs: number, brid
  * Takes up to `max` connections back from the bridge into `loop`, batch by batch, checking each fd
  * before adopting it. Calls `done` once; the bridge exits after its last batch.
  */
-export function reclaim(loop: RelayLoop, link: Link, max: number, done: (r: Reclaimed) => void): void {
+export function reclaim(loop: RelayLoop, link: Link, max: number, done: (r: Reclaimed) => void, progress = () => {}): void {
   const r: Reclaimed = { connections: [], failed: [], closed: [], intoBridgeMs: 0, outOfBridgeMs: 0, bridgeDone: false };
   let taken = 0;
   let finished = false;
@@ -109,6 +110,7 @@ export function reclaim(loop: RelayLoop, link: Link, max: number, done: (r: Recl
       r.closed.push(...ev.closed);
       r.intoBridgeMs = Math.max(r.intoBridgeMs, h.intoBridgeMs);
       r.outOfBridgeMs = Math.max(r.outOfBridgeMs, Date.now() - h.frozenAt);
+      progress();
       if (!h.more) {
         r.bridgeDone = true;
         return finish();

@@ -71,7 +71,13 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
         assert.equal(r.outcome?.ok, true);
         assert.equal(r.outcome?.pid, proxy.pid, 'the PID never changes');
         assert.equal(r.outcome?.generation, k + 1);
-        assert.equal(r.outcome?.moved, 200, `upgrade ${k} moved ${r.outcome?.moved} connections`);
+        const warnings = () =>
+          proxy
+            .logs()
+            .filter((l) => /"level":(40|50|60)/.test(l))
+            .slice(-20)
+            .join('\n');
+        assert.equal(r.outcome?.moved, 200, `upgrade ${k} moved ${r.outcome?.moved} connections; proxy warnings:\n${warnings()}`);
         assert.equal(typeof r.outcome?.stallMs, 'number');
         // Every stream is still flowing after this upgrade.
         const deadline = Date.now() + 60_000;

@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import { SOCK_SEQPACKET, errnoName, sys } from '../kernel/libc.js';
 import type { ProxyServer, UpgradeRecord } from '../proxy/server.js';
 import type { Migrated } from '../relay/relay.js';
-import { HANDOFF_ENV } from './resume.js';
+import { HANDOFF_ENV, stallWatchdog } from './resume.js';
 import { encodeState, writeStateMemfd, type HandoffState } from './state.js';
 
 const run = promisify(execFile);
@@ -108,9 +108,9 @@ export async function upgradeInPlace(server: ProxyServer, opts: UpgradeOptions, 
     // A bridge that hangs is killed: its link then closes and the worker stops waiting for it.
     const b = bridge;
     const bound = opts.bridgeTimeoutMs ?? 30_000;
-    const watchdog = setTimeout(() => b.child.kill('SIGKILL'), bound);
+    const disarm = stallWatchdog(relay, bound, () => b.child.kill('SIGKILL'));
     const migrated = await relay.migrate(bridge.linkFd, server.deps.config.idleTimeoutMs);
-    clearTimeout(watchdog);
+    disarm();
     if (migrated.error) {
       await exited(bridge, 1000); // its exit status is the clearest reason
       await takeBack(server, bridge, migrated.moved, log, bound);
@@ -140,9 +140,9 @@ function exited(bridge: Bridge, ms: number): Promise<void> {
 /** Takes the connections back from the bridge into this image (the upgrade is not happening). */
 async function takeBack(server: ProxyServer, bridge: Bridge, moved: number, log: ProxyServer['deps']['logger'], timeoutMs: number): Promise<void> {
   if (bridge.exit === undefined) {
-    const watchdog = setTimeout(() => bridge.child.kill('SIGKILL'), timeoutMs);
+    const disarm = stallWatchdog(server.deps.relay, timeoutMs, () => bridge.child.kill('SIGKILL'));
     const r = await server.deps.relay.reclaim(bridge.linkFd, moved);
-    clearTimeout(watchdog);
+    disarm();
     if (r.error) log.error({ err: r.error }, `taking connections back from the upgrade bridge: ${r.error}`);
     log.info({ reclaimed: r.connections.length, closed: r.closed.length, failed: r.failed.length }, 'connections back from the upgrade bridge');
   }
