@@ -41,8 +41,8 @@ export class Poller {
   private lastBatch = 0;
 
   /**
-   * `inline`: wait on this thread between event-loop turns (epoll_wait for at most 2 ms when idle,
-   * woken at once by `wakeUp`) instead of on a libuv pool thread: for worker threads, so that many
+   * `inline`: wait on this thread between event-loop turns (epoll_wait for at most 2 ms when idle)
+   * instead of on a libuv pool thread: for worker threads, so that many
    * of them do not exhaust the pool.
    */
   constructor(private readonly inline = false) {
@@ -85,13 +85,6 @@ export class Poller {
   private release(): void {
     sys.close(this.wake);
     sys.close(this.ep);
-  }
-
-  /** Interrupts an inline wait (e.g. a message was posted to this thread). */
-  wakeUp(): void {
-    const one = Buffer.alloc(8);
-    one.writeBigUInt64LE(1n);
-    sys.write(this.wake, one, 8);
   }
 
   private arm(): void {

@@ -3,6 +3,7 @@ import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import tls from 'node:tls';
 import { createLogger } from '../admin/log.js';
 import { Poller } from '../kernel/poller.js';
+import { keyBuffers } from '../relay/protocol.js';
 import { serveConnection, type ConnectionContext } from './connection.js';
 import type { FromHandshaker, HandshakerInit, ToHandshaker } from './handshakers.js';
 
@@ -29,9 +30,7 @@ const ctx: ConnectionContext = {
   relay: {
     add(info, clientFd, backendFd, user) {
       // Keys move, they are not copied: the buffers become the main thread's.
-      const keys = user ? [user.tx.key, user.tx.iv, user.rx.key, user.rx.iv, user.secrets?.client, user.secrets?.server] : [];
-      const own = keys.filter((k): k is Uint8Array => k !== undefined && k.byteOffset === 0 && k.byteLength === k.buffer.byteLength);
-      post({ op: 'established', info, clientFd, backendFd, user }, [...new Set(own.map((k) => k.buffer as ArrayBuffer))]);
+      post({ op: 'established', info, clientFd, backendFd, user }, keyBuffers(user));
     },
   },
 };

@@ -39,8 +39,6 @@ export class Handshakers {
   /** Handshakes in progress per worker. */
   private readonly busy: number[] = [];
   private readonly where = new Map<string, number>();
-  /** Connections accepted before the first worker existed. */
-  private readonly waiting: Array<{ fd: number; id: string }> = [];
   private stopping = false;
   /** Resolves once every worker has loaded. */
   readonly started: Promise<void>;
@@ -87,13 +85,12 @@ export class Handshakers {
         else on.established(m);
       });
     });
-    for (const c of this.waiting.splice(0)) this.dispatch(c.fd, c.id);
     return ready;
   }
 
   /** Hands an accepted client fd to the least busy worker, which owns it from now on. */
   dispatch(fd: number, id: string): void {
-    if (this.workers.length === 0) return void this.waiting.push({ fd, id });
+    // The server accepts only once `started` resolved, so there is always a worker here.
     let best = 0;
     for (let i = 1; i < this.busy.length; i++) if (this.busy[i]! < this.busy[best]!) best = i;
     this.busy[best]!++;

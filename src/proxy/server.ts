@@ -8,19 +8,9 @@ import type { Relay } from '../relay/relay.js';
 import type { LiveConnection } from './connection.js';
 import { Handshakers, type HandshakerInit } from './handshakers.js';
 import { Listener } from './listener.js';
-import type { KtlsSupport, ProxyConfig, StatusSnapshot } from './types.js';
+import type { KtlsSupport, ProxyConfig, StatusSnapshot, UpgradeRecord } from './types.js';
 
-export interface UpgradeRecord {
-  attempt: string;
-  ok: boolean;
-  at: string;
-  error?: string;
-  stallMs?: number;
-  moved?: number;
-  failedToRestore?: number;
-  /** Connections that ended on their own while the upgrade bridge held them. */
-  closedDuringUpgrade?: number;
-}
+export type { UpgradeRecord } from './types.js';
 
 export interface ServerDeps {
   config: ProxyConfig;

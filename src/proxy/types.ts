@@ -68,14 +68,18 @@ export interface StatusSnapshot {
   counters: Record<string, number>;
   /** 1 for the first image, +1 for every in-place upgrade. */
   generation?: number;
-  lastUpgrade?: {
-    attempt: string;
-    ok: boolean;
-    at: string;
-    error?: string;
-    stallMs?: number;
-    moved?: number;
-    failedToRestore?: number;
-    closedDuringUpgrade?: number;
-  };
+  lastUpgrade?: UpgradeRecord;
+}
+
+/** The outcome of the last in-place upgrade, as status reports it. */
+export interface UpgradeRecord {
+  attempt: string;
+  ok: boolean;
+  at: string;
+  error?: string;
+  stallMs?: number;
+  moved?: number;
+  failedToRestore?: number;
+  /** Connections that ended on their own while the upgrade bridge held them. */
+  closedDuringUpgrade?: number;
 }

@@ -19,6 +19,15 @@ export interface UserState {
   out?: Uint8Array;
 }
 
+/** The buffers holding a user-mode connection's keys, to transfer (move, not copy) with postMessage. */
+export function keyBuffers(user: UserState | undefined): ArrayBuffer[] {
+  if (!user) return [];
+  const keys = [user.tx.key, user.tx.iv, user.rx.key, user.rx.iv, user.secrets?.client, user.secrets?.server];
+  // Only arrays that own their whole buffer: transferring a shared one would take others' bytes along.
+  const own = keys.filter((k): k is Uint8Array => k !== undefined && k.byteOffset === 0 && k.byteLength === k.buffer.byteLength);
+  return [...new Set(own.map((k) => k.buffer as ArrayBuffer))];
+}
+
 /** One connection as an upgrade carries it: fds, relay state, and (user mode) record state. */
 export interface CarriedPair {
   clientFd: number;

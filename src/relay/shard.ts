@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
 import type { PairInfo, PairSnapshot } from './pair.js';
-import type { FromWorker, PairStats, Reclaimed, ToWorker, UserState, WorkerInit } from './protocol.js';
+import { keyBuffers, type FromWorker, type PairStats, type Reclaimed, type ToWorker, type UserState, type WorkerInit } from './protocol.js';
 
 export interface RelayEvents {
   closed: [msg: Extract<FromWorker, { op: 'closed' }>];
@@ -108,9 +108,7 @@ export class Shard extends EventEmitter<RelayEvents> {
   add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot): void {
     this.live++;
     // Keys move to the worker rather than being copied (this thread keeps no trace of them).
-    const keys = user ? [user.tx.key, user.tx.iv, user.rx.key, user.rx.iv, user.secrets?.client, user.secrets?.server] : [];
-    const transfer = keys.filter((k): k is Uint8Array => k !== undefined && k.byteOffset === 0 && k.byteLength === k.buffer.byteLength);
-    this.post({ op: 'add', info, clientFd, backendFd, user, restored }, [...new Set(transfer.map((k) => k.buffer as ArrayBuffer))]);
+    this.post({ op: 'add', info, clientFd, backendFd, user, restored }, keyBuffers(user));
   }
 
   /**

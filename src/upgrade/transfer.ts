@@ -3,8 +3,26 @@ import { sys } from '../kernel/libc.js';
 import type { RelayLoop } from '../relay/loop.js';
 import type { CarriedPair, Reclaimed } from '../relay/protocol.js';
 import type { Migrated } from '../relay/relay.js';
-import { BATCH, LINK_PROTOCOL, type Link } from './link.js';
+import { BATCH, LINK_PROTOCOL, type Link, type LinkEvent } from './link.js';
 import { checkPair, rejectPair, wipeCarried } from './restore.js';
+
+/** Hands each message on the link to `on` while `active()`; a link that closes ends it through `fail`. */
+function watchLink(
+  loop: RelayLoop,
+  link: Link,
+  active: () => boolean,
+  fail: (why: string) => void,
+  on: (ev: Extract<LinkEvent, { kind: 'message' }>) => void,
+): void {
+  loop.watch(link.fd, () => {
+    while (active()) {
+      const ev = link.receive();
+      if (ev.kind === 'again') return;
+      if (ev.kind === 'closed') return fail(`the upgrade bridge went away (${ev.reason})`);
+      on(ev);
+    }
+  });
+}
 
 /** Closes this side's copies of fds that are now in flight to (or held by) the other process. */
 function closeOurCopies(batch: CarriedPair[]): void {
@@ -44,11 +62,12 @@ export function migrate(loop: RelayLoop, link: Link, idleTimeoutMs: number, brid
     closeOurCopies(batch);
     wipeCarried(batch);
   };
-  loop.watch(link.fd, () => {
-    while (!finished) {
-      const ev = link.receive();
-      if (ev.kind === 'again') return;
-      if (ev.kind === 'closed') return finish(`the upgrade bridge went away (${ev.reason})`);
+  watchLink(
+    loop,
+    link,
+    () => !finished,
+    finish,
+    (ev) => {
       const h = ev.header;
       if (!ready && h.op === 'ready') {
         if (h.protocol !== LINK_PROTOCOL) return finish(`the bridge on disk speaks link protocol ${h.protocol}, this image ${LINK_PROTOCOL}`);
@@ -62,8 +81,8 @@ export function migrate(loop: RelayLoop, link: Link, idleTimeoutMs: number, brid
       } else {
         return finish(`unexpected "${h.op}" from the upgrade bridge`);
       }
-    }
-  });
+    },
+  );
   if (ready) next();
 }
 
@@ -87,13 +106,14 @@ export function reclaim(loop: RelayLoop, link: Link, max: number, done: (r: Recl
     const err = link.send({ op: 'return', max: Math.min(BATCH, max - taken) });
     if (err) finish(err);
   };
-  loop.watch(link.fd, () => {
-    while (!finished) {
-      const ev = link.receive();
-      if (ev.kind === 'again') return;
-      if (ev.kind === 'closed') return finish(`the upgrade bridge went away (${ev.reason})`);
+  watchLink(
+    loop,
+    link,
+    () => !finished,
+    finish,
+    (ev) => {
       const h = ev.header;
-      if (h.op === 'ready') continue; // a bridge that never got a connection
+      if (h.op === 'ready') return; // a bridge that never got a connection
       if (h.op !== 'returned') return finish(`unexpected "${h.op}" from the upgrade bridge`);
       for (const p of ev.pairs) {
         const bad = checkPair(p);
@@ -116,7 +136,7 @@ export function reclaim(loop: RelayLoop, link: Link, max: number, done: (r: Recl
         return finish();
       }
       ask();
-    }
-  });
+    },
+  );
   ask();
 }
