@@ -3,12 +3,15 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { createCipheriv, createDecipheriv, randomBytes, type CipherGCMTypes } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
-import { Alert, ContentType, MAX_PLAINTEXT, RecordError, RecordProtection } from './aead.js';
+import { Alert, ContentType, MAX_PLAINTEXT, MAX_RECORD, RecordError, RecordProtection } from './aead.js';
 import { deriveDirectionKeys, tls13TrafficKeys } from './keys.js';
 import { SUITES, suiteByName, type CipherSuite } from './suites.js';
 import { KeylogCollector } from '../handshake/keylog.js';
@@ -183,6 +186,212 @@ describe('round trips and failure handling', () => {
     assert.throws(() => new RecordProtection(AES128, Buffer.alloc(15), Buffer.alloc(12)), RangeError);
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// One OpenSSL context per RecordProtection, checked against an independent node:crypto reference
+// (a new cipher object per record, as the implementation used to do).
+
+function refNonce(suite: CipherSuite, iv: Buffer, seq: bigint, explicit: Buffer): Buffer {
+  if (suite.explicitNonceLen > 0) return Buffer.concat([iv, explicit]);
+  const nonce = Buffer.from(iv);
+  const s = Buffer.alloc(8);
+  s.writeBigUInt64BE(seq);
+  for (let i = 0; i < 8; i++) nonce[4 + i] ^= s[i];
+  return nonce;
+}
+
+function refAad(suite: CipherSuite, header: Buffer, seq: bigint, innerLen: number): Buffer {
+  if (suite.version === 'TLSv1.3') return header;
+  const aad = Buffer.alloc(13);
+  aad.writeBigUInt64BE(seq);
+  header.copy(aad, 8, 0, 3);
+  aad.writeUInt16BE(innerLen, 11);
+  return aad;
+}
+
+function refSeal(suite: CipherSuite, key: Buffer, iv: Buffer, seq: bigint, type: number, plaintext: Buffer, padding = 0): Buffer {
+  const tls13 = suite.version === 'TLSv1.3';
+  const inner = tls13 ? Buffer.concat([plaintext, Buffer.from([type]), Buffer.alloc(padding)]) : plaintext;
+  const explicit = Buffer.alloc(suite.explicitNonceLen);
+  if (explicit.length) explicit.writeBigUInt64BE(seq);
+  const header = Buffer.from([tls13 ? 23 : type, 3, 3, 0, 0]);
+  header.writeUInt16BE(explicit.length + inner.length + 16, 3);
+  const c = createCipheriv(suite.aead as CipherGCMTypes, key, refNonce(suite, iv, seq, explicit), { authTagLength: 16 });
+  c.setAAD(refAad(suite, header, seq, inner.length), { plaintextLength: inner.length });
+  return Buffer.concat([header, explicit, c.update(inner), c.final(), c.getAuthTag()]);
+}
+
+function refOpen(suite: CipherSuite, key: Buffer, iv: Buffer, seq: bigint, record: Buffer): { type: number; plaintext: Buffer } {
+  const header = record.subarray(0, 5);
+  const explicit = record.subarray(5, 5 + suite.explicitNonceLen);
+  const ct = record.subarray(5 + explicit.length, record.length - 16);
+  const d = createDecipheriv(suite.aead as CipherGCMTypes, key, refNonce(suite, iv, seq, explicit), { authTagLength: 16 });
+  d.setAAD(refAad(suite, header, seq, ct.length), { plaintextLength: ct.length });
+  d.setAuthTag(record.subarray(record.length - 16));
+  const inner = Buffer.concat([d.update(ct), d.final()]);
+  if (suite.version !== 'TLSv1.3') return { type: header[0], plaintext: inner };
+  let end = inner.length - 1;
+  while (inner[end] === 0) end--;
+  return { type: inner[end], plaintext: inner.subarray(0, end) };
+}
+
+/** Record sizes that alternate small and large across 0..2^14, hitting both ends. */
+const sizeAt = (i: number) => (i % 10 === 0 ? 0 : i % 10 === 1 ? MAX_PLAINTEXT : i % 2 ? (i * 7919) % (MAX_PLAINTEXT + 1) : (i * 31) % 1500);
+
+describe('one long-lived OpenSSL context per RecordProtection', () => {
+  for (const suite of SUITES) {
+    test(`${suite.name} (${suite.version}): 1000 records of varying sizes match node:crypto both ways`, () => {
+      const key = randomBytes(suite.keyLen);
+      const iv = randomBytes(suite.ivLen);
+      const start = 1000n;
+      const tx = new RecordProtection(suite, key, iv, start);
+      const rx = new RecordProtection(suite, key, iv, start);
+      const rxInPlace = new RecordProtection(suite, key, iv, start);
+      const tls13 = suite.version === 'TLSv1.3';
+      const scratch = Buffer.alloc(MAX_RECORD);
+      try {
+        for (let i = 0; i < 1000; i++) {
+          const seq = start + BigInt(i);
+          const size = sizeAt(i);
+          const type = [23, 22, 21, 23][i % 4];
+          const padding = tls13 && i % 7 === 3 ? Math.min(i, MAX_PLAINTEXT - size) : 0;
+          const plaintext = randomBytes(size);
+          // Our seal (alternating seal and sealInto) is byte for byte the reference's.
+          const want = refSeal(suite, key, iv, seq, type, plaintext, padding);
+          let sealed: Buffer;
+          if (i % 2) {
+            sealed = Buffer.from(scratch.subarray(0, tx.sealInto(type, plaintext, scratch, padding)));
+          } else {
+            sealed = tx.seal(type, plaintext, padding);
+          }
+          assert.ok(sealed.equals(want), `record ${i} (${size} bytes) sealed as the reference does`);
+          assert.deepEqual(refOpen(suite, key, iv, seq, sealed), { type, plaintext });
+          // The reference's record opens with ours, copying and in place.
+          const copy = Buffer.from(want);
+          const opened = rx.open(copy.subarray(0, 5), copy.subarray(5));
+          assert.equal(opened.type, type);
+          assert.ok(opened.plaintext.equals(plaintext), `record ${i} opened`);
+          assert.ok(copy.equals(want), 'open() leaves the record alone');
+          const inPlace = rxInPlace.openInPlace(copy.subarray(0, 5), copy.subarray(5));
+          assert.equal(inPlace.type, type);
+          assert.ok(inPlace.plaintext.equals(plaintext), `record ${i} opened in place`);
+          assert.equal(inPlace.plaintext.buffer, copy.buffer, 'the in-place plaintext is a view into the body');
+        }
+        for (const rp of [tx, rx, rxInPlace]) assert.equal(rp.sequence, start + 1000n);
+      } finally {
+        for (const rp of [tx, rx, rxInPlace]) rp.wipe();
+      }
+    });
+  }
+
+  test('one object can seal and open in turn (the context switches direction per record)', () => {
+    for (const suite of SUITES) {
+      const key = randomBytes(suite.keyLen);
+      const iv = randomBytes(suite.ivLen);
+      const both = new RecordProtection(suite, key, iv);
+      const peer = new RecordProtection(suite, key, iv);
+      for (let i = 0; i < 50; i++) {
+        const p = randomBytes(sizeAt(i));
+        if (i % 2) assert.ok(peer.open(...split(both.seal(23, p))).plaintext.equals(p), suite.name);
+        else assert.ok(both.open(...split(peer.seal(23, p))).plaintext.equals(p), suite.name);
+      }
+      both.wipe();
+      peer.wipe();
+    }
+  });
+
+  test('a failed open does not poison the context: the next good record opens', () => {
+    for (const suite of SUITES) {
+      const [tx, rx] = pair(suite, 7n);
+      for (let i = 0; i < 20; i++) {
+        const p = randomBytes(sizeAt(i));
+        const record = tx.seal(23, p);
+        const bad = Buffer.from(record);
+        bad[bad.length - 1 - (i % 20)] ^= 0x80;
+        assert.throws(() => rx.open(...split(bad)), alertOf(Alert.bad_record_mac));
+        const badInPlace = Buffer.from(bad);
+        assert.throws(() => rx.openInPlace(...split(badInPlace)), alertOf(Alert.bad_record_mac));
+        // What was decrypted in place without authenticating is not left behind.
+        const ctEnd = badInPlace.length - 16;
+        assert.ok(
+          badInPlace.subarray(5 + suite.explicitNonceLen, ctEnd).every((b) => b === 0),
+          `${suite.name}: unauthenticated output zeroed`,
+        );
+        assert.equal(rx.sequence, 7n + BigInt(i));
+        const opened = i % 2 ? rx.openInPlace(...split(Buffer.from(record))) : rx.open(...split(record));
+        assert.ok(opened.plaintext.equals(p), `${suite.name} record ${i} after a failure`);
+      }
+      tx.wipe();
+      rx.wipe();
+    }
+  });
+
+  test('wipe() makes every use throw; rekey() after wipe() brings the object back', () => {
+    for (const suite of SUITES) {
+      const [tx, rx] = pair(suite, 3n);
+      const record = tx.seal(23, Buffer.from('before'));
+      tx.wipe();
+      tx.wipe(); // idempotent
+      assert.throws(() => tx.seal(23, Buffer.from('x')), /after wipe/);
+      assert.throws(() => tx.sealInto(23, Buffer.from('x'), Buffer.alloc(MAX_RECORD)), /after wipe/);
+      assert.throws(() => tx.open(...split(record)), /after wipe/);
+      assert.throws(() => tx.openInPlace(...split(Buffer.from(record))), /after wipe/);
+      assert.throws(() => tx.exportState(), /wiped/);
+
+      const key = randomBytes(suite.keyLen);
+      const iv = randomBytes(suite.ivLen);
+      tx.rekey(key, iv);
+      assert.equal(tx.sequence, 0n);
+      const fresh = new RecordProtection(suite, key, iv);
+      const sealed = tx.seal(23, Buffer.from('after'));
+      assert.ok(sealed.equals(refSeal(suite, key, iv, 0n, 23, Buffer.from('after'))));
+      assert.equal(fresh.open(...split(sealed)).plaintext.toString(), 'after');
+      assert.deepEqual(tx.exportState(), { key, iv, seq: 1n });
+      // rekey of a live object re-keys its context in place.
+      rx.rekey(key, iv);
+      assert.equal(rx.open(...split(refSeal(suite, key, iv, 0n, 23, Buffer.from('live')))).plaintext.toString(), 'live');
+      for (const rp of [tx, rx, fresh]) rp.wipe();
+    }
+  });
+
+  test('sealInto writes exactly the record and refuses an output too small', () => {
+    for (const suite of SUITES) {
+      const key = randomBytes(suite.keyLen);
+      const iv = randomBytes(suite.ivLen);
+      const a = new RecordProtection(suite, key, iv);
+      const b = new RecordProtection(suite, key, iv);
+      const out = Buffer.alloc(MAX_RECORD, 0xee);
+      const p = randomBytes(100);
+      const n = a.sealInto(23, p, out);
+      assert.ok(out.subarray(0, n).equals(b.seal(23, p)));
+      assert.ok(
+        out.subarray(n).every((x) => x === 0xee),
+        'nothing written past the record',
+      );
+      assert.throws(() => a.sealInto(23, p, Buffer.alloc(n - 1)), RangeError);
+      assert.equal(a.sequence, 1n, 'a refused seal consumes no sequence number');
+      a.wipe();
+      b.wipe();
+    }
+  });
+
+  test('objects collected without wipe() have their contexts freed without harm', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as (() => void) | undefined;
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 2000; i++) {
+        const [tx, rx] = pair(SUITES[i % SUITES.length]);
+        rx.open(...split(tx.seal(23, Buffer.from('dropped'))));
+      }
+      gc?.();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const [tx, rx] = pair(AES128);
+    assert.equal(rx.open(...split(tx.seal(23, Buffer.from('still fine')))).plaintext.toString(), 'still fine');
+  });
+});
+
+const split = (rec: Buffer): [Buffer, Buffer] => [rec.subarray(0, 5), rec.subarray(5)];
 
 // ---------------------------------------------------------------------------------------------
 // Interop: a real node:tls (OpenSSL) handshake through a capturing TCP relay, decrypted by us.

@@ -1,7 +1,7 @@
 // Userspace TLS record protection (one direction, one key) for when the kernel cannot take the session.
 
-import { createCipheriv, createDecipheriv } from 'node:crypto';
-import type { AeadName, CipherSuite } from './suites.js';
+import { AeadContext } from './evp.js';
+import type { CipherSuite } from './suites.js';
 
 /** TLS alert descriptions a record-layer failure maps to. */
 export const Alert = {
@@ -28,6 +28,8 @@ export const MAX_PLAINTEXT = 1 << 14;
  */
 export const MAX_CIPHERTEXT = (1 << 14) + 256;
 export const RECORD_HEADER_LEN = 5;
+/** Largest record `sealInto` can produce, header included: a buffer this long always suffices. */
+export const MAX_RECORD = RECORD_HEADER_LEN + MAX_CIPHERTEXT;
 
 const SEQ_LIMIT = 1n << 64n;
 const TAG_LEN = 16;
@@ -51,22 +53,35 @@ export interface OpenedRecord {
 /**
  * Protects or unprotects records for one direction of one connection. Every successful `open` or
  * `seal` consumes one sequence number; failures consume none. The constructor and `rekey` copy the
- * key and IV they are given (callers should wipe their own copies); `wipe()` zeroes ours.
+ * key and IV they are given (callers should wipe their own copies); `wipe()` zeroes ours and frees
+ * the OpenSSL context that holds the key schedule. Every RecordProtection must be wiped once done
+ * with; one that is collected without it still has its context freed (a FinalizationRegistry in
+ * evp.ts), but later and without zeroing the key copy kept here for `exportState`.
+ *
+ * One OpenSSL AEAD context serves every record (re-initialised with each record's nonce); the
+ * nonce and TLS 1.2 additional data live in per-instance scratch bytes.
  */
 export class RecordProtection {
   readonly suite: CipherSuite;
   #key: Buffer;
   #iv: Buffer;
   #seq: bigint;
-  #wiped = false;
+  /** Undefined once wiped. */
+  #aead: AeadContext | undefined;
+  /** Per-record nonce at [0, 12) and TLS 1.2 additional data at [16, 29), overwritten every record. */
+  readonly #scratch = Buffer.alloc(32);
+  readonly #nonce = this.#scratch.subarray(0, 12);
+  readonly #aad12 = this.#scratch.subarray(16, 16 + 13);
 
   constructor(suite: CipherSuite, key: Buffer, iv: Buffer, sequence: bigint = 0n) {
     this.suite = suite;
     checkKeys(suite, key, iv);
     if (sequence < 0n || sequence >= SEQ_LIMIT) throw new RangeError('sequence must be in [0, 2^64)');
+    this.#aead = new AeadContext(suite.aead, key);
     this.#key = Buffer.from(key);
     this.#iv = Buffer.from(iv);
     this.#seq = sequence;
+    this.#fixNonce();
   }
 
   /** Sequence number the next record will use. */
@@ -76,10 +91,25 @@ export class RecordProtection {
 
   /**
    * Decrypt and authenticate one record. `header` is the 5-byte record header as received,
-   * `body` the `length` bytes after it. Throws RecordError (sequence unchanged) on failure.
+   * `body` the `length` bytes after it; neither is modified. The plaintext is a new buffer the
+   * caller owns. Throws RecordError (sequence unchanged) on failure.
    */
   open(header: Buffer, body: Buffer): OpenedRecord {
-    this.#checkUsable();
+    return this.#open(header, body, false);
+  }
+
+  /**
+   * `open`, decrypting into `body` itself: no output allocation. The returned plaintext is a VIEW
+   * into `body`, valid only as long as the caller does not reuse that buffer (a caller receiving
+   * into a shared buffer must copy whatever it keeps past the next receive). A record that fails to
+   * authenticate leaves its ciphertext bytes in `body` zeroed (they held unauthenticated plaintext).
+   */
+  openInPlace(header: Buffer, body: Buffer): OpenedRecord {
+    return this.#open(header, body, true);
+  }
+
+  #open(header: Buffer, body: Buffer, inPlace: boolean): OpenedRecord {
+    const aead = this.#usable();
     if (header.length !== RECORD_HEADER_LEN) {
       throw new RecordError(Alert.decode_error, `record header must be 5 bytes, got ${header.length}`);
     }
@@ -105,21 +135,24 @@ export class RecordProtection {
     if (ctLen > MAX_PLAINTEXT + (tls13 ? 1 : 0)) {
       throw new RecordError(Alert.record_overflow, `plaintext of ${ctLen} bytes exceeds the record limit`);
     }
-    const nonce = explicitLen > 0 ? Buffer.concat([this.#iv, body.subarray(0, explicitLen)]) : this.#xorNonce(seq);
-    const aad = tls13 ? header : tls12Aad(seq, header[0], header.readUInt16BE(1), ctLen);
+    if (explicitLen > 0) body.copy(this.#nonce, 12 - explicitLen, 0, explicitLen);
+    else this.#xorNonce(seq);
     const ciphertext = body.subarray(explicitLen, explicitLen + ctLen);
-    const tag = body.subarray(explicitLen + ctLen);
+    const inner = inPlace ? ciphertext : Buffer.allocUnsafe(ctLen);
 
-    let inner: Buffer;
+    let authentic: boolean;
     try {
-      const d = makeDecipher(this.suite.aead, this.#key, nonce);
-      d.setAAD(aad, { plaintextLength: ctLen });
-      d.setAuthTag(tag);
-      inner = Buffer.concat([d.update(ciphertext), d.final()]);
-    } catch {
+      aead.begin(this.#nonce, false);
+      aead.aad(tls13 ? header : this.#tls12Aad(seq, header[0], header.readUInt16BE(1), ctLen));
+      aead.update(inner, ciphertext);
+      authentic = aead.openFinal(body.subarray(explicitLen + ctLen));
+    } catch (e) {
+      inner.fill(0);
+      throw new RecordError(Alert.internal_error, `record decryption failed in OpenSSL: ${(e as Error).message}`);
+    }
+    if (!authentic) {
+      inner.fill(0);
       throw new RecordError(Alert.bad_record_mac, 'record authentication failed');
-    } finally {
-      nonce.fill(0);
     }
 
     if (!tls13) {
@@ -137,12 +170,58 @@ export class RecordProtection {
   }
 
   /**
-   * Encrypt one record and return it with its 5-byte header. TLS 1.3 records carry outer type 23
-   * and `padding` zero bytes after the inner type; TLS 1.2 GCM uses the sequence number as the
-   * explicit nonce, as OpenSSL does.
+   * Encrypt one record and return it with its 5-byte header, in a new buffer. TLS 1.3 records
+   * carry outer type 23 and `padding` zero bytes after the inner type; TLS 1.2 GCM uses the
+   * sequence number as the explicit nonce, as OpenSSL does.
    */
   seal(type: number, plaintext: Buffer, padding = 0): Buffer {
-    this.#checkUsable();
+    const record = Buffer.allocUnsafe(this.#sealedLength(type, plaintext, padding));
+    this.sealInto(type, plaintext, record, padding);
+    return record;
+  }
+
+  /**
+   * `seal`, writing the record at the start of `out` (at least MAX_RECORD bytes always suffice;
+   * `plaintext` must not overlap it). Returns the record's length.
+   */
+  sealInto(type: number, plaintext: Buffer, out: Buffer, padding = 0): number {
+    const aead = this.#usable();
+    const len = this.#sealedLength(type, plaintext, padding);
+    if (out.length < len) throw new RangeError(`record of ${len} bytes does not fit the ${out.length}-byte output`);
+    const tls13 = this.suite.version === 'TLSv1.3';
+    const seq = this.#seq;
+    const explicitLen = this.suite.explicitNonceLen;
+    const bodyLen = len - RECORD_HEADER_LEN;
+    const ptLen = bodyLen - explicitLen - TAG_LEN;
+    out[0] = tls13 ? ContentType.application_data : type;
+    out.writeUInt16BE(0x0303, 1);
+    out.writeUInt16BE(bodyLen, 3);
+
+    if (explicitLen > 0) {
+      out.writeBigUInt64BE(seq, RECORD_HEADER_LEN);
+      this.#nonce.writeBigUInt64BE(seq, 12 - explicitLen);
+    } else {
+      this.#xorNonce(seq);
+    }
+    let o = RECORD_HEADER_LEN + explicitLen;
+    aead.begin(this.#nonce, true);
+    aead.aad(tls13 ? out.subarray(0, RECORD_HEADER_LEN) : this.#tls12Aad(seq, type, 0x0303, ptLen));
+    aead.update(out.subarray(o, o + plaintext.length), plaintext);
+    o += plaintext.length;
+    if (tls13) {
+      // The rest of TLSInnerPlaintext (type, zero padding) is written in place and encrypted there.
+      const trailer = out.subarray(o, o + 1 + padding);
+      trailer.fill(0);
+      trailer[0] = type;
+      aead.update(trailer, trailer);
+      o += trailer.length;
+    }
+    aead.sealFinal(out.subarray(o, o + TAG_LEN));
+    this.#seq = seq + 1n;
+    return len;
+  }
+
+  #sealedLength(type: number, plaintext: Buffer, padding: number): number {
     if (!Number.isInteger(type) || type < 0 || type > 255) throw new RangeError(`invalid content type ${type}`);
     if (plaintext.length > MAX_PLAINTEXT) throw new RangeError(`plaintext of ${plaintext.length} bytes exceeds 2^14`);
     const tls13 = this.suite.version === 'TLSv1.3';
@@ -152,105 +231,69 @@ export class RecordProtection {
     if (tls13 && plaintext.length + 1 + padding > MAX_PLAINTEXT + 1) {
       throw new RangeError('plaintext plus padding exceeds 2^14');
     }
-    const seq = this.#seq;
-    const explicitLen = this.suite.explicitNonceLen;
     const ptLen = tls13 ? plaintext.length + 1 + padding : plaintext.length;
-    const bodyLen = explicitLen + ptLen + TAG_LEN;
-    const record = Buffer.alloc(RECORD_HEADER_LEN + bodyLen);
-    record[0] = tls13 ? ContentType.application_data : type;
-    record.writeUInt16BE(0x0303, 1);
-    record.writeUInt16BE(bodyLen, 3);
-    const header = record.subarray(0, RECORD_HEADER_LEN);
-
-    let nonce: Buffer;
-    if (explicitLen > 0) {
-      record.writeBigUInt64BE(seq, RECORD_HEADER_LEN);
-      nonce = Buffer.concat([this.#iv, record.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + explicitLen)]);
-    } else {
-      nonce = this.#xorNonce(seq);
-    }
-    let input = plaintext;
-    if (tls13) {
-      input = Buffer.alloc(ptLen);
-      plaintext.copy(input);
-      input[plaintext.length] = type;
-    }
-    try {
-      const c = makeCipher(this.suite.aead, this.#key, nonce);
-      c.setAAD(tls13 ? header : tls12Aad(seq, type, 0x0303, ptLen), { plaintextLength: ptLen });
-      let o = RECORD_HEADER_LEN + explicitLen;
-      o += c.update(input).copy(record, o);
-      o += c.final().copy(record, o);
-      c.getAuthTag().copy(record, o);
-    } finally {
-      nonce.fill(0);
-      if (input !== plaintext) input.fill(0);
-    }
-    this.#seq = seq + 1n;
-    return record;
+    return RECORD_HEADER_LEN + this.suite.explicitNonceLen + ptLen + TAG_LEN;
   }
 
-  /** Switch to new keys (TLS 1.3 KeyUpdate); the sequence restarts at 0. */
+  /** Switch to new keys (TLS 1.3 KeyUpdate); the sequence restarts at 0. Also revives a wiped object. */
   rekey(newKey: Buffer, newIv: Buffer): void {
     checkKeys(this.suite, newKey, newIv);
+    if (this.#aead) this.#aead.rekey(newKey);
+    else this.#aead = new AeadContext(this.suite.aead, newKey);
     this.#key.fill(0);
     this.#iv.fill(0);
     this.#key = Buffer.from(newKey);
     this.#iv = Buffer.from(newIv);
+    this.#fixNonce();
     this.#seq = 0n;
-    this.#wiped = false;
   }
 
   /** Copies of the current key, IV and sequence number, for carrying the state across exec. Wipe them after use. */
   exportState(): { key: Buffer; iv: Buffer; seq: bigint } {
-    if (this.#wiped) throw new Error('record protection was wiped');
+    if (!this.#aead) throw new Error('record protection was wiped');
     return { key: Buffer.from(this.#key), iv: Buffer.from(this.#iv), seq: this.#seq };
   }
 
-  /** Zero the key and IV; the object is unusable afterwards (until `rekey`). */
+  /** Zero the key, IV and nonce and free the OpenSSL context; the object is unusable afterwards (until `rekey`). Idempotent. */
   wipe(): void {
     this.#key.fill(0);
     this.#iv.fill(0);
-    this.#wiped = true;
+    this.#scratch.fill(0);
+    this.#aead?.free();
+    this.#aead = undefined;
   }
 
-  #checkUsable(): void {
-    if (this.#wiped) throw new Error('RecordProtection used after wipe()');
+  #usable(): AeadContext {
+    if (!this.#aead) throw new Error('RecordProtection used after wipe()');
     if (this.#seq >= SEQ_LIMIT) {
       throw new RecordError(Alert.internal_error, 'sequence number space exhausted; rekey or close');
     }
+    return this.#aead;
+  }
+
+  /** The nonce bytes that do not change per record: TLS 1.2 GCM's 4-byte implicit salt. */
+  #fixNonce(): void {
+    if (this.suite.explicitNonceLen > 0) this.#iv.copy(this.#nonce, 0);
   }
 
   /** Per-record nonce: the 64-bit sequence, left-padded to the IV length, XOR the IV. */
-  #xorNonce(seq: bigint): Buffer {
-    const nonce = Buffer.from(this.#iv);
-    const off = nonce.length - 8;
-    const s = Buffer.alloc(8);
-    s.writeBigUInt64BE(seq);
-    for (let i = 0; i < 8; i++) nonce[off + i] ^= s[i];
-    return nonce;
+  #xorNonce(seq: bigint): void {
+    const nonce = this.#nonce;
+    const iv = this.#iv;
+    nonce.writeUInt32BE(0, 0);
+    nonce.writeBigUInt64BE(seq, 4);
+    for (let i = 0; i < 12; i++) nonce[i] ^= iv[i];
   }
-}
 
-/** TLS 1.2 AEAD additional data: seq_num(8) || type(1) || version(2) || length(2). */
-function tls12Aad(seq: bigint, type: number, version: number, length: number): Buffer {
-  const aad = Buffer.alloc(13);
-  aad.writeBigUInt64BE(seq, 0);
-  aad.writeUInt8(type, 8);
-  aad.writeUInt16BE(version, 9);
-  aad.writeUInt16BE(length, 11);
-  return aad;
-}
-
-// Separate branches so each createCipheriv call resolves to its typed AEAD overload.
-function makeCipher(aead: AeadName, key: Buffer, nonce: Buffer) {
-  const opts = { authTagLength: TAG_LEN };
-  return aead === 'chacha20-poly1305' ? createCipheriv(aead, key, nonce, opts) : createCipheriv(aead, key, nonce, opts);
-}
-
-function makeDecipher(aead: AeadName, key: Buffer, nonce: Buffer) {
-  const opts = { authTagLength: TAG_LEN };
-  return aead === 'chacha20-poly1305' ? createDecipheriv(aead, key, nonce, opts) : createDecipheriv(aead, key, nonce, opts);
+  /** TLS 1.2 AEAD additional data: seq_num(8) || type(1) || version(2) || length(2). */
+  #tls12Aad(seq: bigint, type: number, version: number, length: number): Buffer {
+    const aad = this.#aad12;
+    aad.writeBigUInt64BE(seq, 0);
+    aad[8] = type;
+    aad.writeUInt16BE(version, 9);
+    aad.writeUInt16BE(length, 11);
+    return aad;
+  }
 }
 
 function checkKeys(suite: CipherSuite, key: Buffer, iv: Buffer): void {
