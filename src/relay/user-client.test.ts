@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { describe, it } from 'node:test';
-import { SOCK_NONBLOCK, SOCK_STREAM, sys } from '../kernel/libc.js';
+import { EAGAIN, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, sys } from '../kernel/libc.js';
 import { RecordProtection } from '../record/aead.js';
 import { suiteByName } from '../record/suites.js';
 import { UserClient } from './user-client.js';
@@ -14,15 +14,38 @@ function connection() {
   const [peer, fd] = sys.socketpair(SOCK_STREAM | SOCK_NONBLOCK);
   const key = crypto.randomBytes(16);
   const iv = crypto.randomBytes(12);
+  const txKey = crypto.randomBytes(16);
+  const txIv = crypto.randomBytes(12);
   const sealer = new RecordProtection(suite, Buffer.from(key), Buffer.from(iv), 0n);
+  /** The peer's view of what the UserClient sends. */
+  const opener = new RecordProtection(suite, Buffer.from(txKey), Buffer.from(txIv), 0n);
   const user = new UserClient(fd, {
     suite,
     version: 'TLSv1.3',
     rx: { key: Buffer.from(key), iv: Buffer.from(iv), seq: 0n },
-    tx: { key: crypto.randomBytes(16), iv: crypto.randomBytes(12), seq: 0n },
+    tx: { key: Buffer.from(txKey), iv: Buffer.from(txIv), seq: 0n },
   });
   const send = (b: Buffer) => assert.equal(sys.send(peer, b, b.length), b.length);
-  return { peer, fd, sealer, user, send, key, iv };
+  return { peer, fd, sealer, opener, user, send, key, iv };
+}
+
+/** Receives everything the UserClient sent and opens it as records (whole records only: the rest stays in `pending`). */
+function peerReceive(c: ReturnType<typeof connection>, state: { pending: Buffer }): Buffer[] {
+  const buf = Buffer.alloc(1 << 20);
+  for (;;) {
+    const r = sys.recv(c.peer, buf, buf.length);
+    if (r <= 0) break;
+    state.pending = Buffer.concat([state.pending, buf.subarray(0, r)]);
+  }
+  const out: Buffer[] = [];
+  while (state.pending.length >= 5 && state.pending.length >= 5 + state.pending.readUInt16BE(3)) {
+    const n = 5 + state.pending.readUInt16BE(3);
+    const opened = c.opener.open(state.pending.subarray(0, 5), state.pending.subarray(5, n));
+    assert.equal(opened.type, 23);
+    out.push(opened.plaintext);
+    state.pending = state.pending.subarray(n);
+  }
+  return out;
 }
 
 /** Reads everything available as plaintext. */
@@ -63,6 +86,72 @@ describe('the userspace record reader', () => {
       }
       assert.ok(Buffer.concat(gotA).equals(wantA), 'the fragmented stream is exact');
       assert.ok(Buffer.concat(gotB).equals(Buffer.concat(wantB)), 'the whole records in between are exact');
+    } finally {
+      for (const c of [a, b]) for (const fd of [c.peer, c.fd]) sys.close(fd);
+    }
+  });
+
+  it("keeps its own copy of a record larger than the reader's buffer while other connections receive in between", () => {
+    const a = connection();
+    const b = connection();
+    try {
+      const want = crypto.randomBytes(16_384);
+      a.send(a.sealer.seal(23, want));
+      const small = Buffer.alloc(1000);
+      const got: Buffer[] = [];
+      for (let i = 0; ; i++) {
+        const r = a.user.read(small);
+        if (r.kind === 'again') break;
+        assert.equal(r.kind, 'data');
+        if (r.kind === 'data') got.push(Buffer.from(small.subarray(0, r.n)));
+        // Another connection of this thread receives (and decrypts in place) a record in between.
+        const other = crypto.randomBytes(16_000 + i);
+        b.send(b.sealer.seal(23, other));
+        assert.ok(drain(b.user).equals(other));
+      }
+      assert.ok(Buffer.concat(got).equals(want));
+    } finally {
+      for (const c of [a, b]) for (const fd of [c.peer, c.fd]) sys.close(fd);
+    }
+  });
+
+  it('keeps the unsent part of a sealed record while the socket is full, across writes by other connections', () => {
+    const a = connection();
+    const b = connection();
+    try {
+      for (const c of [a, b]) {
+        sys.setsockoptInt(c.fd, SOL_SOCKET, 7 /* SO_SNDBUF */, 4096);
+        sys.setsockoptInt(c.peer, SOL_SOCKET, 8 /* SO_RCVBUF */, 4096);
+      }
+      const want = crypto.randomBytes(300_000);
+      const peerA = { pending: Buffer.alloc(0) };
+      const peerB = { pending: Buffer.alloc(0) };
+      const gotA: Buffer[] = [];
+      let sentB = Buffer.alloc(0);
+      const gotB: Buffer[] = [];
+      let off = 0;
+      let blocked = 0;
+      while (off < want.length || a.user.pendingOutput) {
+        const w = off < want.length ? a.user.write(want.subarray(off), want.length - off) : a.user.flush();
+        if (w === -EAGAIN || (w >= 0 && a.user.pendingOutput)) blocked++;
+        else assert.ok(w >= 0, `write: ${w}`);
+        if (w > 0 && off < want.length) off += w;
+        // Another connection of this thread seals into the shared output buffer meanwhile.
+        const p = crypto.randomBytes(16_384);
+        const wb = b.user.write(p, p.length);
+        if (wb > 0) sentB = Buffer.concat([sentB, p.subarray(0, wb)]);
+        gotB.push(...peerReceive(b, peerB));
+        gotA.push(...peerReceive(a, peerA));
+      }
+      while (b.user.pendingOutput) {
+        b.user.flush();
+        gotB.push(...peerReceive(b, peerB));
+      }
+      gotA.push(...peerReceive(a, peerA));
+      gotB.push(...peerReceive(b, peerB));
+      assert.ok(blocked > 0, 'the socket filled up at least once');
+      assert.ok(Buffer.concat(gotA).equals(want), 'the full stream arrives intact');
+      assert.ok(Buffer.concat(gotB).equals(sentB), 'the interleaved stream arrives intact');
     } finally {
       for (const c of [a, b]) for (const fd of [c.peer, c.fd]) sys.close(fd);
     }

@@ -1,13 +1,19 @@
 // The client side of a relayed connection whose TLS records we protect ourselves (no kTLS): same contract as the kernel side.
 import { EAGAIN, EINTR, errnoName, sys } from '../kernel/libc.js';
-import { RecordError, RecordProtection, MAX_CIPHERTEXT, MAX_PLAINTEXT } from '../record/aead.js';
+import { RecordError, RecordProtection, MAX_CIPHERTEXT, MAX_PLAINTEXT, MAX_RECORD } from '../record/aead.js';
 import { tls13NextTrafficSecret, tls13TrafficKeys } from '../record/keys.js';
 import type { CipherSuite } from '../record/suites.js';
 import { ALERT, type ClientRead, type ClientSide } from './kernel-client.js';
 
 const HEADER = 5;
-/** Where this thread receives records; each one is decrypted (into a new buffer) before the next read. */
+/**
+ * Where this thread receives records. Each one is decrypted in place (`openInPlace`), so its
+ * plaintext is a view into this buffer that the next receive, on any connection of this thread,
+ * overwrites: whatever outlives one `read` call must be copied out of it first.
+ */
 const SHARED_INBOX = Buffer.allocUnsafeSlow(HEADER + MAX_CIPHERTEXT);
+/** Where this thread seals outgoing data records; each is sent at once and only what the socket refuses is copied. */
+const SHARED_OUTBOX = Buffer.allocUnsafeSlow(MAX_RECORD);
 const KEY_UPDATE = 24;
 
 export interface UserSessionState {
@@ -36,7 +42,7 @@ export class UserClient implements ClientSide {
   private need = HEADER;
   /** Sealed bytes not yet accepted by the socket. */
   private out: Buffer | undefined;
-  /** Decrypted data waiting to be copied out (a record can hold more than the caller's buffer). */
+  /** Decrypted data waiting to be copied out (a record can hold more than the caller's buffer). Always our own copy. */
   private plain: Buffer | undefined;
 
   constructor(
@@ -44,7 +50,12 @@ export class UserClient implements ClientSide {
     private readonly state: UserSessionState,
   ) {
     this.rx = new RecordProtection(state.suite, state.rx.key, state.rx.iv, state.rx.seq);
-    this.tx = new RecordProtection(state.suite, state.tx.key, state.tx.iv, state.tx.seq);
+    try {
+      this.tx = new RecordProtection(state.suite, state.tx.key, state.tx.iv, state.tx.seq);
+    } catch (e) {
+      this.rx.wipe();
+      throw e;
+    }
     this.secrets = state.secrets;
     for (const b of [state.rx.key, state.rx.iv, state.tx.key, state.tx.iv]) b.fill(0);
     if (state.inbox?.length) {
@@ -117,7 +128,7 @@ export class UserClient implements ClientSide {
       this.inbox = undefined; // the next record starts in the shared buffer
       let opened;
       try {
-        opened = this.rx.open(box.subarray(0, HEADER), box.subarray(HEADER, total));
+        opened = this.rx.openInPlace(box.subarray(0, HEADER), box.subarray(HEADER, total));
       } catch (e) {
         if (e instanceof RecordError) return { kind: 'fatal', alert: e.alert, reason: e.message };
         throw e;
@@ -134,11 +145,13 @@ export class UserClient implements ClientSide {
     return { kind: 'data', n };
   }
 
+  /** `plaintext` is a view into the receive buffer (see SHARED_INBOX): used here, kept only as a copy. */
   private dispatch(type: number, plaintext: Buffer, buf: Buffer): ClientRead {
     if (type === 23) {
       if (plaintext.length === 0) return { kind: 'skip' };
-      this.plain = plaintext;
-      return this.copyOut(buf);
+      const n = plaintext.copy(buf, 0, 0, Math.min(plaintext.length, buf.length));
+      if (n < plaintext.length) this.plain = Buffer.from(plaintext.subarray(n));
+      return { kind: 'data', n };
     }
     if (type === 21) {
       if (plaintext.length !== 2) return { kind: 'fatal', alert: ALERT.decode_error, reason: 'malformed alert' };
@@ -201,12 +214,27 @@ export class UserClient implements ClientSide {
     let taken = 0;
     while (taken < len && !this.out) {
       const n = Math.min(MAX_PLAINTEXT, len - taken);
-      this.queue(this.tx.seal(23, buf.subarray(taken, taken + n)));
+      const recordLen = this.tx.sealInto(23, buf.subarray(taken, taken + n), SHARED_OUTBOX);
       taken += n;
-      const r = this.flush();
+      const r = this.sendOutbox(recordLen);
       if (r < 0 && r !== -EAGAIN) return r;
     }
     return taken;
+  }
+
+  /** Sends the record just sealed into SHARED_OUTBOX (nothing else queued); what the socket does not take now becomes `out`. */
+  private sendOutbox(len: number): number {
+    let sent = 0;
+    while (sent < len) {
+      const w = sys.send(this.fd, sent === 0 ? SHARED_OUTBOX : SHARED_OUTBOX.subarray(sent), len - sent);
+      if (w === -EINTR) continue;
+      if (w < 0) {
+        this.out = Buffer.from(SHARED_OUTBOX.subarray(sent, len));
+        return w;
+      }
+      sent += w;
+    }
+    return 0;
   }
 
   closeNotify(): boolean {
