@@ -63,9 +63,15 @@ export function rejectPair(p: CarriedPair, io: TlsRecordIo): void {
     } else if (p.user) {
       const suite = suiteByName(p.user.suite, p.user.version);
       if (suite && !p.user.out?.length) {
-        const tx = new RecordProtection(suite, Buffer.from(p.user.tx.key), Buffer.from(p.user.tx.iv), p.user.tx.seq);
-        const rec = tx.seal(21, Buffer.from([2, ALERT_INTERNAL_ERROR]));
-        tx.wipe();
+        // Views, not copies: the constructor copies, and wipeCarried zeroes the carried originals.
+        const view = (a: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+        const tx = new RecordProtection(suite, view(p.user.tx.key), view(p.user.tx.iv), p.user.tx.seq);
+        let rec: Buffer;
+        try {
+          rec = tx.seal(21, Buffer.from([2, ALERT_INTERNAL_ERROR]));
+        } finally {
+          tx.wipe();
+        }
         sys.send(p.clientFd, rec, rec.length);
       }
     }
