@@ -89,6 +89,16 @@ for (const [sig, n] of [
   });
 }
 
+// `--run SCRIPT ARGS...` runs one node script (a benchmark, say) on the kTLS kernel instead of the tests.
+function runArgs() {
+  const at = process.argv.indexOf('--run');
+  if (at < 0) return undefined;
+  const [script, ...rest] = process.argv.slice(at + 1);
+  if (!script) die('--run needs a script: node scripts/ktls-lane.mjs --run SCRIPT [ARGS...]');
+  if (!existsSync(path.resolve(ROOT, script))) die(`script not found: ${script}`);
+  return [path.resolve(ROOT, script), ...rest];
+}
+
 // Split the pass-through args into test files and node --test options.
 function testArgs() {
   const files = [];
@@ -281,6 +291,6 @@ function runInGuest(args) {
 }
 
 if (!(TIMEOUT_S > 0)) die(`IRONSOCKET_KTLS_TIMEOUT_S must be a positive number of seconds, not ${process.env.IRONSOCKET_KTLS_TIMEOUT_S}`);
-const args = testArgs();
+const args = runArgs() ?? testArgs();
 if (process.env.IRONSOCKET_KTLS_FORCE_UML !== '1' && hostHasKtls()) runOnHost(args);
 else runInGuest(args);

@@ -4,6 +4,7 @@ import { Worker } from 'node:worker_threads';
 import type { LogLevel } from '../admin/log.js';
 import type { Endpoint } from '../kernel/sockaddr.js';
 import type { PairInfo } from '../relay/pair.js';
+import { WORKER_RESOURCE_LIMITS } from '../relay/shard.js';
 import type { UserState } from '../relay/protocol.js';
 import type { KtlsPolicy } from './types.js';
 
@@ -69,7 +70,7 @@ export class Handshakers {
 
   private startWorker(init: HandshakerInit, on: HandshakerEvents): Promise<void> {
     const i = this.workers.length;
-    const w = new Worker(new URL('./handshake-worker.js', import.meta.url), { workerData: init });
+    const w = new Worker(new URL('./handshake-worker.js', import.meta.url), { workerData: init, resourceLimits: WORKER_RESOURCE_LIMITS });
     this.workers.push(w);
     this.busy.push(0);
     w.unref();
