@@ -40,6 +40,8 @@ export interface ClientSide {
   wipe(): void;
   /** Whether bytes can move with splice (plaintext in the kernel: kTLS); userspace records cannot. */
   readonly splices: boolean;
+  /** Plaintext already read from the socket but not yet handed out: no epoll event will announce it. */
+  readonly bufferedInput: boolean;
   /**
    * Splices application data into a pipe: bytes moved, 'control' when a non-data record is next
    * (read() it), or what stopped it. Only when `splices`.
@@ -59,6 +61,7 @@ export class KernelClient implements ClientSide {
   ) {}
 
   readonly splices = true;
+  readonly bufferedInput = false;
 
   spliceIn(pipeW: number, len: number): number | 'control' | ClientRead {
     const r = sys.splice(this.fd, pipeW, len);

@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import { EAGAIN, EINTR, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, sys } from '../kernel/libc.js';
 import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
 import type { ClientRead, ClientSide } from './kernel-client.js';
-import { Pair, type PairHost, type PairInfo } from './pair.js';
+import { Pair, TURN_BYTES, type PairHost, type PairInfo } from './pair.js';
 import { PipePool } from './pipes.js';
 
 const SO_SNDBUF = 7;
@@ -15,6 +15,7 @@ const SO_RCVBUF = 8;
 class PlainSplicingClient implements ClientSide {
   readonly splices = true;
   readonly pendingOutput = false;
+  readonly bufferedInput = false;
   constructor(readonly fd: number) {}
   read(buf: Buffer): ClientRead {
     const r = sys.recv(this.fd, buf, buf.length);
@@ -44,10 +45,11 @@ class PlainSplicingClient implements ClientSide {
 
 const info: PairInfo = { id: 't', client: 'a', backend: 'b', version: 'TLSv1.3', cipher: 'x', mode: 'kernel', startedAt: 0 };
 
-function rig(bufBytes?: number) {
+function rig(bufBytes?: number, clientBufBytes?: number) {
   const [clientApp, clientProxy] = sys.socketpair(SOCK_STREAM | SOCK_NONBLOCK);
   const [backendProxy, backendApp] = sys.socketpair(SOCK_STREAM | SOCK_NONBLOCK);
   if (bufBytes) for (const fd of [backendProxy, backendApp]) for (const opt of [SO_SNDBUF, SO_RCVBUF]) sys.setsockoptInt(fd, SOL_SOCKET, opt, bufBytes);
+  if (clientBufBytes) for (const fd of [clientApp, clientProxy]) for (const opt of [SO_SNDBUF, SO_RCVBUF]) sys.setsockoptInt(fd, SOL_SOCKET, opt, clientBufBytes);
   const pipes = new PipePool();
   let taken = 0;
   const take = pipes.take.bind(pipes);
@@ -126,6 +128,87 @@ describe('a pair on the splice path', () => {
       assert.ok(reassembled.equals(up.subarray(0, sent)), 'delivered + parked + unread is the stream, in order');
     } finally {
       t.close();
+    }
+  });
+});
+
+/** Fills `fd` with up to `want` bytes; fails the test if the socket cannot hold them (the bound would go unseen). */
+function fill(fd: number, want: number): number {
+  const chunk = Buffer.alloc(65536, 7);
+  let sent = 0;
+  while (sent < want) {
+    const w = sys.send(fd, chunk, Math.min(chunk.length, want - sent));
+    if (w <= 0) break;
+    sent += w;
+  }
+  assert.equal(sent, want, `the socket holds only ${sent} bytes: too few to show the per-event bound`);
+  return sent;
+}
+
+describe('one busy connection cannot hold its relay loop', () => {
+  it(`moves at most ${TURN_BYTES / 1024} KiB per readiness event on the splice path, each way, and the rest on later events`, () => {
+    const t = rig(8 << 20, 8 << 20);
+    try {
+      const queued = 4 * TURN_BYTES;
+      fill(t.clientApp, queued);
+      fill(t.backendApp, queued);
+      t.pair.onClient(EPOLLIN, t.scratch);
+      t.pair.onBackend(EPOLLIN, t.scratch);
+      // Whole pipe-sized chunks: the turn ends at the first chunk that reaches the bound.
+      for (const [dir, n] of [['up', t.pair.bytesIn], ['down', t.pair.bytesOut]] as const) {
+        assert.ok(n >= TURN_BYTES && n < TURN_BYTES + 65536, `${dir}: one event moved ${n} bytes`);
+      }
+      for (let i = 0; i < 20 && (t.pair.bytesIn < queued || t.pair.bytesOut < queued); i++) {
+        t.pair.onClient(EPOLLIN | EPOLLOUT, t.scratch);
+        t.pair.onBackend(EPOLLIN | EPOLLOUT, t.scratch);
+      }
+      assert.equal(t.pair.bytesIn, queued, 'later events move the rest up');
+      assert.equal(t.pair.bytesOut, queued, 'later events move the rest down');
+      assert.deepEqual(t.closed, []);
+    } finally {
+      t.close();
+    }
+  });
+
+  it('a client with an endless supply yields after the bound, unless it holds plaintext no event would announce', () => {
+    const [backendProxy, backendApp] = sys.socketpair(SOCK_STREAM | SOCK_NONBLOCK);
+    for (const fd of [backendProxy, backendApp]) for (const opt of [SO_SNDBUF, SO_RCVBUF]) sys.setsockoptInt(fd, SOL_SOCKET, opt, 8 << 20);
+    const RECORD = 16 * 1024;
+    /** A userspace-record client that always has another record decrypted; `buffered` says what it holds. */
+    const source = { reads: 0, bufferedUntil: 0 };
+    const endless: ClientSide = {
+      fd: -1,
+      splices: false,
+      pendingOutput: false,
+      get bufferedInput() {
+        return source.reads < source.bufferedUntil;
+      },
+      read(buf: Buffer): ClientRead {
+        source.reads++;
+        buf.fill(1, 0, RECORD);
+        return { kind: 'data', n: RECORD };
+      },
+      write: (_b: Buffer, len: number) => len,
+      closeNotify: () => true,
+      sendAlert: () => {},
+      flush: () => 0,
+      wipe: () => {},
+    };
+    const host: PairHost = { interest: () => {}, closed: (_p, reason) => assert.fail(`closed: ${reason}`), log: () => {} };
+    const pair = new Pair({ ...info, mode: 'user' }, endless, backendProxy, host);
+    const scratch = Buffer.alloc(64 * 1024);
+    try {
+      pair.start();
+      pair.onClient(EPOLLIN, scratch);
+      assert.equal(pair.bytesIn, TURN_BYTES, 'one event, one turn');
+      pair.onClient(EPOLLIN, scratch);
+      assert.equal(pair.bytesIn, 2 * TURN_BYTES, 'the next event, the next turn');
+      // Plaintext held in the process must be handed out now: epoll will not report it.
+      source.bufferedUntil = source.reads + TURN_BYTES / RECORD + 4;
+      pair.onClient(EPOLLIN, scratch);
+      assert.equal(pair.bytesIn, 3 * TURN_BYTES + 4 * RECORD);
+    } finally {
+      for (const fd of [backendProxy, backendApp]) sys.close(fd);
     }
   });
 });

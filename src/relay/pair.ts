@@ -6,6 +6,12 @@ import { PipePool, type PipeLoad } from './pipes.js';
 
 /** Bytes one splice moves at most: a default pipe's capacity. */
 const PIPE_CHUNK = 64 * 1024;
+/**
+ * Bytes one direction of a pair may move per readiness event. epoll is level-triggered, so what is left
+ * is reported again on the next wait, after every other ready connection of this loop has had its turn:
+ * a connection with an endless supply of bytes cannot hold the loop.
+ */
+export const TURN_BYTES = 256 * 1024;
 
 export interface PairInfo {
   id: string;
@@ -134,7 +140,9 @@ export class Pair {
 
   private readClient(scratch: Buffer): void {
     const pipes = this.client.splices ? this.host.pipes : undefined;
+    const until = this.bytesIn + TURN_BYTES;
     while (!this.done && !this.clientEof && !this.c2bHeld) {
+      if (this.bytesIn >= until && !this.client.bufferedInput) return;
       let r: ClientRead;
       if (pipes) {
         const pipe = pipes.take();
@@ -178,7 +186,8 @@ export class Pair {
 
   private readBackend(scratch: Buffer): void {
     const pipes = this.client.splices ? this.host.pipes : undefined;
-    while (!this.done && !this.backendEof && !this.b2cHeld) {
+    const until = this.bytesOut + TURN_BYTES;
+    while (!this.done && !this.backendEof && !this.b2cHeld && this.bytesOut < until) {
       const pipe = pipes?.take();
       const r = pipe ? sys.splice(this.backendFd, pipe.w, PIPE_CHUNK) : sys.recv(this.backendFd, scratch, scratch.length);
       if (pipe && r <= 0) pipes!.give(pipe);

@@ -84,6 +84,10 @@ export class UserClient implements ClientSide {
 
   readonly splices = false;
 
+  get bufferedInput(): boolean {
+    return this.plain !== undefined;
+  }
+
   get pendingOutput(): boolean {
     return this.out !== undefined;
   }
