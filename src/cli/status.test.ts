@@ -95,6 +95,12 @@ describe('formatStatus', () => {
     assert.match(text, /Connections: none/);
   });
 
+  it('shows resident memory and each relay worker\'s JavaScript heap when the proxy reports them', () => {
+    const text = formatStatus({ ...SNAPSHOT, memory: { rssKiB: 150 * 1024, relayHeapKiB: [6144, 7168] } }, NOW);
+    assert.match(text, /memory: 150 MiB resident; JavaScript heap in use per relay worker: 6\.0 MiB, 7\.0 MiB/);
+    assert.doesNotMatch(formatStatus(SNAPSHOT, NOW), /^memory:/m);
+  });
+
   it('accepts a StatusSnapshot through its schema', () => {
     assert.ok(StatusSnapshotSchema.safeParse(SNAPSHOT).success);
     assert.ok(!StatusSnapshotSchema.safeParse({ pid: 1 }).success);

@@ -41,6 +41,7 @@ export const StatusSnapshotSchema = z.object({
       closedDuringUpgrade: z.number().optional(),
     })
     .optional(),
+  memory: z.object({ rssKiB: z.number(), relayHeapKiB: z.array(z.number()) }).optional(),
 });
 
 export type StatusView = z.output<typeof StatusSnapshotSchema>;
@@ -103,6 +104,11 @@ export function formatStatus(s: StatusView, now: number = Date.now()): string {
     }
   } else {
     out.push(`kTLS: unavailable${k.reason ? ` (${k.reason})` : ''}, policy ${k.policy}; connections use userspace TLS`);
+  }
+
+  if (s.memory) {
+    const heaps = s.memory.relayHeapKiB.map((k) => formatBytes(k * 1024)).join(', ');
+    out.push(`memory: ${formatBytes(s.memory.rssKiB * 1024)} resident; JavaScript heap in use per relay worker: ${heaps || 'n/a'}`);
   }
 
   out.push('', 'Listeners:');

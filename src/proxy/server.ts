@@ -163,6 +163,7 @@ export class ProxyServer {
         ageMs: now - c.startedAt,
         worker: stats.get(c.id)?.worker,
       })),
+      memory: { rssKiB: Math.round(process.memoryUsage.rss() / 1024), relayHeapKiB: this.deps.relay.heapUsed().map((b) => Math.round(b / 1024)) },
       counters: { ...this.counters, connections_live: this.live.size, handshakes_in_progress: this.inFlight.size, relay_stats_unavailable: relayed ? 0 : 1 },
     };
   }

@@ -69,6 +69,8 @@ export interface StatusSnapshot {
   /** 1 for the first image, +1 for every in-place upgrade. */
   generation?: number;
   lastUpgrade?: UpgradeRecord;
+  /** KiB: the process's resident memory, and the JavaScript heap in use on each relay worker thread (index = worker). */
+  memory?: { rssKiB: number; relayHeapKiB: number[] };
 }
 
 /** The outcome of the last in-place upgrade, as status reports it. */

@@ -1,4 +1,5 @@
 // The data plane's event loop: a synchronous epoll loop over every established connection (in a worker thread, or the upgrade bridge).
+import { getHeapStatistics } from 'node:v8';
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { sys } from '../kernel/libc.js';
 import { TlsRecordIo } from '../kernel/ktls.js';
@@ -229,6 +230,7 @@ export class RelayLoop {
           op: 'stats',
           seq: msg.seq,
           connections: [...this.pairs.values()].map((p) => ({ id: p.info.id, bytesIn: p.bytesIn, bytesOut: p.bytesOut, lastActivity: p.lastActivity })),
+          heapUsed: getHeapStatistics().used_heap_size,
         });
         break;
       case 'stop':

@@ -78,7 +78,7 @@ export interface Reclaimed {
 
 export type FromWorker =
   | { op: 'closed'; id: string; reason: string; level: 'info' | 'warn'; bytesIn: number; bytesOut: number }
-  | { op: 'stats'; seq: number; connections: PairStats[] }
+  | { op: 'stats'; seq: number; connections: PairStats[]; heapUsed: number }
   | { op: 'migrated'; seq: number; moved: number; intoBridgeMs: number; error?: string }
   | { op: 'reclaimed'; seq: number; reclaimed: Reclaimed }
   | { op: 'log'; level: 'info' | 'warn' | 'debug'; id: string; msg: string }

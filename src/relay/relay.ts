@@ -61,6 +61,11 @@ export class Relay extends EventEmitter<RelayEvents> {
     return per.flatMap((list, worker) => list.map((p) => ({ ...p, worker })));
   }
 
+  /** Bytes of JavaScript heap in use per worker, as of the last `stats()`. */
+  heapUsed(): number[] {
+    return this.shards.map((s) => s.heapUsed);
+  }
+
   configure(opts: { idleTimeoutMs: number }): void {
     this.opts.idleTimeoutMs = opts.idleTimeoutMs;
     for (const s of this.shards) s.configure(opts);

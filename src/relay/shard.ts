@@ -32,6 +32,8 @@ export class Shard extends EventEmitter<RelayEvents> {
   private readonly closedWhileReclaiming = new Set<string>();
   private stopped: Promise<void> | undefined;
   private live = 0;
+  /** JavaScript heap in use on the worker's thread, as of its last stats answer. */
+  heapUsed = 0;
 
   /** `workerUrl` is the worker entry: a RelayLoop plus whatever the caller layers on it (upgrades). */
   constructor(opts: { idleTimeoutMs: number; workerUrl: URL }) {
@@ -73,6 +75,7 @@ export class Shard extends EventEmitter<RelayEvents> {
       case 'stats': {
         const cb = this.waiting.get(m.seq);
         this.waiting.delete(m.seq);
+        this.heapUsed = m.heapUsed;
         cb?.(m.connections);
         break;
       }
