@@ -1,6 +1,8 @@
 // Benchmark: Iron Socket next to HAProxy, stunnel and hitch, in one run on this machine with the same certificate
-// (ECDSA P-256), the same backend and TLS 1.3 only: bulk throughput, full handshakes/s, 1 KiB echo latency and memory
-// per idle connection, as absolute figures and as ratios to HAProxy. Prints figures; asserts nothing about speed.
+// (ECDSA P-256), the same backend and TLS 1.3 only: bulk throughput, full handshakes/s, 1 KiB echo latency, memory
+// per idle connection, and what a reload does to established streams (Iron Socket: an in-place upgrade; the peers: their
+// graceful reload, which drains), as absolute figures and as ratios to HAProxy. Prints figures; asserts nothing about
+// speed, but exits 1 on anything wrong (a wrong byte, a failed upgrade, a byte lost by Iron Socket).
 // Usage: npm run bench -- [--quick] [--write] [--ktls auto|off|require] [--peers haproxy,stunnel,hitch,ironsocket]
 // Helpers: bench/peers.mjs (start/stop/measure the peers), bench/client.mjs (load), bench/backend.mjs (backend).
 import { fork } from 'node:child_process';
@@ -8,10 +10,12 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import tls from 'node:tls';
 import { parseArgs } from 'node:util';
+import { adminRequest } from '../dist/admin/client.js';
 import { makeCert, ROOT, tempDir } from '../dist/testkit/proxy-process.js';
 import { rpc, sleep } from './bench/common.mjs';
-import { findBin, ironsocketStatus, killAllPeers, PEERS, startPeer } from './bench/peers.mjs';
+import { findBin, holders, ironsocketStatus, killAllPeers, PEERS, sameProcess, socketsOn, startPeer } from './bench/peers.mjs';
 
 const argv = process.argv.slice(2);
 const usage = (msg) => {
@@ -36,11 +40,15 @@ if (!['auto', 'off', 'require'].includes(opt.ktls)) usage(`--ktls: expected auto
 const wanted = opt.peers.split(',').map((n) => n.trim());
 const unknown = wanted.filter((n) => !PEERS.some((p) => p.name === n));
 if (unknown.length) usage(`--peers: unknown ${unknown.join(', ')}`);
+// Reload: `streams` established echo streams; `quietMs` is the no-reload window (and the shortest reload window), and
+// `holdMs` how long after the reload the streams' holders are looked up.
 const S = opt.quick
-  ? { warmupMs: 250, tputMs: 1500, hsMs: 1500, latMs: 1500, idle: 1000 }
-  : { warmupMs: 1000, tputMs: 10_000, hsMs: 10_000, latMs: 10_000, idle: 5000 };
+  ? { warmupMs: 250, tputMs: 1500, hsMs: 1500, latMs: 1500, idle: 1000, streams: 200, quietMs: 1500, holdMs: 2000 }
+  : { warmupMs: 1000, tputMs: 10_000, hsMs: 10_000, latMs: 10_000, idle: 5000, streams: 1000, quietMs: 4000, holdMs: 5000 };
 const HS_CONCURRENCY = 16;
 const LAT_CONNS = 8;
+const PERIOD_MS = 200; // each reload stream writes STREAM_CHUNK bytes this often; the backend echoes them
+const STREAM_CHUNK = 64;
 
 // --- cleanup: every process and temp dir goes, on success, error or signal -------------------------------------
 const children = new Set();
@@ -70,6 +78,7 @@ if (2 * N + 200 > fdLimit) {
   notes.push(`idle connections reduced to ${N}: ulimit -n is ${fdLimit} and a proxy needs 2 fds per connection`);
 }
 const perClient = Math.max(100, fdLimit - 200);
+const K = Math.min(S.streams, N); // the same fd budget
 const cpu = `${os.cpus().length} × ${os.cpus()[0]?.model?.trim() ?? 'unknown CPU'}`;
 const ktlsHere = fs.existsSync('/proc/net/tls_stat') ? 'kTLS available' : 'no kTLS in this kernel (no /proc/net/tls_stat)';
 const load = os.loadavg().map((l) => l.toFixed(2));
@@ -128,6 +137,178 @@ async function idleMemory(peer, clients, ironsocket) {
   } finally {
     await Promise.all(clients.map((c) => c('idleClose')));
   }
+}
+
+/** A fresh TLS connection through the peer: the pid of the peer process that accepted it. */
+async function acceptedBy(peer) {
+  const s = await new Promise((resolve, reject) => {
+    const s = tls.connect({ port: peer.port, host: '127.0.0.1', rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+    s.setTimeout(5000, () => s.destroy(new Error('no handshake within 5 s')));
+    s.once('secureConnect', () => resolve(s));
+    s.once('error', reject);
+  });
+  try {
+    const inode = socketsOn(peer.port).established.get(s.localPort);
+    return (
+      inode &&
+      holders(
+        peer.processes().map((p) => p.pid),
+        new Set([inode]),
+      ).get(inode)
+    );
+  } finally {
+    s.destroy();
+  }
+}
+
+const isIn = (procs, pid) => procs.some((p) => p.pid === pid && sameProcess(p));
+
+/** A peer's own reload: its signal, then waits until new connections land on a new process or a new listener. */
+async function peerReload(peer, before) {
+  const listenBefore = socketsOn(peer.port).listen;
+  peer.signal(peer.reload.signal);
+  let last = 'no answer yet';
+  for (const end = Date.now() + 15_000; Date.now() < end; await sleep(100)) {
+    if (!peer.alive()) throw new Error(`exited on ${peer.reload.signal}; its output:\n${peer.output()}`);
+    const relistened = [...socketsOn(peer.port).listen].some((i) => !listenBefore.has(i));
+    try {
+      const pid = await acceptedBy(peer);
+      if (pid && !isIn(before, pid)) return `new connections went to new process ${pid}`;
+      if (pid && relistened) return `the same process ${pid} re-bound its listener and accepts`;
+      last = `new connections still went to pre-reload process ${pid}`;
+    } catch (e) {
+      last = `a new connection failed: ${e.message}`;
+    }
+  }
+  throw new Error(`no sign of a reload within 15 s after ${peer.reload.signal} (${last})`);
+}
+
+/** Iron Socket's in-place upgrade by SIGUSR2, its outcome polled from the admin socket (as bench-upgrade.mjs does). */
+async function upgradeBySignal(peer) {
+  const before = await adminRequest(peer.admin, 'upgrade-result');
+  peer.signal('SIGUSR2');
+  for (const end = Date.now() + 120_000; Date.now() < end;) {
+    await sleep(100);
+    if (!peer.alive()) throw new Error(`exited during the upgrade; its output:\n${peer.output()}`);
+    const r = await adminRequest(peer.admin, 'upgrade-result').catch(() => undefined); // down across the exec
+    const u = r?.lastUpgrade;
+    if (!u || u.attempt === before.lastUpgrade?.attempt) continue;
+    if (u.ok && r.generation <= before.generation) continue;
+    if (!u.ok) throw new Error(`upgrade failed: ${u.error}`);
+    return { before, after: r, u };
+  }
+  throw new Error('no upgrade outcome within 120 s');
+}
+
+/**
+ * K established echo streams through the peer, then its reload (Iron Socket: in-place upgrade): the largest gap any
+ * stream saw (against a window without a reload), which process image holds the streams afterwards, and every byte
+ * back. Fills `r` as it goes (so a wrong figure still shows in the table), then throws whatever is wrong.
+ */
+async function reloadUnderLoad(peer, clients, r, ironsocket) {
+  const all = (cmd, arg) => Promise.all(clients.map((c) => c(cmd, arg)));
+  const share = Math.ceil(K / clients.length);
+  const problems = [];
+  const stall = (g) => Math.max(0, Math.max(...g.map((x) => x.maxGapMs)) - PERIOD_MS);
+  const lagMs = (g) => Math.round(Math.max(...g.map((x) => x.loopLagMs)));
+  let drained;
+  let olds = [];
+  let info;
+  try {
+    const opened = await Promise.all(
+      clients.map((c, i) =>
+        c('streamsOpen', { port: peer.port, n: Math.max(0, Math.min(share, K - i * share)), periodMs: PERIOD_MS, chunk: STREAM_CHUNK, seed: i }),
+      ),
+    );
+    const ports = opened.flatMap((o) => o.ports);
+    if (ports.length !== K) throw new Error(`only ${ports.length} of ${K} streams opened (${opened.find((o) => o.firstError)?.firstError})`);
+    await sleep(2 * PERIOD_MS); // every stream has had an echo back
+    await all('streamsMark');
+    await sleep(S.quietMs);
+    const quiet = await all('streamsGaps');
+    r.stallBase = stall(quiet);
+
+    const before = peer.processes();
+    await all('streamsMark');
+    const t = Date.now();
+    let upgrade;
+    let how;
+    if (ironsocket) {
+      try {
+        upgrade = await upgradeBySignal(peer);
+        how = `gen ${upgrade.before.generation} → ${upgrade.after.generation}, pid ${upgrade.before.pid} → ${upgrade.after.pid}, moved ${upgrade.u.moved}`;
+        r.proxyStall = upgrade.u.stallMs;
+      } catch (e) {
+        if (!peer.alive()) throw e;
+        problems.push(e.message); // still serving: go on, and count what the failed upgrade did to the streams
+        how = `FAILED: ${e.message.split('\n')[0]}`;
+      }
+    } else {
+      how = await peerReload(peer, before);
+      r.proxyStall = 'n/a';
+    }
+    const reloadMs = Date.now() - t;
+    await sleep(Math.max(1000, S.quietMs - reloadMs)); // the window: the reload, 1 s after, and no shorter than the quiet one
+    const during = await all('streamsGaps');
+    r.stall = stall(during);
+
+    // Some time later, who holds the established streams: the process image from before the reload, or a new one?
+    await sleep(Math.max(0, t + reloadMs + S.holdMs - Date.now()));
+    const established = socketsOn(peer.port).established;
+    const inodes = new Set(ports.map((p) => established.get(p)).filter(Boolean));
+    const held = holders(
+      peer.processes().map((p) => p.pid),
+      inodes,
+    );
+    let status;
+    if (ironsocket) status = await adminRequest(peer.admin, 'status', undefined, 30_000);
+    // An Iron Socket that answers with generation + 1 from the same pid has exec'd: that pid is the new image.
+    const execd = upgrade && status.pid === peer.pid && status.generation === upgrade.before.generation + 1;
+    const perPid = new Map();
+    for (const pid of held.values()) perPid.set(pid, (perPid.get(pid) ?? 0) + 1);
+    const isOld = (pid) => isIn(before, pid) && !(execd && pid === peer.pid);
+    olds = before.filter((p) => perPid.has(p.pid) && isOld(p.pid));
+    r.onNew = [...perPid].reduce((n, [pid, k]) => n + (isOld(pid) ? 0 : k), 0);
+    r.oldProcs = olds.length;
+    const where = [...perPid].map(([pid, k]) => `${k} by ${isOld(pid) ? 'pre-reload' : 'new'} ${pid === peer.pid ? 'main ' : ''}process ${pid}`);
+    info = `${peer.reload.signal}: reload took ${(reloadMs / 1000).toFixed(2)} s (${how}); client loop lag max ${lagMs(quiet)} ms without, ${lagMs(during)} ms with the reload; ${S.holdMs / 1000} s later the ${K} streams were held ${where.join(', ') || 'by nobody'}`;
+    if (ironsocket) {
+      const mine = new Set(ports);
+      const listed = status.connections.filter((c) => mine.has(Number(c.client.slice(c.client.lastIndexOf(':') + 1)))).length;
+      info += `; status: generation ${status.generation}, ${listed} of them listed`;
+      if (upgrade && !execd)
+        problems.push(
+          `after the upgrade status says pid ${status.pid} generation ${status.generation} (was pid ${peer.pid} generation ${upgrade.before.generation})`,
+        );
+      if (upgrade && (listed !== K || r.onNew !== K))
+        problems.push(`only ${Math.min(listed, r.onNew)} of ${K} established streams on the new image (status lists ${listed}, the pid holds ${r.onNew})`);
+    }
+
+    drained = await all('streamsDrain', { timeoutMs: 5000 });
+  } finally {
+    await all('streamsClose');
+  }
+  const sum = (f) => drained.reduce((n, d) => n + f(d), 0);
+  r.lost = sum((d) => d.sent - d.received);
+  r.cut = sum((d) => d.cut);
+  const reasons = [...new Set(drained.flatMap((d) => d.reasons))];
+  if (sum((d) => d.badStreams)) problems.push(`${sum((d) => d.badStreams)} streams had a wrong byte`);
+  if (sum((d) => d.lostOnUncut)) problems.push(`${sum((d) => d.lostOnUncut)} bytes never came back on streams that were not cut`);
+  if (ironsocket && r.lost) problems.push(`${r.lost} bytes lost across the upgrade`);
+  if (ironsocket && r.cut) problems.push(`${r.cut} streams cut by the upgrade (${reasons.join('; ')})`);
+  if (r.cut) info += `; ${r.cut} streams cut (${reasons.join('; ')})`;
+  // Does the old code let go once its connections are gone? (stunnel's one process is the server itself: skip.)
+  const leaving = olds.filter((p) => p.pid !== peer.pid);
+  if (leaving.length) {
+    const t = Date.now();
+    while (leaving.some(sameProcess) && Date.now() - t < 3000) await sleep(20);
+    const left = leaving.filter(sameProcess).length;
+    info += left
+      ? `; ${left} of the ${leaving.length} pre-reload processes still running 3 s after the streams closed`
+      : `; the ${leaving.length} pre-reload process${leaving.length > 1 ? 'es' : ''} holding them exited ${((Date.now() - t) / 1000).toFixed(2)} s after the streams closed`;
+  }
+  r.reload = info;
+  if (problems.length) throw new Error(problems.join('; '));
 }
 
 async function measurePeer(peer, backend, clients, ironsocket) {
@@ -196,6 +377,8 @@ async function measurePeer(peer, backend, clients, ironsocket) {
       bulk.push(t);
     });
   if (bulk.length === 4) r.bulkCpu = bulk.reduce((n, t) => n + t.cpuMs, 0) / bulk.reduce((n, t) => n + t.mb, 0);
+  // Last: a reload leaves the peer in another state (a new worker, a new generation).
+  await step(`${K} established streams through ${ironsocket ? 'an in-place upgrade' : 'a reload'}`, () => reloadUnderLoad(peer, clients, r, ironsocket));
   return r;
 }
 
@@ -211,6 +394,16 @@ const METRICS = [
   ['p50', `1 KiB echo p50 ms, ${LAT_CONNS} conns (lower is better)`, 3],
   ['p99', `1 KiB echo p99 ms, ${LAT_CONNS} conns (lower is better)`, 3],
   ['mem', `KiB RSS per idle conn, N=${N} (lower is better)`, 1],
+];
+// What a reload does to K established streams; no ratios (the peers' streams do not move: nothing to divide by).
+const RELOAD_METRICS = [
+  ['stall', `reload: stall on ${K} established streams, ms (client's largest gap − ${PERIOD_MS} ms period; lower is better)`, 0],
+  ['stallBase', `reload: same, a window without a reload, ms (the noise floor)`, 0],
+  ['proxyStall', 'reload: stall reported by the proxy, ms (Iron Socket upgrade-result)', 0],
+  ['lost', 'reload: bytes lost on the streams (sent − echoed back; 0 is right)', 0],
+  ['cut', 'reload: streams cut (error, reset or EOF; lower is better)', 0],
+  ['onNew', `reload: streams on new code after it, of ${K} (higher is better)`, 0],
+  ['oldProcs', `reload: pre-reload processes still holding them ${S.holdMs / 1000} s later (draining)`, 0],
 ];
 
 const t0 = Date.now();
@@ -237,7 +430,7 @@ for (const def of PEERS.filter((p) => wanted.includes(p.name))) {
   say(`${def.name} ${version ?? ''}`);
   let peer;
   try {
-    peer = { name: def.name, ...(await startPeer(def, { bin, dir, backendPort, certFile, keyFile, pem, ktls: opt.ktls })) };
+    peer = { name: def.name, reload: def.reload, ...(await startPeer(def, { bin, dir, backendPort, certFile, keyFile, pem, ktls: opt.ktls })) };
   } catch (e) {
     results[def.name] = 'failed to start';
     broken.push(`${def.name} is installed (${bin}) but failed to start: ${e.message}`);
@@ -245,7 +438,7 @@ for (const def of PEERS.filter((p) => wanted.includes(p.name))) {
     continue;
   }
   const r = (results[def.name] = await measurePeer(peer, backend, clients, def.name === 'ironsocket').finally(() => peer.stop()));
-  const extra = [r.ironsocket, r.tls, r.rss && `RSS ${r.rss} with the idle connections`];
+  const extra = [r.ironsocket, r.tls, r.rss && `RSS ${r.rss} with the idle connections`, r.reload && `reload by ${r.reload}`];
   about.push(`${def.name} ${version ?? '(version unknown)'}: ${def.model}; ${extra.filter(Boolean).join('; ')}`);
 }
 
@@ -254,9 +447,12 @@ const names = Object.keys(results);
 const cell = (name, key, digits) => {
   const r = results[name];
   if (typeof r === 'string') return r;
+  if (typeof r[key] === 'string') return r[key];
   return r[key] === undefined ? (r.died ? 'died' : 'error') : Number(r[key].toFixed(digits));
 };
-const figures = Object.fromEntries(METRICS.map(([key, label, d]) => [label, Object.fromEntries(names.map((n) => [n, cell(n, key, d)]))]));
+const figures = Object.fromEntries(
+  [...METRICS, ...RELOAD_METRICS].map(([key, label, d]) => [label, Object.fromEntries(names.map((n) => [n, cell(n, key, d)]))]),
+);
 const ratios = Object.fromEntries(
   METRICS.map(([key, label]) => [
     label,
@@ -278,11 +474,16 @@ notes.push(
   'handshakes: each connection is connect → full handshake → 1 request → close; latency: each connection sends 1 KiB and waits for its echo, back-to-back',
   "memory: growth of VmRSS summed over all of the peer's processes, with N idle connections open through it to the backend, divided by N",
   'per-connection logging is off for every peer (haproxy: no log, stunnel: debug = 3, hitch: log-level = 1, ironsocket: --log-level warn)',
+  `reload: ${K} TLS streams (ECHO), each writing ${STREAM_CHUNK} B every ${PERIOD_MS} ms, every echoed byte checked; then the peer's own reload, as operators trigger it. Stall = the largest gap between two echoes (or since the last) on any stream, minus the period, over a window from the signal to 1 s after the reload finished (at least ${S.quietMs / 1000} s, the length of the no-reload window before it). Bytes lost = sent − echoed back, once the writers stopped and the echoes drained. "On new code" = streams whose proxy-side socket is held by a process image started by the reload: read from /proc (fd tables, /proc/net/tcp); for Iron Socket the same pid after its exec, checked with status (generation + 1, every stream listed)`,
+  ...PEERS.filter((p) => names.includes(p.name) && typeof results[p.name] !== 'string').map((p) => `${p.name} reload: ${p.reload.how}`),
+  "so the peers' reload rows are the contrast, not a race: a peer's reload leaves its established streams where they are, on the old code, in processes that linger until the streams close (a stall there is a side effect, e.g. the new processes starting up on the same CPUs, not a hand-over); Iron Socket's streams move to the new code, and pay for the move in stall",
 );
 const header = [`# TLS proxy benchmark — ${date} — ${opt.quick ? 'quick' : 'full'} run (${command})`, `# machine: ${machine}`, ...about.map((a) => `# ${a}`)];
 console.log(header.join('\n'));
 console.table(figures);
-console.log('ratios to HAProxy (peer ÷ haproxy: above 1 is better for MB/s and handshakes, below 1 is better for ms and KiB)');
+console.log(
+  "ratios to HAProxy (peer ÷ haproxy: above 1 is better for MB/s and handshakes, below 1 is better for ms and KiB; no reload rows: the peers' established streams do not move, so there is nothing to divide by)",
+);
 console.table(ratios);
 for (const n of notes) console.log(`- ${n}`);
 const elapsed = `${Math.round((Date.now() - t0) / 1000)} s`;
@@ -306,7 +507,7 @@ if (opt.write) {
     '',
     md(figures),
     '',
-    'Ratios to HAProxy (above 1 is better for MB/s and handshakes, below 1 is better for ms and KiB):',
+    "Ratios to HAProxy (above 1 is better for MB/s and handshakes, below 1 is better for ms and KiB; no reload rows, as the peers' established streams do not move):",
     '',
     md(ratios),
     '',

@@ -1,5 +1,6 @@
 // The bench load generator (node:tls clients), forked apart from the backend and the orchestrator so that the three
 // do not share one event loop. Every client offers TLS 1.3 only and never resumes a session (no `session` is passed).
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import tls from 'node:tls';
 import { matchesPattern, now, patternAt, serve } from './common.mjs';
 
@@ -33,6 +34,14 @@ function percentile(sorted, p) {
 
 let run; // the current throughput run
 let idle = [];
+let streams = []; // the reload run's established streams
+const lag = monitorEventLoopDelay({ resolution: 5 }); // how late this process ran: a gap no proxy could have avoided
+
+/** The largest gap between two echoes (or since the last one) on each stream still up, since `streamsMark`. */
+function gapsNow() {
+  const t = now();
+  return streams.filter((st) => !st.cut).map((st) => Math.max(st.maxGap, t - st.last));
+}
 
 serve({
   /** Opens `conns` streams in direction `dir` ('up': we send the pattern; 'down': we receive and verify it). */
@@ -192,5 +201,81 @@ serve({
   async idleClose() {
     await closeAll(idle);
     idle = [];
+  },
+
+  /**
+   * Opens `n` echo streams (50 at a time), each writing `chunk` bytes every `periodMs` and checking every byte that
+   * comes back against the pattern at its own offset (`seed` keeps the streams of different processes apart).
+   * Anything that ends a stream before `streamsClose` (error, reset, EOF) marks it cut. Returns its local ports.
+   */
+  async streamsOpen({ port, n, periodMs, chunk, seed }) {
+    let firstError;
+    const one = async (i) => {
+      const st = { base: (seed * 7919 + i * 4099) % 65521, sent: 0, received: 0, last: 0, maxGap: 0, bad: false, cut: '', timer: undefined };
+      const cut = (why) => {
+        if (st.closing || st.cut) return;
+        st.cut = why;
+        clearInterval(st.timer);
+      };
+      try {
+        st.sock = await open(port, 'ECHO\n', (s) => {
+          s.on('data', (d) => {
+            if (!st.bad && !matchesPattern(d, st.base + st.received)) st.bad = true;
+            st.received += d.length;
+            const t = now();
+            st.maxGap = Math.max(st.maxGap, t - st.last);
+            st.last = t;
+          });
+          s.on('error', (e) => cut(e.code ?? e.message));
+          s.on('end', () => cut('EOF from the proxy'));
+          s.on('close', () => cut('closed'));
+        });
+      } catch (e) {
+        firstError ??= e.message;
+        return;
+      }
+      st.last = now();
+      streams.push(st);
+      st.timer = setInterval(() => {
+        if (st.sock.destroyed) return;
+        st.sock.write(patternAt(st.base + st.sent, chunk));
+        st.sent += chunk;
+      }, periodMs);
+    };
+    for (let i = 0; i < n; i += 50) await Promise.all(Array.from({ length: Math.min(50, n - i) }, (_, j) => one(i + j)));
+    lag.enable();
+    return { opened: streams.length, ports: streams.map((st) => st.sock.localPort), firstError };
+  },
+  /** Starts a measuring window: forgets the gaps seen so far. */
+  streamsMark() {
+    for (const st of streams) st.maxGap = 0;
+    lag.reset();
+  },
+  /** Over the window since `streamsMark`: the largest gap on any stream still up, ms, and this process's own lag. */
+  streamsGaps() {
+    const gaps = gapsNow();
+    return { maxGapMs: gaps.length ? Math.max(...gaps) : 0, loopLagMs: lag.max / 1e6, up: gaps.length, cut: streams.length - gaps.length };
+  },
+  /** Stops writing; then waits (up to `timeoutMs`) until every stream still up got all its bytes back. */
+  async streamsDrain({ timeoutMs }) {
+    for (const st of streams) clearInterval(st.timer);
+    const end = now() + timeoutMs;
+    while (now() < end && streams.some((st) => !st.cut && st.received < st.sent)) await new Promise((r) => setTimeout(r, 20));
+    const sum = (f) => streams.reduce((n, st) => n + f(st), 0);
+    const reasons = [...new Set(streams.filter((st) => st.cut).map((st) => st.cut))];
+    return {
+      sent: sum((st) => st.sent),
+      received: sum((st) => st.received),
+      lostOnUncut: sum((st) => (st.cut ? 0 : st.sent - st.received)),
+      badStreams: sum((st) => (st.bad ? 1 : 0)),
+      cut: sum((st) => (st.cut ? 1 : 0)),
+      reasons: reasons.slice(0, 3),
+    };
+  },
+  async streamsClose() {
+    for (const st of streams) (clearInterval(st.timer), (st.closing = true));
+    await closeAll(streams.map((st) => st.sock));
+    streams = [];
+    lag.disable();
   },
 });

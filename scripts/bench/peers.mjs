@@ -1,6 +1,7 @@
 // The TLS terminators `npm run bench` compares: how to find each one, read its version, start it on loopback with a
 // generated config (same certificate, same backend, TLS 1.3 only, per-connection logging off), read its memory
-// (every process it runs) and stop it. Every process started here is killed on exit, whatever happens.
+// (every process it runs), reload it the way its operators do, see which of its processes holds which connection, and
+// stop it. Every process started here (old and new workers of a reload too) is killed on exit, whatever happens.
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -45,7 +46,11 @@ export const PEERS = [
   {
     name: 'haproxy',
     bins: ['haproxy'],
-    model: `${CPUS} threads (nbthread default)`,
+    model: `master-worker (-W, as Debian's unit runs it), ${CPUS} threads (nbthread default)`,
+    reload: {
+      signal: 'SIGUSR2',
+      how: "SIGUSR2 to the master (master-worker mode, -W, which is what Debian's haproxy.service runs with -Ws and reloads with kill -USR2): the master re-executes itself (new binary, new config), forks a new worker and soft-stops the old one, which stops listening but keeps serving its established connections until they close (no hard-stop-after set)",
+    },
     version: async (bin) => /version (\S+)/i.exec(await output(bin, ['-v']))?.[1],
     command({ bin, dir, port, backendPort, pem }) {
       const cfg = path.join(dir, 'haproxy.cfg');
@@ -64,13 +69,18 @@ backend plain
   server b 127.0.0.1:${backendPort}
 `,
       );
-      return [bin, ['-db', '-f', cfg]];
+      // -W: master-worker, the mode a reload needs (Debian's unit: -Ws; the s only adds sd_notify). -db: foreground.
+      return [bin, ['-W', '-db', '-f', cfg]];
     },
   },
   {
     name: 'stunnel',
     bins: ['stunnel4', 'stunnel'],
     model: 'a thread per connection',
+    reload: {
+      signal: 'SIGHUP',
+      how: "SIGHUP (man stunnel4; Debian's stunnel@.service has no ExecReload): the same process re-reads its config and re-binds its listener; established connections keep their threads in that process. No new code is loaded: a new stunnel binary takes a restart, which cuts every connection",
+    },
     version: async (bin) => /stunnel (\S+)/.exec(await output(bin, ['-version']))?.[1],
     command({ bin, dir, port, backendPort, pem }) {
       const cfg = path.join(dir, 'stunnel.conf');
@@ -94,6 +104,10 @@ sslVersionMin = TLSv1.3
     name: 'hitch',
     bins: ['hitch'],
     model: `${CPUS} worker processes (one per CPU)`,
+    reload: {
+      signal: 'SIGHUP',
+      how: "SIGHUP to the manager (Debian's hitch.service ExecReload): it re-reads the config and forks new workers, which take over the listener; old workers stop accepting and exit once their last connection closes. The manager is not re-executed: the new workers run the old binary too (new config only)",
+    },
     version: async (bin) => /hitch (\S+)/.exec(await output(bin, ['--version']))?.[1],
     command({ bin, dir, port, backendPort, pem }) {
       const cfg = path.join(dir, 'hitch.conf');
@@ -117,6 +131,10 @@ ${process.getuid() === 0 ? `user = "${hitchUser()}"\n` : ''}`,
     name: 'ironsocket',
     bins: [process.execPath],
     model: 'Node.js',
+    reload: {
+      signal: 'SIGUSR2',
+      how: 'SIGUSR2 (or `ironsocket upgrade`): an in-place upgrade, exec of the new code in the same PID; established connections are carried across the exec and served by the new image (generation + 1); the outcome is read from the admin socket (upgrade-result)',
+    },
     async version() {
       const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version;
       const commit = (await output('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'])).trim();
@@ -206,6 +224,52 @@ function kill(procs, signal) {
 }
 
 const tree = (child) => [child.pid, ...descendants(child.pid)].map(identify);
+
+/** The TCP sockets whose local port is `port`: LISTEN inodes, and the ESTABLISHED ones by their remote port. */
+export function socketsOn(port) {
+  const listen = new Set();
+  const established = new Map();
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length < 10 || parseInt(f[1].split(':')[1], 16) !== port) continue;
+      if (f[3] === '0A') listen.add(f[9]);
+      else if (f[3] === '01') established.set(parseInt(f[2].split(':')[1], 16), f[9]);
+    }
+  }
+  return { listen, established };
+}
+
+/** Which of `pids` holds each socket inode in `inodes` (reads their fd tables): Map inode → pid. */
+export function holders(pids, inodes) {
+  const out = new Map();
+  for (const pid of pids) {
+    let fds;
+    try {
+      fds = fs.readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue; // gone meanwhile
+    }
+    for (const fd of fds) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
+        if (m && inodes.has(m[1]) && !out.has(m[1])) out.set(m[1], pid);
+      } catch {
+        /* closed meanwhile */
+      }
+    }
+  }
+  return out;
+}
+
+/** Whether the process `p` ({pid, start} from `processes()`) is still the same process. */
+export const sameProcess = (p) => identify(p.pid)?.start === p.start;
 const killTree = (child) => kill(tree(child), 'SIGKILL');
 
 /** Synchronous, for process 'exit': kills whatever peer is still running. */
@@ -238,6 +302,10 @@ export async function startPeer(peer, ctx) {
   return {
     port,
     admin,
+    pid: child.pid,
+    /** The peer's processes now, each as {pid, start} (start time tells a reused pid apart). */
+    processes: () => tree(child).filter(Boolean),
+    signal: (sig) => process.kill(child.pid, sig),
     /** Resident memory of the peer's processes, KiB (VmRSS of the main pid plus every descendant). */
     rssKiB() {
       let kib = 0;
