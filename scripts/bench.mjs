@@ -125,6 +125,7 @@ async function throughput(peer, backend, clients, dir, conns) {
 }
 
 async function idleMemory(peer, clients, ironsocket) {
+  const heapBefore = ironsocket ? (await ironsocketStatus(peer.admin)).relayHeapKiB : undefined;
   const before = peer.rssKiB();
   const share = Math.ceil(N / clients.length);
   try {
@@ -133,7 +134,10 @@ async function idleMemory(peer, clients, ironsocket) {
     if (open !== N) throw new Error(`only ${open} of ${N} idle connections opened (${opened.find((o) => o.firstError)?.firstError})`);
     await sleep(1000);
     const after = peer.rssKiB();
-    return { kib: (after - before) / N, before, after, status: ironsocket ? await ironsocketStatus(peer.admin) : undefined };
+    const status = ironsocket ? await ironsocketStatus(peer.admin) : undefined;
+    // What the relay threads' JavaScript holds per established connection (Iron Socket only: it reports its heaps).
+    const heapKib = status ? (status.relayHeapKiB - heapBefore) / N : undefined;
+    return { kib: (after - before) / N, before, after, status, heapKib };
   } finally {
     await Promise.all(clients.map((c) => c('idleClose')));
   }
@@ -339,6 +343,7 @@ async function measurePeer(peer, backend, clients, ironsocket) {
   await step(`${N} idle connections`, async () => {
     const m = await idleMemory(peer, clients, ironsocket);
     r.mem = m.kib;
+    r.jsHeap = m.heapKib ?? 'n/a';
     r.rss = `${Math.round(m.before / 1024)} → ${Math.round(m.after / 1024)} MiB`;
     if (m.status) {
       const modes = Object.entries(m.status.modes).map(([k, v]) => `${k} ${v}`);
@@ -394,6 +399,7 @@ const METRICS = [
   ['p50', `1 KiB echo p50 ms, ${LAT_CONNS} conns (lower is better)`, 3],
   ['p99', `1 KiB echo p99 ms, ${LAT_CONNS} conns (lower is better)`, 3],
   ['mem', `KiB RSS per idle conn, N=${N} (lower is better)`, 1],
+  ['jsHeap', `of which JavaScript heap in the relay threads, KiB per idle conn (Iron Socket only)`, 2],
 ];
 // What a reload does to K established streams; no ratios (the peers' streams do not move: nothing to divide by).
 const RELOAD_METRICS = [
@@ -472,7 +478,7 @@ notes.push(
   'up = client → backend, down = backend → client; MB = 10^6 bytes; every byte is checked against a known pattern',
   "proxy CPU = user + system time of all the peer's processes during the measured window: less noisy than rates when the client is the bottleneck",
   'handshakes: each connection is connect → full handshake → 1 request → close; latency: each connection sends 1 KiB and waits for its echo, back-to-back',
-  "memory: growth of VmRSS summed over all of the peer's processes, with N idle connections open through it to the backend, divided by N",
+  "memory: growth of VmRSS summed over all of the peer's processes, with N idle connections open through it to the backend, divided by N; Iron Socket's JavaScript heap row is the growth of the heap in use on its relay threads (from `status`), which includes garbage not yet collected",
   'per-connection logging is off for every peer (haproxy: no log, stunnel: debug = 3, hitch: log-level = 1, ironsocket: --log-level warn)',
   `reload: ${K} TLS streams (ECHO), each writing ${STREAM_CHUNK} B every ${PERIOD_MS} ms, every echoed byte checked; then the peer's own reload, as operators trigger it. Stall = the largest gap between two echoes (or since the last) on any stream, minus the period, over a window from the signal to 1 s after the reload finished (at least ${S.quietMs / 1000} s, the length of the no-reload window before it). Bytes lost = sent − echoed back, once the writers stopped and the echoes drained. "On new code" = streams whose proxy-side socket is held by a process image started by the reload: read from /proc (fd tables, /proc/net/tcp); for Iron Socket the same pid after its exec, checked with status (generation + 1, every stream listed)`,
   ...PEERS.filter((p) => names.includes(p.name) && typeof results[p.name] !== 'string').map((p) => `${p.name} reload: ${p.reload.how}`),

@@ -163,7 +163,8 @@ export async function ironsocketStatus(admin) {
   const status = JSON.parse(stdout);
   const modes = {};
   for (const c of status.connections) modes[c.mode] = (modes[c.mode] ?? 0) + 1;
-  return { modes, workers: status.workers };
+  const relayHeapKiB = (status.memory?.relayHeapKiB ?? []).reduce((n, k) => n + k, 0);
+  return { modes, workers: status.workers, relayHeapKiB };
 }
 
 function freePort() {

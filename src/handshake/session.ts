@@ -256,25 +256,26 @@ function afterLast(types: number[], type: number): number {
  * authenticating each candidate with that key — counting, never assuming (OpenSSL sends tickets).
  */
 function countAppKeyRecords(suite: CipherSuite, tx: TrafficKeys, output: Seen[]): number {
-  for (let start = 0; start < output.length; start++) {
-    if (output[start]!.type !== APPDATA) continue;
-    const prot = new RecordProtection(suite, tx.key, tx.iv, 0n);
+  // One context at sequence 0 tries each candidate in turn (a failed open consumes no sequence number);
+  // the first that opens starts the suffix, and every record after it must open in sequence.
+  const prot = new RecordProtection(suite, tx.key, tx.iv, 0n);
+  const opens = (r: Seen): boolean => {
     try {
-      let ok = true;
-      for (let i = start; i < output.length && ok; i++) {
-        const r = output[i]!;
-        try {
-          const opened = prot.open(r.bytes.subarray(0, RECORD_HEADER), r.bytes.subarray(RECORD_HEADER));
-          opened.plaintext.fill(0);
-        } catch (e) {
-          if (!(e instanceof RecordError)) throw e;
-          ok = false;
-        }
-      }
-      if (ok) return output.length - start;
-    } finally {
-      prot.wipe();
+      prot.open(r.bytes.subarray(0, RECORD_HEADER), r.bytes.subarray(RECORD_HEADER)).plaintext.fill(0);
+      return true;
+    } catch (e) {
+      if (!(e instanceof RecordError)) throw e;
+      return false;
     }
+  };
+  try {
+    const start = output.findIndex((r) => r.type === APPDATA && opens(r));
+    if (start < 0) return 0;
+    for (let i = start + 1; i < output.length; i++) {
+      if (!opens(output[i]!)) throw new HandshakeError(`record ${i} after the first application-key record does not open in sequence`, 'internal');
+    }
+    return output.length - start;
+  } finally {
+    prot.wipe();
   }
-  return 0;
 }
