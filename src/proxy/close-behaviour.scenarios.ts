@@ -342,10 +342,12 @@ export function closeBehaviourScenarios(m: Mode): void {
       test(`a client sending ${g.what} instead of a ClientHello gets one plaintext alert ${g.alert} record then EOF, with the reason logged`, T, async () => {
         const base = proxy.fdCount();
         const mark = proxy.logs().length;
+        const failedBefore = (await proxy.status()).counters.handshake_failed_malformed ?? 0;
         const { got, end } = await sendGarbage(g.bytes);
         assert.deepEqual([...got], [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, g.alert], `one fatal alert record, then ${end}`);
         assert.equal(end, 'EOF', 'a FIN after the alert, not a reset');
         assert.match(await logLine(proxy, mark, g.log), /"conn":"c\d+".*"reason":"malformed"/);
+        assert.equal((await proxy.status()).counters.handshake_failed_malformed, failedBefore + 1, 'counted once as handshake_failed_malformed');
         await cleanAndServing(proxy, base);
       });
     }
@@ -366,11 +368,15 @@ export function closeBehaviourScenarios(m: Mode): void {
     test('a client completes the handshake, then gets a fatal internal_error alert, and the proxy logs ECONNREFUSED', T, async () => {
       const base = proxy.fdCount();
       const mark = proxy.logs().length;
+      const before = (await proxy.status()).counters;
       const { c } = await connectTls(proxy.port);
       const [err] = (await once(c, 'error')) as [NodeJS.ErrnoException];
       assert.equal(err.code, 'ERR_SSL_TLSV1_ALERT_INTERNAL_ERROR', `client error: ${err.message}`);
       assert.match(err.message, /alert number 80/);
       assert.match(await logLine(proxy, mark, /ECONNREFUSED/), /"conn":"c\d+".*"reason":"refused"/);
+      const after = (await proxy.status()).counters;
+      assert.equal(after.handshakes_ok, (before.handshakes_ok ?? 0) + 1, 'the handshake itself counted as ok');
+      assert.equal(after.backend_refused, (before.backend_refused ?? 0) + 1, 'the refusal counted as backend_refused');
       // Once a backend listens there, the same proxy relays.
       const backend = await scriptedBackend(port);
       try {

@@ -12,6 +12,13 @@ const port = parentPort as MessagePort;
 const poller = new Poller(init.inlinePoll === true);
 const aborts = new Map<string, AbortController>();
 const post = (m: FromHandshaker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
+/** Counter increments not yet sent: they go with the next `established` or `gone` (see FromHandshaker). */
+let counts: string[] = [];
+const takeCounts = () => {
+  const c = counts;
+  counts = [];
+  return c;
+};
 
 const ctx: ConnectionContext = {
   poller,
@@ -22,15 +29,15 @@ const ctx: ConnectionContext = {
   kernelSuites: new Set(init.kernelSuites),
   handshakeTimeoutMs: init.handshakeTimeoutMs,
   backendConnectTimeoutMs: init.backendConnectTimeoutMs,
-  count: (name) => post({ op: 'count', name }),
+  count: (name) => counts.push(name),
   signalFor: (id) => aborts.get(id)?.signal,
   // The main thread learns of it with the fds, below.
   established: () => {},
-  gone: (id) => post({ op: 'gone', id }),
+  gone: (id) => post({ op: 'gone', id, counts: takeCounts() }),
   relay: {
     add(info, clientFd, backendFd, user) {
       // Keys move, they are not copied: the buffers become the main thread's.
-      post({ op: 'established', info, clientFd, backendFd, user }, keyBuffers(user));
+      post({ op: 'established', info, clientFd, backendFd, user, counts: takeCounts() }, keyBuffers(user));
     },
   },
 };
