@@ -155,7 +155,7 @@ async function measurePeer(peer, backend, clients, ironsocket) {
       await fn();
       say(`  ${what} (${((Date.now() - t) / 1000).toFixed(1)} s)`);
     } catch (e) {
-      say(`  ${what}: FAILED (${((Date.now() - t) / 1000).toFixed(1)} s)`);
+      say(`  ${what}: FAILED (${((Date.now() - t) / 1000).toFixed(1)} s): ${e.message.split("\n")[0]}`);
       broken.push(`${peer.name}: ${what}: ${e.message}`);
     }
   };
