@@ -58,3 +58,12 @@ export function rpc(child, name) {
       child.send({ id, cmd, arg });
     });
 }
+
+/**
+ * An error that means a result is wrong (a byte, a certificate, a protocol), not that a peer was slow or ran out
+ * of capacity: it fails the run whoever it comes from. Any failure of Iron Socket's fails it too; a peer's other
+ * failures are reported beside the table.
+ */
+export function wrong(message) {
+  return Object.assign(new Error(message), { wrong: true });
+}

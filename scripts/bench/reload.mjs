@@ -2,7 +2,7 @@
 // place), the stall they see, the bytes they lose, and which process image holds them afterwards.
 import tls from 'node:tls';
 import { adminRequest } from '../../dist/admin/client.js';
-import { sleep } from './common.mjs';
+import { sleep, wrong } from './common.mjs';
 import { holders, sameProcess, socketsOn } from './peers.mjs';
 
 /** A fresh TLS connection through the peer: the pid of the peer process that accepted it. */
@@ -159,6 +159,7 @@ export async function reloadUnderLoad(peer, clients, r, ironsocket, { streams: K
   r.lost = sum((d) => d.sent - d.received);
   r.cut = sum((d) => d.cut);
   const reasons = [...new Set(drained.flatMap((d) => d.reasons))];
+  const badBytes = sum((d) => d.badStreams) + sum((d) => d.lostOnUncut) > 0;
   if (sum((d) => d.badStreams)) problems.push(`${sum((d) => d.badStreams)} streams had a wrong byte`);
   if (sum((d) => d.lostOnUncut)) problems.push(`${sum((d) => d.lostOnUncut)} bytes never came back on streams that were not cut`);
   if (ironsocket && r.lost) problems.push(`${r.lost} bytes lost across the upgrade`);
@@ -175,5 +176,7 @@ export async function reloadUnderLoad(peer, clients, r, ironsocket, { streams: K
       : `; the ${leaving.length} pre-reload process${leaving.length > 1 ? 'es' : ''} holding them exited ${((Date.now() - t) / 1000).toFixed(2)} s after the streams closed`;
   }
   r.reload = info;
-  if (problems.length) throw new Error(problems.join('; '));
+  // Iron Socket runs at --log-level warn: whatever it said is the first thing to read when the upgrade went wrong.
+  if (ironsocket && problems.length) problems.push(`its last log lines: ${peer.output().trim().split('\n').slice(-8).join(' | ')}`);
+  if (problems.length) throw (badBytes ? wrong : (m) => new Error(m))(problems.join('; '));
 }
