@@ -177,6 +177,6 @@ export async function reloadUnderLoad(peer, clients, r, ironsocket, { streams: K
   }
   r.reload = info;
   // Iron Socket runs at --log-level warn: whatever it said is the first thing to read when the upgrade went wrong.
-  if (ironsocket && problems.length) problems.push(`its last log lines: ${peer.output().trim().split('\n').slice(-8).join(' | ')}`);
+  if (ironsocket && problems.length) problems.push(`its log during the reload: ${peer.output().trim().split('\n').filter((l) => !/without close_notify \(truncation\)/.test(l)).slice(-12).join(' | ')}`);
   if (problems.length) throw (badBytes ? wrong : (m) => new Error(m))(problems.join('; '));
 }
