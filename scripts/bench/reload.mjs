@@ -103,7 +103,7 @@ export async function reloadUnderLoad(peer, clients, r, ironsocket, { streams: K
     if (ironsocket) {
       try {
         upgrade = await upgradeBySignal(peer);
-        how = `gen ${upgrade.before.generation} → ${upgrade.after.generation}, pid ${upgrade.before.pid} → ${upgrade.after.pid}, moved ${upgrade.u.moved}`;
+        how = `gen ${upgrade.before.generation} → ${upgrade.after.generation}, pid ${upgrade.before.pid} → ${upgrade.after.pid}, moved ${upgrade.u.moved}, failed to restore ${upgrade.u.failedToRestore ?? 0}, closed in the bridge ${upgrade.u.closedDuringUpgrade ?? 0}`;
         r.proxyStall = upgrade.u.stallMs;
       } catch (e) {
         if (!peer.alive()) throw e;

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -55,6 +55,19 @@ describe('ensureDefaultCertificate', () => {
     const results = await Promise.all([ensureDefaultCertificate(env), ensureDefaultCertificate(env), ensureDefaultCertificate(env)]);
     const cert = new X509Certificate(await readFile(results[0].certFile));
     assert.ok(cert.checkPrivateKey(createPrivateKey(await readFile(results[0].keyFile))));
+  });
+
+  it('leaves one matching pair when many callers replace a broken one at once, and no scratch dirs', async () => {
+    const env = { IRONSOCKET_STATE_DIR: join(dir, 'f') };
+    for (let round = 0; round < 3; round++) {
+      const first = await ensureDefaultCertificate(env);
+      await writeFile(first.certFile, 'not a certificate');
+      const results = await Promise.all(Array.from({ length: 8 }, () => ensureDefaultCertificate(env)));
+      assert.ok(results.some((r) => r.created), 'someone regenerated it');
+      const cert = new X509Certificate(await readFile(first.certFile));
+      assert.ok(cert.checkPrivateKey(createPrivateKey(await readFile(first.keyFile))), `round ${round}: the pair in place matches`);
+    }
+    assert.deepEqual((await readdir(join(dir, 'f'))).filter((n) => n.startsWith('.')), [], 'scratch and stale dirs are gone');
   });
 
   it('explains a missing openssl binary', async () => {

@@ -66,15 +66,26 @@ export async function ensureDefaultCertificate(env: NodeJS.ProcessEnv = process.
     await chmod(join(scratch, 'cert.pem'), 0o644);
     await rm(join(scratch, 'openssl.cnf'));
     const dir = join(base, 'localhost');
-    await rm(dir, { recursive: true, force: true });
-    try {
-      await rename(scratch, dir);
-    } catch (err) {
-      // Another process installed its pair between our rm and rename: use theirs.
-      if (!isCode(err, 'ENOTEMPTY', 'EEXIST') || !(await isUsable(certFile, keyFile))) throw err;
-      return { certFile, keyFile, created: false };
+    // Every step is a rename, so a concurrent caller never sees (or deletes) half a pair: a pair already
+    // in place that works wins; one that does not is moved aside whole, then ours goes in.
+    for (let attempt = 0; attempt < 5; attempt++) {
+      try {
+        await rename(scratch, dir);
+        return { certFile, keyFile, created: true };
+      } catch (err) {
+        if (!isCode(err, 'ENOTEMPTY', 'EEXIST')) throw err;
+      }
+      if (await isUsable(certFile, keyFile)) return { certFile, keyFile, created: false };
+      const stale = await mkdtemp(join(base, '.stale-'));
+      try {
+        await rename(dir, join(stale, 'localhost'));
+      } catch (err) {
+        if (!isCode(err, 'ENOENT')) throw err; // another caller moved it first
+      } finally {
+        await rm(stale, { recursive: true, force: true });
+      }
     }
-    return { certFile, keyFile, created: true };
+    throw new Error(`could not install the default certificate in ${dir}: it kept being replaced`);
   } finally {
     await rm(scratch, { recursive: true, force: true });
   }
