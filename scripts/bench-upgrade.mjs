@@ -5,8 +5,8 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
 import { echoBackend } from '../dist/testkit/backends.js';
-import { adminRequest } from '../dist/admin/client.js';
 import { startProxyProcess } from '../dist/testkit/proxy-process.js';
+import { upgradeBySignal } from './bench/common.mjs';
 
 const { values: opt } = parseArgs({
   options: {
@@ -49,25 +49,6 @@ function open(port, i) {
 }
 
 /**
- * Triggers an upgrade the way a systemd ExecReload= would (SIGUSR2) and polls the admin socket for its
- * outcome. Spawning `ironsocket upgrade` from here would fork this big client process, whose event loop
- * stalls meanwhile: that stall would be counted as the proxy's.
- */
-async function upgradeBySignal(proxy) {
-  const before = await adminRequest(proxy.adminSocket, 'upgrade-result');
-  process.kill(proxy.pid, 'SIGUSR2');
-  for (const end = Date.now() + 120_000; Date.now() < end; ) {
-    await new Promise((r) => setTimeout(r, 100));
-    const r = await adminRequest(proxy.adminSocket, 'upgrade-result').catch(() => undefined);
-    const u = r?.lastUpgrade;
-    if (!u || u.attempt === before.lastUpgrade?.attempt) continue;
-    if (u.ok && r.generation <= before.generation) continue;
-    return { ok: u.ok, pid: r.pid, generation: r.generation, moved: u.moved, stallMs: u.stallMs, error: u.error };
-  }
-  throw new Error('no upgrade outcome within 120 s');
-}
-
-/**
  * The bytes at [offset, offset+len) of connection i's stream: position-dependent, so a lost,
  * duplicated or reordered byte shows, and cheap, so this load generator is not what runs out of CPU.
  */
@@ -105,7 +86,10 @@ const rows = [];
 for (let k = 0; k < Number(opt.upgrades); k++) {
   for (const c of conns) c.maxGap = 0;
   lag.reset();
-  const outcome = await upgradeBySignal(proxy);
+  // By signal, not `ironsocket upgrade`: forking this big client process would stall its event loop, and that
+  // stall would be counted as the proxy's.
+  const { after, u } = await upgradeBySignal(proxy.adminSocket, proxy.pid);
+  const outcome = { ok: u.ok, pid: after.pid, generation: after.generation, moved: u.moved, stallMs: u.stallMs, error: u.error };
   await new Promise((r) => setTimeout(r, 1000));
   const gaps = conns.map((c) => c.maxGap);
   const done = proxy

@@ -1,5 +1,6 @@
 // Shared by the `npm run bench` processes (orchestrator, backend, load generator): the verifiable byte pattern that
 // every throughput stream carries, a clock comparable across processes, and request/reply over the fork IPC channel.
+import { adminRequest } from '../../dist/admin/client.js';
 import { streamChunk } from '../../dist/testkit/backends.js';
 
 // A prime period: a lost, repeated or reordered TLS record (≤ 16 KiB) shifts the pattern and is caught.
@@ -66,4 +67,24 @@ export function rpc(child, name) {
  */
 export function wrong(message) {
   return Object.assign(new Error(message), { wrong: true });
+}
+
+/**
+ * Triggers Iron Socket's in-place upgrade the way a systemd ExecReload= would (SIGUSR2 to `pid`) and polls the admin
+ * socket (down across the exec) for its outcome: `{ before, after, u }`, the `upgrade-result` answers before and
+ * after and the new `lastUpgrade` (which may say it failed). `alive()` false stops the wait with the proxy's story.
+ */
+export async function upgradeBySignal(adminSocket, pid, alive = () => true) {
+  const before = await adminRequest(adminSocket, 'upgrade-result');
+  process.kill(pid, 'SIGUSR2');
+  for (const end = Date.now() + 120_000; Date.now() < end; ) {
+    await sleep(100);
+    if (!alive()) throw new Error('the proxy exited during the upgrade');
+    const r = await adminRequest(adminSocket, 'upgrade-result').catch(() => undefined);
+    const u = r?.lastUpgrade;
+    if (!u || u.attempt === before.lastUpgrade?.attempt) continue;
+    if (u.ok && r.generation <= before.generation) continue;
+    return { before, after: r, u };
+  }
+  throw new Error('no upgrade outcome within 120 s');
 }

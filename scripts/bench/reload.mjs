@@ -2,7 +2,7 @@
 // place), the stall they see, the bytes they lose, and which process image holds them afterwards.
 import tls from 'node:tls';
 import { adminRequest } from '../../dist/admin/client.js';
-import { sleep, wrong } from './common.mjs';
+import { sleep, upgradeBySignal, wrong } from './common.mjs';
 import { holders, sameProcess, socketsOn } from './peers.mjs';
 
 /** A fresh TLS connection through the peer: the pid of the peer process that accepted it. */
@@ -50,23 +50,6 @@ async function peerReload(peer, before) {
   throw new Error(`no sign of a reload within 60 s after ${peer.reload.signal} (${last})`);
 }
 
-/** Iron Socket's in-place upgrade by SIGUSR2, its outcome polled from the admin socket (as bench-upgrade.mjs does). */
-async function upgradeBySignal(peer) {
-  const before = await adminRequest(peer.admin, 'upgrade-result');
-  peer.signal('SIGUSR2');
-  for (const end = Date.now() + 120_000; Date.now() < end;) {
-    await sleep(100);
-    if (!peer.alive()) throw new Error(`exited during the upgrade; its output:\n${peer.output()}`);
-    const r = await adminRequest(peer.admin, 'upgrade-result').catch(() => undefined); // down across the exec
-    const u = r?.lastUpgrade;
-    if (!u || u.attempt === before.lastUpgrade?.attempt) continue;
-    if (u.ok && r.generation <= before.generation) continue;
-    if (!u.ok) throw new Error(`upgrade failed: ${u.error}`);
-    return { before, after: r, u };
-  }
-  throw new Error('no upgrade outcome within 120 s');
-}
-
 /**
  * K established echo streams through the peer, then its reload (Iron Socket: in-place upgrade): the largest gap any
  * stream saw (against a window without a reload), which process image holds the streams afterwards, and every byte
@@ -102,7 +85,10 @@ export async function reloadUnderLoad(peer, clients, r, ironsocket, { streams: K
     let how;
     if (ironsocket) {
       try {
-        upgrade = await upgradeBySignal(peer);
+        upgrade = await upgradeBySignal(peer.admin, peer.pid, peer.alive).catch((e) => {
+          throw peer.alive() ? e : new Error(`exited during the upgrade; its output:\n${peer.output()}`);
+        });
+        if (!upgrade.u.ok) throw new Error(`upgrade failed: ${upgrade.u.error}`);
         how = `gen ${upgrade.before.generation} → ${upgrade.after.generation}, pid ${upgrade.before.pid} → ${upgrade.after.pid}, moved ${upgrade.u.moved}, failed to restore ${upgrade.u.failedToRestore ?? 0}, closed in the bridge ${upgrade.u.closedDuringUpgrade ?? 0}`;
         r.proxyStall = upgrade.u.stallMs;
       } catch (e) {
