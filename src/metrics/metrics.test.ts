@@ -1,0 +1,234 @@
+// Checks that /metrics values are derived from the proxy's snapshot at scrape time: exact values, generic counters, upgrades, tls_stat.
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { register as globalRegistry } from 'prom-client';
+import { parsePromText } from '../testkit/prom-text.js';
+import { createMetrics, type MetricsSnapshot } from './metrics.js';
+
+let dir: string;
+let noTlsStat: string;
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'ironsocket-metrics-'));
+  noTlsStat = join(dir, 'no-such-tls_stat');
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+/** Every ironsocket_* series of one scrape as `name{k="v",...}` → value (labels sorted), after a strict parse. */
+async function scrape(render: () => Promise<string>): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const [family, f] of parsePromText(await render())) {
+    if (!family.startsWith('ironsocket_')) continue;
+    for (const s of f.samples) {
+      const labels = Object.keys(s.labels)
+        .sort()
+        .map((k) => `${k}="${s.labels[k]}"`)
+        .join(',');
+      out[labels ? `${s.name}{${labels}}` : s.name] = s.value;
+    }
+  }
+  return out;
+}
+
+const base = (over: Partial<MetricsSnapshot> = {}): MetricsSnapshot => ({
+  counters: {},
+  live: { kernel: 0, user: 0 },
+  handshakesInProgress: 0,
+  bytes: { in: 0, out: 0 },
+  listeners: 1,
+  ...over,
+});
+
+/** The series every scrape has, all zero: handshake and backend reasons, plain counters. */
+const ZEROS: Record<string, number> = {
+  'ironsocket_connections{mode="kernel"}': 0,
+  'ironsocket_connections{mode="user"}': 0,
+  ironsocket_handshakes_in_progress: 0,
+  'ironsocket_handshakes_total{result="ok"}': 0,
+  'ironsocket_handshakes_total{result="failed"}': 0,
+  ...Object.fromEntries(
+    ['timeout', 'client-closed', 'io', 'malformed', 'tls', 'unsupported-suite', 'internal', 'aborted'].map((r) => [
+      `ironsocket_handshakes_failed_total{reason="${r}"}`,
+      0,
+    ]),
+  ),
+  ...Object.fromEntries(['refused', 'timeout', 'unreachable', 'error'].map((r) => [`ironsocket_backend_errors_total{reason="${r}"}`, 0])),
+  'ironsocket_bytes_total{direction="in"}': 0,
+  'ironsocket_bytes_total{direction="out"}': 0,
+  ironsocket_connections_accepted_total: 0,
+  ironsocket_connections_closed_total: 0,
+  ironsocket_handshakes_aborted_by_upgrade_total: 0,
+  ironsocket_ktls_install_failed_total: 0,
+  ironsocket_upgrades_total: 0,
+  ironsocket_upgrades_failed_total: 0,
+  ironsocket_upgrade_restore_failed_total: 0,
+  ironsocket_listeners: 0,
+};
+
+describe('createMetrics', () => {
+  it('turns a scripted snapshot into exactly the expected series', async () => {
+    const snap = base({
+      counters: {
+        connections_accepted: 42,
+        connections_closed: 30,
+        handshakes_ok: 35,
+        handshake_failed_timeout: 3,
+        'handshake_failed_client-closed': 2,
+        backend_refused: 4,
+        ktls_install_failed: 1,
+        upgrades: 2,
+        upgrades_failed: 1,
+        upgrade_restore_failed: 5,
+        handshakes_aborted_by_upgrade: 6,
+        connections_kernel: 20,
+        connections_user: 11,
+        bytes_in: 1000,
+        bytes_out: 2000,
+      },
+      live: { kernel: 7, user: 3 },
+      handshakesInProgress: 2,
+      bytes: { in: 1500, out: 2600 },
+      upgrade: { generation: 3, lastStallMs: 250, lastMoved: 9, lastOk: true },
+      listeners: 2,
+    });
+    const m = createMetrics(() => snap, { tlsStatPath: noTlsStat });
+    assert.deepEqual(await scrape(m.render), {
+      ...ZEROS,
+      'ironsocket_connections{mode="kernel"}': 7,
+      'ironsocket_connections{mode="user"}': 3,
+      'ironsocket_connections_total{mode="kernel"}': 20,
+      'ironsocket_connections_total{mode="user"}': 11,
+      ironsocket_handshakes_in_progress: 2,
+      'ironsocket_handshakes_total{result="ok"}': 35,
+      'ironsocket_handshakes_total{result="failed"}': 5,
+      'ironsocket_handshakes_failed_total{reason="timeout"}': 3,
+      'ironsocket_handshakes_failed_total{reason="client-closed"}': 2,
+      'ironsocket_backend_errors_total{reason="refused"}': 4,
+      'ironsocket_bytes_total{direction="in"}': 1500,
+      'ironsocket_bytes_total{direction="out"}': 2600,
+      ironsocket_connections_accepted_total: 42,
+      ironsocket_connections_closed_total: 30,
+      ironsocket_handshakes_aborted_by_upgrade_total: 6,
+      ironsocket_ktls_install_failed_total: 1,
+      ironsocket_upgrades_total: 2,
+      ironsocket_upgrades_failed_total: 1,
+      ironsocket_upgrade_restore_failed_total: 5,
+      ironsocket_listeners: 2,
+      ironsocket_generation: 3,
+      ironsocket_upgrade_last_stall_seconds: 0.25,
+      ironsocket_upgrade_last_moved_connections: 9,
+      ironsocket_upgrade_last_success: 1,
+    });
+    assert.equal(m.contentType, 'text/plain; version=0.0.4; charset=utf-8');
+  });
+
+  it('exports counters without a dedicated family as ironsocket_<name>_total, never clashing with a fixed family', async () => {
+    const m = createMetrics(() => base({ counters: { relay_stalls: 4, 'odd-name.x': 2, connections: 7, backend_slow: 1, handshake_failed_quantum: 8 } }), {
+      tlsStatPath: noTlsStat,
+    });
+    const text = await m.render();
+    const series = await scrape(async () => text);
+    assert.equal(series.ironsocket_relay_stalls_total, 4);
+    assert.equal(series.ironsocket_odd_name_x_total, 2);
+    assert.equal(series.ironsocket_counter_connections_total, 7, 'a name that would reuse ironsocket_connections_total is moved aside');
+    assert.equal(series.ironsocket_backend_slow_total, 1, 'backend_<x> with an unknown x is not taken for a backend error reason');
+    assert.equal(series['ironsocket_handshakes_failed_total{reason="quantum"}'], 8, 'any handshake_failed_<reason> lands in the reason family');
+    assert.equal(series['ironsocket_handshakes_total{result="failed"}'], 8);
+    assert.equal(parsePromText(text).get('ironsocket_relay_stalls_total')?.type, 'counter');
+    assert.match(parsePromText(text).get('ironsocket_relay_stalls_total')?.help ?? '', /"relay_stalls"/);
+  });
+
+  it('takes one snapshot per scrape and follows it as it changes, continuing from the counters an upgrade carried', async () => {
+    let calls = 0;
+    let state = base({ counters: { connections_accepted: 10, handshakes_ok: 9, handshake_failed_tls: 1 }, live: { kernel: 4, user: 0 } });
+    const first = createMetrics(
+      () => {
+        calls++;
+        return state;
+      },
+      { tlsStatPath: noTlsStat },
+    );
+    let s = await scrape(first.render);
+    assert.equal(calls, 1, 'one snapshot for the whole scrape');
+    assert.equal(s.ironsocket_connections_accepted_total, 10);
+    assert.equal(s.ironsocket_upgrade_last_stall_seconds, undefined, 'no upgrade yet: no stall series');
+
+    state = { ...state, counters: { ...state.counters, connections_accepted: 12, handshakes_ok: 11 }, live: { kernel: 2, user: 1 } };
+    s = await scrape(first.render);
+    assert.equal(calls, 2);
+    assert.equal(s.ironsocket_connections_accepted_total, 12);
+    assert.equal(s['ironsocket_connections{mode="kernel"}'], 2, 'a gauge that went down follows the snapshot');
+
+    // The new image: a fresh registry, fed the counters carried across exec plus what happened since.
+    const carried = { ...state.counters, upgrades: 1, connections_accepted: 13 };
+    const second = createMetrics(async () => base({ counters: carried, upgrade: { generation: 2, lastStallMs: 40, lastMoved: 3, lastOk: true } }), {
+      tlsStatPath: noTlsStat,
+    });
+    s = await scrape(second.render);
+    assert.equal(s.ironsocket_connections_accepted_total, 13, 'continues from 12, does not restart at 1');
+    assert.equal(s['ironsocket_handshakes_total{result="ok"}'], 11);
+    assert.equal(s['ironsocket_handshakes_failed_total{reason="tls"}'], 1);
+    assert.equal(s.ironsocket_upgrades_total, 1);
+    assert.equal(s.ironsocket_generation, 2);
+    assert.equal(s.ironsocket_upgrade_last_stall_seconds, 0.04);
+  });
+
+  it('keeps concurrent scrapes apart: each renders only its own snapshot', async () => {
+    let k = 0;
+    const m = createMetrics(
+      async () => {
+        const n = ++k;
+        await new Promise((r) => setTimeout(r, n === 1 ? 30 : 0)); // the first scrape's snapshot arrives last
+        return base({ counters: { connections_accepted: n, mystery: n }, bytes: { in: n, out: n }, listeners: n });
+      },
+      { tlsStatPath: noTlsStat },
+    );
+    const [a, b] = await Promise.all([scrape(m.render), scrape(m.render)]);
+    for (const [s, n] of [
+      [a, 1],
+      [b, 2],
+    ] as const) {
+      assert.deepEqual(
+        [s.ironsocket_connections_accepted_total, s.ironsocket_mystery_total, s['ironsocket_bytes_total{direction="in"}'], s.ironsocket_listeners],
+        [n, n, n, n],
+      );
+    }
+  });
+
+  it('shows each /proc/net/tls_stat line as ironsocket_ktls_stat{counter}, and no samples when the file is absent', async () => {
+    const names = ['TlsCurrTxSw', 'TlsCurrRxSw', 'TlsCurrTxDevice', 'TlsCurrRxDevice', 'TlsTxSw', 'TlsRxSw', 'TlsDecryptError', 'TlsRxNoPadViolation'];
+    const fixture = join(dir, 'tls_stat');
+    // The kernel prints each counter as "%-32s\t%lu\n".
+    await writeFile(fixture, names.map((n, i) => `${n.padEnd(32)}\t${i * 10}\n`).join(''));
+    const withFile = parsePromText(await createMetrics(() => base(), { tlsStatPath: fixture }).render()).get('ironsocket_ktls_stat');
+    assert.equal(withFile?.type, 'gauge');
+    assert.deepEqual(
+      withFile?.samples.map((s) => [s.labels.counter, s.value]),
+      names.map((n, i) => [n, i * 10]),
+    );
+    const without = parsePromText(await createMetrics(() => base(), { tlsStatPath: noTlsStat }).render()).get('ironsocket_ktls_stat');
+    assert.ok(without, 'the family is still declared');
+    assert.deepEqual(without.samples, []);
+  });
+
+  it('adds process metrics to its own registry and leaves the global one empty', async () => {
+    const families = parsePromText(await createMetrics(() => base(), { tlsStatPath: noTlsStat }).render());
+    for (const name of ['process_resident_memory_bytes', 'process_open_fds', 'process_cpu_seconds_total']) {
+      assert.ok((families.get(name)?.samples.length ?? 0) > 0, `${name} present`);
+    }
+    assert.deepEqual(globalRegistry.getMetricsAsArray(), []);
+  });
+
+  it('rejects the scrape when the snapshot throws', async () => {
+    const m = createMetrics(
+      () => {
+        throw new Error('relay gone');
+      },
+      { tlsStatPath: noTlsStat },
+    );
+    await assert.rejects(m.render(), /relay gone/);
+    await assert.rejects(m.registry.metrics(), /relay gone/);
+  });
+});

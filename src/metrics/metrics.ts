@@ -1,0 +1,199 @@
+// Prometheus metrics derived at scrape time from the proxy's carried counters, so every series continues across in-place upgrades.
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { HandshakeError } from '../handshake/session.js';
+import type { BackendError } from '../proxy/backend.js';
+import type { ConnectionMode } from '../proxy/types.js';
+import { TLS_STAT_PATH, readTlsStat } from './tls-stat.js';
+
+export interface MetricsSnapshot {
+  /** Monotonic since the first image (carried across upgrades). */
+  counters: Record<string, number>;
+  /** Current connections by mode. */
+  live: { kernel: number; user: number };
+  handshakesInProgress: number;
+  /** Totals: closed connections + live ones. */
+  bytes: { in: number; out: number };
+  upgrade?: { generation: number; lastStallMs?: number; lastMoved?: number; lastOk?: boolean };
+  listeners: number;
+}
+
+export interface Metrics {
+  registry: Registry;
+  /** One scrape: takes one snapshot, registers families for counters first seen in it, and renders the text format. */
+  render(): Promise<string>;
+  contentType: string;
+}
+
+// The `satisfies` clauses make the compiler fail when a reason or mode is added to (or removed from) the proxy's types.
+const HANDSHAKE_REASONS = Object.keys({
+  timeout: 1,
+  'client-closed': 1,
+  io: 1,
+  malformed: 1,
+  tls: 1,
+  'unsupported-suite': 1,
+  internal: 1,
+  aborted: 1,
+} satisfies Record<HandshakeError['reason'], 1>);
+const BACKEND_REASONS = Object.keys({ refused: 1, timeout: 1, unreachable: 1, error: 1 } satisfies Record<BackendError['reason'], 1>);
+const MODES = Object.keys({ kernel: 1, user: 1 } satisfies Record<ConnectionMode, 1>) as ConnectionMode[];
+
+/** Counters exported one-to-one as `ironsocket_<name>_total`, with their help text. */
+const PLAIN: Record<string, string> = {
+  connections_accepted: 'Client connections taken off the listening sockets.',
+  connections_closed: 'Relayed connections that have ended.',
+  handshakes_aborted_by_upgrade: 'Handshakes still in progress when an upgrade began, aborted so it could proceed.',
+  ktls_install_failed: 'Handshaken connections whose kernel TLS install failed (they continue in userspace or are closed, per the ktls policy).',
+  upgrades: 'In-place upgrades completed (exec into the new image with connections carried over).',
+  upgrades_failed: 'In-place upgrades that did not happen or failed, leaving the running image serving.',
+  upgrade_restore_failed: 'Connections an upgrade carried but the new image could not restore.',
+};
+const FAILED_PREFIX = 'handshake_failed_';
+const BACKEND_PREFIX = 'backend_';
+const CONNECTIONS_PREFIX = 'connections_';
+
+/** Whether a counter feeds one of the dedicated families below (everything else is exported generically). */
+function isMapped(name: string): boolean {
+  if (name in PLAIN || name === 'handshakes_ok' || name === 'bytes_in' || name === 'bytes_out') return true;
+  if (name.startsWith(FAILED_PREFIX)) return true;
+  if (name.startsWith(BACKEND_PREFIX)) return BACKEND_REASONS.includes(name.slice(BACKEND_PREFIX.length));
+  return name.startsWith(CONNECTIONS_PREFIX) && (MODES as string[]).includes(name.slice(CONNECTIONS_PREFIX.length));
+}
+
+type Series = Array<[labels: Record<string, string>, value: number]>;
+
+/**
+ * Builds the registry. `snapshot` is called once per scrape; every value is set from it (never accumulated here),
+ * so series continue from whatever counters the proxy carried across an upgrade. `tlsStatPath` defaults to
+ * /proc/net/tls_stat; when that file does not exist the ironsocket_ktls_stat family has no samples.
+ */
+export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsSnapshot>, opts: { tlsStatPath?: string } = {}): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const tlsStatPath = opts.tlsStatPath ?? TLS_STAT_PATH;
+
+  // render() pins its snapshot for the collectors it runs; a bare registry.metrics() shares one in-flight snapshot.
+  const scrape = new AsyncLocalStorage<MetricsSnapshot>();
+  let inflight: Promise<MetricsSnapshot> | undefined;
+  const current = (): MetricsSnapshot | Promise<MetricsSnapshot> =>
+    scrape.getStore() ??
+    (inflight ??= Promise.resolve()
+      .then(snapshot)
+      .finally(() => (inflight = undefined)));
+
+  /** A family whose samples are replaced on every scrape by `series(snapshot)`; unlabelled and no series → no sample. */
+  function family(type: 'counter' | 'gauge', name: string, help: string, labelNames: string[], series: (s: MetricsSnapshot) => Series | Promise<Series>) {
+    async function fill(m: Counter | Gauge, s: MetricsSnapshot): Promise<void> {
+      const values = await series(s);
+      m.reset();
+      if (labelNames.length === 0 && values.length === 0) m.remove({});
+      for (const [labels, value] of values) {
+        if (m instanceof Counter) m.inc(labels, value);
+        else m.set(labels, value);
+      }
+    }
+    const config = { name, help, labelNames, registers: [registry] };
+    if (type === 'counter')
+      return new Counter({
+        ...config,
+        async collect() {
+          await fill(this, await current());
+        },
+      });
+    return new Gauge({
+      ...config,
+      async collect() {
+        await fill(this, await current());
+      },
+    });
+  }
+  const one = (value: number | undefined): Series => (value === undefined ? [] : [[{}, value]]);
+  const count = (s: MetricsSnapshot, name: string): number => s.counters[name] ?? 0;
+
+  family('gauge', 'ironsocket_connections', 'Relayed connections open now, by TLS record mode (kernel: kTLS, user: records in userspace).', ['mode'], (s) =>
+    MODES.map((mode) => [{ mode }, s.live[mode]]),
+  );
+  family('counter', 'ironsocket_connections_total', 'Connections that reached the relay since the first image, by TLS record mode.', ['mode'], (s) =>
+    MODES.filter((mode) => CONNECTIONS_PREFIX + mode in s.counters).map((mode) => [{ mode }, count(s, CONNECTIONS_PREFIX + mode)]),
+  );
+  family('gauge', 'ironsocket_handshakes_in_progress', 'Accepted connections still in their TLS handshake or backend connect.', [], (s) =>
+    one(s.handshakesInProgress),
+  );
+  family(
+    'counter',
+    'ironsocket_handshakes_total',
+    'Finished TLS handshakes since the first image (failed = sum of ironsocket_handshakes_failed_total).',
+    ['result'],
+    (s) => [
+      [{ result: 'ok' }, count(s, 'handshakes_ok')],
+      [{ result: 'failed' }, Object.keys(s.counters).reduce((n, k) => (k.startsWith(FAILED_PREFIX) ? n + count(s, k) : n), 0)],
+    ],
+  );
+  family('counter', 'ironsocket_handshakes_failed_total', 'TLS handshakes that failed since the first image, by reason.', ['reason'], (s) => {
+    const reasons = new Set([
+      ...HANDSHAKE_REASONS,
+      ...Object.keys(s.counters).flatMap((k) => (k.startsWith(FAILED_PREFIX) ? [k.slice(FAILED_PREFIX.length)] : [])),
+    ]);
+    return [...reasons].map((reason) => [{ reason }, count(s, FAILED_PREFIX + reason)]);
+  });
+  family('counter', 'ironsocket_backend_errors_total', 'Backend connects that failed after a successful handshake, by reason.', ['reason'], (s) =>
+    BACKEND_REASONS.map((reason) => [{ reason }, count(s, BACKEND_PREFIX + reason)]),
+  );
+  family(
+    'counter',
+    'ironsocket_bytes_total',
+    'Plaintext bytes relayed (in: client to backend, out: backend to client), closed and open connections.',
+    ['direction'],
+    (s) => [
+      [{ direction: 'in' }, s.bytes.in],
+      [{ direction: 'out' }, s.bytes.out],
+    ],
+  );
+  for (const [name, help] of Object.entries(PLAIN))
+    family('counter', `ironsocket_${name}_total`, `${help} Counted since the first image (carried across upgrades).`, [], (s) => one(count(s, name)));
+  family('gauge', 'ironsocket_listeners', 'Listening sockets the proxy accepts on.', [], (s) => one(s.listeners));
+  family('gauge', 'ironsocket_generation', 'Process image generation: 1 for the first, +1 per in-place upgrade.', [], (s) => one(s.upgrade?.generation));
+  family('gauge', 'ironsocket_upgrade_last_stall_seconds', 'How long relayed connections were paused during the last in-place upgrade.', [], (s) =>
+    one(s.upgrade?.lastStallMs === undefined ? undefined : s.upgrade.lastStallMs / 1000),
+  );
+  family('gauge', 'ironsocket_upgrade_last_moved_connections', 'Connections the last upgrade carried into the new image.', [], (s) =>
+    one(s.upgrade?.lastMoved),
+  );
+  family('gauge', 'ironsocket_upgrade_last_success', 'Whether the last upgrade attempt succeeded (1) or failed (0).', [], (s) =>
+    one(s.upgrade?.lastOk === undefined ? undefined : Number(s.upgrade.lastOk)),
+  );
+  family(
+    'gauge',
+    'ironsocket_ktls_stat',
+    'Kernel TLS statistics of this network namespace from /proc/net/tls_stat (TlsCurr*: sessions installed now; the rest: totals since boot).',
+    ['counter'],
+    async () => Object.entries((await readTlsStat(tlsStatPath)) ?? {}).map(([counter, value]) => [{ counter }, value]),
+  );
+
+  // Counters without a dedicated family: ironsocket_<name>_total, registered the first time a scrape sees them.
+  const fixed = new Set(registry.getMetricsAsArray().map((m) => m.name));
+  const genericName = (raw: string): string => {
+    const name = `ironsocket_${raw.replace(/[^A-Za-z0-9_]/g, '_')}_total`;
+    return fixed.has(name) ? `ironsocket_counter_${name.slice('ironsocket_'.length)}` : name;
+  };
+  function registerGeneric(counters: Record<string, number>): void {
+    for (const raw of Object.keys(counters)) {
+      const name = genericName(raw);
+      if (isMapped(raw) || registry.getSingleMetric(name)) continue;
+      family('counter', name, `Proxy counter "${raw}" since the first image (no dedicated metric).`, [], (s) =>
+        one(Object.keys(s.counters).reduce((n, k) => (!isMapped(k) && genericName(k) === name ? n + count(s, k) : n), 0)),
+      );
+    }
+  }
+
+  return {
+    registry,
+    contentType: registry.contentType,
+    async render() {
+      const s = await snapshot();
+      registerGeneric(s.counters);
+      return scrape.run(s, () => registry.metrics());
+    },
+  };
+}
