@@ -12,6 +12,7 @@ export const AF_UNIX = 1;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 export const SOCK_STREAM = 1;
+export const SOCK_DGRAM = 2;
 export const SOCK_SEQPACKET = 5;
 export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
@@ -19,6 +20,10 @@ export const SOL_SOCKET = 1;
 export const SO_REUSEADDR = 2;
 export const SO_ERROR = 4;
 export const SO_TYPE = 3;
+export const SO_SNDTIMEO = 21;
+export const SO_ACCEPTCONN = 30;
+export const SO_DOMAIN = 39;
+export const CLOCK_MONOTONIC = 1;
 export const IPPROTO_TCP = 6;
 export const TCP_NODELAY = 1;
 export const SOL_IP = 0;
@@ -71,6 +76,7 @@ const fn = {
   waitpid: libc.func('int waitpid(int, void *, int)'),
   pipe2: libc.func('int pipe2(void *, int)'),
   splice: libc.func('intptr_t splice(int, void *, int, void *, size_t, unsigned int)'),
+  clock_gettime: libc.func('int clock_gettime(int, void *)'),
 };
 
 /** A failed system call, carrying errno and its symbolic name. */
@@ -194,6 +200,12 @@ export const sys = {
   /** Reaps a child without blocking: its pid once it has exited, 0 while it runs, or -errno. */
   reap: (pid: number) => ret(fn.waitpid(pid, null, 1 /* WNOHANG */)),
   isCloexec: (fd: number) => (check('fcntl', fn.fcntl(fd, F_GETFD, 'int', 0)) & FD_CLOEXEC) !== 0,
+  /** Reads a clock (e.g. CLOCK_MONOTONIC) in nanoseconds. */
+  clockNs: (clock: number): bigint => {
+    const ts = Buffer.alloc(16); // struct timespec on 64-bit Linux: time_t tv_sec; long tv_nsec
+    check('clock_gettime', fn.clock_gettime(clock, ts));
+    return ts.readBigInt64LE(0) * 1_000_000_000n + ts.readBigInt64LE(8);
+  },
 };
 
 /** Address of a Buffer's memory; Buffers from allocUnsafeSlow/alloc never move. */

@@ -1,6 +1,6 @@
 // Converts between "host:port" and the kernel's sockaddr_in / sockaddr_in6 bytes.
 import net from 'node:net';
-import { AF_INET, AF_INET6 } from './libc.js';
+import { AF_INET, AF_INET6, AF_UNIX } from './libc.js';
 
 export interface Endpoint {
   host: string;
@@ -69,4 +69,34 @@ export function decodeSockaddr(b: Buffer): Endpoint | undefined {
 export function formatEndpoint(ep: Endpoint | undefined): string {
   if (!ep) return '?';
   return net.isIP(ep.host) === 6 ? `[${ep.host}]:${ep.port}` : `${ep.host}:${ep.port}`;
+}
+
+/** Longest sun_path in struct sockaddr_un (a path needs its NUL inside it; an abstract name does not). */
+const SUN_PATH_MAX = 108;
+
+/**
+ * Encodes a Unix socket address: a path, or "@name" for a name in Linux's abstract namespace (a
+ * leading NUL byte, no terminator: the address length bounds the name).
+ */
+export function encodeUnixSockaddr(address: string): Buffer {
+  if (address === '' || address === '@') throw new Error(`empty Unix socket address "${address}"`);
+  const abstract = address.startsWith('@');
+  const name = Buffer.from(abstract ? address.slice(1) : address);
+  if (name.includes(0)) throw new Error(`Unix socket address contains a NUL byte: ${JSON.stringify(address)}`);
+  const room = SUN_PATH_MAX - 1; // abstract: the leading NUL takes a byte; a path: its trailing NUL does
+  if (name.length > room) throw new Error(`Unix socket address is ${name.length} bytes, over the ${room}-byte limit: ${address}`);
+  const b = Buffer.alloc(2 + 1 + name.length);
+  b.writeUInt16LE(AF_UNIX, 0);
+  if (abstract) name.copy(b, 3);
+  else name.copy(b, 2); // the last byte stays 0: the path's terminator
+  return b;
+}
+
+/** Decodes a sockaddr_un as getsockname returns it: a path, "@name" (abstract), or "" (unbound). */
+export function decodeUnixSockaddr(b: Buffer): string | undefined {
+  if (b.length < 2 || b.readUInt16LE(0) !== AF_UNIX) return undefined;
+  if (b.length === 2) return '';
+  if (b[2] === 0) return '@' + b.subarray(3).toString();
+  const end = b.indexOf(0, 2);
+  return b.subarray(2, end < 0 ? b.length : end).toString();
 }
