@@ -2,11 +2,13 @@
 //
 // Access control: the socket is created with umask 0177 inside a directory that is 0700 when we create it
 // (an existing directory must be owned by us or root and not group/world-writable), then chmod'ed 0600.
-// So only the same uid (and root) can connect. Node has no SO_PEERCRED API, so peer uids are not checked.
+// So only the same uid (and root) can connect. On top of that each connection's peer uid is read with
+// SO_PEERCRED and anyone but root or our own uid is refused (a socket passed on by someone else, a mode changed by hand).
 import { lstat, mkdir, stat, chmod, unlink } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import * as z from 'zod';
+import { SOL_SOCKET, sys } from '../kernel/libc.js';
 import type { StatusSnapshot } from '../proxy/types.js';
 import type { Logger } from './log.js';
 
@@ -50,6 +52,15 @@ export async function startAdminServer(path: string, handlers: AdminHandlers, op
   const server = createServer({ allowHalfOpen: true }, (socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
+    const uid = peerUid(socket);
+    const own = process.getuid?.() ?? 0;
+    if (uid !== own && uid !== 0) {
+      opts.logger?.warn({ peerUid: uid }, `admin socket: refused a connection from uid ${uid ?? 'unknown'} (only uid ${own} and root may use it)`);
+      socket.end(
+        JSON.stringify({ ok: false, error: `permission denied: uid ${uid ?? 'unknown'} may not use this admin socket` } satisfies AdminResponse) + '\n',
+      );
+      return;
+    }
     serveConnection(socket, handlers, maxBytes, timeoutMs, opts.logger);
   });
   await listenPrivately(server, path);
@@ -72,6 +83,16 @@ export async function startAdminServer(path: string, handlers: AdminHandlers, op
       return closing;
     },
   };
+}
+
+const SO_PEERCRED = 17;
+
+/** The uid of the process at the other end of an accepted Unix socket (struct ucred { pid, uid, gid }), if readable. */
+function peerUid(socket: Socket): number | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return undefined;
+  const cred = Buffer.alloc(12);
+  return sys.getsockoptBuf(fd, SOL_SOCKET, SO_PEERCRED, cred) === 12 ? cred.readUInt32LE(4) : undefined;
 }
 
 /** Creates the socket's directory 0700, or checks that an existing one cannot be tampered with by others. */

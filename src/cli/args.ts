@@ -2,7 +2,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ConfigFlags } from '../config/load.js';
 
-export type Topic = 'run' | 'status' | 'check' | 'upgrade';
+export type Topic = 'run' | 'status' | 'check' | 'upgrade' | 'reload';
 
 export type Command =
   | { kind: 'help'; topic?: Topic }
@@ -10,7 +10,8 @@ export type Command =
   | { kind: 'run'; config?: string; flags: ConfigFlags }
   | { kind: 'check'; config?: string; flags: ConfigFlags }
   | { kind: 'status'; config?: string; adminSocket?: string; json: boolean }
-  | { kind: 'upgrade'; config?: string; adminSocket?: string; timeoutS: number };
+  | { kind: 'upgrade'; config?: string; adminSocket?: string; timeoutS: number }
+  | { kind: 'reload'; config?: string; adminSocket?: string };
 
 /** Bad command line; the CLI prints the message and the usage of `topic`, then exits 2. */
 export class UsageError extends Error {
@@ -49,6 +50,12 @@ const UPGRADE_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];
 
+const RELOAD_OPTIONS = {
+  config: { type: 'string', short: 'c' },
+  'admin-socket': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options'];
+
 const CONFIG_FLAGS_HELP = `  -c, --config FILE        TOML config file (flags override it)
       --listen HOST:PORT   address to accept TLS on (default 127.0.0.1:8443; IPv6 as [::1]:8443)
       --backend HOST:PORT  plain TCP backend to forward to (default 127.0.0.1:8080)
@@ -69,6 +76,7 @@ Commands:
   run      start the proxy
   status   show the running proxy's state through its admin socket
   upgrade  replace the running proxy's code in place (same PID); live connections keep flowing
+  reload   re-read the config file and certificates (new connections use them; live ones are untouched)
   check    validate a config file (and that its certificate and key load and match)
   help     show help for a command: ironsocket help run
 
@@ -112,6 +120,19 @@ Options:
   -c, --config FILE        read admin_socket from this config file
       --timeout SECONDS    how long to wait for the result (default 120)
   -h, --help               show this help`,
+  reload: `Usage: ironsocket reload [options]
+
+Asks the running proxy to read its config file and certificates again (the same as SIGHUP). New
+connections get the new certificates, backends and listeners; established connections are not
+touched. Everything is checked first: a file that does not parse or a certificate that does not load
+is refused with the reason, and the running configuration stays as it was. Prints JSON
+{ ok, listeners, needsUpgrade } and exits 1 when refused. Settings in needsUpgrade (workers, ktls,
+admin_socket, metrics, user, group, log level) take effect with \`ironsocket upgrade\`.
+
+Options:
+      --admin-socket PATH  admin Unix socket of the proxy (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
+  -c, --config FILE        read admin_socket from this config file
+  -h, --help               show this help`,
 };
 
 export function usage(topic?: Topic): string {
@@ -119,7 +140,7 @@ export function usage(topic?: Topic): string {
 }
 
 function isTopic(s: string | undefined): s is Topic {
-  return s === 'run' || s === 'status' || s === 'check' || s === 'upgrade';
+  return s === 'run' || s === 'status' || s === 'check' || s === 'upgrade' || s === 'reload';
 }
 
 /** Parses argv (without node and the script path). Throws UsageError. */
@@ -147,6 +168,11 @@ export function parseCli(argv: string[]): Command {
     const timeoutS = v.timeout === undefined ? 120 : Number(v.timeout);
     if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw new UsageError(`--timeout: expected a number of seconds, got ${JSON.stringify(v.timeout)}`, first);
     return { kind: 'upgrade', config: v.config, adminSocket: v['admin-socket'], timeoutS };
+  }
+  if (first === 'reload') {
+    const v = strictParse(rest, RELOAD_OPTIONS, first);
+    if (v.help) return { kind: 'help', topic: first };
+    return { kind: 'reload', config: v.config, adminSocket: v['admin-socket'] };
   }
   const v = strictParse(rest, CONFIG_OPTIONS, first);
   if (v.help) return { kind: 'help', topic: first };

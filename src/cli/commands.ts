@@ -3,7 +3,8 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { adminRequest, AdminError } from '../admin/client.js';
 import { createLogger, type Logger } from '../admin/log.js';
-import { checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
+import { defaultCertificatePaths } from '../config/default-cert.js';
+import { checkCaFile, checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
 import { ConfigError, formatHostPort } from '../config/schema.js';
 import type { ProxyConfig } from '../proxy/types.js';
 import { parseCli, usage, UsageError, type Command } from './args.js';
@@ -16,7 +17,7 @@ export interface ProxyHandle {
   /** One human-readable line (or several, newline-separated) about kernel TLS for the start-up banner. */
   describeKtls(): string;
 }
-export type StartProxy = (config: ProxyConfig, deps: { logger: Logger }) => Promise<ProxyHandle>;
+export type StartProxy = (config: ProxyConfig, deps: { logger: Logger; reloadConfig?: () => Promise<ProxyConfig> }) => Promise<ProxyHandle>;
 
 const EXIT_OK = 0;
 const EXIT_FAILURE = 1;
@@ -57,16 +58,30 @@ function banner(r: ResolvedConfig, ktls: string): string[] {
   const pad = (label: string) => `  ${label.padEnd(15)}`;
   const cont = ' '.repeat(17);
   const lines = [`ironsocket ${version()} started (pid ${process.pid})`];
-  lines.push(`${pad('listening on')}${formatHostPort(c.listen)} (TLS)`);
-  lines.push(`${pad('forwarding to')}${formatHostPort(c.backend)} (plain TCP)`);
-  if (r.certSource === 'configured') {
-    lines.push(`${pad('certificate')}${c.certFile}`, `${cont}key ${c.keyFile}`);
-  } else {
-    const how = r.certSource === 'default-created' ? 'generated just now' : 'generated earlier';
-    lines.push(
-      `${pad('certificate')}self-signed for localhost (${how}): ${c.certFile}`,
-      `${cont}clients will not trust it; pass --cert and --key for a real certificate`,
-    );
+  for (const l of c.listeners) {
+    const named = c.listeners.length > 1 || l.name !== formatHostPort(l.listen) ? ` [${l.name}]` : '';
+    lines.push(`${pad('listening on')}${formatHostPort(l.listen)} (TLS)${named}`);
+    const extras = [l.proxyProtocol !== 'off' ? `PROXY ${l.proxyProtocol}` : '', l.transparent ? 'transparent source' : ''].filter(Boolean);
+    lines.push(`${pad('forwarding to')}${l.backends.map(formatHostPort).join(', ')} (plain TCP${extras.length ? `, ${extras.join(', ')}` : ''})`);
+    for (const rt of l.routes) lines.push(`${cont}ALPN ${rt.alpn} → ${rt.backends.map(formatHostPort).join(', ')}`);
+    if (l.alpn.length) lines.push(`${pad('ALPN')}${l.alpn.join(', ')}`);
+    if (l.clientAuth) lines.push(`${pad('client certs')}${l.clientAuth.required ? 'required' : 'optional'}, CA ${l.clientAuth.caFile}`);
+    const generated =
+      r.certSource !== 'configured' && l.certs.length === 1 && l.certs[0]!.names.join() === 'localhost' && l.certs[0]!.certFile.includes('localhost');
+    if (generated) {
+      const how = r.certSource === 'default-created' ? 'generated just now' : 'generated earlier';
+      lines.push(
+        `${pad('certificate')}self-signed for localhost (${how}): ${l.certs[0]!.certFile}`,
+        `${cont}clients will not trust it; pass --cert and --key for a real certificate`,
+      );
+    } else {
+      for (const [i, cert] of l.certs.entries()) {
+        lines.push(
+          `${pad(i === 0 ? 'certificate' : '')}${cert.certFile}${cert.default && l.certs.length > 1 ? ' (default)' : ''}`,
+          `${cont}key ${cert.keyFile}`,
+        );
+      }
+    }
   }
   lines.push(`${pad('kTLS')}${ktls.split('\n').join('\n' + cont)} (policy ${c.ktls})`);
   lines.push(`${pad('admin socket')}${c.adminSocket} (ironsocket status --admin-socket ${c.adminSocket})`);
@@ -90,7 +105,9 @@ async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
     // Loaded lazily so `status`, `check` and `--help` never load the proxy (and its native bindings).
     const { startProxy } = await import('../proxy/start.js');
     const start: StartProxy = startProxy;
-    handle = await start(resolved.config, { logger });
+    // A reload reads the same file with the same flags; the default certificate is reused, never regenerated.
+    const reloadConfig = async () => (await resolveConfig({ file: cmd.config, flags: cmd.flags })).config;
+    handle = await start(resolved.config, { logger, reloadConfig });
   } catch (e) {
     reportFailure('cannot start', e, debug);
     return EXIT_FAILURE;
@@ -122,15 +139,21 @@ async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
 async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> {
   try {
     const r = await resolveConfig({ file: cmd.config, flags: cmd.flags, generateDefaultCert: false });
-    if (r.certSource === 'configured') {
-      const problems = await checkCertificateFiles(r.config.certFile, r.config.keyFile);
-      if (problems.length > 0) throw new ConfigError(problems);
+    const problems: string[] = [];
+    for (const l of r.config.listeners) {
+      const where = r.config.listeners.length > 1 ? `listener "${l.name}": ` : '';
+      for (const c of l.certs) {
+        if (r.certSource === 'default-not-generated' && c.names.join() === 'localhost' && c.certFile.includes('localhost')) continue;
+        problems.push(...(await checkCertificateFiles(c.certFile, c.keyFile)).map((p) => where + p));
+      }
+      if (l.clientAuth) problems.push(...(await checkCaFile(l.clientAuth.caFile)).map((p) => where + p));
     }
+    if (problems.length > 0) throw new ConfigError(problems);
     // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.
     await import('../proxy/start.js');
     process.stdout.write('config OK\n');
     if (r.certSource !== 'configured') {
-      process.stdout.write(`note: no cert/key configured; run will use the self-signed localhost certificate in ${r.config.certFile}\n`);
+      process.stdout.write(`note: no cert/key configured; run will use the self-signed localhost certificate in ${defaultCertificatePaths().certFile}\n`);
     }
     return EXIT_OK;
   } catch (e) {
@@ -189,6 +212,24 @@ async function upgrade(cmd: Extract<Command, { kind: 'upgrade' }>): Promise<numb
   }
 }
 
+async function reload(cmd: Extract<Command, { kind: 'reload' }>): Promise<number> {
+  try {
+    const socket = await adminSocketOf(cmd);
+    const outcome = await adminRequest<{ ok: boolean; error?: string; needsUpgrade?: string[] }>(socket, 'reload', undefined, 60_000);
+    process.stdout.write(JSON.stringify(outcome) + '\n');
+    if (!outcome.ok) err(`ironsocket: reload refused: ${outcome.error}; the running configuration is unchanged`);
+    else if (outcome.needsUpgrade?.length) err(`ironsocket: these changed settings apply after \`ironsocket upgrade\`: ${outcome.needsUpgrade.join(', ')}`);
+    return outcome.ok ? EXIT_OK : EXIT_FAILURE;
+  } catch (e) {
+    if (e instanceof AdminError) {
+      err(`ironsocket: ${e.message}`);
+      return EXIT_FAILURE;
+    }
+    reportFailure('reload failed', e, false);
+    return EXIT_FAILURE;
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   let cmd: Command;
   try {
@@ -215,6 +256,8 @@ async function main(argv: string[]): Promise<number> {
       return status(cmd);
     case 'upgrade':
       return upgrade(cmd);
+    case 'reload':
+      return reload(cmd);
   }
 }
 

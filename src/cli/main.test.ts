@@ -95,8 +95,8 @@ describe('ironsocket command line', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^ironsocket 0\.1\.0 {2}pid 777 {2}up 1m3\ds/);
     assert.match(r.stdout, /kTLS: available, policy auto/);
-    assert.match(r.stdout, /ID\s+CLIENT\s+BACKEND\s+VERSION\s+CIPHER\s+MODE\s+IN\s+OUT\s+AGE/);
-    assert.match(r.stdout, /k1\s+127\.0\.0\.1:51000\s+127\.0\.0\.1:8080\s+TLSv1\.3\s+TLS_AES_256_GCM_SHA384\s+kernel\s+4\.0 KiB\s+10 B\s+1m01s/);
+    assert.match(r.stdout, /ID\s+CLIENT\s+BACKEND\s+VERSION\s+CIPHER\s+MODE\s+SNI\/ALPN\s+IN\s+OUT\s+AGE/);
+    assert.match(r.stdout, /k1\s+127\.0\.0\.1:51000\s+127\.0\.0\.1:8080\s+TLSv1\.3\s+TLS_AES_256_GCM_SHA384\s+kernel\s+-\s+4\.0 KiB\s+10 B\s+1m01s/);
   });
 
   it('status --json prints the snapshot as parseable JSON', async () => {

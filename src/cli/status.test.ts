@@ -69,7 +69,7 @@ describe('formatStatus', () => {
     assert.match(text, /Connections: 2 \(1 in kernel TLS, 1 in userspace\)/);
     const header = lines.find((l) => l.startsWith('ID'));
     assert.ok(header);
-    assert.deepEqual(header.split(/\s+/), ['ID', 'CLIENT', 'BACKEND', 'VERSION', 'CIPHER', 'MODE', 'IN', 'OUT', 'AGE']);
+    assert.deepEqual(header.split(/\s+/), ['ID', 'CLIENT', 'BACKEND', 'VERSION', 'CIPHER', 'MODE', 'SNI/ALPN', 'IN', 'OUT', 'AGE']);
     const row = lines.find((l) => l.startsWith('c1 '));
     assert.ok(row);
     assert.deepEqual(row.split(/\s+/).filter(Boolean), [
@@ -79,6 +79,7 @@ describe('formatStatus', () => {
       'TLSv1.3',
       'TLS_AES_128_GCM_SHA256',
       'kernel',
+      '-',
       '100',
       'B',
       '3.0',
@@ -95,7 +96,7 @@ describe('formatStatus', () => {
     assert.match(text, /Connections: none/);
   });
 
-  it('shows resident memory and each relay worker\'s JavaScript heap when the proxy reports them', () => {
+  it("shows resident memory and each relay worker's JavaScript heap when the proxy reports them", () => {
     const text = formatStatus({ ...SNAPSHOT, memory: { rssKiB: 150 * 1024, relayHeapKiB: [6144, 7168] } }, NOW);
     assert.match(text, /memory: 150 MiB resident; JavaScript heap in use per relay worker: 6\.0 MiB, 7\.0 MiB/);
     assert.doesNotMatch(formatStatus(SNAPSHOT, NOW), /^memory:/m);

@@ -12,6 +12,10 @@ const Connection = z.object({
   bytesOut: z.number(),
   ageMs: z.number(),
   worker: z.number().optional(),
+  listener: z.string().optional(),
+  sni: z.string().optional(),
+  alpn: z.string().optional(),
+  clientSubject: z.string().optional(),
 });
 
 /** What `status` needs from the snapshot (a StatusSnapshot fits it; --json prints the raw answer instead). */
@@ -26,7 +30,17 @@ export const StatusSnapshotSchema = z.object({
     rekey: z.boolean(),
     policy: z.string(),
   }),
-  listeners: z.array(z.object({ address: z.string(), backend: z.string() })),
+  listeners: z.array(
+    z.object({
+      address: z.string(),
+      backend: z.string(),
+      name: z.string().optional(),
+      names: z.array(z.string()).optional(),
+      alpn: z.array(z.string()).optional(),
+      clientAuth: z.string().optional(),
+      proxyProtocol: z.string().optional(),
+    }),
+  ),
   connections: z.array(Connection),
   counters: z.record(z.string(), z.number()),
   generation: z.number().optional(),
@@ -41,6 +55,7 @@ export const StatusSnapshotSchema = z.object({
       closedDuringUpgrade: z.number().optional(),
     })
     .optional(),
+  lastReload: z.object({ ok: z.boolean(), at: z.string(), error: z.string().optional(), needsUpgrade: z.array(z.string()).optional() }).optional(),
   memory: z.object({ rssKiB: z.number(), relayHeapKiB: z.array(z.number()) }).optional(),
 });
 
@@ -96,6 +111,15 @@ export function formatStatus(s: StatusView, now: number = Date.now()): string {
     );
   }
 
+  const r = s.lastReload;
+  if (r) {
+    out.push(
+      r.ok
+        ? `last reload: ${r.at}${r.needsUpgrade?.length ? ` (waiting for an upgrade: ${r.needsUpgrade.join(', ')})` : ''}`
+        : `last reload: ${r.at} REFUSED: ${r.error ?? 'unknown error'} (the previous configuration is still in use)`,
+    );
+  }
+
   const k = s.ktls;
   if (k.available) {
     out.push(`kTLS: available, policy ${k.policy}, rekey (TLS 1.3 KeyUpdate) ${k.rekey ? 'supported' : 'not supported'}`);
@@ -113,7 +137,16 @@ export function formatStatus(s: StatusView, now: number = Date.now()): string {
 
   out.push('', 'Listeners:');
   if (s.listeners.length === 0) out.push('  none');
-  for (const l of s.listeners) out.push(`  ${l.address} -> ${l.backend}`);
+  for (const l of s.listeners) {
+    const extras = [
+      l.names?.length ? `certs for ${l.names.join(', ')}` : '',
+      l.alpn?.length ? `ALPN ${l.alpn.join(',')}` : '',
+      l.clientAuth && l.clientAuth !== 'off' ? `client certs ${l.clientAuth}d` : '',
+      l.proxyProtocol && l.proxyProtocol !== 'off' ? `PROXY ${l.proxyProtocol}` : '',
+    ].filter(Boolean);
+    const name = l.name && l.name !== l.address ? `${l.name}: ` : '';
+    out.push(`  ${name}${l.address} -> ${l.backend}${extras.length ? `  (${extras.join('; ')})` : ''}`);
+  }
 
   out.push('');
   if (s.connections.length === 0) {
@@ -128,11 +161,12 @@ export function formatStatus(s: StatusView, now: number = Date.now()): string {
       c.version,
       c.cipher,
       c.mode,
+      [c.sni, c.alpn].filter(Boolean).join(' ') || '-',
       formatBytes(c.bytesIn),
       formatBytes(c.bytesOut),
       formatDuration(c.ageMs),
     ]);
-    out.push(...table(['ID', 'CLIENT', 'BACKEND', 'VERSION', 'CIPHER', 'MODE', 'IN', 'OUT', 'AGE'], rows, new Set([6, 7, 8])));
+    out.push(...table(['ID', 'CLIENT', 'BACKEND', 'VERSION', 'CIPHER', 'MODE', 'SNI/ALPN', 'IN', 'OUT', 'AGE'], rows, new Set([7, 8, 9])));
   }
 
   const counters = Object.entries(s.counters);

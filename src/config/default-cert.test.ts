@@ -63,11 +63,18 @@ describe('ensureDefaultCertificate', () => {
       const first = await ensureDefaultCertificate(env);
       await writeFile(first.certFile, 'not a certificate');
       const results = await Promise.all(Array.from({ length: 8 }, () => ensureDefaultCertificate(env)));
-      assert.ok(results.some((r) => r.created), 'someone regenerated it');
+      assert.ok(
+        results.some((r) => r.created),
+        'someone regenerated it',
+      );
       const cert = new X509Certificate(await readFile(first.certFile));
       assert.ok(cert.checkPrivateKey(createPrivateKey(await readFile(first.keyFile))), `round ${round}: the pair in place matches`);
     }
-    assert.deepEqual((await readdir(join(dir, 'f'))).filter((n) => n.startsWith('.')), [], 'scratch and stale dirs are gone');
+    assert.deepEqual(
+      (await readdir(join(dir, 'f'))).filter((n) => n.startsWith('.')),
+      [],
+      'scratch and stale dirs are gone',
+    );
   });
 
   it('explains a missing openssl binary', async () => {

@@ -37,8 +37,14 @@ async function configProblems(p: Promise<unknown>): Promise<string[]> {
 describe('loadConfig', () => {
   it('uses the documented defaults and the generated certificate when nothing is given', async () => {
     const c = await loadConfig({ flags: {}, env });
-    assert.deepEqual(c.listen, { host: '127.0.0.1', port: 8443 });
-    assert.deepEqual(c.backend, { host: '127.0.0.1', port: 8080 });
+    assert.equal(c.listeners.length, 1);
+    const l = c.listeners[0]!;
+    assert.deepEqual(l.listen, { host: '127.0.0.1', port: 8443 });
+    assert.deepEqual(l.backends, [{ host: '127.0.0.1', port: 8080 }]);
+    assert.equal(l.name, '127.0.0.1:8443');
+    assert.deepEqual([l.alpn, l.routes, l.clientAuth, l.proxyProtocol, l.transparent], [[], [], undefined, 'off', false]);
+    assert.equal(c.backendRetryMs, 10_000);
+    assert.equal(c.metrics, undefined);
     assert.equal(c.ktls, 'auto');
     assert.equal(c.adminSocket, join(dir, 'run', 'ironsocket', 'admin.sock'));
     assert.equal(c.handshakeTimeoutMs, 10_000);
@@ -47,8 +53,9 @@ describe('loadConfig', () => {
     assert.equal(c.maxConnections, 10_000);
     assert.equal(c.logLevel, 'info');
     assert.equal(c.workers, availableParallelism());
-    assert.equal(c.certFile, join(dir, 'state', 'localhost', 'cert.pem'));
-    assert.equal(c.keyFile, join(dir, 'state', 'localhost', 'key.pem'));
+    assert.deepEqual(l.certs, [
+      { certFile: join(dir, 'state', 'localhost', 'cert.pem'), keyFile: join(dir, 'state', 'localhost', 'key.pem'), names: ['localhost'], default: true },
+    ]);
   });
 
   it('reads every key of the file and resolves paths against the file directory', async () => {
@@ -73,14 +80,24 @@ level = "debug"
     );
     const c = await loadConfig({ file, flags: {}, env });
     assert.deepEqual(c, {
-      listen: { host: '::1', port: 9443 },
-      backend: { host: 'backend.internal', port: 9000 },
-      certFile: join(dir, 'certs', 'c.pem'),
-      keyFile: '/abs/k.pem',
+      listeners: [
+        {
+          name: '[::1]:9443',
+          listen: { host: '::1', port: 9443 },
+          backends: [{ host: 'backend.internal', port: 9000 }],
+          certs: [{ certFile: join(dir, 'certs', 'c.pem'), keyFile: '/abs/k.pem', names: [], default: true }],
+          alpn: [],
+          routes: [],
+          clientAuth: undefined,
+          proxyProtocol: 'off',
+          transparent: false,
+        },
+      ],
       ktls: 'require',
       adminSocket: join(dir, 'run', 'a.sock'),
       handshakeTimeoutMs: 500,
       backendConnectTimeoutMs: 2000,
+      backendRetryMs: 10_000,
       idleTimeoutMs: 300_000,
       maxConnections: 42,
       logLevel: 'debug',
@@ -91,16 +108,16 @@ level = "debug"
   it('lets flags override file values, which override defaults', async () => {
     const file = await writeConfig('partial.toml', 'listen = "0.0.0.0:443"\nbackend = "10.0.0.2:80"\nktls = "off"\n');
     const c = await loadConfig({ file, flags: { listen: '[::]:8443', logLevel: 'warn', workers: '5' }, env });
-    assert.deepEqual(c.listen, { host: '::', port: 8443 });
+    assert.deepEqual(c.listeners[0]!.listen, { host: '::', port: 8443 });
     assert.equal(c.workers, 5);
-    assert.deepEqual(c.backend, { host: '10.0.0.2', port: 80 });
+    assert.deepEqual(c.listeners[0]!.backends, [{ host: '10.0.0.2', port: 80 }]);
     assert.equal(c.ktls, 'off');
     assert.equal(c.logLevel, 'warn');
   });
 
   it('resolves flag paths against the working directory', async () => {
     const r = await resolveConfig({ flags: { cert: 'c.pem', key: 'k.pem', adminSocket: 's.sock' }, env });
-    assert.equal(r.config.certFile, join(process.cwd(), 'c.pem'));
+    assert.equal(r.config.listeners[0]!.certs[0]!.certFile, join(process.cwd(), 'c.pem'));
     assert.equal(r.config.adminSocket, join(process.cwd(), 's.sock'));
     assert.equal(r.certSource, 'configured');
   });
@@ -119,7 +136,7 @@ level = "debug"
   it('rejects unknown keys', async () => {
     const file = await writeConfig('unknown.toml', 'listen = "127.0.0.1:1"\n[timeouts]\nread = "1s"\n');
     const p = await configProblems(loadConfig({ file, flags: {}, env }));
-    assert.deepEqual(p, [`${file}: timeouts.read: unknown key (allowed here: handshake, backend_connect, idle)`]);
+    assert.deepEqual(p, [`${file}: timeouts.read: unknown key (allowed here: handshake, backend_connect, idle, backend_retry)`]);
   });
 
   it('reports TOML syntax errors with line and column', async () => {
@@ -135,7 +152,7 @@ level = "debug"
 
   it('requires cert and key together', async () => {
     const [p] = await configProblems(loadConfig({ flags: { cert: 'c.pem' }, env }));
-    assert.match(p, /^cert was given without key/);
+    assert.match(p, /^--cert was given without --key/);
   });
 
   it('rejects admin socket paths too long for a Unix socket', async () => {
@@ -147,7 +164,138 @@ level = "debug"
     const e = { ...env, IRONSOCKET_STATE_DIR: join(dir, 'never') };
     const r = await resolveConfig({ flags: {}, env: e, generateDefaultCert: false });
     assert.equal(r.certSource, 'default-not-generated');
-    assert.equal(r.config.certFile, join(dir, 'never', 'localhost', 'cert.pem'));
+    assert.equal(r.config.listeners[0]!.certs[0]!.certFile, join(dir, 'never', 'localhost', 'cert.pem'));
+  });
+});
+
+describe('listeners in the config file', () => {
+  it('reads several [[listener]] tables with certificates, ALPN routes, client auth and PROXY protocol', async () => {
+    const file = await writeConfig(
+      'multi.toml',
+      `workers = 1
+user = "nobody"
+group = "nogroup"
+[metrics]
+listen = "127.0.0.1:9100"
+[timeouts]
+backend_retry = "30s"
+
+[[listener]]
+name = "web"
+listen = "0.0.0.0:443"
+backends = ["10.0.0.1:80", "10.0.0.2:80"]
+alpn = ["h2", "http/1.1"]
+proxy_protocol = "v2"
+certs = [
+  { cert = "a.pem", key = "a.key" },
+  { cert = "b.pem", key = "b.key", names = ["*.example.com"], default = true },
+]
+[[listener.route]]
+alpn = "h2"
+backend = "10.0.0.9:8080"
+[listener.client_auth]
+ca = "clients.pem"
+verify = "optional"
+
+[[listener]]
+listen = "[::]:8443"
+backend = "127.0.0.1:6379"
+cert = "/etc/r.pem"
+key = "/etc/r.key"
+transparent = true
+`,
+    );
+    const c = await loadConfig({ file, flags: {}, env });
+    assert.deepEqual(c.metrics, { host: '127.0.0.1', port: 9100 });
+    assert.deepEqual([c.user, c.group, c.backendRetryMs], ['nobody', 'nogroup', 30_000]);
+    assert.deepEqual(c.listeners, [
+      {
+        name: 'web',
+        listen: { host: '0.0.0.0', port: 443 },
+        backends: [
+          { host: '10.0.0.1', port: 80 },
+          { host: '10.0.0.2', port: 80 },
+        ],
+        certs: [
+          { certFile: join(dir, 'a.pem'), keyFile: join(dir, 'a.key'), names: [], default: false },
+          { certFile: join(dir, 'b.pem'), keyFile: join(dir, 'b.key'), names: ['*.example.com'], default: true },
+        ],
+        alpn: ['h2', 'http/1.1'],
+        routes: [{ alpn: 'h2', backends: [{ host: '10.0.0.9', port: 8080 }] }],
+        clientAuth: { caFile: join(dir, 'clients.pem'), required: false },
+        proxyProtocol: 'v2',
+        transparent: false,
+      },
+      {
+        name: '[::]:8443',
+        listen: { host: '::', port: 8443 },
+        backends: [{ host: '127.0.0.1', port: 6379 }],
+        certs: [{ certFile: '/etc/r.pem', keyFile: '/etc/r.key', names: [], default: true }],
+        alpn: [],
+        routes: [],
+        clientAuth: undefined,
+        proxyProtocol: 'off',
+        transparent: true,
+      },
+    ]);
+  });
+
+  it('says which listener and key is wrong, and why', async () => {
+    const file = await writeConfig(
+      'multi-bad.toml',
+      `[[listener]]
+listen = "127.0.0.1:1"
+backend = "127.0.0.1:2"
+backends = ["127.0.0.1:3"]
+alpn = ["http/1.1"]
+certs = [{ cert = "a", key = "a", default = true }, { cert = "b", key = "b", default = true }]
+[[listener.route]]
+alpn = "h2"
+backend = "127.0.0.1:4"
+
+[[listener]]
+backend = "127.0.0.1:2"
+
+[[listener]]
+listen = "127.0.0.1:1"
+backend = "127.0.0.1:2"
+`,
+    );
+    assert.deepEqual(await configProblems(loadConfig({ file, flags: {}, env })), [
+      `${file}: listener[1].backends: give backend or backends, not both`,
+      `${file}: listener[1].certs: 2 certificates say default = true; at most one can be the default`,
+      `${file}: listener[1].route[1].alpn: "h2" is not offered by this listener (alpn = ["http/1.1"])`,
+      `${file}: listener[2].listen: required in every [[listener]] table, e.g. listen = "0.0.0.0:443"`,
+      `${file}: listeners "127.0.0.1:1" and "127.0.0.1:1" both listen on 127.0.0.1:1`,
+    ]);
+  });
+
+  it('names unknown keys inside a listener with the keys allowed there', async () => {
+    const file = await writeConfig('multi-unknown.toml', '[[listener]]\nlisten = "127.0.0.1:1"\nbackend = "127.0.0.1:2"\n[[listener]]\nport = 4\n');
+    const [p] = await configProblems(loadConfig({ file, flags: {}, env }));
+    assert.match(
+      p,
+      new RegExp(
+        `^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: listener\\[2\\]\\.port: unknown key \\(allowed here: name, listen, backend, backends, cert, key, certs, alpn, route, client_auth, proxy_protocol, transparent\\)$`,
+      ),
+    );
+  });
+
+  it('refuses top-level listener keys next to [[listener]] tables, and listener flags with several listeners', async () => {
+    const file = await writeConfig(
+      'multi-mixed.toml',
+      'listen = "127.0.0.1:1"\n[[listener]]\nlisten = "127.0.0.1:2"\nbackend = "127.0.0.1:3"\n[[listener]]\nlisten = "127.0.0.1:4"\nbackend = "127.0.0.1:3"\n',
+    );
+    assert.deepEqual(await configProblems(loadConfig({ file, flags: { backend: '127.0.0.1:9' }, env })), [
+      `${file}: listen: with [[listener]] tables, listener settings go inside them, not at the top level`,
+      '--backend: the config file has 2 listeners; these flags can only override a file with one',
+    ]);
+  });
+
+  it('lets flags override the single [[listener]] of a file', async () => {
+    const file = await writeConfig('one.toml', '[[listener]]\nname = "db"\nlisten = "127.0.0.1:1"\nbackend = "127.0.0.1:3"\nproxy_protocol = "v1"\n');
+    const c = await loadConfig({ file, flags: { listen: '127.0.0.1:7' }, env });
+    assert.deepEqual([c.listeners[0]!.name, c.listeners[0]!.listen.port, c.listeners[0]!.proxyProtocol], ['db', 7, 'v1']);
   });
 });
 

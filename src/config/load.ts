@@ -5,10 +5,10 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { parse as parseToml, TomlError } from 'smol-toml';
-import type { ProxyConfig } from '../proxy/types.js';
+import type { ListenerConfig, ProxyConfig } from '../proxy/types.js';
 import { defaultCertificatePaths, ensureDefaultCertificate } from './default-cert.js';
 import type * as z from 'zod';
-import { ConfigError, FileSchema, fields, validate, type FileConfig } from './schema.js';
+import { ConfigError, FileSchema, LISTENER_KEYS, fields, formatHostPort, validate, type FileConfig, type FileListener } from './schema.js';
 
 /** CLI flag values, still raw strings; validated with the same rules as the file. */
 export interface ConfigFlags {
@@ -51,9 +51,10 @@ export const DEFAULTS = {
   handshakeTimeoutMs: 10_000,
   backendConnectTimeoutMs: 5_000,
   idleTimeoutMs: 0,
+  backendRetryMs: 10_000,
   maxConnections: 10_000,
   logLevel: 'info',
-} as const satisfies Partial<ProxyConfig>;
+} as const satisfies Partial<ProxyConfig> & { listen: object; backend: object };
 
 /** $XDG_RUNTIME_DIR/ironsocket/admin.sock, /run/ironsocket/admin.sock as root, else $TMPDIR/ironsocket-UID/admin.sock. */
 export function defaultAdminSocketPath(env: NodeJS.ProcessEnv = process.env): string {
@@ -125,24 +126,87 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
   const pathFrom = (flagValue: string | undefined, fileValue: string | undefined) =>
     flagValue !== undefined ? resolve(flagValue) : fileValue !== undefined ? resolve(fileDir, fileValue) : undefined;
 
-  const listen = flag('listen') ?? file.listen ?? { ...DEFAULTS.listen };
-  const backend = flag('backend') ?? file.backend ?? { ...DEFAULTS.backend };
+  const given = { listen: flag('listen'), backend: flag('backend'), cert: flag('cert'), key: flag('key') };
   const ktls = flag('ktls') ?? file.ktls ?? DEFAULTS.ktls;
   const workers = flag('workers') ?? file.workers ?? availableParallelism();
   const logLevel = flag('logLevel') ?? file.log?.level ?? DEFAULTS.logLevel;
-  const certFlag = flag('cert');
-  const keyFlag = flag('key');
   const adminFlag = flag('adminSocket');
-  let certFile = pathFrom(certFlag, file.cert);
-  let keyFile = pathFrom(keyFlag, file.key);
   const adminSocket = pathFrom(adminFlag, file.admin_socket) ?? defaultAdminSocketPath(env);
 
   const src = opts.file ?? '';
-  if ((certFile === undefined) !== (keyFile === undefined)) {
-    const [given, missing] = certFile !== undefined ? ['cert', 'key'] : ['key', 'cert'];
+  // Listener settings live in [[listener]] tables, or at the top level for a file with a single listener.
+  const topLevel = LISTENER_KEYS.filter((k) => file[k] !== undefined);
+  if (file.listener && topLevel.length > 0) {
+    problems.push(`${src}: ${topLevel.join(', ')}: with [[listener]] tables, listener settings go inside them, not at the top level`);
+  }
+  const fileListeners: FileListener[] = file.listener ?? [Object.fromEntries(topLevel.map((k) => [k, file[k]])) as FileListener];
+  const overriding = (Object.keys(given) as (keyof typeof given)[]).filter((k) => given[k] !== undefined);
+  if (fileListeners.length > 1 && overriding.length > 0) {
     problems.push(
-      `${given} was given without ${missing}: pass both (--cert and --key, or cert and key in the config file), or neither to use the generated self-signed certificate`,
+      `${overriding.map((k) => FLAG_NAMES[k]).join(', ')}: the config file has ${fileListeners.length} listeners; these flags can only override a file with one`,
     );
+  }
+  const explicit = file.listener !== undefined;
+  const listeners: ListenerConfig[] = [];
+  let needsDefaultCert = false;
+  fileListeners.forEach((l, i) => {
+    const at = explicit ? `${src}: listener[${i + 1}]` : src;
+    const where = (key: string) => [at, key].filter((x) => x !== '').join(explicit ? '.' : ': ');
+    const listen = given.listen ?? l.listen ?? (explicit ? undefined : { ...DEFAULTS.listen });
+    if (!listen) problems.push(`${where('listen')}: required in every [[listener]] table, e.g. listen = "0.0.0.0:443"`);
+    if (l.backend && l.backends) problems.push(`${where('backends')}: give backend or backends, not both`);
+    const backends = given.backend ? [given.backend] : (l.backends ?? (l.backend ? [l.backend] : explicit ? [] : [{ ...DEFAULTS.backend }]));
+    if (backends.length === 0) problems.push(`${where('backend')}: required in every [[listener]] table, e.g. backend = "127.0.0.1:8080"`);
+    const certs: ListenerConfig['certs'] = [];
+    if (given.cert !== undefined || given.key !== undefined) {
+      if (given.cert === undefined || given.key === undefined) {
+        const [has, missing] = given.cert !== undefined ? ['cert', 'key'] : ['key', 'cert'];
+        problems.push(`--${has} was given without --${missing}: pass both, or neither to use the configured or the generated self-signed certificate`);
+      } else certs.push({ certFile: resolve(given.cert), keyFile: resolve(given.key), names: [], default: false });
+    } else {
+      if ((l.cert === undefined) !== (l.key === undefined)) {
+        const [has, missing] = l.cert !== undefined ? ['cert', 'key'] : ['key', 'cert'];
+        problems.push(
+          `${where(has)}: ${has} was given without ${missing}: pass both (--cert and --key, or cert and key in the config file), or neither to use the generated self-signed certificate`,
+        );
+      } else if (l.cert !== undefined && l.key !== undefined)
+        certs.push({ certFile: resolve(fileDir, l.cert), keyFile: resolve(fileDir, l.key), names: [], default: false });
+      for (const c of l.certs ?? [])
+        certs.push({ certFile: resolve(fileDir, c.cert), keyFile: resolve(fileDir, c.key), names: c.names ?? [], default: c.default ?? false });
+    }
+    const defaults = certs.filter((c) => c.default).length;
+    if (defaults > 1) problems.push(`${where('certs')}: ${defaults} certificates say default = true; at most one can be the default`);
+    if (defaults === 0 && certs[0]) certs[0].default = true;
+    if (certs.length === 0) needsDefaultCert = true;
+    const alpn = l.alpn ?? [];
+    const routes = (l.route ?? []).map((r, j) => {
+      if (r.backend && r.backends) problems.push(`${where(`route[${j + 1}].backends`)}: give backend or backends, not both`);
+      if (!alpn.includes(r.alpn))
+        problems.push(`${where(`route[${j + 1}].alpn`)}: "${r.alpn}" is not offered by this listener (alpn = ${JSON.stringify(alpn)})`);
+      const to = r.backends ?? (r.backend ? [r.backend] : []);
+      if (to.length === 0) problems.push(`${where(`route[${j + 1}]`)}: expected backend or backends`);
+      return { alpn: r.alpn, backends: to };
+    });
+    const clientAuth = l.client_auth ? { caFile: resolve(fileDir, l.client_auth.ca), required: (l.client_auth.verify ?? 'require') === 'require' } : undefined;
+    if (!listen) return;
+    listeners.push({
+      name: l.name ?? formatHostPort(listen),
+      listen,
+      backends,
+      certs,
+      alpn,
+      routes,
+      clientAuth,
+      proxyProtocol: l.proxy_protocol ?? 'off',
+      transparent: l.transparent ?? false,
+    });
+  });
+  const seen = new Map<string, string>();
+  for (const l of listeners) {
+    const key = formatHostPort(l.listen);
+    if (l.listen.port === 0) continue; // each gets a port of its own
+    if (seen.has(key)) problems.push(`${src ? `${src}: ` : ''}listeners "${seen.get(key)}" and "${l.name}" both listen on ${key}`);
+    seen.set(key, l.name);
   }
   const adminBytes = Buffer.byteLength(adminSocket);
   if (adminBytes > MAX_UNIX_PATH_BYTES) {
@@ -152,30 +216,33 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
   if (problems.length > 0) throw new ConfigError(problems);
 
   let certSource: CertSource = 'configured';
-  if (certFile === undefined || keyFile === undefined) {
+  if (needsDefaultCert) {
+    let pair: { certFile: string; keyFile: string };
     if (opts.generateDefaultCert === false) {
-      ({ certFile, keyFile } = defaultCertificatePaths(env));
+      pair = defaultCertificatePaths(env);
       certSource = 'default-not-generated';
     } else {
       const def = await ensureDefaultCertificate(env);
-      ({ certFile, keyFile } = def);
+      pair = { certFile: def.certFile, keyFile: def.keyFile };
       certSource = def.created ? 'default-created' : 'default-reused';
     }
+    for (const l of listeners) if (l.certs.length === 0) l.certs.push({ ...pair, names: ['localhost'], default: true });
   }
 
   const config: ProxyConfig = {
-    listen,
-    backend,
-    certFile,
-    keyFile,
+    listeners,
     ktls,
     adminSocket,
     handshakeTimeoutMs: file.timeouts?.handshake ?? DEFAULTS.handshakeTimeoutMs,
     backendConnectTimeoutMs: file.timeouts?.backend_connect ?? DEFAULTS.backendConnectTimeoutMs,
+    backendRetryMs: file.timeouts?.backend_retry ?? DEFAULTS.backendRetryMs,
     idleTimeoutMs: file.timeouts?.idle ?? DEFAULTS.idleTimeoutMs,
     maxConnections: file.limits?.max_connections ?? DEFAULTS.maxConnections,
     logLevel,
     workers,
+    ...(file.metrics ? { metrics: file.metrics.listen } : {}),
+    ...(file.user ? { user: file.user } : {}),
+    ...(file.group ? { group: file.group } : {}),
   };
   return { config, certSource, file: opts.file };
 }
@@ -216,5 +283,28 @@ export async function checkCertificateFiles(certFile: string, keyFile: string, n
   }
   if (Date.parse(leaf.validTo) < now) return [`cert ${JSON.stringify(certFile)}: expired on ${leaf.validTo}`];
   if (Date.parse(leaf.validFrom) > now) return [`cert ${JSON.stringify(certFile)}: not valid before ${leaf.validFrom}`];
+  return [];
+}
+
+/** Checks that a client CA bundle reads and holds at least one PEM certificate; returns problems (empty when fine). */
+export async function checkCaFile(caFile: string): Promise<string[]> {
+  let pem: string;
+  try {
+    pem = await readFile(caFile, 'latin1');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return [
+      `client_auth.ca: cannot read ${JSON.stringify(caFile)}: ${e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.message}`,
+    ];
+  }
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) return [`client_auth.ca: ${JSON.stringify(caFile)} holds no PEM certificate`];
+  for (const b of blocks) {
+    try {
+      new X509Certificate(b);
+    } catch (err) {
+      return [`client_auth.ca: ${JSON.stringify(caFile)}: not a valid certificate: ${(err as Error).message}`];
+    }
+  }
   return [];
 }

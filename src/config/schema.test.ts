@@ -69,7 +69,9 @@ describe('file schema messages', () => {
   it('reports unknown keys at any level with the keys allowed there', () => {
     const p = problems({ lisen: 'x', log: { lvl: 'info' } });
     assert.ok(
-      p.includes('config.toml: lisen: unknown key (allowed here: listen, backend, cert, key, ktls, admin_socket, workers, timeouts, limits, log)'),
+      p.includes(
+        'config.toml: lisen: unknown key (allowed here: listen, backend, backends, cert, key, certs, alpn, route, client_auth, proxy_protocol, transparent, listener, ktls, admin_socket, workers, user, group, timeouts, limits, log, metrics)',
+      ),
       p.join('\n'),
     );
     assert.ok(p.includes('config.toml: log.lvl: unknown key (allowed here: level)'), p.join('\n'));

@@ -106,6 +106,7 @@ export const fields = {
   handshake: durationSchema(false),
   backendConnect: durationSchema(false),
   idle: durationSchema(true),
+  backendRetry: durationSchema(false),
   maxConnections: z.int({ error: 'expected a whole number' }).min(1, { error: 'expected a number of at least 1' }),
   logLevel: z.enum(LOG_LEVELS),
   // Flags arrive as strings; the file gives numbers.
@@ -115,25 +116,72 @@ export const fields = {
   ),
 };
 
-/** The config file: flat keys plus [timeouts], [limits] and [log] tables; unknown keys are errors. */
-export const FileSchema = z.strictObject({
+const PROXY_PROTOCOLS = ['off', 'v1', 'v2'] as const;
+/** ALPN protocol ids are 1–255 bytes (RFC 7301); printable ASCII keeps them loggable. */
+const alpnId = z
+  .string({ error: 'expected an ALPN protocol id such as "h2" or "http/1.1"' })
+  .regex(/^[\x21-\x7e]{1,255}$/, { error: 'expected an ALPN protocol id of 1 to 255 printable ASCII characters, such as "h2"' });
+const nameList = z.array(
+  z.string().regex(/^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/, {
+    error: 'expected a DNS name such as "example.com" or "*.example.com"',
+  }),
+);
+
+/** Every setting a listener can have: in a [[listener]] table, or at the top level for a file with one listener. */
+const listenerFields = {
   listen: fields.listen.optional(),
   backend: fields.backend.optional(),
+  backends: z.array(fields.backend).min(1, { error: 'expected at least one backend' }).optional(),
   cert: fields.cert.optional(),
   key: fields.key.optional(),
+  certs: z
+    .array(
+      z.strictObject({
+        cert: fields.cert,
+        key: fields.key,
+        names: nameList.min(1, { error: 'expected at least one name' }).optional(),
+        default: z.boolean().optional(),
+      }),
+    )
+    .optional(),
+  alpn: z.array(alpnId).optional(),
+  route: z
+    .array(
+      z.strictObject({
+        alpn: alpnId,
+        backend: fields.backend.optional(),
+        backends: z.array(fields.backend).min(1, { error: 'expected at least one backend' }).optional(),
+      }),
+    )
+    .optional(),
+  client_auth: z.strictObject({ ca: pathSchema, verify: z.enum(['require', 'optional']).optional() }).optional(),
+  proxy_protocol: z.enum(PROXY_PROTOCOLS).optional(),
+  transparent: z.boolean().optional(),
+};
+export const LISTENER_KEYS = Object.keys(listenerFields) as (keyof typeof listenerFields)[];
+
+/** The config file: global keys, [timeouts], [limits], [log], [metrics], and one or more listeners; unknown keys are errors. */
+export const FileSchema = z.strictObject({
+  ...listenerFields,
+  listener: z.array(z.strictObject({ name: z.string().min(1, { error: 'expected a non-empty name' }).optional(), ...listenerFields })).optional(),
   ktls: fields.ktls.optional(),
   admin_socket: fields.adminSocket.optional(),
   workers: fields.workers.optional(),
+  user: z.string().min(1).optional(),
+  group: z.string().min(1).optional(),
   timeouts: z
     .strictObject({
       handshake: fields.handshake.optional(),
       backend_connect: fields.backendConnect.optional(),
       idle: fields.idle.optional(),
+      backend_retry: fields.backendRetry.optional(),
     })
     .optional(),
   limits: z.strictObject({ max_connections: fields.maxConnections.optional() }).optional(),
   log: z.strictObject({ level: fields.logLevel.optional() }).optional(),
+  metrics: z.strictObject({ listen: fields.listen }).optional(),
 });
+export type FileListener = z.output<z.ZodObject<typeof listenerFields>> & { name?: string };
 export type FileConfig = z.output<typeof FileSchema>;
 
 /** Thrown for anything wrong in the config file or flags; one line per problem. */
@@ -180,14 +228,20 @@ function allowedKeys(schema: z.ZodType, path: PropertyKey[]): string[] {
   let s: unknown = schema;
   for (const p of path) {
     const inner = s instanceof z.ZodOptional ? s.unwrap() : s;
-    s = inner instanceof z.ZodObject ? (inner.shape as Record<string, unknown>)[String(p)] : undefined;
+    if (inner instanceof z.ZodArray && typeof p === 'number') s = inner.element;
+    else s = inner instanceof z.ZodObject ? (inner.shape as Record<string, unknown>)[String(p)] : undefined;
   }
   const obj = s instanceof z.ZodOptional ? s.unwrap() : s;
   return obj instanceof z.ZodObject ? Object.keys(obj.shape) : [];
 }
 
+/** Renders a key path as written in TOML terms: `listener[2].certs[1].key` (array positions count from 1). */
+export function keyPath(path: PropertyKey[]): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p + 1}]` : i > 0 ? `.${String(p)}` : String(p))).join('');
+}
+
 /** Formats issues as `PREFIX: key.path: expected ..., got ...`; label renders the key path (e.g. "--listen"). */
-export function formatIssues(issues: z.core.$ZodIssue[], prefix: string, schema?: z.ZodType, label = (path: PropertyKey[]) => path.join('.')): string[] {
+export function formatIssues(issues: z.core.$ZodIssue[], prefix: string, schema?: z.ZodType, label = keyPath): string[] {
   const out: string[] = [];
   const at = (path: PropertyKey[]) => [prefix, label(path)].filter((s) => s !== '').join(': ');
   for (const iss of issues) {

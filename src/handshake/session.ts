@@ -19,6 +19,8 @@ export interface EstablishedSession {
   suite: CipherSuite;
   servername?: string;
   alpn?: string;
+  /** The client's certificate, when one was requested and sent. */
+  clientCert?: ClientCertificate;
   /** Keys for what we send, and the sequence number of our next record. */
   tx: TrafficKeys & { seq: bigint };
   /** Keys for what the client sends, and the sequence number of its next record. */
@@ -27,6 +29,17 @@ export interface EstablishedSession {
   secrets?: { client: Buffer; server: Buffer };
   /** Zero every key and secret held here. */
   wipe(): void;
+}
+
+/** What the handshake learned about a client certificate (verification against the listener's CA bundle). */
+export interface ClientCertificate {
+  verified: boolean;
+  /** OpenSSL's reason when not verified, e.g. "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "CERT_HAS_EXPIRED". */
+  error?: string;
+  /** The subject distinguished name on one line ("C=.., O=.., CN=.."); control characters become "?". */
+  subject: string;
+  subjectCN?: string;
+  fingerprint256: string;
 }
 
 export class HandshakeError extends Error {
@@ -44,6 +57,10 @@ export interface HandshakeOptions {
   timeoutMs: number;
   keepTrafficSecrets?: boolean;
   ALPNProtocols?: string[];
+  /** Picks the certificate for the client's SNI (the secureContext serves clients without one). */
+  SNICallback?: (servername: string) => tls.SecureContext;
+  /** Ask for a client certificate (mTLS); whether it verified is reported in `clientCert`, never enforced here. */
+  requestCert?: boolean;
   /** Aborting fails the handshake at once (an upgrade that could not wait for it). */
   signal?: AbortSignal;
 }
@@ -103,6 +120,10 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
       isServer: true,
       secureContext: opts.secureContext,
       ALPNProtocols: opts.ALPNProtocols,
+      SNICallback: opts.SNICallback ? (name, cb) => cb(null, opts.SNICallback!(name)) : undefined,
+      requestCert: opts.requestCert === true,
+      // The decision (and the right alert) is the caller's: node:tls would only drop the connection.
+      rejectUnauthorized: false,
     });
     socket.on('keylog', (line: Buffer) => keylog.add(line));
     socket.on('secure', () => {
@@ -228,6 +249,7 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
         suite,
         servername: typeof socket.servername === 'string' ? socket.servername : undefined,
         alpn: typeof socket.alpnProtocol === 'string' ? socket.alpnProtocol : undefined,
+        clientCert: opts.requestCert ? clientCertificate(socket) : undefined,
         tx: { ...keys.tx, seq: BigInt(txSeq) },
         rx: { ...keys.rx, seq: BigInt(rxSeq) },
         secrets: kept,
@@ -242,6 +264,30 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
       return session;
     }
   });
+}
+
+/**
+ * The client's certificate and OpenSSL's verdict on it. node:tls computes `authorized` only for sockets
+ * of a tls.Server, so the verdict comes from the same place it reads it: the TLS handle's verifyError()
+ * (null when the chain verified against the CA bundle, else an Error whose code names the reason).
+ */
+function clientCertificate(socket: tls.TLSSocket): ClientCertificate | undefined {
+  const peer = socket.getPeerCertificate();
+  if (!peer || !peer.raw) return undefined;
+  const handle = (socket as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })._handle;
+  const verdict = handle?.verifyError ? handle.verifyError() : new Error('verification result unavailable');
+  const subject = Object.entries(peer.subject ?? {})
+    .map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`)
+    .join(', ')
+    .replace(/[\x00-\x1f\x7f]/g, '?');
+  const cn = peer.subject?.CN;
+  return {
+    verified: verdict === null,
+    error: verdict ? ((verdict as Error & { code?: string }).code ?? verdict.message) : undefined,
+    subject,
+    subjectCN: Array.isArray(cn) ? cn[0] : cn,
+    fingerprint256: peer.fingerprint256,
+  };
 }
 
 /** Records after the last occurrence of `type` (e.g. protected records after ChangeCipherSpec). */

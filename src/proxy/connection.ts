@@ -1,7 +1,7 @@
 // One client's path through the proxy: handshake → backend → kernel TLS install → relay, with a reason logged for every exit.
-import type tls from 'node:tls';
 import type { Logger } from '../admin/log.js';
 import { handshake, HandshakeError, type EstablishedSession } from '../handshake/session.js';
+import type { CertSelector } from '../handshake/sni.js';
 import { KtlsInstallError, installKtls } from '../kernel/ktls.js';
 import { IPPROTO_TCP, TCP_NODELAY, sys } from '../kernel/libc.js';
 import type { Poller } from '../kernel/poller.js';
@@ -11,15 +11,28 @@ import type { PairInfo } from '../relay/pair.js';
 import type { Relay } from '../relay/relay.js';
 import type { UserState } from '../relay/protocol.js';
 import { BackendError, connectBackend } from './backend.js';
+import type { BackendPool } from './backend-pool.js';
+import { buildPreamble, writeAll } from './backend-preamble.js';
 import { lingeringClose } from './linger.js';
-import type { KtlsPolicy } from './types.js';
+import type { KtlsPolicy, ProxyProtocolVersion } from './types.js';
+
+/** A listener as one handshake worker runs it: its SNI table, ALPN list, client auth and backend pools. */
+export interface ListenerRuntime {
+  name: string;
+  selector: CertSelector;
+  alpn: string[];
+  clientAuth?: 'require' | 'optional';
+  pool: BackendPool;
+  /** Backends by negotiated ALPN protocol (connections without a route use `pool`). */
+  routes: Map<string, BackendPool>;
+  proxyProtocol: ProxyProtocolVersion;
+  transparent: boolean;
+}
 
 export interface ConnectionContext {
   poller: Poller;
   relay: Pick<Relay, 'add'>;
   logger: Logger;
-  secureContext: tls.SecureContext;
-  backend: Endpoint;
   policy: KtlsPolicy;
   /** Suites (OpenSSL names) the kernel accepted at start-up. */
   kernelSuites: Set<string>;
@@ -48,6 +61,54 @@ function userspaceAlert(fd: number, s: EstablishedSession, desc: number): void {
   }
 }
 
+/** TLS alerts for client-certificate failures (RFC 8446 §6.2). */
+const CERT_ALERT = { handshake_failure: 40, bad_certificate: 42, certificate_expired: 45, unknown_ca: 48, certificate_required: 116 } as const;
+
+/** Why a client certificate is refused (a counter suffix and a log line), and the alert that says so; undefined when acceptable. */
+function refuseClientCert(listener: ListenerRuntime, s: EstablishedSession): { reason: string; alert: number; message: string } | undefined {
+  if (!listener.clientAuth) return undefined;
+  const c = s.clientCert;
+  if (!c) {
+    if (listener.clientAuth === 'optional') return undefined;
+    const alert = s.version === 'TLSv1.3' ? CERT_ALERT.certificate_required : CERT_ALERT.handshake_failure;
+    return { reason: 'client_cert_missing', alert, message: 'client sent no certificate; this listener requires one' };
+  }
+  if (c.verified) return undefined;
+  // A certificate that was sent must verify, also when client auth is optional (as nginx's "optional").
+  const e = c.error ?? '';
+  const alert = /EXPIRED|NOT_YET_VALID/.test(e)
+    ? CERT_ALERT.certificate_expired
+    : /ISSUER|SELF_SIGNED|UNABLE_TO_VERIFY|UNTRUSTED/.test(e)
+      ? CERT_ALERT.unknown_ca
+      : CERT_ALERT.bad_certificate;
+  return { reason: 'client_cert_untrusted', alert, message: `client certificate "${c.subject}" not accepted: ${e}` };
+}
+
+/** Connects to the first backend of the listener (or its ALPN route) that answers; the pool learns which failed. */
+async function connectSomeBackend(ctx: ConnectionContext, listener: ListenerRuntime, s: EstablishedSession, fd: number, id: string) {
+  const pool = (s.alpn !== undefined && listener.routes.get(s.alpn)) || listener.pool;
+  let source: Endpoint | undefined;
+  if (listener.transparent) {
+    const peer = decodeSockaddr(sys.getpeername(fd) ?? Buffer.alloc(0));
+    if (!peer) throw new BackendError('transparent mode: the client address is gone (client disconnected)', 'error');
+    source = { host: peer.host, port: 0 };
+  }
+  let last: BackendError | undefined;
+  for (const ep of pool.candidates()) {
+    try {
+      const backendFd = await connectBackend(ctx.poller, ep, ctx.backendConnectTimeoutMs, ctx.signalFor(id), { source });
+      pool.succeeded(ep);
+      return { backendFd, backend: ep };
+    } catch (e) {
+      last = e instanceof BackendError ? e : new BackendError(String(e), 'error');
+      ctx.count(`backend_${last.reason}`);
+      if (ctx.signalFor(id)?.aborted) break;
+      pool.failed(ep);
+    }
+  }
+  throw last ?? new BackendError('no backend configured', 'error');
+}
+
 /** Copies the record state for the relay worker (structured clone); the caller wipes the session. */
 function userState(s: EstablishedSession): UserState {
   const copy = (b: Buffer) => new Uint8Array(b);
@@ -60,10 +121,10 @@ function userState(s: EstablishedSession): UserState {
   };
 }
 
-export async function serveConnection(ctx: ConnectionContext, fd: number, id: string): Promise<void> {
+export async function serveConnection(ctx: ConnectionContext, listener: ListenerRuntime, fd: number, id: string): Promise<void> {
   const startedAt = Date.now();
   const client = formatEndpoint(decodeSockaddr(sys.getpeername(fd) ?? Buffer.alloc(0)));
-  const log = ctx.logger.child({ conn: id, client });
+  const log = ctx.logger.child({ conn: id, client, listener: listener.name });
   sys.setsockoptInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
   let session: EstablishedSession | undefined;
   let backendFd = -1;
@@ -71,7 +132,10 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
     try {
       session = await handshake(fd, {
         poller: ctx.poller,
-        secureContext: ctx.secureContext,
+        secureContext: listener.selector.fallback,
+        SNICallback: (name) => listener.selector.select(name),
+        ALPNProtocols: listener.alpn.length > 0 ? listener.alpn : undefined,
+        requestCert: listener.clientAuth !== undefined,
         timeoutMs: ctx.handshakeTimeoutMs,
         signal: ctx.signalFor(id),
         // KeyUpdate in userspace needs the current traffic secrets; the kernel path wipes them once installed.
@@ -83,16 +147,42 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
       log.warn({ reason: he.reason }, he.message);
       return;
     }
+    const refused = refuseClientCert(listener, session);
+    if (refused) {
+      ctx.count(`handshake_failed_${refused.reason}`);
+      userspaceAlert(fd, session, refused.alert);
+      log.warn({ reason: refused.reason, sni: session.servername }, refused.message);
+      return;
+    }
     ctx.count('handshakes_ok');
     let mode: 'kernel' | 'user' = ctx.policy !== 'off' && ctx.kernelSuites.has(session.suite.name) ? 'kernel' : 'user';
+    let backend: Endpoint;
     try {
-      backendFd = await connectBackend(ctx.poller, ctx.backend, ctx.backendConnectTimeoutMs, ctx.signalFor(id));
+      ({ backendFd, backend } = await connectSomeBackend(ctx, listener, session, fd, id));
     } catch (e) {
       const be = e instanceof BackendError ? e : new BackendError(String(e), 'error');
-      ctx.count(`backend_${be.reason}`);
       userspaceAlert(fd, session, Alert.internal_error);
       log.warn({ reason: be.reason }, be.message);
       return;
+    }
+    if (listener.proxyProtocol !== 'off') {
+      try {
+        const header = buildPreamble(listener.proxyProtocol, {
+          clientFd: fd,
+          version: session.version,
+          cipher: session.suite.name,
+          sni: session.servername,
+          alpn: session.alpn,
+          clientCert: session.clientCert,
+          id,
+        });
+        await writeAll(ctx.poller, backendFd, header, ctx.backendConnectTimeoutMs);
+      } catch (e) {
+        ctx.count('backend_proxy_header_failed');
+        userspaceAlert(fd, session, Alert.internal_error);
+        log.warn({ err: (e as Error).message }, `PROXY ${listener.proxyProtocol} header not sent, closing: ${(e as Error).message}`);
+        return;
+      }
     }
     if (mode === 'kernel') {
       try {
@@ -121,14 +211,28 @@ export async function serveConnection(ctx: ConnectionContext, fd: number, id: st
     const live: LiveConnection = {
       id,
       client,
-      backend: formatEndpoint(ctx.backend),
+      backend: formatEndpoint(backend),
       version: session.version,
       cipher: session.suite.name,
       mode,
       startedAt,
+      listener: listener.name,
+      ...(session.servername ? { sni: session.servername } : {}),
+      ...(session.alpn ? { alpn: session.alpn } : {}),
+      ...(session.clientCert ? { clientSubject: session.clientCert.subject } : {}),
     };
     log.info(
-      { version: live.version, cipher: live.cipher, mode, txSeq: String(session.tx.seq), rxSeq: String(session.rx.seq), sni: session.servername },
+      {
+        version: live.version,
+        cipher: live.cipher,
+        mode,
+        backend: live.backend,
+        txSeq: String(session.tx.seq),
+        rxSeq: String(session.rx.seq),
+        sni: session.servername,
+        alpn: session.alpn,
+        clientSubject: session.clientCert?.subject,
+      },
       'established',
     );
     session.wipe();

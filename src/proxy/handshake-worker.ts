@@ -1,10 +1,11 @@
 // Handshake worker entry: runs TLS handshakes (OpenSSL via node:tls) on its own thread and hands established connections back.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
-import tls from 'node:tls';
 import { createLogger } from '../admin/log.js';
 import { Poller } from '../kernel/poller.js';
 import { keyBuffers } from '../relay/protocol.js';
-import { serveConnection, type ConnectionContext } from './connection.js';
+import { BackendPool } from './backend-pool.js';
+import { serveConnection, type ConnectionContext, type ListenerRuntime } from './connection.js';
+import { certSelector, wipeListeners, type HandshakeListener } from './listener-setup.js';
 import type { FromHandshaker, HandshakerInit, ToHandshaker } from './handshakers.js';
 
 const init = workerData as HandshakerInit;
@@ -20,11 +21,29 @@ const takeCounts = () => {
   return c;
 };
 
+/** Builds the runtime of each listener (its secure contexts hold the keys from here on), then wipes the key buffers. */
+function runtimes(ls: HandshakeListener[]): ListenerRuntime[] {
+  try {
+    return ls.map((l) => ({
+      name: l.name,
+      selector: certSelector(l, init.tlsBase),
+      alpn: l.alpn,
+      clientAuth: l.clientAuth,
+      pool: new BackendPool(l.backends, init.backendRetryMs),
+      routes: new Map(l.routes.map((r) => [r.alpn, new BackendPool(r.backends, init.backendRetryMs)])),
+      proxyProtocol: l.proxyProtocol,
+      transparent: l.transparent,
+    }));
+  } finally {
+    wipeListeners(ls);
+  }
+}
+
+let listeners = runtimes(init.listeners);
+
 const ctx: ConnectionContext = {
   poller,
   logger: createLogger(init.logLevel),
-  secureContext: tls.createSecureContext(init.tls),
-  backend: init.backend,
   policy: init.policy,
   kernelSuites: new Set(init.kernelSuites),
   handshakeTimeoutMs: init.handshakeTimeoutMs,
@@ -41,7 +60,6 @@ const ctx: ConnectionContext = {
     },
   },
 };
-init.tls.key = undefined; // the secure context holds it now
 
 post({ op: 'ready' });
 
@@ -49,9 +67,18 @@ port.on('message', (m: ToHandshaker) => {
   switch (m.op) {
     case 'conn': {
       aborts.set(m.id, new AbortController());
-      void serveConnection(ctx, m.fd, m.id).finally(() => aborts.delete(m.id));
+      const listener = listeners[m.listener];
+      if (!listener) throw new Error(`connection ${m.id} from unknown listener ${m.listener}`);
+      void serveConnection(ctx, listener, m.fd, m.id).finally(() => aborts.delete(m.id));
       break;
     }
+    case 'reload':
+      // A listener's backend health marks start fresh: the reload may have changed its backends.
+      Object.assign(init, m.timeouts);
+      ctx.handshakeTimeoutMs = m.timeouts.handshakeTimeoutMs;
+      ctx.backendConnectTimeoutMs = m.timeouts.backendConnectTimeoutMs;
+      listeners = runtimes(m.listeners);
+      break;
     case 'abort':
       for (const a of aborts.values()) a.abort(m.reason);
       break;

@@ -1,26 +1,33 @@
 // Main-thread side of the handshake workers: accepted fds go to the least busy one; established connections come back.
-import type tls from 'node:tls';
 import { Worker } from 'node:worker_threads';
 import type { LogLevel } from '../admin/log.js';
-import type { Endpoint } from '../kernel/sockaddr.js';
 import type { PairInfo } from '../relay/pair.js';
 import { WORKER_RESOURCE_LIMITS } from '../relay/shard.js';
 import type { UserState } from '../relay/protocol.js';
+import { wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
 import type { KtlsPolicy } from './types.js';
 
 export interface HandshakerInit {
-  tls: tls.SecureContextOptions;
-  backend: Endpoint;
+  /** Indexed as the server's listeners: a connection names the one that accepted it. */
+  listeners: HandshakeListener[];
+  tlsBase: TlsBase;
   policy: KtlsPolicy;
   kernelSuites: string[];
   handshakeTimeoutMs: number;
   backendConnectTimeoutMs: number;
+  backendRetryMs: number;
   logLevel: LogLevel;
   /** Wait on epoll inline rather than on a libuv pool thread (set by the pool: more workers than pool threads to spare). */
   inlinePoll?: boolean;
 }
 
-export type ToHandshaker = { op: 'conn'; fd: number; id: string } | { op: 'abort'; reason: string } | { op: 'stop' };
+export type ReloadTimeouts = Pick<HandshakerInit, 'handshakeTimeoutMs' | 'backendConnectTimeoutMs' | 'backendRetryMs'>;
+
+export type ToHandshaker =
+  | { op: 'conn'; fd: number; id: string; listener: number }
+  | { op: 'reload'; listeners: HandshakeListener[]; timeouts: ReloadTimeouts }
+  | { op: 'abort'; reason: string }
+  | { op: 'stop' };
 
 /**
  * `counts`: counter increments since the worker's last message. Every connection ends in `established` or
@@ -52,11 +59,11 @@ export class Handshakers {
    * pile up on the CPUs (after an upgrade's exec); without, all at once.
    */
   constructor(n: number, init: HandshakerInit, on: HandshakerEvents, after?: Promise<void>) {
-    // Our own copy of the key until every worker has its own: the caller wipes theirs.
+    // Our own copy of the keys until every worker has its own: the caller wipes theirs.
     // Each worker's poller blocks one libuv pool thread while it waits (main's listener holds another);
     // past what the pool can spare, workers poll inline instead.
     const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
-    const own: HandshakerInit = { ...init, inlinePoll: n + 1 > pool - 1, tls: { ...init.tls, key: Buffer.from(init.tls.key as Buffer) } };
+    const own: HandshakerInit = { ...init, inlinePoll: n + 1 > pool - 1, listeners: copyListeners(init.listeners) };
     this.started = (async () => {
       try {
         if (after) {
@@ -66,9 +73,18 @@ export class Handshakers {
           await Promise.all(Array.from({ length: n }, () => this.startWorker(own, on)));
         }
       } finally {
-        (own.tls.key as Buffer).fill(0);
+        wipeListeners(own.listeners);
       }
     })();
+  }
+
+  /**
+   * Gives every worker new listener settings (certificates, backends, ...); connections dispatched
+   * after this use them, handshakes in progress finish with the old ones. The caller wipes `listeners`.
+   */
+  async reload(listeners: HandshakeListener[], timeouts: ReloadTimeouts): Promise<void> {
+    await this.started;
+    for (const w of this.workers) w.postMessage({ op: 'reload', listeners, timeouts } satisfies ToHandshaker);
   }
 
   private startWorker(init: HandshakerInit, on: HandshakerEvents): Promise<void> {
@@ -93,13 +109,13 @@ export class Handshakers {
   }
 
   /** Hands an accepted client fd to the least busy worker, which owns it from now on. */
-  dispatch(fd: number, id: string): void {
+  dispatch(fd: number, id: string, listener: number): void {
     // The server accepts only once `started` resolved, so there is always a worker here.
     let best = 0;
     for (let i = 1; i < this.busy.length; i++) if (this.busy[i]! < this.busy[best]!) best = i;
     this.busy[best]!++;
     this.where.set(id, best);
-    this.workers[best]!.postMessage({ op: 'conn', fd, id } satisfies ToHandshaker);
+    this.workers[best]!.postMessage({ op: 'conn', fd, id, listener } satisfies ToHandshaker);
   }
 
   /** Fails every handshake in progress (each connection is then reported `gone`). */
@@ -121,4 +137,15 @@ export class Handshakers {
       ),
     );
   }
+}
+
+/** A copy whose key buffers are our own (the caller wipes the originals). */
+function copyListeners(ls: HandshakeListener[]): HandshakeListener[] {
+  // Buffer.alloc, not Buffer.from: a copy must not land in the shared allocation pool (cloning a view clones its whole pool slab).
+  const own = (k: Buffer) => {
+    const c = Buffer.alloc(k.length);
+    k.copy(c);
+    return c;
+  };
+  return ls.map((l) => ({ ...l, groups: l.groups.map((g) => ({ ...g, keys: g.keys.map(own) })) }));
 }

@@ -3,10 +3,14 @@ import type { Logger } from '../admin/log.js';
 import type { Poller } from '../kernel/poller.js';
 import type { KernelProbe } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
+import type { HandshakeListener } from './listener-setup.js';
+import type { ReloadOutcome } from './reload.js';
+import type { MetricsSnapshot } from '../metrics/metrics.js';
 import type { PairInfo } from '../relay/pair.js';
 import type { Relay } from '../relay/relay.js';
 import type { LiveConnection } from './connection.js';
-import { Handshakers, type HandshakerInit } from './handshakers.js';
+import { sys } from '../kernel/libc.js';
+import { Handshakers, type HandshakerInit, type ReloadTimeouts } from './handshakers.js';
 import { Listener } from './listener.js';
 import type { KtlsSupport, ProxyConfig, StatusSnapshot, UpgradeRecord } from './types.js';
 
@@ -21,7 +25,6 @@ export interface ServerDeps {
   staggerWorkers?: boolean;
   /** What every handshake worker needs (certificate and key included). */
   handshake: HandshakerInit;
-  backend: Endpoint;
   probe: KernelProbe;
   support: KtlsSupport;
   kernelSuites: Set<string>;
@@ -32,11 +35,15 @@ export class ProxyServer {
   readonly live = new Map<string, LiveConnection>();
   /** Accepted connections still in handshake or backend connect (in a handshake worker). */
   readonly inFlight = new Set<string>();
+  /** Bound sockets, in the order of `config.listeners` (a connection carries its listener's index). */
   readonly listeners: Listener[] = [];
+  /** What each listener serves, for status (same order). */
+  served: HandshakeListener[] = [];
   generation = 1;
   startedAt = new Date().toISOString();
   nextId = 1;
   lastUpgrade: UpgradeRecord | undefined;
+  lastReload: ReloadOutcome | undefined;
   private accepting = true;
   private readonly handshakers: Handshakers;
   /** Resolves once every handshake and relay worker has loaded. */
@@ -47,6 +54,9 @@ export class ProxyServer {
     relay.on('closed', (m) => {
       this.live.delete(m.id);
       this.count('connections_closed');
+      // Bytes of closed connections; live ones are added at scrape time (metricsSnapshot).
+      this.count('bytes_in', m.bytesIn);
+      this.count('bytes_out', m.bytesOut);
       log[m.level]({ conn: m.id, bytesIn: m.bytesIn, bytesOut: m.bytesOut }, `closed: ${m.reason}`);
       this.recheckCapacity();
     });
@@ -59,6 +69,7 @@ export class ProxyServer {
         established: (m) => {
           this.inFlight.delete(m.info.id);
           this.live.set(m.info.id, m.info);
+          this.count(`connections_${m.info.mode}`);
           relay.add(m.info, m.clientFd, m.backendFd, m.user);
         },
         gone: (id) => {
@@ -77,17 +88,31 @@ export class ProxyServer {
     this.counters[name] = (this.counters[name] ?? 0) + by;
   }
 
-  /** Listens on `at`, or adopts an already-listening fd (carried across exec). */
-  listen(at: Endpoint, adoptFd?: number): Listener {
-    const l = new Listener(this.deps.poller, {
+  /** A listening socket on `at`, or around an already-listening fd (carried across exec, or from systemd); not yet serving. */
+  bind(at: Endpoint, adoptFd?: number): Listener {
+    let l: Listener | undefined;
+    l = new Listener(this.deps.poller, {
       endpoint: at,
       adoptFd,
-      onConnection: (fd) => this.accept(fd),
+      onConnection: (fd) => {
+        const i = this.listeners.indexOf(l!);
+        if (i < 0) return void sys.close(fd);
+        this.accept(fd, i);
+      },
       onError: (message) => this.deps.logger.error(message),
     });
-    if (!this.accepting) l.pause();
-    this.listeners.push(l);
+    l.pause();
     return l;
+  }
+
+  /**
+   * Makes `bound` the served listeners, in config order (connections name a listener by its index).
+   * Sockets no longer listed are closed; their established connections are not touched.
+   */
+  serve(bound: Listener[]): void {
+    for (const old of this.listeners) if (!bound.includes(old)) old.close();
+    this.listeners.splice(0, this.listeners.length, ...bound);
+    for (const l of bound) if (this.accepting && !this.atCapacity()) l.resume();
   }
 
   private atCapacity(): boolean {
@@ -98,11 +123,11 @@ export class ProxyServer {
     if (this.accepting && !this.atCapacity()) for (const l of this.listeners) l.resume();
   }
 
-  private accept(fd: number): void {
+  private accept(fd: number, listener: number): void {
     const id = `c${this.nextId++}`;
     this.inFlight.add(id);
     this.count('connections_accepted');
-    this.handshakers.dispatch(fd, id);
+    this.handshakers.dispatch(fd, id, listener);
     if (this.atCapacity()) {
       this.deps.logger.warn(`at max_connections (${this.deps.config.maxConnections}); new clients wait in the backlog`);
       for (const l of this.listeners) l.pause();
@@ -131,6 +156,11 @@ export class ProxyServer {
     return left;
   }
 
+  /** New listener settings for every handshake worker; the caller wipes the keys in `served`. */
+  async reloadHandshakes(served: HandshakeListener[], timeouts: ReloadTimeouts): Promise<void> {
+    await this.handshakers.reload(served, timeouts);
+  }
+
   /** Records connections the relay worker already took over from a previous image. */
   adoptRelayed(infos: PairInfo[]): void {
     for (const info of infos) this.live.set(info.id, { ...info });
@@ -148,8 +178,20 @@ export class ProxyServer {
       startedAt: this.startedAt,
       generation: this.generation,
       lastUpgrade: this.lastUpgrade,
+      lastReload: this.lastReload,
       ktls: { ...this.deps.support, policy: this.deps.config.ktls },
-      listeners: this.listeners.map((l) => ({ address: l.address, backend: formatEndpoint(this.deps.backend) })),
+      listeners: this.listeners.map((l, i) => {
+        const served = this.served[i];
+        return {
+          address: l.address,
+          name: served?.name ?? l.address,
+          backend: (served?.backends ?? []).map(formatEndpoint).join(', '),
+          names: served?.groups.flatMap((g) => g.names) ?? [],
+          alpn: served?.alpn ?? [],
+          clientAuth: served?.clientAuth ?? 'off',
+          proxyProtocol: served?.proxyProtocol ?? 'off',
+        };
+      }),
       workers: this.deps.relay.shardCount,
       connections: [...this.live.values()].map((c) => ({
         id: c.id,
@@ -162,9 +204,35 @@ export class ProxyServer {
         bytesOut: stats.get(c.id)?.bytesOut ?? 0,
         ageMs: now - c.startedAt,
         worker: stats.get(c.id)?.worker,
+        listener: c.listener,
+        sni: c.sni,
+        alpn: c.alpn,
+        clientSubject: c.clientSubject,
       })),
       memory: { rssKiB: Math.round(process.memoryUsage.rss() / 1024), relayHeapKiB: this.deps.relay.heapUsed().map((b) => Math.round(b / 1024)) },
       counters: { ...this.counters, connections_live: this.live.size, handshakes_in_progress: this.inFlight.size, relay_stats_unavailable: relayed ? 0 : 1 },
+    };
+  }
+
+  /** What /metrics shows: carried counters plus the live connections' bytes (a scrape fails rather than report less). */
+  async metricsSnapshot(): Promise<MetricsSnapshot> {
+    const stats = await this.deps.relay.stats(5000);
+    const live = { kernel: 0, user: 0 };
+    for (const c of this.live.values()) live[c.mode]++;
+    const bytes = { in: this.counters.bytes_in ?? 0, out: this.counters.bytes_out ?? 0 };
+    for (const s of stats) {
+      if (!this.live.has(s.id)) continue; // closed meanwhile: already in the counters
+      bytes.in += s.bytesIn;
+      bytes.out += s.bytesOut;
+    }
+    const u = this.lastUpgrade;
+    return {
+      counters: { ...this.counters },
+      live,
+      handshakesInProgress: this.inFlight.size,
+      bytes,
+      upgrade: { generation: this.generation, lastStallMs: u?.stallMs, lastMoved: u?.moved, lastOk: u?.ok },
+      listeners: this.listeners.length,
     };
   }
 

@@ -1,11 +1,6 @@
 // Starts the proxy — fresh, or continuing a previous image's connections after exec — and serves the admin socket.
-import dns from 'node:dns/promises';
-import fs from 'node:fs';
-import net from 'node:net';
-import tls from 'node:tls';
 import crypto from 'node:crypto';
 import type { Logger } from '../admin/log.js';
-import { startAdminServer, type AdminServer } from '../admin/server.js';
 import { sys } from '../kernel/libc.js';
 import { Poller } from '../kernel/poller.js';
 import { probeKernel, type KernelProbe } from '../kernel/probe.js';
@@ -16,7 +11,9 @@ import type { Reclaimed } from '../relay/protocol.js';
 import { RELAY_WORKER, resumeFromBridge, takeHandoff } from '../upgrade/resume.js';
 import type { HandoffState } from '../upgrade/state.js';
 import { checkListener } from '../upgrade/restore.js';
-import { upgradeInPlace } from '../upgrade/upgrade.js';
+import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
+import { startControls, type Controls } from './control.js';
+import type { Listener } from './listener.js';
 import { ProxyServer } from './server.js';
 import type { KtlsSupport, ProxyConfig } from './types.js';
 
@@ -36,12 +33,6 @@ export class StartupError extends Error {
   }
 }
 
-async function resolveEndpoint(ep: { host: string; port: number }): Promise<Endpoint> {
-  if (net.isIP(ep.host)) return ep;
-  const r = await dns.lookup(ep.host);
-  return { host: r.address, port: ep.port };
-}
-
 function ktlsSupport(probe: KernelProbe): KtlsSupport {
   const names = (v: 'TLSv1.2' | 'TLSv1.3') => SUITES.filter((s) => s.version === v && probe.accepted[v].includes(s.kernelCipherType)).map((s) => s.name);
   return { available: probe.available, reason: probe.reason, ciphers: { 'TLSv1.2': names('TLSv1.2'), 'TLSv1.3': names('TLSv1.3') }, rekey: probe.rekey };
@@ -52,7 +43,13 @@ function sameEndpoint(carried: string, want: Endpoint): boolean {
   return want.port === 0 ? carried.replace(/:\d+$/, '') === w.replace(/:\d+$/, '') : carried === w;
 }
 
-export async function startProxy(config: ProxyConfig, deps: { logger: Logger }): Promise<ProxyHandle> {
+export interface StartDeps {
+  logger: Logger;
+  /** Reads the configuration again (same file and flags), for reloads (SIGHUP, `ironsocket reload`). */
+  reloadConfig?: () => Promise<ProxyConfig>;
+}
+
+export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<ProxyHandle> {
   const log = deps.logger;
   // After exec: what the previous image handed over (its connections wait in the upgrade bridge).
   const handoff = takeHandoff();
@@ -64,47 +61,50 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   const kernelSuites = new Set(config.ktls === 'off' ? [] : [...support.ciphers['TLSv1.2'], ...support.ciphers['TLSv1.3']]);
   // Offer only what can be carried after the handshake: with `require`, what the kernel accepted.
   const offered = config.ktls === 'require' ? SUITES.filter((s) => kernelSuites.has(s.name)) : SUITES;
-  let tlsOptions: tls.SecureContextOptions;
+  const tlsBase: TlsBase = { minVersion: 'TLSv1.2', ciphers: offered.map((s) => s.name).join(':'), secureOptions: crypto.constants.SSL_OP_NO_RENEGOTIATION };
+  let served: HandshakeListener[];
   try {
-    tlsOptions = {
-      cert: fs.readFileSync(config.certFile),
-      key: fs.readFileSync(config.keyFile),
-      minVersion: 'TLSv1.2',
-      ciphers: offered.map((s) => s.name).join(':'),
-      secureOptions: crypto.constants.SSL_OP_NO_RENEGOTIATION,
-    };
-    tls.createSecureContext(tlsOptions); // fails here, before anything starts, on a bad certificate or key
+    served = await prepareAll(config, tlsBase);
   } catch (e) {
-    throw new StartupError(`certificate ${config.certFile} / key ${config.keyFile}: ${(e as Error).message}`, 'CERT');
+    throw new StartupError((e as Error).message, 'CERT');
   }
-  const backend = await resolveEndpoint(config.backend);
-  const listenAt = await resolveEndpoint(config.listen);
   const poller = new Poller();
   const stagger = handoff !== undefined;
   const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs, workerUrl: RELAY_WORKER, shards: config.workers, stagger });
   const handshake = {
-    tls: tlsOptions,
-    backend,
+    listeners: served,
+    tlsBase,
     policy: config.ktls,
     kernelSuites: [...kernelSuites],
     handshakeTimeoutMs: config.handshakeTimeoutMs,
     backendConnectTimeoutMs: config.backendConnectTimeoutMs,
+    backendRetryMs: config.backendRetryMs,
     logLevel: config.logLevel,
   };
-  const server = new ProxyServer({ config, logger: log, poller, relay, handshake, staggerWorkers: stagger, backend, probe, support, kernelSuites });
-  (tlsOptions.key as Buffer).fill(0); // the handshake workers have their copies
+  const server = new ProxyServer({ config, logger: log, poller, relay, handshake, staggerWorkers: stagger, probe, support, kernelSuites });
+  wipeListeners(served); // the handshake workers have their copies
+  server.served = served;
   server.pauseAccepting();
 
   if (handoff) continueFrom(server, handoff);
+  const carried = [...(handoff?.listeners ?? [])];
+  const bound: Listener[] = [];
   try {
-    const carried = handoff?.listeners.find((l) => sameEndpoint(l.address, listenAt));
-    for (const l of handoff?.listeners ?? []) if (l !== carried) sys.close(l.fd);
-    if (carried) {
-      const bad = checkListener(carried);
-      if (bad) throw new Error(`carried listener: ${bad}`);
+    for (const l of config.listeners) {
+      const at = await resolveEndpoint(l.listen);
+      const i = carried.findIndex((c) => sameEndpoint(c.address, at));
+      const mine = i >= 0 ? carried.splice(i, 1)[0] : undefined;
+      if (mine) {
+        const bad = checkListener(mine);
+        if (bad) throw new Error(`carried listener: ${bad}`);
+      }
+      bound.push(server.bind(at, mine?.fd));
     }
-    server.listen(listenAt, carried?.fd);
+    for (const l of carried) sys.close(l.fd);
+    server.serve(bound);
   } catch (e) {
+    for (const l of bound) l.close();
+    for (const l of carried) sys.close(l.fd);
     poller.close();
     await relay.stop();
     throw new StartupError((e as Error).message, 'LISTEN');
@@ -117,34 +117,23 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
   await server.started; // every worker thread is up: ready means ready
   server.resumeAccepting();
 
-  const upgrade = (attempt?: string) => upgradeInPlace(server, { handshakeBoundMs: Math.min(config.handshakeTimeoutMs, 5000) }, attempt);
-  const onUsr2 = () => void upgrade();
-  process.on('SIGUSR2', onUsr2);
-
-  let admin: AdminServer;
+  let controls: Controls;
   try {
-    admin = await startAdminServer(
-      config.adminSocket,
-      {
-        status: () => server.status(),
-        // What `ironsocket upgrade` polls across the exec: cheap, unlike a full status with every connection.
-        'upgrade-result': () => ({ pid: process.pid, generation: server.generation, lastUpgrade: server.lastUpgrade }),
-        upgrade: () => {
-          const attempt = crypto.randomBytes(6).toString('hex');
-          // Answer first; the upgrade (and exec) follow once the reply is on its way.
-          setTimeout(() => void upgrade(attempt), 50);
-          return { attempt, generation: server.generation, pid: process.pid };
-        },
-      },
-      { logger: log },
-    );
+    controls = await startControls({ server, logger: log, tlsBase, reloadConfig: deps.reloadConfig });
   } catch (e) {
     await server.close();
     poller.close();
-    throw new StartupError(`admin socket ${config.adminSocket}: ${(e as Error).message}`, 'ADMIN');
+    throw new StartupError((e as Error).message, 'ADMIN');
   }
   const address = server.listeners[0]!.address;
-  log.info({ listen: address, backend: formatEndpoint(backend), ktls: support, generation: server.generation }, 'listening');
+  for (const [i, l] of server.listeners.entries()) {
+    const s = server.served[i]!;
+    log.info(
+      { listener: s.name, listen: l.address, backends: s.backends.map(formatEndpoint), names: s.groups.flatMap((g) => g.names), alpn: s.alpn },
+      'listening',
+    );
+  }
+  log.info({ ktls: support, generation: server.generation }, 'ready');
 
   let closing: Promise<void> | undefined;
   return {
@@ -157,8 +146,7 @@ export async function startProxy(config: ProxyConfig, deps: { logger: Logger }):
     },
     close() {
       closing ??= (async () => {
-        process.off('SIGUSR2', onUsr2);
-        await admin.close();
+        await controls.close();
         await server.close();
         poller.close();
       })();

@@ -2,23 +2,67 @@
 
 export type KtlsPolicy = 'auto' | 'require' | 'off';
 
-/** Fully resolved configuration the proxy runs with (config file + flags + defaults). */
-export interface ProxyConfig {
-  listen: { host: string; port: number };
-  backend: { host: string; port: number };
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** One certificate chain and its key; `names` are the DNS names it serves (from its SANs unless configured). */
+export interface CertConfig {
   certFile: string;
   keyFile: string;
+  names: string[];
+  /** Served when the client's SNI matches no name (or it sent none); the first pair unless one says so. */
+  default: boolean;
+}
+
+/** Connections whose negotiated ALPN protocol is `alpn` go to these backends instead of the listener's. */
+export interface RouteConfig {
+  alpn: string;
+  backends: HostPort[];
+}
+
+export type ProxyProtocolVersion = 'off' | 'v1' | 'v2';
+
+/** One address accepting TLS, with its certificates, its backends and how it talks to them. */
+export interface ListenerConfig {
+  /** For logs, status and metrics: the configured name, else the listen address. */
+  name: string;
+  listen: HostPort;
+  /** Tried in round-robin order; one that fails is skipped for `backendRetryMs`. */
+  backends: HostPort[];
+  certs: CertConfig[];
+  /** ALPN protocols offered, in server preference order; empty: no ALPN. */
+  alpn: string[];
+  routes: RouteConfig[];
+  /** mTLS: verify client certificates against this CA bundle; `required` refuses clients without one. */
+  clientAuth?: { caFile: string; required: boolean };
+  proxyProtocol: ProxyProtocolVersion;
+  /** Connect to the backend from the client's own address (IP_TRANSPARENT; needs CAP_NET_ADMIN and policy routing). */
+  transparent: boolean;
+}
+
+/** Fully resolved configuration the proxy runs with (config file + flags + defaults). */
+export interface ProxyConfig {
+  listeners: ListenerConfig[];
   ktls: KtlsPolicy;
   adminSocket: string;
   /** Milliseconds. */
   handshakeTimeoutMs: number;
   backendConnectTimeoutMs: number;
+  /** How long a backend that failed is skipped (passive health). */
+  backendRetryMs: number;
   /** 0 disables the idle timeout. */
   idleTimeoutMs: number;
   maxConnections: number;
   /** Handshake worker threads, and as many relay worker threads; default: one per CPU. */
   workers: number;
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+  /** Prometheus text on http://HOST:PORT/metrics when set. */
+  metrics?: HostPort;
+  /** Privileges to drop to once every socket is bound. */
+  user?: string;
+  group?: string;
 }
 
 export type TlsVersionName = 'TLSv1.2' | 'TLSv1.3';
@@ -49,11 +93,23 @@ export interface ConnectionStatus {
   ageMs: number;
   /** The relay worker carrying it (0-based), when it answered. */
   worker?: number;
+  listener?: string;
+  sni?: string;
+  alpn?: string;
+  clientSubject?: string;
 }
 
 export interface ListenerStatus {
   address: string;
+  /** Configured name, else the listen address. */
+  name?: string;
+  /** Its backends, comma-separated. */
   backend: string;
+  /** DNS names its certificates serve (the default's first). */
+  names?: string[];
+  alpn?: string[];
+  clientAuth?: 'require' | 'optional' | 'off';
+  proxyProtocol?: 'off' | 'v1' | 'v2';
 }
 
 export interface StatusSnapshot {
@@ -69,6 +125,8 @@ export interface StatusSnapshot {
   /** 1 for the first image, +1 for every in-place upgrade. */
   generation?: number;
   lastUpgrade?: UpgradeRecord;
+  /** The outcome of the last configuration reload (SIGHUP, `ironsocket reload`). */
+  lastReload?: { ok: boolean; at: string; error?: string; listeners?: string[]; needsUpgrade?: string[] };
   /** KiB: the process's resident memory, and the JavaScript heap in use on each relay worker thread (index = worker). */
   memory?: { rssKiB: number; relayHeapKiB: number[] };
 }

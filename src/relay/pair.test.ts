@@ -49,7 +49,8 @@ function rig(bufBytes?: number, clientBufBytes?: number) {
   const [clientApp, clientProxy] = sys.socketpair(SOCK_STREAM | SOCK_NONBLOCK);
   const [backendProxy, backendApp] = sys.socketpair(SOCK_STREAM | SOCK_NONBLOCK);
   if (bufBytes) for (const fd of [backendProxy, backendApp]) for (const opt of [SO_SNDBUF, SO_RCVBUF]) sys.setsockoptInt(fd, SOL_SOCKET, opt, bufBytes);
-  if (clientBufBytes) for (const fd of [clientApp, clientProxy]) for (const opt of [SO_SNDBUF, SO_RCVBUF]) sys.setsockoptInt(fd, SOL_SOCKET, opt, clientBufBytes);
+  if (clientBufBytes)
+    for (const fd of [clientApp, clientProxy]) for (const opt of [SO_SNDBUF, SO_RCVBUF]) sys.setsockoptInt(fd, SOL_SOCKET, opt, clientBufBytes);
   const pipes = new PipePool();
   let taken = 0;
   const take = pipes.take.bind(pipes);
@@ -155,7 +156,10 @@ describe('one busy connection cannot hold its relay loop', () => {
       t.pair.onClient(EPOLLIN, t.scratch);
       t.pair.onBackend(EPOLLIN, t.scratch);
       // Whole pipe-sized chunks: the turn ends at the first chunk that reaches the bound.
-      for (const [dir, n] of [['up', t.pair.bytesIn], ['down', t.pair.bytesOut]] as const) {
+      for (const [dir, n] of [
+        ['up', t.pair.bytesIn],
+        ['down', t.pair.bytesOut],
+      ] as const) {
         assert.ok(n >= TURN_BYTES && n < TURN_BYTES + 65536, `${dir}: one event moved ${n} bytes`);
       }
       for (let i = 0; i < 20 && (t.pair.bytesIn < queued || t.pair.bytesOut < queued); i++) {

@@ -21,6 +21,12 @@ export interface PairInfo {
   cipher: string;
   mode: 'kernel' | 'user';
   startedAt: number;
+  /** The listener that accepted it (its name). */
+  listener?: string;
+  sni?: string;
+  alpn?: string;
+  /** The verified client certificate's subject (mTLS). */
+  clientSubject?: string;
 }
 
 export interface PairHost {

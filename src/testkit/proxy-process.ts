@@ -17,7 +17,10 @@ export function tempDir(prefix: string): string {
 
 export interface RunningProxy {
   pid: number;
+  /** The first listener's port. */
   port: number;
+  /** Every listener's port, in config order. */
+  ports: number[];
   adminSocket: string;
   child: ChildProcess;
   /** Everything the proxy printed on stdout (JSON logs) so far. */
@@ -39,6 +42,8 @@ export interface ProxyOptions {
   nice?: number;
   /** TOML written to a config file passed with --config (flags in `args` still override it). */
   config?: string;
+  /** Leave out the default --listen/--backend flags (a config with [[listener]] tables gives them). */
+  noListenFlags?: boolean;
 }
 
 /** Pids whose parent is `pid` (zombies included): what a process has left running or uncollected. */
@@ -83,7 +88,8 @@ export async function makeCert(dir: string, kind: 'ec' | 'rsa'): Promise<{ certF
 export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProxy> {
   const dir = tempDir('proxy');
   const adminSocket = path.join(dir, 'admin.sock');
-  const args = [CLI, 'run', '--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${opts.backendPort}`, '--admin-socket', adminSocket];
+  const args = [CLI, 'run', '--admin-socket', adminSocket];
+  if (!opts.noListenFlags) args.push('--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${opts.backendPort}`);
   if (opts.cert) args.push('--cert', opts.cert.certFile, '--key', opts.cert.keyFile);
   if (opts.config !== undefined) {
     const file = path.join(dir, 'ironsocket.toml');
@@ -138,16 +144,18 @@ export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProx
       check();
     });
 
-  const listening = await Promise.race([
-    waitForLog(/"msg":"listening"/),
+  await Promise.race([
+    waitForLog(/"msg":"ready"/),
     exited.then((code) => {
       throw new Error(`proxy exited with ${code} before listening:\n${stderr}`);
     }),
   ]);
-  const port = Number(/"listen":"[^"]*:(\d+)"/.exec(listening)![1]);
+  const ports = lines.filter((l) => /"msg":"listening"/.test(l)).map((l) => Number(/"listen":"[^"]*:(\d+)"/.exec(l)![1]));
+  const port = ports[0]!;
   return {
     pid: child.pid!,
     port,
+    ports,
     adminSocket,
     child,
     logs: () => lines.slice(),

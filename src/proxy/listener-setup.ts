@@ -1,0 +1,142 @@
+// Turns a configured listener into what a handshake worker needs (certificate bytes, names, CA, resolved backends), checked up front.
+import dns from 'node:dns/promises';
+import { readFile } from 'node:fs/promises';
+import net from 'node:net';
+import tls from 'node:tls';
+import { CertSelector, certificateNames } from '../handshake/sni.js';
+import type { Endpoint } from '../kernel/sockaddr.js';
+import type { HostPort, ListenerConfig, ProxyProtocolVersion } from './types.js';
+
+/** One SNI entry: every pair serving the same names shares a context (e.g. an ECDSA and an RSA chain for one site). */
+export interface CertGroup {
+  names: string[];
+  certs: Buffer[];
+  keys: Buffer[];
+}
+
+/** A listener as a handshake worker runs it; structured-cloneable. Keys are wiped by whoever holds the last copy. */
+export interface HandshakeListener {
+  name: string;
+  /** The first group is the default (served without SNI or for an unknown name). */
+  groups: CertGroup[];
+  ca?: Buffer;
+  clientAuth?: 'require' | 'optional';
+  alpn: string[];
+  backends: Endpoint[];
+  routes: { alpn: string; backends: Endpoint[] }[];
+  proxyProtocol: ProxyProtocolVersion;
+  transparent: boolean;
+}
+
+/** TLS settings every context shares (versions, ciphers, options). */
+export type TlsBase = Pick<tls.SecureContextOptions, 'minVersion' | 'ciphers' | 'secureOptions'>;
+
+export class ListenerSetupError extends Error {}
+
+export async function resolveEndpoint(ep: HostPort): Promise<Endpoint> {
+  if (net.isIP(ep.host)) return { host: ep.host, port: ep.port };
+  const r = await dns.lookup(ep.host);
+  return { host: r.address, port: ep.port };
+}
+
+async function readPem(what: string, path: string, listener: string): Promise<Buffer> {
+  try {
+    return await readFile(path);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const why = err.code === 'ENOENT' ? 'no such file' : err.code === 'EACCES' ? 'permission denied' : err.message;
+    throw new ListenerSetupError(`listener "${listener}": ${what} ${path}: ${why}`);
+  }
+}
+
+/** Reads and checks every file of `l`; throws ListenerSetupError naming the listener and file on any problem. */
+export async function prepareListener(l: ListenerConfig, base: TlsBase): Promise<HandshakeListener> {
+  const groups: CertGroup[] = [];
+  const byNames = new Map<string, CertGroup>();
+  const ordered = [...l.certs].sort((a, b) => Number(b.default) - Number(a.default)); // the default first, others in order
+  const ca = l.clientAuth ? await readPem('client CA bundle', l.clientAuth.caFile, l.name) : undefined;
+  try {
+    for (const c of ordered) {
+      const cert = await readPem('certificate', c.certFile, l.name);
+      const key = await readPem('key', c.keyFile, l.name);
+      let names: string[];
+      try {
+        names = c.names.length > 0 ? c.names.map((n) => n.toLowerCase()) : certificateNames(cert);
+        tls.createSecureContext({ ...base, cert, key, ca });
+      } catch (e) {
+        key.fill(0);
+        const msg = (e as Error).message;
+        const why = /key values mismatch/i.test(msg) ? 'the certificate and key do not match' : msg;
+        throw new ListenerSetupError(`listener "${l.name}": certificate ${c.certFile} / key ${c.keyFile}: ${why}`);
+      }
+      if (names.length === 0 && !c.default) {
+        key.fill(0);
+        throw new ListenerSetupError(`listener "${l.name}": certificate ${c.certFile} has no DNS name (no subjectAltName, no CN); give names = [...]`);
+      }
+      const id = [...names].sort().join(' ');
+      const same = byNames.get(id);
+      if (same) {
+        same.certs.push(cert);
+        same.keys.push(key);
+      } else {
+        const g = { names, certs: [cert], keys: [key] };
+        byNames.set(id, g);
+        groups.push(g);
+      }
+    }
+    for (const g of groups) {
+      try {
+        tls.createSecureContext({ ...base, cert: g.certs, key: g.keys, ca });
+      } catch (e) {
+        throw new ListenerSetupError(`listener "${l.name}": certificates for ${g.names.join(', ')} cannot be served together: ${(e as Error).message}`);
+      }
+    }
+    if (ca) {
+      try {
+        tls.createSecureContext({ ca });
+      } catch (e) {
+        throw new ListenerSetupError(`listener "${l.name}": client CA bundle ${l.clientAuth!.caFile}: ${(e as Error).message}`);
+      }
+    }
+    const backends = await Promise.all(l.backends.map(resolveEndpoint));
+    const routes = await Promise.all(l.routes.map(async (r) => ({ alpn: r.alpn, backends: await Promise.all(r.backends.map(resolveEndpoint)) })));
+    return {
+      name: l.name,
+      groups,
+      ca,
+      clientAuth: l.clientAuth ? (l.clientAuth.required ? 'require' : 'optional') : undefined,
+      alpn: l.alpn,
+      backends,
+      routes,
+      proxyProtocol: l.proxyProtocol,
+      transparent: l.transparent,
+    };
+  } catch (e) {
+    for (const g of groups) for (const k of g.keys) k.fill(0);
+    if (e instanceof ListenerSetupError) throw e;
+    throw new ListenerSetupError(`listener "${l.name}": ${(e as Error).message}`);
+  }
+}
+
+/** Prepares every listener of `config` (all or nothing); throws with the first problem. */
+export async function prepareAll(config: { listeners: ListenerConfig[] }, base: TlsBase): Promise<HandshakeListener[]> {
+  const out: HandshakeListener[] = [];
+  try {
+    for (const l of config.listeners) out.push(await prepareListener(l, base));
+    return out;
+  } catch (e) {
+    wipeListeners(out);
+    throw e;
+  }
+}
+
+/** Zeroes the private keys held in `ls`. */
+export function wipeListeners(ls: HandshakeListener[]): void {
+  for (const l of ls) for (const g of l.groups) for (const k of g.keys) k.fill(0);
+}
+
+/** Builds the SNI table of one listener (in the handshake worker). */
+export function certSelector(l: HandshakeListener, base: TlsBase): CertSelector {
+  const contexts = l.groups.map((g) => ({ names: g.names, context: tls.createSecureContext({ ...base, cert: g.certs, key: g.keys, ca: l.ca }) }));
+  return new CertSelector(contexts, contexts[0]!.context);
+}

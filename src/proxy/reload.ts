@@ -1,0 +1,77 @@
+// Hot reload (SIGHUP, `ironsocket reload`): new certificates, backends and listeners without exec and without touching live connections.
+import { formatHostPort } from '../config/schema.js';
+import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
+import type { Listener } from './listener.js';
+import type { ProxyServer } from './server.js';
+import type { ProxyConfig } from './types.js';
+
+export interface ReloadOutcome {
+  ok: boolean;
+  at: string;
+  /** Why nothing changed (bad file, certificate that does not load, address that cannot be bound). */
+  error?: string;
+  /** The listeners served after the reload, by name. */
+  listeners?: string[];
+  /** Settings that changed in the file but only take effect with an upgrade (`ironsocket upgrade`). */
+  needsUpgrade?: string[];
+}
+
+/** Settings a running image cannot change in place; an in-place upgrade re-reads them. */
+const UPGRADE_ONLY = ['workers', 'adminSocket', 'ktls', 'metrics', 'user', 'group', 'logLevel'] as const;
+
+/**
+ * Applies `next` to the running server. Everything is checked and every new address bound before
+ * anything changes; on any failure the old configuration keeps running untouched.
+ */
+export async function reloadConfig(server: ProxyServer, next: ProxyConfig, base: TlsBase): Promise<ReloadOutcome> {
+  const at = new Date().toISOString();
+  const current = server.deps.config;
+  let served: HandshakeListener[];
+  try {
+    served = await prepareAll(next, base);
+  } catch (e) {
+    return { ok: false, at, error: (e as Error).message };
+  }
+  const fresh: Listener[] = [];
+  const bound: Listener[] = [];
+  try {
+    const taken = new Set<number>();
+    for (const l of next.listeners) {
+      // Same configured address, same socket (port-0 listeners pair up in order).
+      const i = current.listeners.findIndex((c, k) => !taken.has(k) && formatHostPort(c.listen) === formatHostPort(l.listen));
+      taken.add(i);
+      const kept = i >= 0 ? server.listeners[i] : undefined;
+      if (kept) {
+        bound.push(kept);
+        continue;
+      }
+      const b = server.bind(await resolveEndpoint(l.listen));
+      fresh.push(b);
+      bound.push(b);
+    }
+  } catch (e) {
+    for (const b of fresh) b.close();
+    wipeListeners(served);
+    return { ok: false, at, error: (e as Error).message };
+  }
+  // Workers first: a connection accepted on a new listener must find its settings there.
+  await server.reloadHandshakes(served, {
+    handshakeTimeoutMs: next.handshakeTimeoutMs,
+    backendConnectTimeoutMs: next.backendConnectTimeoutMs,
+    backendRetryMs: next.backendRetryMs,
+  });
+  wipeListeners(served);
+  server.served = served;
+  const needsUpgrade = UPGRADE_ONLY.filter((k) => JSON.stringify(current[k]) !== JSON.stringify(next[k]));
+  Object.assign(current, {
+    listeners: next.listeners,
+    handshakeTimeoutMs: next.handshakeTimeoutMs,
+    backendConnectTimeoutMs: next.backendConnectTimeoutMs,
+    backendRetryMs: next.backendRetryMs,
+    idleTimeoutMs: next.idleTimeoutMs,
+    maxConnections: next.maxConnections,
+  } satisfies Partial<ProxyConfig>);
+  server.deps.relay.configure({ idleTimeoutMs: next.idleTimeoutMs });
+  server.serve(bound);
+  return { ok: true, at, listeners: served.map((s) => s.name), needsUpgrade: needsUpgrade.map(String) };
+}

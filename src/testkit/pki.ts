@@ -1,0 +1,84 @@
+// Test support: a throwaway CA and the certificates tests need (server names, ECDSA/RSA, client certs), made with openssl.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+export interface Pair {
+  certFile: string;
+  keyFile: string;
+}
+
+export interface Ca extends Pair {
+  dir: string;
+}
+
+function newKey(kind: 'ec' | 'rsa'): string[] {
+  return kind === 'ec' ? ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'] : ['-newkey', 'rsa:2048'];
+}
+
+/** A self-signed CA in `dir`. */
+export async function makeCa(dir: string, name = 'Test CA'): Promise<Ca> {
+  const certFile = path.join(dir, `${name.replace(/\W/g, '_')}-ca.pem`);
+  const keyFile = path.join(dir, `${name.replace(/\W/g, '_')}-ca-key.pem`);
+  await run('openssl', ['req', '-x509', ...newKey('ec'), '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', `/CN=${name}`]);
+  return { dir, certFile, keyFile };
+}
+
+export interface IssueOptions {
+  /** Subject CN. */
+  cn: string;
+  /** DNS subjectAltNames (none: the certificate has only its CN). */
+  dns?: string[];
+  kind?: 'ec' | 'rsa';
+  /** A client certificate (extendedKeyUsage clientAuth) instead of a server one. */
+  client?: boolean;
+  /** Extra subject RDNs, e.g. "/O=Acme". */
+  subjectExtra?: string;
+  /** Signed by this CA; without, self-signed. */
+  ca?: Ca;
+}
+
+let serial = 1;
+
+/** Issues a certificate (chain file: the leaf, then the CA when there is one) and its key into `dir`. */
+export async function issue(dir: string, o: IssueOptions): Promise<Pair> {
+  const base = path.join(dir, `${o.cn.replace(/\W/g, '_')}-${o.kind ?? 'ec'}-${serial++}`);
+  const keyFile = `${base}-key.pem`;
+  const certFile = `${base}.pem`;
+  const ext = `${base}.ext`;
+  const lines = [o.client ? 'extendedKeyUsage=clientAuth' : 'extendedKeyUsage=serverAuth', 'basicConstraints=CA:FALSE'];
+  if (o.dns?.length) lines.push(`subjectAltName=${o.dns.map((d) => `DNS:${d}`).join(',')}`);
+  fs.writeFileSync(ext, lines.join('\n') + '\n');
+  const subj = `/CN=${o.cn}${o.subjectExtra ?? ''}`;
+  if (!o.ca) {
+    const addext = lines.flatMap((l) => ['-addext', l]);
+    await run('openssl', ['req', '-x509', ...newKey(o.kind ?? 'ec'), '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', subj, ...addext]);
+    return { certFile, keyFile };
+  }
+  const csr = `${base}.csr`;
+  await run('openssl', ['req', '-new', ...newKey(o.kind ?? 'ec'), '-nodes', '-keyout', keyFile, '-out', csr, '-subj', subj]);
+  const signed = `${base}.leaf.pem`;
+  await run('openssl', [
+    'x509',
+    '-req',
+    '-in',
+    csr,
+    '-CA',
+    o.ca.certFile,
+    '-CAkey',
+    o.ca.keyFile,
+    '-set_serial',
+    String(serial++),
+    '-days',
+    '2',
+    '-extfile',
+    ext,
+    '-out',
+    signed,
+  ]);
+  fs.writeFileSync(certFile, fs.readFileSync(signed, 'utf8') + fs.readFileSync(o.ca.certFile, 'utf8'));
+  return { certFile, keyFile };
+}
