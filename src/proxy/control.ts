@@ -8,6 +8,7 @@ import { upgradeInPlace } from '../upgrade/upgrade.js';
 import type { TlsBase } from './listener-setup.js';
 import { reloadConfig, type ReloadOutcome } from './reload.js';
 import type { ProxyServer } from './server.js';
+import type { ServiceNotes } from './systemd.js';
 import type { ProxyConfig } from './types.js';
 
 export interface ControlOptions {
@@ -16,8 +17,8 @@ export interface ControlOptions {
   tlsBase: TlsBase;
   /** Reads the configuration again (same file, same flags) for a reload; without it, reload is refused. */
   reloadConfig?: () => Promise<ProxyConfig>;
-  /** Told around reloads and upgrades (systemd notifications). */
-  events?: { reloading?(): void; reloaded?(ok: boolean): void };
+  /** Told around reloads and upgrades (systemd: RELOADING=1, then READY=1). */
+  notes?: ServiceNotes;
 }
 
 export interface Controls {
@@ -36,10 +37,11 @@ export async function startControls(opts: ControlOptions): Promise<Controls> {
   const upgrade = async (attempt?: string) => {
     if (reloading) await reloading.catch(() => undefined);
     upgrading = true;
-    opts.events?.reloading?.();
+    opts.notes?.reloading('upgrading in place');
     try {
       const r = await upgradeInPlace(server, { handshakeBoundMs: Math.min(config.handshakeTimeoutMs, 5000) }, attempt);
-      opts.events?.reloaded?.(false); // still here: the upgrade did not happen
+      // Still here: the upgrade did not happen, and this image serves on.
+      opts.notes?.ready(`upgrade failed (${r.error ?? 'unknown'}); serving on generation ${server.generation}`);
       return r;
     } finally {
       upgrading = false;
@@ -49,7 +51,7 @@ export async function startControls(opts: ControlOptions): Promise<Controls> {
   const reload = (): Promise<ReloadOutcome> => {
     if (upgrading) return Promise.resolve({ ok: false, at: new Date().toISOString(), error: 'an upgrade is in progress' });
     reloading ??= (async () => {
-      opts.events?.reloading?.();
+      opts.notes?.reloading('reloading the configuration');
       let outcome: ReloadOutcome;
       try {
         if (!opts.reloadConfig) throw new ControlError('this proxy was started without a way to read its configuration again');
@@ -66,7 +68,7 @@ export async function startControls(opts: ControlOptions): Promise<Controls> {
       } else {
         log.error({ err: outcome.error }, `reload refused, the running configuration is unchanged: ${outcome.error}`);
       }
-      opts.events?.reloaded?.(outcome.ok);
+      opts.notes?.ready(outcome.ok ? `reloaded; serving ${server.listeners.length} listener(s)` : `reload refused (${outcome.error}); serving the previous configuration`);
       return outcome;
     })().finally(() => (reloading = undefined));
     return reloading;

@@ -13,6 +13,7 @@ import type { HandoffState } from '../upgrade/state.js';
 import { checkListener } from '../upgrade/restore.js';
 import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
 import { startControls, type Controls } from './control.js';
+import { activatedListeners, serviceNotes } from './systemd.js';
 import type { Listener } from './listener.js';
 import { ProxyServer } from './server.js';
 import type { KtlsSupport, ProxyConfig } from './types.js';
@@ -87,7 +88,10 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   server.pauseAccepting();
 
   if (handoff) continueFrom(server, handoff);
+  const notes = serviceNotes(log);
+  // Sockets to adopt rather than bind: the previous image's (after an upgrade), or systemd's (socket activation).
   const carried = [...(handoff?.listeners ?? [])];
+  const activated = activatedListeners(log);
   const bound: Listener[] = [];
   try {
     for (const l of config.listeners) {
@@ -98,13 +102,20 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
         const bad = checkListener(mine);
         if (bad) throw new Error(`carried listener: ${bad}`);
       }
-      bound.push(server.bind(at, mine?.fd));
+      const fromSystemd = mine ? undefined : activated.get(formatEndpoint(at));
+      if (fromSystemd !== undefined) activated.delete(formatEndpoint(at));
+      bound.push(server.bind(at, mine?.fd ?? fromSystemd));
     }
     for (const l of carried) sys.close(l.fd);
+    for (const [address, fd] of activated) {
+      log.warn({ address }, `socket activation: no listener is configured for ${address}; closed the socket systemd passed`);
+      sys.close(fd);
+    }
     server.serve(bound);
   } catch (e) {
     for (const l of bound) l.close();
     for (const l of carried) sys.close(l.fd);
+    for (const fd of activated.values()) sys.close(fd);
     poller.close();
     await relay.stop();
     throw new StartupError((e as Error).message, 'LISTEN');
@@ -119,7 +130,7 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
 
   let controls: Controls;
   try {
-    controls = await startControls({ server, logger: log, tlsBase, reloadConfig: deps.reloadConfig });
+    controls = await startControls({ server, logger: log, tlsBase, reloadConfig: deps.reloadConfig, notes });
   } catch (e) {
     await server.close();
     poller.close();
@@ -134,6 +145,8 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     );
   }
   log.info({ ktls: support, generation: server.generation }, 'ready');
+  const serving = `serving ${server.listeners.length} listener(s), ${server.live.size} connection(s)`;
+  notes.ready(handoff ? `${serving}; upgraded in place to generation ${server.generation}` : serving);
 
   let closing: Promise<void> | undefined;
   return {
@@ -146,6 +159,7 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     },
     close() {
       closing ??= (async () => {
+        notes.stopping(`stopping: closing ${server.live.size} connection(s)`);
         await controls.close();
         await server.close();
         poller.close();

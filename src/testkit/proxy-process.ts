@@ -44,6 +44,10 @@ export interface ProxyOptions {
   config?: string;
   /** Leave out the default --listen/--backend flags (a config with [[listener]] tables gives them). */
   noListenFlags?: boolean;
+  /** A command prefix the proxy runs under, e.g. ['ip', 'netns', 'exec', 'ns1']. */
+  wrap?: string[];
+  /** Descriptors handed to the proxy as fds 3, 4, ... with LISTEN_FDS/LISTEN_PID set as systemd's socket activation does. */
+  activate?: number[];
 }
 
 /** Pids whose parent is `pid` (zombies included): what a process has left running or uncollected. */
@@ -97,10 +101,15 @@ export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProx
     args.push('--config', file);
   }
   args.push(...(opts.args ?? []));
-  const [cmd, argv] = opts.nice ? ['nice', ['-n', String(opts.nice), process.execPath, ...args]] : [process.execPath, args];
-  const child = spawn(cmd, argv, {
-    env: { ...process.env, IRONSOCKET_STATE_DIR: path.join(dir, 'state'), ...opts.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+  let command = [process.execPath, ...args];
+  if (opts.nice) command = ['nice', '-n', String(opts.nice), ...command];
+  // LISTEN_PID must be the proxy's own pid: a shell sets it, then execs into node (same pid).
+  if (opts.activate) command = ['sh', '-c', 'LISTEN_PID=$$ exec "$0" "$@"', ...command];
+  if (opts.wrap) command = [...opts.wrap, ...command];
+  const activation = opts.activate ? { LISTEN_FDS: String(opts.activate.length) } : {};
+  const child = spawn(command[0]!, command.slice(1), {
+    env: { ...process.env, IRONSOCKET_STATE_DIR: path.join(dir, 'state'), ...activation, ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe', ...(opts.activate ?? [])],
   });
   const lines: string[] = [];
   let stderr = '';
