@@ -68,7 +68,9 @@ export async function startControls(opts: ControlOptions): Promise<Controls> {
       } else {
         log.error({ err: outcome.error }, `reload refused, the running configuration is unchanged: ${outcome.error}`);
       }
-      opts.notes?.ready(outcome.ok ? `reloaded; serving ${server.listeners.length} listener(s)` : `reload refused (${outcome.error}); serving the previous configuration`);
+      opts.notes?.ready(
+        outcome.ok ? `reloaded; serving ${server.listeners.length} listener(s)` : `reload refused (${outcome.error}); serving the previous configuration`,
+      );
       return outcome;
     })().finally(() => (reloading = undefined));
     return reloading;

@@ -13,6 +13,7 @@ import type { HandoffState } from '../upgrade/state.js';
 import { checkListener } from '../upgrade/restore.js';
 import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
 import { startControls, type Controls } from './control.js';
+import { dropPrivileges } from './privileges.js';
 import { activatedListeners, serviceNotes } from './systemd.js';
 import type { Listener } from './listener.js';
 import { ProxyServer } from './server.js';
@@ -28,7 +29,7 @@ export interface ProxyHandle {
 export class StartupError extends Error {
   constructor(
     message: string,
-    readonly code: 'KTLS_REQUIRED' | 'LISTEN' | 'CERT' | 'ADMIN',
+    readonly code: 'KTLS_REQUIRED' | 'LISTEN' | 'CERT' | 'ADMIN' | 'PRIVILEGES',
   ) {
     super(message);
   }
@@ -135,6 +136,15 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     await server.close();
     poller.close();
     throw new StartupError((e as Error).message, 'ADMIN');
+  }
+  try {
+    const who = dropPrivileges({ user: config.user, group: config.group, adminSocket: config.adminSocket });
+    if (who) log.info(who, `running as uid ${who.uid} gid ${who.gid}`);
+  } catch (e) {
+    await controls.close();
+    await server.close();
+    poller.close();
+    throw new StartupError((e as Error).message, 'PRIVILEGES');
   }
   const address = server.listeners[0]!.address;
   for (const [i, l] of server.listeners.entries()) {

@@ -149,6 +149,7 @@ export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProx
         watchers.splice(watchers.indexOf(check), 1);
         reject(new Error(`no log line matching ${re} within ${timeoutMs} ms; stderr:\n${stderr}\nstdout:\n${lines.join('\n')}`));
       }, timeoutMs);
+      t.unref(); // a proxy that exited must not keep the test process alive until this fires
       watchers.push(check);
       check();
     });

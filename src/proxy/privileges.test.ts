@@ -1,0 +1,72 @@
+// Proves the privilege drop: started as root with user/group set, the proxy serves as that user, also after an in-place upgrade.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import tls from 'node:tls';
+import { promisify } from 'node:util';
+import { describe, it } from 'node:test';
+import { echoBackend } from '../testkit/backends.js';
+import { CLI, makeCert, startProxyProcess, tempDir } from '../testkit/proxy-process.js';
+
+const run = promisify(execFile);
+
+/** Real, effective, saved and filesystem uid (or gid) of a process, from /proc. */
+function ids(pid: number, which: 'Uid' | 'Gid'): number[] {
+  const line = fs
+    .readFileSync(`/proc/${pid}/status`, 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith(`${which}:`))!;
+  return line.split(/\s+/).slice(1).map(Number);
+}
+
+function echo(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => s.write(text));
+    let got = '';
+    s.on('data', (d: Buffer) => {
+      got += d.toString();
+      if (got.length >= text.length) {
+        s.destroy();
+        resolve(got);
+      }
+    });
+    s.once('error', reject);
+  });
+}
+
+describe('privilege drop', () => {
+  it('runs as the configured user and group once bound, and stays so across an upgrade', async () => {
+    assert.equal(process.getuid?.(), 0, 'this test needs root (CI runs as root)');
+    const nobody = Number((await run('id', ['-u', 'nobody'])).stdout.trim());
+    const nogroup = Number((await run('getent', ['group', 'nogroup'])).stdout.split(':')[2]);
+    const dir = tempDir('privileges');
+    fs.chmodSync(dir, 0o755);
+    const cert = await makeCert(dir, 'ec');
+    fs.chmodSync(cert.keyFile, 0o644); // the upgraded image re-reads it as nobody
+    const backend = await echoBackend();
+    const proxy = await startProxyProcess({ backendPort: backend.port, cert, args: ['--ktls', 'off'], config: 'user = "nobody"\ngroup = "nogroup"\n' });
+    try {
+      assert.deepEqual(ids(proxy.pid, 'Uid'), [nobody, nobody, nobody, nobody]);
+      assert.deepEqual(ids(proxy.pid, 'Gid'), [nogroup, nogroup, nogroup, nogroup]);
+      assert.equal(fs.statSync(proxy.adminSocket).uid, nobody, 'the admin socket belongs to the new user');
+      assert.equal(await echo(proxy.port, 'as nobody'), 'as nobody');
+      const { stdout } = await run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket]);
+      assert.equal((JSON.parse(stdout) as { ok: boolean }).ok, true, stdout);
+      assert.deepEqual(ids(proxy.pid, 'Uid'), [nobody, nobody, nobody, nobody]);
+      assert.equal(await echo(proxy.port, 'after the upgrade'), 'after the upgrade');
+    } finally {
+      await proxy.stop();
+      await backend.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses to start when the user does not exist', async () => {
+    const backend = await echoBackend();
+    await assert.rejects(
+      startProxyProcess({ backendPort: backend.port, args: ['--ktls', 'off'], config: 'user = "no-such-user-here"\n' }),
+      /user "no-such-user-here" does not exist/,
+    );
+    await backend.close();
+  });
+});

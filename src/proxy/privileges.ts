@@ -1,0 +1,47 @@
+// Drops root once every socket is bound (`user`/`group` in the config), keeping the admin socket usable by the new user.
+import { chownSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { execFileSync } from 'node:child_process';
+
+export class PrivilegeError extends Error {}
+
+/** uid and gid of a user (and group) name or number, via getent (no native binding needed). */
+function lookup(db: 'passwd' | 'group', name: string): { id: number; gid?: number } {
+  if (/^\d+$/.test(name)) return { id: Number(name) };
+  let line: string;
+  try {
+    line = execFileSync('getent', [db, name], { encoding: 'utf8' }).trim().split('\n')[0] ?? '';
+  } catch {
+    throw new PrivilegeError(`${db === 'passwd' ? 'user' : 'group'} "${name}" does not exist`);
+  }
+  const f = line.split(':');
+  return { id: Number(f[2]), gid: db === 'passwd' ? Number(f[3]) : undefined };
+}
+
+/**
+ * Switches to `user` (and `group`, else the user's primary group) for good. As root: chowns the admin
+ * socket and its directory first, so the next image (an upgrade keeps the new uid) can replace it.
+ * Already running as that user (after an upgrade's exec): nothing to do. As anyone else: an error.
+ */
+export function dropPrivileges(opts: { user?: string; group?: string; adminSocket: string }): { uid: number; gid: number } | undefined {
+  if (opts.user === undefined && opts.group === undefined) return undefined;
+  const u = opts.user !== undefined ? lookup('passwd', opts.user) : undefined;
+  const uid = u?.id ?? process.getuid!();
+  const gid = opts.group !== undefined ? lookup('group', opts.group).id : (u?.gid ?? process.getgid!());
+  if (process.getuid!() !== 0) {
+    if (process.getuid!() === uid && process.getgid!() === gid) return { uid, gid };
+    throw new PrivilegeError(`user/group: switching to uid ${uid} gid ${gid} needs root; running as uid ${process.getuid!()} gid ${process.getgid!()}`);
+  }
+  for (const path of [dirname(opts.adminSocket), opts.adminSocket]) {
+    // The directory only when it is ours to give: a private (0700) one like the one we create, never e.g. /run itself.
+    const st = statSync(path);
+    if (path !== opts.adminSocket && (st.uid !== 0 || (st.mode & 0o077) !== 0)) continue;
+    chownSync(path, uid, gid);
+  }
+  const initgroups = (process as unknown as { initgroups?: (user: string | number, extra: number) => void }).initgroups;
+  if (opts.user !== undefined && initgroups) initgroups(opts.user, gid);
+  else process.setgroups!([gid]);
+  process.setgid!(gid);
+  process.setuid!(uid);
+  return { uid, gid };
+}
