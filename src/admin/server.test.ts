@@ -1,6 +1,7 @@
 // Checks the admin socket: request/response round trip, permissions, stale sockets and request limits.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { chmod, lstat, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -164,6 +165,26 @@ describe('admin server and client', () => {
     await mkdir(join(path, '..'));
     await chmod(join(path, '..'), 0o777);
     await assert.rejects(startAdminServer(path, handlers), /writable by other users/);
+  });
+
+  it('answers another user with permission denied even when the socket mode would let them in', async () => {
+    assert.equal(process.getuid?.(), 0, 'this test needs root (CI runs as root) to act as another user');
+    const path = sockPath();
+    const server = await startAdminServer(path, handlers);
+    try {
+      // Open the doors the file modes keep shut: only the peer-uid check is left.
+      await chmod(dir, 0o755);
+      await chmod(join(path, '..'), 0o755);
+      await chmod(path, 0o666);
+      const code = `const s=require('net').connect(${JSON.stringify(path)});s.on('connect',()=>s.write('{"cmd":"status"}\\n'));let d='';s.on('data',c=>d+=c);s.on('close',()=>process.stdout.write(d));s.on('error',e=>process.stdout.write('error '+e.code))`;
+      // Not spawnSync: the server answering it runs on this thread.
+      const r = await promisify(execFile)('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', code], { timeout: 20_000 });
+      assert.deepEqual(JSON.parse(r.stdout), { ok: false, error: 'permission denied: uid 65534 may not use this admin socket' });
+      assert.equal((await adminRequest<StatusSnapshot>(path, 'status')).pid, 1234, 'root is still served');
+    } finally {
+      await chmod(dir, 0o700);
+      await server.close();
+    }
   });
 
   it('tells the client when nothing is running', async () => {

@@ -141,6 +141,23 @@ describe('ironsocket command line', () => {
     assert.match(r.stderr, /key: cannot read ".*missing-key\.pem": no such file/);
   });
 
+  it('check names the listener whose certificate or client CA is wrong in a file with several', async () => {
+    const pair = await ensureDefaultCertificate({ IRONSOCKET_STATE_DIR: join(dir, 'pair') });
+    const other = await ensureDefaultCertificate({ IRONSOCKET_STATE_DIR: join(dir, 'other') });
+    const file = join(dir, 'multi.toml');
+    const good = `cert = ${JSON.stringify(pair.certFile)}\nkey = ${JSON.stringify(pair.keyFile)}`;
+    await writeFile(
+      file,
+      `[[listener]]\nname = "web"\nlisten = "127.0.0.1:1"\nbackend = "127.0.0.1:2"\n${good}\n` +
+        `[[listener]]\nname = "db"\nlisten = "127.0.0.1:3"\nbackend = "127.0.0.1:4"\ncert = ${JSON.stringify(pair.certFile)}\nkey = ${JSON.stringify(other.keyFile)}\nclient_auth = { ca = "nope.pem" }\n`,
+    );
+    const r = await cli('check', '--config', file);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /listener "db": cert ".*" and key ".*" do not match/);
+    assert.match(r.stderr, /listener "db": client_auth\.ca: cannot read ".*nope\.pem": no such file/);
+    assert.doesNotMatch(r.stderr, /listener "web"/);
+  });
+
   it('run exits 1 with a precise message and no stack trace on a bad flag value', async () => {
     const r = await cli('run', '--listen', 'nowhere');
     assert.equal(r.code, 1);
