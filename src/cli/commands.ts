@@ -4,6 +4,8 @@ import { resolve } from 'node:path';
 import { adminRequest, AdminError } from '../admin/client.js';
 import { createLogger, type Logger } from '../admin/log.js';
 import { defaultCertificatePaths } from '../config/default-cert.js';
+import { keyPermissionWarning } from '../config/key-permissions.js';
+import { keylogFileFromEnv, keylogWarning } from '../handshake/keylog-file.js';
 import { checkCaFile, checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
 import { ConfigError, formatHostPort } from '../config/schema.js';
 import type { ProxyConfig } from '../proxy/types.js';
@@ -86,6 +88,8 @@ function banner(r: ResolvedConfig, ktls: string): string[] {
   lines.push(`${pad('kTLS')}${ktls.split('\n').join('\n' + cont)} (policy ${c.ktls})`);
   lines.push(`${pad('admin socket')}${c.adminSocket} (ironsocket status --admin-socket ${c.adminSocket})`);
   lines.push(`${pad('config')}${r.file ?? 'none (defaults and flags)'}`);
+  const keylogFile = keylogFileFromEnv();
+  if (keylogFile !== undefined) lines.push(`${pad('KEY LOGGING')}ON: ${keylogWarning(keylogFile)}`);
   lines.push(
     'to change: ironsocket run --listen HOST:PORT --backend HOST:PORT --cert cert.pem --key key.pem',
     '       or: ironsocket run --config ironsocket.toml   (ironsocket help run lists every option)',
@@ -137,6 +141,8 @@ async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
 }
 
 async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> {
+  // Warnings (a key file others can read) are printed whatever the outcome, and never fail the check.
+  const warnings = new Map<string, string>();
   try {
     const r = await resolveConfig({ file: cmd.config, flags: cmd.flags, generateDefaultCert: false });
     const problems: string[] = [];
@@ -145,6 +151,8 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
       for (const c of l.certs) {
         if (r.certSource === 'default-not-generated' && c.names.join() === 'localhost' && c.certFile.includes('localhost')) continue;
         problems.push(...(await checkCertificateFiles(c.certFile, c.keyFile)).map((p) => where + p));
+        const loose = warnings.has(c.keyFile) ? undefined : await keyPermissionWarning(c.keyFile);
+        if (loose) warnings.set(c.keyFile, loose);
       }
       if (l.clientAuth) problems.push(...(await checkCaFile(l.clientAuth.caFile)).map((p) => where + p));
     }
@@ -152,11 +160,13 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
     // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.
     await import('../proxy/start.js');
     process.stdout.write('config OK\n');
+    for (const w of warnings.values()) process.stdout.write(`warning: ${w}\n`);
     if (r.certSource !== 'configured') {
       process.stdout.write(`note: no cert/key configured; run will use the self-signed localhost certificate in ${defaultCertificatePaths().certFile}\n`);
     }
     return EXIT_OK;
   } catch (e) {
+    for (const w of warnings.values()) err(`ironsocket: warning: ${w}`);
     reportFailure('check failed', e, isDebug(cmd.flags.logLevel));
     return EXIT_FAILURE;
   }

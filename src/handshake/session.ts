@@ -63,6 +63,8 @@ export interface HandshakeOptions {
   requestCert?: boolean;
   /** Aborting fails the handshake at once (an upgrade that could not wait for it). */
   signal?: AbortSignal;
+  /** Hears each key log line before it is parsed and zeroed: only the IRONSOCKET_KEYLOG_FILE debug switch sets it. */
+  keylog?: (line: Buffer) => void;
 }
 
 /** One record seen on the wire during the handshake (server output is kept whole for sequence accounting). */
@@ -125,7 +127,10 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
       // The decision (and the right alert) is the caller's: node:tls would only drop the connection.
       rejectUnauthorized: false,
     });
-    socket.on('keylog', (line: Buffer) => keylog.add(line));
+    socket.on('keylog', (line: Buffer) => {
+      opts.keylog?.(line);
+      keylog.add(line);
+    });
     socket.on('secure', () => {
       secure = true;
     });

@@ -77,6 +77,10 @@ const fn = {
   pipe2: libc.func('int pipe2(void *, int)'),
   splice: libc.func('intptr_t splice(int, void *, int, void *, size_t, unsigned int)'),
   clock_gettime: libc.func('int clock_gettime(int, void *)'),
+  getenv: libc.func('void *getenv(const char *)'),
+  strlen: libc.func('size_t strlen(const void *)'),
+  /** memset at an address computed in JavaScript (a pointer that koffi does not hold). */
+  memsetAt: libc.func('void *memset(uintptr_t, int, size_t)'),
 };
 
 /** A failed system call, carrying errno and its symbolic name. */
@@ -175,6 +179,18 @@ export const sys = {
   },
   eventfd: (flags: number) => check('eventfd', fn.eventfd(0, flags)),
   /** An anonymous in-memory file (never on disk), close-on-exec. */
+  /**
+   * Removes `name` from the environment and zeroes its `NAME=value` bytes where they are. unsetenv alone
+   * leaves the bytes exec put on the stack, which /proc/<pid>/environ goes on showing.
+   */
+  scrubEnv: (name: string): void => {
+    const value = fn.getenv(name) as unknown;
+    delete process.env[name]; // unsetenv: the entry leaves environ before its bytes are overwritten
+    if (value === null) return;
+    const start = koffi.address(value) - BigInt(name.length + 1);
+    const length = name.length + 1 + Number(fn.strlen(value));
+    fn.memsetAt(start, 0, length);
+  },
   memfdCreate: (name: string) => check('memfd_create', fn.memfd_create(name, 1 /* MFD_CLOEXEC */)),
   rewind: (fd: number) => check('lseek', Number(fn.lseek(fd, 0, 0))),
   /** Replaces the process image; returns only on failure (the errno). */

@@ -45,6 +45,8 @@ export interface ConnectionContext {
   established(c: LiveConnection): void;
   /** A connection that never reached the relay is gone. */
   gone(id: string): void;
+  /** Appends each handshake's key log lines to the IRONSOCKET_KEYLOG_FILE file; unset (the default), nothing is logged. */
+  keylog?: (line: Buffer) => void;
 }
 
 /** A connection handed to the relay: what status reports about it. */
@@ -140,6 +142,7 @@ export async function serveConnection(ctx: ConnectionContext, listener: Listener
         signal: ctx.signalFor(id),
         // KeyUpdate in userspace needs the current traffic secrets; the kernel path wipes them once installed.
         keepTrafficSecrets: true,
+        keylog: ctx.keylog,
       });
     } catch (e) {
       const he = e instanceof HandshakeError ? e : new HandshakeError(String(e), 'internal');

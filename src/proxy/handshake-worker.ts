@@ -1,6 +1,7 @@
 // Handshake worker entry: runs TLS handshakes (OpenSSL via node:tls) on its own thread and hands established connections back.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createLogger } from '../admin/log.js';
+import { openKeylogFile } from '../handshake/keylog-file.js';
 import { Poller } from '../kernel/poller.js';
 import { keyBuffers } from '../relay/protocol.js';
 import { BackendPool } from './backend-pool.js';
@@ -40,6 +41,7 @@ function runtimes(ls: HandshakeListener[]): ListenerRuntime[] {
 }
 
 let listeners = runtimes(init.listeners);
+const keylogFile = init.keylogFile !== undefined ? openKeylogFile(init.keylogFile) : undefined;
 
 const ctx: ConnectionContext = {
   poller,
@@ -53,6 +55,16 @@ const ctx: ConnectionContext = {
   // The main thread learns of it with the fds, below.
   established: () => {},
   gone: (id) => post({ op: 'gone', id, counts: takeCounts() }),
+  keylog: keylogFile
+    ? (line) => {
+        try {
+          keylogFile.write(line);
+        } catch (e) {
+          // A debugging aid must not fail the handshake it records.
+          ctx.logger.warn({ err: (e as Error).message }, `cannot append to ${init.keylogFile}: ${(e as Error).message}`);
+        }
+      }
+    : undefined,
   relay: {
     add(info, clientFd, backendFd, user) {
       // Keys move, they are not copied: the buffers become the main thread's.
@@ -85,6 +97,7 @@ port.on('message', (m: ToHandshaker) => {
     case 'stop':
       for (const a of aborts.values()) a.abort('shutting down');
       poller.close();
+      keylogFile?.close();
       port.close();
       break;
   }

@@ -17,6 +17,8 @@ export interface HandshakerInit {
   backendConnectTimeoutMs: number;
   backendRetryMs: number;
   logLevel: LogLevel;
+  /** The IRONSOCKET_KEYLOG_FILE debug switch: each worker appends every session's key log lines here. */
+  keylogFile?: string;
   /** Wait on epoll inline rather than on a libuv pool thread (set by the pool: more workers than pool threads to spare). */
   inlinePoll?: boolean;
 }

@@ -3,6 +3,7 @@ import dns from 'node:dns/promises';
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import tls from 'node:tls';
+import { keyPermissionWarning } from '../config/key-permissions.js';
 import { CertSelector, certificateNames } from '../handshake/sni.js';
 import type { Endpoint } from '../kernel/sockaddr.js';
 import type { HostPort, ListenerConfig, ProxyProtocolVersion } from './types.js';
@@ -49,8 +50,11 @@ async function readPem(what: string, path: string, listener: string): Promise<Bu
   }
 }
 
+/** Receives a warning about a configured file that does not stop it being served (e.g. a key others can read). */
+export type SetupWarn = (message: string, file: string) => void;
+
 /** Reads and checks every file of `l`; throws ListenerSetupError naming the listener and file on any problem. */
-export async function prepareListener(l: ListenerConfig, base: TlsBase): Promise<HandshakeListener> {
+export async function prepareListener(l: ListenerConfig, base: TlsBase, warn?: SetupWarn): Promise<HandshakeListener> {
   const groups: CertGroup[] = [];
   const byNames = new Map<string, CertGroup>();
   const ordered = [...l.certs].sort((a, b) => Number(b.default) - Number(a.default)); // the default first, others in order
@@ -59,6 +63,8 @@ export async function prepareListener(l: ListenerConfig, base: TlsBase): Promise
     for (const c of ordered) {
       const cert = await readPem('certificate', c.certFile, l.name);
       const key = await readPem('key', c.keyFile, l.name);
+      const loose = warn ? await keyPermissionWarning(c.keyFile) : undefined;
+      if (loose) warn!(loose, c.keyFile);
       let names: string[];
       try {
         names = c.names.length > 0 ? c.names.map((n) => n.toLowerCase()) : certificateNames(cert);
@@ -118,11 +124,22 @@ export async function prepareListener(l: ListenerConfig, base: TlsBase): Promise
   }
 }
 
-/** Prepares every listener of `config` (all or nothing); throws with the first problem. */
-export async function prepareAll(config: { listeners: ListenerConfig[] }, base: TlsBase): Promise<HandshakeListener[]> {
+/**
+ * Prepares every listener of `config` (all or nothing); throws with the first problem. `warn` hears each
+ * warning once per file, however many listeners use that file.
+ */
+export async function prepareAll(config: { listeners: ListenerConfig[] }, base: TlsBase, warn?: SetupWarn): Promise<HandshakeListener[]> {
   const out: HandshakeListener[] = [];
+  const warned = new Set<string>();
+  const once: SetupWarn | undefined = warn
+    ? (message, file) => {
+        if (warned.has(file)) return;
+        warned.add(file);
+        warn(message, file);
+      }
+    : undefined;
   try {
-    for (const l of config.listeners) out.push(await prepareListener(l, base));
+    for (const l of config.listeners) out.push(await prepareListener(l, base, once));
     return out;
   } catch (e) {
     wipeListeners(out);

@@ -28,7 +28,7 @@ export async function reloadConfig(server: ProxyServer, next: ProxyConfig, base:
   const current = server.deps.config;
   let served: HandshakeListener[];
   try {
-    served = await prepareAll(next, base);
+    served = await prepareAll(next, base, (message, file) => server.deps.logger.warn({ file }, message));
   } catch (e) {
     return { ok: false, at, error: (e as Error).message };
   }

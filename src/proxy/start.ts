@@ -1,6 +1,7 @@
 // Starts the proxy — fresh, or continuing a previous image's connections after exec — and serves the admin socket.
 import crypto from 'node:crypto';
 import type { Logger } from '../admin/log.js';
+import { KEYLOG_ENV, keylogFileFromEnv, keylogWarning, openKeylogFile } from '../handshake/keylog-file.js';
 import { sys } from '../kernel/libc.js';
 import { Poller } from '../kernel/poller.js';
 import { probeKernel, type KernelProbe } from '../kernel/probe.js';
@@ -29,7 +30,7 @@ export interface ProxyHandle {
 export class StartupError extends Error {
   constructor(
     message: string,
-    readonly code: 'KTLS_REQUIRED' | 'LISTEN' | 'CERT' | 'ADMIN' | 'PRIVILEGES',
+    readonly code: 'KTLS_REQUIRED' | 'LISTEN' | 'CERT' | 'ADMIN' | 'PRIVILEGES' | 'KEYLOG',
   ) {
     super(message);
   }
@@ -64,9 +65,19 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   // Offer only what can be carried after the handshake: with `require`, what the kernel accepted.
   const offered = config.ktls === 'require' ? SUITES.filter((s) => kernelSuites.has(s.name)) : SUITES;
   const tlsBase: TlsBase = { minVersion: 'TLSv1.2', ciphers: offered.map((s) => s.name).join(':'), secureOptions: crypto.constants.SSL_OP_NO_RENEGOTIATION };
+  // Debug switch only: with it, every session can be decrypted by whoever reads the file. Said loudly, every start.
+  const keylogFile = keylogFileFromEnv();
+  if (keylogFile !== undefined) {
+    try {
+      openKeylogFile(keylogFile).close(); // created 0600 now, so that a path that cannot be written stops the start
+    } catch (e) {
+      throw new StartupError(`${KEYLOG_ENV}=${keylogFile}: ${(e as Error).message}`, 'KEYLOG');
+    }
+    log.error({ keylogFile }, keylogWarning(keylogFile));
+  }
   let served: HandshakeListener[];
   try {
-    served = await prepareAll(config, tlsBase);
+    served = await prepareAll(config, tlsBase, (message, file) => log.warn({ file }, message));
   } catch (e) {
     throw new StartupError((e as Error).message, 'CERT');
   }
@@ -82,6 +93,7 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     backendConnectTimeoutMs: config.backendConnectTimeoutMs,
     backendRetryMs: config.backendRetryMs,
     logLevel: config.logLevel,
+    keylogFile,
   };
   const server = new ProxyServer({ config, logger: log, poller, relay, handshake, staggerWorkers: stagger, probe, support, kernelSuites });
   wipeListeners(served); // the handshake workers have their copies

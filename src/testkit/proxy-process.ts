@@ -22,9 +22,13 @@ export interface RunningProxy {
   /** Every listener's port, in config order. */
   ports: number[];
   adminSocket: string;
+  /** The proxy's private temporary directory: admin socket, config file, state dir (removed by stop). */
+  dir: string;
   child: ChildProcess;
   /** Everything the proxy printed on stdout (JSON logs) so far. */
   logs(): string[];
+  /** Everything the proxy printed on stderr (the banner, failures) so far. */
+  stderr(): string;
   status(): Promise<StatusSnapshot>;
   /** Open file descriptors of the proxy process right now. */
   fdCount(): number;
@@ -167,8 +171,10 @@ export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProx
     port,
     ports,
     adminSocket,
+    dir,
     child,
     logs: () => lines.slice(),
+    stderr: () => stderr,
     waitForLog,
     fdCount: () => fs.readdirSync(`/proc/${child.pid}/fd`).length,
     async status() {

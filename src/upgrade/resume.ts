@@ -12,7 +12,7 @@ export const RELAY_WORKER = new URL('./relay-worker.js', import.meta.url);
 /** If this process was exec'ed by an upgrade, reads (and closes) the hand-off memfd; removes the variable either way. */
 export function takeHandoff(): HandoffState | undefined {
   const raw = process.env[HANDOFF_ENV];
-  delete process.env[HANDOFF_ENV];
+  sys.scrubEnv(HANDOFF_ENV);
   if (!raw) return undefined;
   const fd = Number(raw);
   if (!Number.isInteger(fd) || fd < 3) throw new Error(`${HANDOFF_ENV}=${raw} is not a file descriptor`);
