@@ -178,7 +178,6 @@ export const sys = {
     fn.epoll_wait.async(ep, events, max, timeoutMs, (err: unknown, r: number) => cb(err ? -EINTR : r));
   },
   eventfd: (flags: number) => check('eventfd', fn.eventfd(0, flags)),
-  /** An anonymous in-memory file (never on disk), close-on-exec. */
   /**
    * Removes `name` from the environment and zeroes its `NAME=value` bytes where they are. unsetenv alone
    * leaves the bytes exec put on the stack, which /proc/<pid>/environ goes on showing.
@@ -191,6 +190,7 @@ export const sys = {
     const length = name.length + 1 + Number(fn.strlen(value));
     fn.memsetAt(start, 0, length);
   },
+  /** An anonymous in-memory file (never on disk), close-on-exec. */
   memfdCreate: (name: string) => check('memfd_create', fn.memfd_create(name, 1 /* MFD_CLOEXEC */)),
   rewind: (fd: number) => check('lseek', Number(fn.lseek(fd, 0, 0))),
   /** Replaces the process image; returns only on failure (the errno). */
