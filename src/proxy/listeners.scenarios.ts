@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
+import { adminRequest } from '../admin/client.js';
 import { PP2 } from './proxy-protocol.js';
+import type { ConnectionStatus } from './types.js';
 import { issue, makeCa, type Ca, type Pair } from '../testkit/pki.js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -183,6 +185,9 @@ client_auth = { ca = ${JSON.stringify(ca.certFile)}, verify = "optional" }
       assert.equal(mine(h2.socket)?.backend, `127.0.0.1:${b.port}`);
       assert.equal(mine(none.socket)?.alpn, undefined);
       assert.equal(mine(h2.socket)?.mode, mode);
+      // The admin API's `connections` answers the same list without the rest of the status.
+      const listed = await adminRequest<ConnectionStatus[]>(proxy.adminSocket, 'connections');
+      assert.equal(listed.find((c) => c.client.endsWith(`:${h2.socket.localPort}`))?.alpn, 'h2');
       for (const c of [h2, h1, none]) c.socket.destroy();
     });
 
