@@ -39,7 +39,10 @@ export async function startControls(opts: ControlOptions): Promise<Controls> {
     upgrading = true;
     opts.notes?.reloading('upgrading in place');
     try {
-      const r = await upgradeInPlace(server, { handshakeBoundMs: Math.min(config.handshakeTimeoutMs, 5000) }, attempt);
+      // A connection still in its handshake or backend connect cannot be carried (OpenSSL's state is in this
+      // process): wait for it as long as it may take anyway, so an upgrade never cuts a client that is still in time.
+      const boundMs = config.handshakeTimeoutMs + config.backendConnectTimeoutMs;
+      const r = await upgradeInPlace(server, { handshakeBoundMs: boundMs }, attempt);
       // Still here: the upgrade did not happen, and this image serves on.
       opts.notes?.ready(`upgrade failed (${r.error ?? 'unknown'}); serving on generation ${server.generation}`);
       return r;
