@@ -12,6 +12,7 @@ import { promisify } from 'node:util';
 import { CLI, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
 import { modeArgs, type Mode } from './real-clients.scenarios.js';
 import { proxyProtocolEcho, taggedEcho, type TestServer } from '../testkit/tagged-backends.js';
+import { echo } from '../testkit/tls-echo.js';
 
 interface Connected {
   socket: tls.TLSSocket;
@@ -35,23 +36,6 @@ function connect(port: number, o: tls.ConnectionOptions & { waitFor?: number } =
       };
       socket.on('data', onData);
     });
-  });
-}
-
-/** Sends `text` and resolves with the echo. */
-function echo(socket: tls.TLSSocket, text: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let got = '';
-    const onData = (d: Buffer) => {
-      got += d.toString();
-      if (got.length >= text.length) {
-        socket.off('data', onData);
-        resolve(got);
-      }
-    };
-    socket.on('data', onData);
-    socket.once('error', reject);
-    socket.write(text);
   });
 }
 

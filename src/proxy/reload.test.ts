@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { issue, type Pair } from '../testkit/pki.js';
 import { CLI, eventually, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
 import { taggedEcho, type TestServer } from '../testkit/tagged-backends.js';
+import { echo } from '../testkit/tls-echo.js';
 
 const run = promisify(execFile);
 
@@ -20,22 +21,6 @@ function open(port: number): Promise<{ socket: tls.TLSSocket; fingerprint: strin
     const socket = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, servername: 'site.test' });
     socket.once('error', reject);
     socket.once('data', (d: Buffer) => resolve({ socket, fingerprint: socket.getPeerX509Certificate()!.fingerprint256, tag: d.toString() }));
-  });
-}
-
-function echo(socket: tls.TLSSocket, text: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let got = '';
-    const onData = (d: Buffer) => {
-      got += d.toString();
-      if (got.length >= text.length) {
-        socket.off('data', onData);
-        resolve(got);
-      }
-    };
-    socket.on('data', onData);
-    socket.once('error', reject);
-    socket.write(text);
   });
 }
 

@@ -8,24 +8,9 @@ import { after, before, describe, it } from 'node:test';
 import { echoBackend, type Backend } from '../testkit/backends.js';
 import { FakeNotifySocket, type NotifyMessage } from '../testkit/notify-socket.js';
 import { CLI, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
+import { echo } from '../testkit/tls-echo.js';
 
 const run = promisify(execFile);
-
-function echoOnce(socket: tls.TLSSocket, text: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let got = '';
-    const onData = (d: Buffer) => {
-      got += d.toString();
-      if (got.length >= text.length) {
-        socket.off('data', onData);
-        resolve(got);
-      }
-    };
-    socket.on('data', onData);
-    socket.once('error', reject);
-    socket.write(text);
-  });
-}
 
 function tlsConnect(port: number): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
@@ -60,7 +45,7 @@ describe('systemd notify service', () => {
 
   it('says RELOADING=1 then READY=1 around an upgrade, from the same PID, and a connection keeps flowing', async () => {
     const live = await tlsConnect(proxy.port);
-    assert.equal(await echoOnce(live, 'before'), 'before');
+    assert.equal(await echo(live, 'before'), 'before');
     const seen = notify.messages().length;
     const { stdout } = await run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket]);
     const outcome = JSON.parse(stdout) as { ok: boolean; pid: number; generation: number };
@@ -70,7 +55,7 @@ describe('systemd notify service', () => {
     assert.deepEqual(states(during), ['RELOADING', 'READY']);
     assert.match(during[0]!.fields.MONOTONIC_USEC ?? '', /^\d+$/);
     assert.match(during[1]!.fields.STATUS ?? '', /upgraded in place to generation 2/);
-    assert.equal(await echoOnce(live, 'after'), 'after');
+    assert.equal(await echo(live, 'after'), 'after');
     live.destroy();
   });
 
@@ -106,11 +91,11 @@ describe('socket activation', () => {
       server.close(); // our copy; the proxy holds its own
       assert.equal(proxy.port, port);
       const c = await tlsConnect(port);
-      assert.equal(await echoOnce(c, 'activated'), 'activated');
+      assert.equal(await echo(c, 'activated'), 'activated');
       await run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket]);
-      assert.equal(await echoOnce(c, 'still'), 'still');
+      assert.equal(await echo(c, 'still'), 'still');
       const again = await tlsConnect(port);
-      assert.equal(await echoOnce(again, 'new image'), 'new image');
+      assert.equal(await echo(again, 'new image'), 'new image');
       assert.equal(proxy.logs().filter((l) => /socket activation/.test(l)).length, 0, 'no socket was refused');
       c.destroy();
       again.destroy();
