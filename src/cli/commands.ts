@@ -116,7 +116,8 @@ async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
     reportFailure('cannot start', e, debug);
     return EXIT_FAILURE;
   }
-  for (const line of banner(resolved, handle.describeKtls())) err(line);
+  // One write, so a reader of the pipe (a supervisor, a test) never sees half a banner.
+  err(banner(resolved, handle.describeKtls()).join('\n'));
 
   return new Promise<number>((done) => {
     let stopping = false;

@@ -29,7 +29,9 @@ export function npmStartScenario(expectMode: 'kernel' | 'user'): void {
     child.stderr!.on('data', (d: Buffer) => (stderr += d));
     child.stdout!.on('data', (d: Buffer) => (stdout += d));
     try {
-      await eventually(() => /listening on\s+127\.0\.0\.1:8443/.test(stderr), 60_000, `the banner (stderr so far: ${stderr})`);
+      // The banner's last line: a pipe may deliver it in pieces, so wait for the whole of it.
+      await eventually(() => /ironsocket help run lists every option/.test(stderr), 60_000, `the banner (stderr so far: ${stderr})`);
+      assert.match(stderr, /listening on\s+127\.0\.0\.1:8443/);
       assert.match(stderr, /forwarding to\s+127\.0\.0\.1:8080/);
       assert.match(stderr, /to change:/);
       const { stdout: got } = await run('curl', ['-sk', '--fail', 'https://127.0.0.1:8443/'], { encoding: 'buffer', maxBuffer: 1 << 20 });
