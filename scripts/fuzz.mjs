@@ -15,6 +15,9 @@ import { captureClientHello, oneByteTransport, tlsRecord } from '../dist/testkit
 import { CLI, tempDir } from '../dist/testkit/proxy-process.js';
 
 const run = promisify(execFile);
+// Inside the kTLS lane's User-Mode Linux guest (1 CPU, Node ~10x slower): fewer inputs at once, every wait x10.
+const GUEST = process.env.IRONSOCKET_KTLS_LANE === 'uml';
+const SLOW = GUEST ? 10 : 1;
 const usage = (msg) => {
   console.error(`fuzz: ${msg}\nusage: npm run fuzz -- [--inputs N] [--seed S] [--ktls off|auto|require] [--concurrency C] [--only I]`);
   process.exit(2);
@@ -27,7 +30,7 @@ try {
       inputs: { type: 'string', default: '10000' },
       seed: { type: 'string' },
       ktls: { type: 'string', default: 'auto' },
-      concurrency: { type: 'string', default: '64' },
+      concurrency: { type: 'string', default: GUEST ? '16' : '64' },
       only: { type: 'string' },
     },
   }));
@@ -45,9 +48,9 @@ if (ONLY !== undefined && !(Number.isInteger(ONLY) && ONLY >= 0)) usage(`--only:
 if (!['auto', 'off', 'require'].includes(opt.ktls)) usage(`--ktls: expected auto, off or require, got ${opt.ktls}`);
 
 /** Time a raw input may take before the client gives up and closes (the proxy's own handshake timeout is 10 s). */
-const INPUT_TIMEOUT_MS = 2000;
+const INPUT_TIMEOUT_MS = 2000 * SLOW;
 /** Legal inputs (a ClientHello in 1-byte segments, a renegotiation attempt) get longer: they do real handshakes under load. */
-const REAL_CLIENT_TIMEOUT_MS = 8000;
+const REAL_CLIENT_TIMEOUT_MS = 8000 * SLOW;
 const FD_TOLERANCE = 4;
 const RSS_LIMIT_MIB = 200;
 
@@ -321,9 +324,15 @@ async function status(adminSocket) {
 async function startProxy(backendPort) {
   const dir = tempDir('fuzz');
   const adminSocket = path.join(dir, 'admin.sock');
+  const args = [CLI, 'run', '--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${backendPort}`, '--admin-socket', adminSocket, '--log-level', 'warn', '--ktls', opt.ktls];
+  if (GUEST) {
+    // The guest's one slow CPU can keep a legal (1-byte-segmented) handshake waiting past the default 10 s.
+    fs.writeFileSync(path.join(dir, 'fuzz.toml'), '[timeouts]\nhandshake = "60s"\nbackend_connect = "30s"\n');
+    args.push('--config', path.join(dir, 'fuzz.toml'));
+  }
   const child = spawn(
     process.execPath,
-    [CLI, 'run', '--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${backendPort}`, '--admin-socket', adminSocket, '--log-level', 'warn', '--ktls', opt.ktls],
+    args,
     { env: { ...process.env, IRONSOCKET_STATE_DIR: path.join(dir, 'state') }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let stderr = '';
@@ -337,7 +346,7 @@ async function startProxy(backendPort) {
   child.stderr.setEncoding('utf8').on('data', (d) => (stderr = (stderr + d).slice(-8000)));
   const proxy = { child, dir, adminSocket, exit: undefined, stderr: () => stderr, lastLines: () => lastLines };
   child.once('exit', (code, signal) => (proxy.exit = { code, signal }));
-  for (const end = Date.now() + 30_000; ;) {
+  for (const end = Date.now() + 30_000 * SLOW; ;) {
     if (proxy.exit) throw new Error(`proxy exited (${JSON.stringify(proxy.exit)}) before serving:\n${stderr}`);
     try {
       const st = await status(adminSocket);
@@ -346,7 +355,7 @@ async function startProxy(backendPort) {
     } catch {
       /* not answering yet */
     }
-    if (Date.now() > end) throw new Error(`proxy did not answer status within 30 s:\n${stderr}`);
+    if (Date.now() > end) throw new Error(`proxy did not answer status within ${30 * SLOW} s:\n${stderr}`);
     await sleep(100);
   }
 }
@@ -358,7 +367,7 @@ function goodClient(port) {
     const c = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', rejectUnauthorized: false });
     const chunks = [];
     let n = 0;
-    const timer = setTimeout(() => finish(`timed out after ${n} bytes`), 20_000);
+    const timer = setTimeout(() => finish(`timed out after ${n} bytes`), 20_000 * SLOW);
     const finish = (err) => {
       clearTimeout(timer);
       c.destroy();
@@ -432,7 +441,7 @@ let countersAfter = {};
 if (!proxy.exit) {
   goodAfter = await goodClient(proxy.port);
   // Connections drain: lingering closes take up to 2 s, abandoned handshakes up to the 10 s handshake timeout.
-  for (const end = Date.now() + 15_000; !proxy.exit; await sleep(200)) {
+  for (const end = Date.now() + 15_000 * SLOW; !proxy.exit; await sleep(200)) {
     fdAfter = fdCount(pid);
     if (fdAfter <= fdBefore + FD_TOLERANCE || Date.now() > end) break;
   }
