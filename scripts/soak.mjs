@@ -25,7 +25,7 @@ const { values: opt } = parseArgs({
     streams: { type: 'string', default: '100' },
     'period-ms': { type: 'string', default: GUEST ? '250' : '100' },
     chunk: { type: 'string', default: GUEST ? '128' : '256' },
-    'churn-rate': { type: 'string', default: GUEST ? '2' : '20' },
+    'churn-rate': { type: 'string', default: GUEST ? '1' : '20' },
     'churn-bytes': { type: 'string', default: '64' },
     'upgrade-every': { type: 'string', default: '5s' },
     ktls: { type: 'string', default: 'auto' },
@@ -62,6 +62,12 @@ const FD_TOLERANCE = Number(opt['fd-tolerance']);
 const SETTLE_MS = GUEST ? 3000 : 1000; // after each upgrade: the window in which the streams' stall is measured
 const CHURN_TIMEOUT_MS = GUEST ? 120_000 : 30_000; // a churn connection still waiting this long has failed
 const DRAIN_MS = GUEST ? 120_000 : 30_000;
+// An upgrade first lets in-flight handshakes finish (up to the handshake + backend-connect timeouts: 90 s in the
+// guest), then starts two Node processes (bridge and new image) that take the guest's one CPU ~10 s each.
+const UPGRADE_TIMEOUT_MS = GUEST ? 300_000 : 120_000;
+// In the guest an upgrade starts only once the churn connections queued by the last one are through (at most this
+// long): back-to-back upgrades would otherwise starve the handshakes of CPU until they time out.
+const CATCH_UP_MS = GUEST ? 60_000 : 0;
 if (opt.short && STREAMS < 100) throw new Error('--short needs --streams ≥ 100');
 if (!['auto', 'off', 'require'].includes(opt.ktls)) throw new Error(`--ktls: auto, off or require, not ${opt.ktls}`);
 
@@ -95,6 +101,7 @@ let footLoaded;
 let footEnd;
 let drained;
 let mode;
+let caughtUpMs = 0; // the longest wait, before an upgrade in the guest, for queued churn connections
 
 /** One short connection: handshake, ECHO, `CHURN_BYTES` of the pattern back byte for byte, close. Anything else fails it. */
 function churnOne(seq) {
@@ -178,12 +185,17 @@ try {
     await sleep(Math.max(0, Math.min(next, t0 + DURATION) - Date.now()));
     if (enough() || !alive()) break;
     if (Date.now() < next) continue;
+    if (CATCH_UP_MS) {
+      const waitFrom = Date.now();
+      while (churn.inFlight > Math.max(2, CHURN_RATE * 2) && Date.now() - waitFrom < CATCH_UP_MS && alive()) await sleep(250);
+      caughtUpMs = Math.max(caughtUpMs, Date.now() - waitFrom);
+    }
     await client('streamsMark');
     const started = Date.now();
     next = started + UPGRADE_EVERY;
     const row = { n: upgrades.length + 1, ok: false };
     try {
-      const { after, u } = await upgradeBySignal(proxy.adminSocket, proxy.pid, alive);
+      const { after, u } = await upgradeBySignal(proxy.adminSocket, proxy.pid, alive, UPGRADE_TIMEOUT_MS);
       Object.assign(row, { ok: u.ok, generation: after.generation, pid: after.pid, moved: u.moved, proxyStallMs: u.stallMs, error: u.error });
       if (after.pid !== proxy.pid) row.error = `pid changed from ${proxy.pid} to ${after.pid}`;
       if (u.failedToRestore || u.closedDuringUpgrade)
@@ -236,7 +248,7 @@ const max = (xs) => (xs.length ? Math.max(...xs) : 0);
 console.log(`\n# soak — ${new Date().toISOString()} — ${os.cpus().length} CPU ${os.cpus()[0]?.model ?? ''}, Linux ${os.release()}, Node ${process.version}`);
 console.log(`duration            ${((Date.now() - t0) / 1000).toFixed(1)} s (asked ${DURATION / 1000} s${MIN_UPGRADES ? `, ≥ ${MIN_UPGRADES} upgrades` : ''})`);
 console.log(`mode                ${mode ?? 'unknown'} (--ktls ${opt.ktls}${GUEST ? ', UML guest' : ''})`);
-console.log(`upgrades            ${upgrades.length} (ok ${ok}, failed ${upgrades.length - ok}), one every ≥ ${UPGRADE_EVERY / 1000} s`);
+console.log(`upgrades            ${upgrades.length} (ok ${ok}, failed ${upgrades.length - ok}), one every ≥ ${UPGRADE_EVERY / 1000} s${CATCH_UP_MS ? ` once queued churn is through (longest wait ${(caughtUpMs / 1000).toFixed(1)} s)` : ''}`);
 console.log(
   `stall per upgrade   proxy-measured max ${max(upgrades.map((u) => u.proxyStallMs ?? 0))} ms, client-seen max ${max(upgrades.map((u) => u.clientStallMs ?? 0))} ms (largest gap − ${PERIOD_MS} ms period); upgrade took max ${max(upgrades.map((u) => u.ms))} ms`,
 );

@@ -74,10 +74,10 @@ export function wrong(message) {
  * socket (down across the exec) for its outcome: `{ before, after, u }`, the `upgrade-result` answers before and
  * after and the new `lastUpgrade` (which may say it failed). `alive()` false stops the wait with the proxy's story.
  */
-export async function upgradeBySignal(adminSocket, pid, alive = () => true) {
+export async function upgradeBySignal(adminSocket, pid, alive = () => true, timeoutMs = 120_000) {
   const before = await adminRequest(adminSocket, 'upgrade-result');
   process.kill(pid, 'SIGUSR2');
-  for (const end = Date.now() + 120_000; Date.now() < end; ) {
+  for (const end = Date.now() + timeoutMs; Date.now() < end; ) {
     await sleep(100);
     if (!alive()) throw new Error('the proxy exited during the upgrade');
     const r = await adminRequest(adminSocket, 'upgrade-result').catch(() => undefined);
@@ -86,5 +86,5 @@ export async function upgradeBySignal(adminSocket, pid, alive = () => true) {
     if (u.ok && r.generation <= before.generation) continue;
     return { before, after: r, u };
   }
-  throw new Error('no upgrade outcome within 120 s');
+  throw new Error(`no upgrade outcome within ${timeoutMs / 1000} s`);
 }
