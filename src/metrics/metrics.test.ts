@@ -55,6 +55,11 @@ const ZEROS: Record<string, number> = {
     ]),
   ),
   ...Object.fromEntries(['refused', 'timeout', 'unreachable', 'error'].map((r) => [`ironsocket_backend_errors_total{reason="${r}"}`, 0])),
+  ...Object.fromEntries(
+    ['completed', 'client_truncated', 'client_alert', 'protocol_error', 'client_error', 'backend_error', 'idle_timeout', 'shutdown', 'restore_failed'].map(
+      (c) => [`ironsocket_connections_closed_by_cause_total{cause="${c}"}`, 0],
+    ),
+  ),
   'ironsocket_bytes_total{direction="in"}': 0,
   'ironsocket_bytes_total{direction="out"}': 0,
   ironsocket_connections_accepted_total: 0,
@@ -73,6 +78,9 @@ describe('createMetrics', () => {
       counters: {
         connections_accepted: 42,
         connections_closed: 30,
+        closed_completed: 22,
+        closed_protocol_error: 3,
+        closed_idle_timeout: 5,
         handshakes_ok: 35,
         handshake_failed_timeout: 3,
         'handshake_failed_client-closed': 2,
@@ -106,6 +114,9 @@ describe('createMetrics', () => {
       'ironsocket_handshakes_failed_total{reason="timeout"}': 3,
       'ironsocket_handshakes_failed_total{reason="client-closed"}': 2,
       'ironsocket_backend_errors_total{reason="refused"}': 4,
+      'ironsocket_connections_closed_by_cause_total{cause="completed"}': 22,
+      'ironsocket_connections_closed_by_cause_total{cause="protocol_error"}': 3,
+      'ironsocket_connections_closed_by_cause_total{cause="idle_timeout"}': 5,
       'ironsocket_bytes_total{direction="in"}': 1500,
       'ironsocket_bytes_total{direction="out"}': 2600,
       ironsocket_connections_accepted_total: 42,

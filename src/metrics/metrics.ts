@@ -4,6 +4,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { HandshakeError } from '../handshake/session.js';
 import type { BackendError } from '../proxy/backend.js';
 import type { ConnectionMode } from '../proxy/types.js';
+import type { CloseCause } from '../relay/protocol.js';
 import { TLS_STAT_PATH, readTlsStat } from './tls-stat.js';
 
 export interface MetricsSnapshot {
@@ -37,6 +38,17 @@ const HANDSHAKE_REASONS = Object.keys({
   aborted: 1,
 } satisfies Record<HandshakeError['reason'], 1>);
 const BACKEND_REASONS = Object.keys({ refused: 1, timeout: 1, unreachable: 1, error: 1 } satisfies Record<BackendError['reason'], 1>);
+const CLOSE_CAUSES = Object.keys({
+  completed: 1,
+  client_truncated: 1,
+  client_alert: 1,
+  protocol_error: 1,
+  client_error: 1,
+  backend_error: 1,
+  idle_timeout: 1,
+  shutdown: 1,
+  restore_failed: 1,
+} satisfies Record<CloseCause, 1>);
 const MODES = Object.keys({ kernel: 1, user: 1 } satisfies Record<ConnectionMode, 1>) as ConnectionMode[];
 
 /** Counters exported one-to-one as `ironsocket_<name>_total`, with their help text. */
@@ -52,12 +64,14 @@ const PLAIN: Record<string, string> = {
 const FAILED_PREFIX = 'handshake_failed_';
 const BACKEND_PREFIX = 'backend_';
 const CONNECTIONS_PREFIX = 'connections_';
+const CLOSED_PREFIX = 'closed_';
 
 /** Whether a counter feeds one of the dedicated families below (everything else is exported generically). */
 function isMapped(name: string): boolean {
   if (name in PLAIN || name === 'handshakes_ok' || name === 'bytes_in' || name === 'bytes_out') return true;
   if (name.startsWith(FAILED_PREFIX)) return true;
   if (name.startsWith(BACKEND_PREFIX)) return BACKEND_REASONS.includes(name.slice(BACKEND_PREFIX.length));
+  if (name.startsWith(CLOSED_PREFIX)) return CLOSE_CAUSES.includes(name.slice(CLOSED_PREFIX.length));
   return name.startsWith(CONNECTIONS_PREFIX) && (MODES as string[]).includes(name.slice(CONNECTIONS_PREFIX.length));
 }
 
@@ -139,6 +153,13 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
   });
   family('counter', 'ironsocket_backend_errors_total', 'Backend connects that failed after a successful handshake, by reason.', ['reason'], (s) =>
     BACKEND_REASONS.map((reason) => [{ reason }, count(s, BACKEND_PREFIX + reason)]),
+  );
+  family(
+    'counter',
+    'ironsocket_connections_closed_by_cause_total',
+    'Relayed connections that have ended, by why: completed, client_truncated, client_alert, protocol_error, client_error, backend_error, idle_timeout, shutdown, restore_failed.',
+    ['cause'],
+    (s) => CLOSE_CAUSES.map((cause) => [{ cause }, count(s, CLOSED_PREFIX + cause)]),
   );
   family(
     'counter',

@@ -13,6 +13,7 @@ import { RecordProtection, type OpenedRecord } from '../record/aead.js';
 import { tls13TrafficKeys } from '../record/keys.js';
 import { suiteByName } from '../record/suites.js';
 import { scriptedBackend, streamChunk } from '../testkit/backends.js';
+import { countedAs } from '../testkit/close-causes.js';
 import { modeArgs, type Mode } from './real-clients.scenarios.js';
 import { eventually, makeCert, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
 
@@ -166,6 +167,7 @@ export function closeBehaviourScenarios(m: Mode): void {
     test('a client close_notify half-closes the backend, which can still send everything it has before the client gets close_notify and EOF', T, async () => {
       const base = proxy.fdCount();
       const mark = proxy.logs().length;
+      const counters = (await proxy.status()).counters;
       const final = streamChunk('final words', 0, 100_000);
       const backendGot = new Promise<Buffer>((resolve) =>
         backend.next((s) => {
@@ -191,6 +193,7 @@ export function closeBehaviourScenarios(m: Mode): void {
         await eventually(() => tap.proxyFin, 10_000, 'FIN from the proxy');
         assert.ok(dataThenCloseNotify(Buffer.concat(tap.fromProxy), client).equals(final), 'on the wire: the payload, then close_notify, then FIN');
         assert.match((await closedReason(proxy, mark)).line, /closed: both sides closed/);
+        await countedAs(proxy, counters, 'completed');
       } finally {
         tap.server.close();
       }
@@ -200,6 +203,7 @@ export function closeBehaviourScenarios(m: Mode): void {
     test('a backend FIN reaches the client as close_notify and EOF after its data, and the client can still send until it ends too', T, async () => {
       const base = proxy.fdCount();
       const mark = proxy.logs().length;
+      const counters = (await proxy.status()).counters;
       const down = streamChunk('backend then FIN', 0, 50_000);
       const backendGot = new Promise<Buffer>((resolve) =>
         backend.next((s) => {
@@ -226,6 +230,7 @@ export function closeBehaviourScenarios(m: Mode): void {
         assert.equal(up.length, sent, 'the backend received every byte the client sent, before and after the close_notify');
         assert.ok(up.equals(streamChunk('client keeps sending', 0, sent)));
         assert.match((await closedReason(proxy, mark)).line, /closed: both sides closed/);
+        await countedAs(proxy, counters, 'completed');
       } finally {
         tap.server.close();
       }
@@ -235,6 +240,7 @@ export function closeBehaviourScenarios(m: Mode): void {
     test('a client that resets mid-stream gets its backend connection closed and a logged reason, and the proxy keeps going', T, async () => {
       const base = proxy.fdCount();
       const mark = proxy.logs().length;
+      const counters = (await proxy.status()).counters;
       let backendBytes = 0;
       let backendClosed = '';
       backend.next((s) => {
@@ -258,12 +264,14 @@ export function closeBehaviourScenarios(m: Mode): void {
       await eventually(() => backendClosed !== '', 30_000, 'the backend connection being closed');
       const { id, line } = await closedReason(proxy, mark);
       assert.match(line, new RegExp(`"conn":"${id}".*"msg":"closed: read from client: ECONNRESET"`));
+      await countedAs(proxy, counters, 'client_error');
       await cleanAndServing(proxy, base);
     });
 
     test('a client that closes TCP without close_notify gets its data delivered, then its backend closed, and "truncation" logged', T, async () => {
       const base = proxy.fdCount();
       const mark = proxy.logs().length;
+      const counters = (await proxy.status()).counters;
       const up = streamChunk('truncated', 0, 64_000);
       const backendGot = new Promise<Buffer>((resolve) =>
         backend.next((s) => {
@@ -281,6 +289,7 @@ export function closeBehaviourScenarios(m: Mode): void {
       assert.equal(got.length, up.length);
       assert.ok(got.equals(up), 'the backend received all the data before its connection closed');
       assert.match((await closedReason(proxy, mark)).line, /closed: .*truncation/);
+      await countedAs(proxy, counters, 'client_truncated');
       c.destroy();
       await cleanAndServing(proxy, base);
     });
@@ -290,6 +299,7 @@ export function closeBehaviourScenarios(m: Mode): void {
       test('openssl s_client sending KeyUpdate on a kernel that cannot rekey gets a fatal alert and the proxy logs KeyUpdate', T, async () => {
         const base = proxy.fdCount();
         const mark = proxy.logs().length;
+        const counters = (await proxy.status()).counters;
         assert.equal((await proxy.status()).ktls.rekey, false, 'the scenario needs a kernel that cannot rekey (< 6.13)');
         // Interactive mode (no -quiet, no -ign_eof): a line "k" makes s_client send KeyUpdate(update_not_requested).
         const child = spawn('openssl', ['s_client', '-connect', `127.0.0.1:${proxy.port}`, '-tls1_3'], { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -308,6 +318,7 @@ export function closeBehaviourScenarios(m: Mode): void {
           assert.match(out, /alert internal error[\s\S]*alert number 80/, `s_client got a fatal internal_error alert:\n${out}`);
           assert.notEqual(code, 'still running', 's_client exited after the alert');
           assert.match((await closedReason(proxy, mark)).line, /closed: client sent KeyUpdate/);
+          await countedAs(proxy, counters, 'protocol_error');
         } finally {
           child.kill();
         }

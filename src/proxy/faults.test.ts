@@ -74,7 +74,8 @@ describe('a backend that misbehaves mid-stream', () => {
         });
       });
       const mark = proxy.logs().length;
-      const closedBefore = (await proxy.status()).counters.connections_closed ?? 0;
+      const before = (await proxy.status()).counters;
+      const closedBefore = before.connections_closed ?? 0;
       const victim = await tlsConnect(proxy.port);
       let err: NodeJS.ErrnoException | undefined;
       victim.on('error', (e) => (err = e));
@@ -89,7 +90,9 @@ describe('a backend that misbehaves mid-stream', () => {
       t.diagnostic(line);
       assert.match(line, /"conn":"c\d+"/);
       assert.match(line, /reset|ECONNRESET/i, `the logged reason names the reset: ${line}`);
-      assert.equal((await proxy.status()).counters.connections_closed, closedBefore + 1, 'counted in connections_closed');
+      const after = (await proxy.status()).counters;
+      assert.equal(after.connections_closed, closedBefore + 1, 'counted in connections_closed');
+      assert.equal((after.closed_backend_error ?? 0) - (before.closed_backend_error ?? 0), 1, 'counted as closed_backend_error');
       await roundTrip(other, 'still here');
       other.destroy();
     },
@@ -165,7 +168,9 @@ describe('a client that vanishes without FIN', () => {
         assert.ok(after >= 1500, `closed ${after} ms after the client froze, before the 2 s idle timeout`);
         assert.match(line, /"conn":"c\d+"/);
         assert.equal(logsAfter(proxy, mark, /idle for more than/).length, 1);
-        assert.equal((await proxy.status()).counters.connections_closed, closedBefore + 1, 'counted in connections_closed');
+        const counters = (await proxy.status()).counters;
+        assert.equal(counters.connections_closed, closedBefore + 1, 'counted in connections_closed');
+        assert.equal(counters.closed_idle_timeout, 1, 'counted as closed_idle_timeout');
         await eventually(() => proxy.fdCount() <= base, 5000, 'the proxy fds back to their baseline');
       } finally {
         child.kill('SIGKILL');

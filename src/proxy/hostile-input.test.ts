@@ -144,6 +144,7 @@ test('a TLS 1.2 renegotiation is refused with an alert and the connection closed
   const other = await tlsClient();
   await echoThrough(other, 'before');
   const closedBefore = await counter('connections_closed');
+  const protocolErrorsBefore = await counter('closed_protocol_error');
   const mark = proxy.logs().length;
   const c = await tlsClient({ maxVersion: 'TLSv1.2' });
   assert.equal(c.getProtocol(), 'TLSv1.2');
@@ -163,6 +164,7 @@ test('a TLS 1.2 renegotiation is refused with an alert and the connection closed
   await within(closed, 10_000, 'the close after the refusal');
   assert.equal(renegotiated, false, 'the renegotiation did not complete');
   await counted('connections_closed', closedBefore, 1);
+  await counted('closed_protocol_error', protocolErrorsBefore, 1);
   await proxy.waitForLog(/closed: unexpected handshake message ClientHello \(renegotiation\)/);
   assert.ok(
     proxy

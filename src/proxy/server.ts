@@ -54,6 +54,7 @@ export class ProxyServer {
     relay.on('closed', (m) => {
       this.live.delete(m.id);
       this.count('connections_closed');
+      this.count(`closed_${m.cause}`);
       // Bytes of closed connections; live ones are added at scrape time (metricsSnapshot).
       this.count('bytes_in', m.bytesIn);
       this.count('bytes_out', m.bytesOut);

@@ -21,8 +21,8 @@ export type ClientRead =
   | { kind: 'eof' }
   /** Handled internally (e.g. a warning alert, a KeyUpdate); read again. `note` is logged. */
   | { kind: 'skip'; note?: string }
-  /** Fatal: `alert` (if any) should be sent before closing; `reason` is for the log. */
-  | { kind: 'fatal'; alert?: number; reason: string };
+  /** Fatal: `alert` (if any) should be sent before closing; `reason` is for the log; `clientAlert`: the client sent one. */
+  | { kind: 'fatal'; alert?: number; reason: string; clientAlert?: true };
 
 export interface ClientSide {
   readonly fd: number;
@@ -101,7 +101,7 @@ export class KernelClient implements ClientSide {
     if (desc === ALERT.close_notify) return { kind: 'close_notify' };
     if (desc === ALERT.user_canceled) return { kind: 'skip' };
     if (level === 1 && this.version === 'TLSv1.2') return { kind: 'skip' };
-    return { kind: 'fatal', reason: `client sent ${level === 2 ? 'fatal' : 'warning'} alert ${desc}` };
+    return { kind: 'fatal', reason: `client sent ${level === 2 ? 'fatal' : 'warning'} alert ${desc}`, clientAlert: true };
   }
 
   private handshakeMessage(buf: Buffer, n: number): ClientRead {

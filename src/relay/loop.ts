@@ -95,10 +95,10 @@ export class RelayLoop {
         sys.epollCtl(ep, cur === undefined ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, encodeEvent(ev, want, fd));
         registered.set(fd, want);
       },
-      closed: (pair, reason, level) => {
+      closed: (pair, reason, level, cause) => {
         this.forget(pair);
         for (const fd of [pair.client.fd, pair.backendFd]) sys.close(fd);
-        this.send({ op: 'closed', id: pair.info.id, reason, level, bytesIn: pair.bytesIn, bytesOut: pair.bytesOut });
+        this.send({ op: 'closed', id: pair.info.id, reason, cause, level, bytesIn: pair.bytesIn, bytesOut: pair.bytesOut });
       },
       log: (level, id, msg) => this.send({ op: 'log', level, id, msg }),
       pipes: this.pipes,
@@ -207,7 +207,7 @@ export class RelayLoop {
   stop(): void {
     for (const p of [...this.pairs.values()]) {
       p.client.closeNotify();
-      p.abort('proxy shutting down');
+      p.abort('proxy shutting down', 'shutdown');
     }
     this.running = false;
   }
@@ -252,7 +252,7 @@ export class RelayLoop {
   private checkIdle(now: number): void {
     if (this.idleTimeoutMs <= 0) return;
     for (const p of [...this.pairs.values()]) {
-      if (now - p.lastActivity > this.idleTimeoutMs) p.abort(`idle for more than ${this.idleTimeoutMs} ms`);
+      if (now - p.lastActivity > this.idleTimeoutMs) p.abort(`idle for more than ${this.idleTimeoutMs} ms`, 'idle_timeout');
     }
   }
 

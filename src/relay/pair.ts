@@ -3,6 +3,7 @@ import { EAGAIN, EINTR, SHUT_WR, errnoName, sys } from '../kernel/libc.js';
 import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
 import { ALERT, type ClientRead, type ClientSide } from './kernel-client.js';
 import { PipePool, type PipeLoad } from './pipes.js';
+import type { CloseCause } from './protocol.js';
 
 /** Bytes one splice moves at most: a default pipe's capacity. */
 const PIPE_CHUNK = 64 * 1024;
@@ -33,7 +34,7 @@ export interface PairHost {
   /** Sets the epoll interest of an fd. */
   interest(fd: number, events: number): void;
   /** Called once when the pair has closed both fds. */
-  closed(pair: Pair, reason: string, level: 'info' | 'warn'): void;
+  closed(pair: Pair, reason: string, level: 'info' | 'warn', cause: CloseCause): void;
   log(level: 'info' | 'warn' | 'debug', id: string, msg: string): void;
   /** Pipes for splice (kTLS connections move bytes without copying them through JavaScript). */
   readonly pipes?: PipePool;
@@ -130,7 +131,7 @@ export class Pair {
     if (this.done) return;
     if (events & EPOLLOUT && this.client.pendingOutput) {
       const f = this.client.flush();
-      if (f < 0 && f !== -EAGAIN) return this.finish(`client write failed: ${errnoName(-f)}`, 'warn');
+      if (f < 0 && f !== -EAGAIN) return this.finish(`client write failed: ${errnoName(-f)}`, 'warn', 'client_error');
     }
     if (events & EPOLLOUT) this.flushB2c();
     if (!this.done && events & ~EPOLLOUT) this.readClient(scratch);
@@ -182,10 +183,10 @@ export class Pair {
           this.clientEof = true;
           return;
         case 'eof':
-          return this.finish('client closed TCP without close_notify (truncation)', 'warn');
+          return this.finish('client closed TCP without close_notify (truncation)', 'warn', 'client_truncated');
         case 'fatal':
           if (r.alert !== undefined) this.client.sendAlert(r.alert);
-          return this.finish(r.reason, 'warn');
+          return this.finish(r.reason, 'warn', r.alert !== undefined ? 'protocol_error' : r.clientAlert ? 'client_alert' : 'client_error');
       }
     }
   }
@@ -200,7 +201,7 @@ export class Pair {
       if (r === -EAGAIN || r === -EINTR) return;
       if (r < 0) {
         this.client.sendAlert(ALERT.internal_error);
-        return this.finish(`backend read failed: ${errnoName(-r)}`, 'warn');
+        return this.finish(`backend read failed: ${errnoName(-r)}`, 'warn', 'backend_error');
       }
       if (r === 0) {
         this.host.log('debug', this.info.id, 'backend closed its side; sending close_notify to the client');
@@ -222,7 +223,7 @@ export class Pair {
   private sendOrKeep(fd: number, buf: Buffer, len: number, dir: 'c2b' | 'b2c'): void {
     const w = dir === 'b2c' ? this.client.write(buf, len) : sys.send(fd, buf, len);
     if (w < 0 && w !== -EAGAIN && w !== -EINTR) {
-      return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, 'warn');
+      return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, 'warn', dir === 'b2c' ? 'client_error' : 'backend_error');
     }
     const n = w < 0 ? 0 : w;
     if (n < len) {
@@ -236,7 +237,7 @@ export class Pair {
   private flushPipe(load: PipeLoad, fd: number, dir: 'c2b' | 'b2c'): void {
     const w = sys.splice(load.pipe.r, fd, load.len);
     if (w === -EAGAIN || w === -EINTR) return;
-    if (w < 0) return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, 'warn');
+    if (w < 0) return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, 'warn', dir === 'b2c' ? 'client_error' : 'backend_error');
     load.len -= w;
     if (load.len > 0) return;
     if (dir === 'c2b') this.c2bPipe = undefined;
@@ -250,7 +251,7 @@ export class Pair {
     if (!p) return;
     const w = sys.send(this.backendFd, p.buf.subarray(p.off), p.buf.length - p.off);
     if (w === -EAGAIN || w === -EINTR) return;
-    if (w < 0) return this.finish(`backend write failed: ${errnoName(-w)}`, 'warn');
+    if (w < 0) return this.finish(`backend write failed: ${errnoName(-w)}`, 'warn', 'backend_error');
     p.off += w;
     if (p.off === p.buf.length) this.c2b = undefined;
   }
@@ -261,7 +262,7 @@ export class Pair {
     if (!p) return;
     const w = this.client.write(p.buf.subarray(p.off), p.buf.length - p.off);
     if (w === -EAGAIN || w === -EINTR) return;
-    if (w < 0) return this.finish(`client write failed: ${errnoName(-w)}`, 'warn');
+    if (w < 0) return this.finish(`client write failed: ${errnoName(-w)}`, 'warn', 'client_error');
     p.off += w;
     if (p.off === p.buf.length) this.b2c = undefined;
   }
@@ -281,7 +282,7 @@ export class Pair {
       this.clientShut = true;
       sys.shutdown(this.client.fd, SHUT_WR);
     }
-    if (this.backendShut && this.clientShut) return this.finish('both sides closed', 'info');
+    if (this.backendShut && this.clientShut) return this.finish('both sides closed', 'info', 'completed');
     const c = (!this.clientEof && !this.c2bHeld ? EPOLLIN : 0) | (this.b2cHeld || this.client.pendingOutput ? EPOLLOUT : 0);
     const b = (!this.backendEof && !this.b2cHeld ? EPOLLIN : 0) | (this.c2bHeld ? EPOLLOUT : 0);
     if (c !== this.cEvents) this.host.interest(this.client.fd, (this.cEvents = c));
@@ -302,11 +303,11 @@ export class Pair {
   }
 
   /** Closes both sides now (idle timeout, shutdown). */
-  abort(reason: string): void {
-    this.finish(reason, 'info');
+  abort(reason: string, cause: 'idle_timeout' | 'shutdown'): void {
+    this.finish(reason, 'info', cause);
   }
 
-  private finish(reason: string, level: 'info' | 'warn'): void {
+  private finish(reason: string, level: 'info' | 'warn', cause: CloseCause): void {
     if (this.done) return;
     this.done = true;
     this.c2b = undefined;
@@ -314,6 +315,6 @@ export class Pair {
     this.dropPipes();
     this.client.flush();
     this.client.wipe();
-    this.host.closed(this, reason, level);
+    this.host.closed(this, reason, level, cause);
   }
 }

@@ -55,10 +55,29 @@ export interface PairStats {
   worker?: number;
 }
 
+/**
+ * Why a relayed connection ended, counted as `closed_<cause>`: completed (both sides closed in order),
+ * client_truncated (TCP FIN without close_notify), client_alert (the client sent a fatal alert), protocol_error
+ * (the client broke TLS after the handshake and got an alert: bad record, renegotiation, ...), client_error /
+ * backend_error (that socket failed: reset, ...), idle_timeout, shutdown, restore_failed (an upgrade could not
+ * restore it).
+ */
+export type CloseCause =
+  | 'completed'
+  | 'client_truncated'
+  | 'client_alert'
+  | 'protocol_error'
+  | 'client_error'
+  | 'backend_error'
+  | 'idle_timeout'
+  | 'shutdown'
+  | 'restore_failed';
+
 /** A connection that ended while another process (the upgrade bridge) was relaying it. */
 export interface ClosedElsewhere {
   id: string;
   reason: string;
+  cause: CloseCause;
   level: 'info' | 'warn';
 }
 
@@ -77,7 +96,7 @@ export interface Reclaimed {
 }
 
 export type FromWorker =
-  | { op: 'closed'; id: string; reason: string; level: 'info' | 'warn'; bytesIn: number; bytesOut: number }
+  | { op: 'closed'; id: string; reason: string; cause: CloseCause; level: 'info' | 'warn'; bytesIn: number; bytesOut: number }
   | { op: 'stats'; seq: number; connections: PairStats[]; heapUsed: number }
   | { op: 'migrated'; seq: number; moved: number; intoBridgeMs: number; error?: string }
   | { op: 'reclaimed'; seq: number; reclaimed: Reclaimed }

@@ -97,8 +97,9 @@ export class Shard extends EventEmitter<RelayEvents> {
           m.reclaimed.connections = m.reclaimed.connections.filter((c) => !gone.has(c.id));
           gone.clear();
         }
-        for (const c of [...m.reclaimed.closed, ...m.reclaimed.failed.map((f) => ({ ...f, level: 'warn' as const }))]) {
-          this.emit('closed', { op: 'closed', id: c.id, reason: `${c.reason} (during an upgrade)`, level: c.level, bytesIn: 0, bytesOut: 0 });
+        const failed = m.reclaimed.failed.map((f) => ({ ...f, level: 'warn' as const, cause: 'restore_failed' as const }));
+        for (const c of [...m.reclaimed.closed, ...failed]) {
+          this.emit('closed', { op: 'closed', id: c.id, reason: `${c.reason} (during an upgrade)`, cause: c.cause, level: c.level, bytesIn: 0, bytesOut: 0 });
         }
         cb?.(m.reclaimed);
         break;

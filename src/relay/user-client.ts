@@ -162,7 +162,7 @@ export class UserClient implements ClientSide {
       const [level, desc] = [plaintext[0]!, plaintext[1]!];
       if (desc === ALERT.close_notify) return { kind: 'close_notify' };
       if (desc === ALERT.user_canceled || (level === 1 && this.state.version === 'TLSv1.2')) return { kind: 'skip' };
-      return { kind: 'fatal', reason: `client sent ${level === 2 ? 'fatal' : 'warning'} alert ${desc}` };
+      return { kind: 'fatal', reason: `client sent ${level === 2 ? 'fatal' : 'warning'} alert ${desc}`, clientAlert: true };
     }
     if (type === 22) return this.handshakeMessages(plaintext);
     return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `unexpected record type ${type} after the handshake` };

@@ -22,7 +22,7 @@ const control: Control = {
   receive: () => undefined,
   send(msg) {
     if (msg.op === 'closed') {
-      closed.push({ id: msg.id, reason: msg.reason, level: msg.level });
+      closed.push({ id: msg.id, reason: msg.reason, cause: msg.cause, level: msg.level });
       log[msg.level]({ conn: msg.id, bytesIn: msg.bytesIn, bytesOut: msg.bytesOut }, `connection closed during the upgrade: ${msg.reason}`);
     } else if (msg.op === 'log') {
       log[msg.level]({ conn: msg.id }, msg.msg);

@@ -37,7 +37,7 @@ describe('the bridge link', () => {
     try {
       const sent = carried('c7', c1, b1);
       assert.equal(
-        new Link(a).sendBatch({ op: 'adopt', count: 1, frozenAt: 123, idleTimeoutMs: 0 }, [sent], [{ id: 'c3', reason: 'gone', level: 'info' }]),
+        new Link(a).sendBatch({ op: 'adopt', count: 1, frozenAt: 123, idleTimeoutMs: 0 }, [sent], [{ id: 'c3', reason: 'gone', cause: 'completed', level: 'info' }]),
         undefined,
       );
       sys.close(c1);
@@ -46,7 +46,7 @@ describe('the bridge link', () => {
       assert.equal(ev.kind, 'message');
       if (ev.kind !== 'message') return;
       assert.deepEqual(ev.header, { op: 'adopt', count: 1, frozenAt: 123, idleTimeoutMs: 0 });
-      assert.deepEqual(ev.closed, [{ id: 'c3', reason: 'gone', level: 'info' }]);
+      assert.deepEqual(ev.closed, [{ id: 'c3', reason: 'gone', cause: 'completed', level: 'info' }]);
       const [got] = ev.pairs;
       assert.ok(got);
       assert.equal(got.user?.tx.seq, 2n ** 40n + 3n);
