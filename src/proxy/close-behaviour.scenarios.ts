@@ -21,8 +21,7 @@ const dir = tempDir('close');
 const T = { timeout: 180_000 }; // per test: the guest is slow, but nothing here may hang
 let cert: { certFile: string; keyFile: string };
 
-/** Which mode the connections under test must be in (set by closeBehaviourScenarios). */
-let mode: Mode = 'kernel';
+let mode: Mode = 'kernel'; // which mode the connections under test must be in (set by closeBehaviourScenarios)
 
 /** Resolves with everything `s` delivers until 'end'; rejects on 'error'. */
 function collect(s: net.Socket): Promise<Buffer> {
