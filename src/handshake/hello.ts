@@ -1,4 +1,4 @@
-// Reads the hello randoms out of plaintext handshake records (TLS 1.2 key expansion needs server_random).
+// Reads plaintext hello records: the randoms (TLS 1.2 key expansion needs server_random) and the ClientHello's extensions (0-RTT offers).
 
 import { createHash } from 'node:crypto';
 
@@ -65,4 +65,86 @@ export function parseHello(record: Buffer): HelloInfo {
  */
 export function serverRandomFromServerHello(record: Buffer): Buffer {
   return parseHello(record).random;
+}
+
+/** RFC 8446 §4.2: the early_data extension, by which a ClientHello announces 0-RTT records. */
+export const EXT_EARLY_DATA = 42;
+/** OpenSSL refuses a longer ClientHello (CLIENT_HELLO_MAX_LENGTH); nothing past it is gathered. */
+const CLIENT_HELLO_MAX = 131_396;
+
+/**
+ * The extension types of a ClientHello handshake message (4-byte header included, all of it), in order.
+ * Throws HelloParseError when a length field points past its container.
+ */
+export function clientHelloExtensions(message: Buffer): number[] {
+  if (message.length < HS_HEADER_LEN || message[0] !== HS_CLIENT_HELLO) throw new HelloParseError('not a ClientHello message');
+  const end = HS_HEADER_LEN + message.readUIntBE(1, 3);
+  if (message.length < end) throw new HelloParseError('ClientHello message shorter than its length field');
+  let at = RANDOM_OFFSET + RANDOM_LEN;
+  const skip = (lenBytes: number, what: string) => {
+    if (at + lenBytes > end) throw new HelloParseError(`ClientHello ends inside the ${what} length`);
+    const n = message.readUIntBE(at, lenBytes);
+    at += lenBytes + n;
+    if (at > end) throw new HelloParseError(`ClientHello ${what} runs past the message`);
+  };
+  skip(1, 'session id');
+  skip(2, 'cipher suites');
+  skip(1, 'compression methods');
+  if (at === end) return []; // no extensions block at all (allowed before TLS 1.3)
+  if (at + 2 > end) throw new HelloParseError('ClientHello ends inside the extensions length');
+  const extEnd = at + 2 + message.readUInt16BE(at);
+  if (extEnd !== end) throw new HelloParseError('ClientHello extensions block does not end with the message');
+  at += 2;
+  const types: number[] = [];
+  while (at < extEnd) {
+    if (at + 4 > extEnd) throw new HelloParseError('ClientHello ends inside an extension header');
+    types.push(message.readUInt16BE(at));
+    at += 4 + message.readUInt16BE(at + 2);
+    if (at > extEnd) throw new HelloParseError('ClientHello extension runs past the extensions block');
+  }
+  return types;
+}
+
+/**
+ * Gathers the client's first handshake message (the ClientHello) from its leading handshake records, which may
+ * split it. `push` each record the client sends, in order; it returns the whole message once, when complete,
+ * and undefined before and after (or when the records turn out not to carry a ClientHello).
+ */
+export class ClientHelloGatherer {
+  private parts: Buffer[] = [];
+  private have = 0;
+  private done = false;
+
+  push(record: Buffer): Buffer | undefined {
+    if (this.done) return undefined;
+    if (record.length < RECORD_HEADER_LEN || record[0] !== CONTENT_HANDSHAKE) return this.stop();
+    const body = record.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + record.readUInt16BE(3));
+    this.parts.push(Buffer.from(body));
+    this.have += body.length;
+    if (this.have < HS_HEADER_LEN) return undefined;
+    const first = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts);
+    if (first[0] !== HS_CLIENT_HELLO) return this.stop();
+    const total = HS_HEADER_LEN + first.readUIntBE(1, 3);
+    if (total > CLIENT_HELLO_MAX) return this.stop();
+    if (this.have < total) return undefined;
+    const message = Buffer.concat(this.parts).subarray(0, total);
+    this.stop();
+    return message;
+  }
+
+  private stop(): undefined {
+    this.done = true;
+    this.parts = [];
+    return undefined;
+  }
+}
+
+/** Whether a ClientHello message offers 0-RTT early data; a ClientHello that does not parse offers nothing (OpenSSL refuses it). */
+export function offersEarlyData(clientHello: Buffer): boolean {
+  try {
+    return clientHelloExtensions(clientHello).includes(EXT_EARLY_DATA);
+  } catch (e) {
+    if (e instanceof HelloParseError) return false;
+    throw e;
+  }
 }
