@@ -6,7 +6,7 @@ import { deriveDirectionKeys, type SessionSecrets, type TrafficKeys } from '../r
 import { suiteByName, type CipherSuite } from '../record/suites.js';
 import type { Poller } from '../kernel/poller.js';
 import { KeylogCollector } from './keylog.js';
-import { parseHello } from './hello.js';
+import { ClientHelloGatherer, offersEarlyData, parseHello } from './hello.js';
 import { RawRecordSocket, RawSocketError, RECORD_HEADER } from './raw-socket.js';
 
 const CCS = 20;
@@ -65,6 +65,11 @@ export interface HandshakeOptions {
   signal?: AbortSignal;
   /** Hears each key log line before it is parsed and zeroed: only the IRONSOCKET_KEYLOG_FILE debug switch sets it. */
   keylog?: (line: Buffer) => void;
+  /**
+   * Called once, as the ClientHello goes to OpenSSL, when it offers 0-RTT early data. Early data is never accepted
+   * (OpenSSL's max_early_data stays 0): OpenSSL skips the 0-RTT records it cannot decrypt and the handshake goes on in 1-RTT.
+   */
+  onEarlyData?: () => void;
 }
 
 /** One record seen on the wire during the handshake (server output is kept whole for sequence accounting). */
@@ -85,6 +90,7 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
     const output: Seen[] = [];
     let outPartial: Buffer = Buffer.alloc(0);
     const inbound: number[] = []; // record types fed to OpenSSL
+    const hello = new ClientHelloGatherer();
     let clientHelloSeen = false;
     let finished = false;
     let sealed = false;
@@ -166,6 +172,8 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
         feeding = false;
         if (finished) return;
         if (!clientHelloSeen) clientHelloSeen = true;
+        const clientHello = hello.push(record);
+        if (clientHello && offersEarlyData(clientHello)) opts.onEarlyData?.();
         inbound.push(record[0]!);
         readRequested = false;
         transport.push(record); // OpenSSL processes it synchronously when it is reading

@@ -64,6 +64,7 @@ const ZEROS: Record<string, number> = {
   'ironsocket_bytes_total{direction="out"}': 0,
   ironsocket_connections_accepted_total: 0,
   ironsocket_connections_closed_total: 0,
+  ironsocket_early_data_refused_total: 0,
   ironsocket_handshakes_aborted_by_upgrade_total: 0,
   ironsocket_ktls_install_failed_total: 0,
   ironsocket_upgrades_total: 0,

@@ -55,6 +55,8 @@ const MODES = Object.keys({ kernel: 1, user: 1 } satisfies Record<ConnectionMode
 const PLAIN: Record<string, string> = {
   connections_accepted: 'Client connections taken off the listening sockets.',
   connections_closed: 'Relayed connections that have ended.',
+  early_data_refused:
+    'ClientHellos that offered TLS 1.3 0-RTT early data, which is always refused (the handshake goes on in 1-RTT; early bytes are never relayed).',
   handshakes_aborted_by_upgrade: 'Handshakes still in progress when an upgrade began, aborted so it could proceed.',
   ktls_install_failed: 'Handshaken connections whose kernel TLS install failed (they continue in userspace or are closed, per the ktls policy).',
   upgrades: 'In-place upgrades completed (exec into the new image with connections carried over).',

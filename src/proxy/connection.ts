@@ -143,6 +143,10 @@ export async function serveConnection(ctx: ConnectionContext, listener: Listener
         // KeyUpdate in userspace needs the current traffic secrets; the kernel path wipes them once installed.
         keepTrafficSecrets: true,
         keylog: ctx.keylog,
+        onEarlyData: () => {
+          ctx.count('early_data_refused');
+          log.info('client offered 0-RTT early data: refused, its early records are skipped unread and the handshake goes on in 1-RTT');
+        },
       });
     } catch (e) {
       const he = e instanceof HandshakeError ? e : new HandshakeError(String(e), 'internal');
