@@ -113,6 +113,7 @@ export function clientHelloExtensions(message: Buffer): number[] {
 export class ClientHelloGatherer {
   private parts: Buffer[] = [];
   private have = 0;
+  private total = 0; // the message's length once its 4-byte header is in (read once: 1-byte records stay linear)
   private done = false;
 
   push(record: Buffer): Buffer | undefined {
@@ -122,10 +123,13 @@ export class ClientHelloGatherer {
     this.parts.push(Buffer.from(body));
     this.have += body.length;
     if (this.have < HS_HEADER_LEN) return undefined;
-    const first = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts);
-    if (first[0] !== HS_CLIENT_HELLO) return this.stop();
-    const total = HS_HEADER_LEN + first.readUIntBE(1, 3);
-    if (total > CLIENT_HELLO_MAX) return this.stop();
+    if (this.total === 0) {
+      const first = Buffer.concat(this.parts);
+      if (first[0] !== HS_CLIENT_HELLO) return this.stop();
+      this.total = HS_HEADER_LEN + first.readUIntBE(1, 3);
+      if (this.total > CLIENT_HELLO_MAX) return this.stop();
+    }
+    const total = this.total;
     if (this.have < total) return undefined;
     const message = Buffer.concat(this.parts).subarray(0, total);
     this.stop();
