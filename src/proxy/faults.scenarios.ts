@@ -11,6 +11,7 @@ import { readTlsStat } from '../kernel/probe.js';
 import { scriptedBackend } from '../testkit/backends.js';
 import { countedAs } from '../testkit/close-causes.js';
 import { eventually, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
+import { echo } from '../testkit/tls-echo.js';
 import { modeArgs, type Mode } from './real-clients.scenarios.js';
 
 /** Inside the kTLS lane's User-Mode Linux guest (1 CPU, Node ~10x slower) every time limit is 10x. */
@@ -27,22 +28,9 @@ function tlsConnect(port: number): Promise<tls.TLSSocket> {
   });
 }
 
+/** One echo through `s`, byte-exact. */
 async function roundTrip(s: tls.TLSSocket, msg: string): Promise<void> {
-  let got = '';
-  const done = new Promise<void>((resolve, reject) => {
-    const onData = (d: Buffer) => {
-      got += d.toString();
-      if (got.length >= msg.length) {
-        s.off('data', onData);
-        resolve();
-      }
-    };
-    s.on('data', onData);
-    s.once('error', reject);
-  });
-  s.write(msg);
-  await done;
-  assert.equal(got, msg);
+  assert.equal(await echo(s, msg), msg);
 }
 
 function rssKiB(pid: number): number {

@@ -15,6 +15,7 @@ import { deriveDirectionKeys } from '../record/keys.js';
 import { suiteByName } from '../record/suites.js';
 import { echoBackend, type Backend } from '../testkit/backends.js';
 import { CLI, eventually, makeCert, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
+import { echo } from '../testkit/tls-echo.js';
 
 const run = promisify(execFile);
 
@@ -53,27 +54,13 @@ async function connect(port: number, version: 'TLSv1.2' | 'TLSv1.3'): Promise<Cl
     c.once('secureConnect', () => resolve(c));
     c.once('error', reject);
   });
-  await echo(socket, `hello over ${version}`);
+  await echoed(socket, `hello over ${version}`);
   return { socket, lines };
 }
 
-/** Sends `text` and waits until the echo backend has sent it all back. */
-async function echo(s: tls.TLSSocket, text: string): Promise<void> {
-  let got = '';
-  const done = new Promise<void>((resolve, reject) => {
-    const onData = (d: Buffer) => {
-      got += d.toString('latin1');
-      if (got.length >= text.length) {
-        s.off('data', onData);
-        resolve();
-      }
-    };
-    s.on('data', onData);
-    s.once('error', reject);
-  });
-  s.write(text);
-  await done;
-  assert.equal(got, text);
+/** Sends `text` and waits until the echo backend has sent it all back, byte-exact. */
+async function echoed(s: tls.TLSSocket, text: string): Promise<void> {
+  assert.equal(await echo(s, text), text);
 }
 
 /** The secret part (last field) of each key log line, decoded. */
@@ -223,7 +210,7 @@ describe('secrets on a running proxy (--ktls off: user-mode record keys exist an
     assert.equal(outcome.ok, true);
     assert.equal(outcome.pid, proxy.pid, 'same PID');
     assert.equal(outcome.moved, 3, 'the three connections moved');
-    for (const c of clients) await echo(c.socket, 'after the upgrade');
+    for (const c of clients) await echoed(c.socket, 'after the upgrade');
     const environ = fs.readFileSync(`/proc/${proxy.pid}/environ`, 'latin1').split('\0');
     assert.ok(!environ.some((v) => v.startsWith('IRONSOCKET_HANDOFF_FD=')), 'IRONSOCKET_HANDOFF_FD was removed');
     assert.ok(!environ.some((v) => v.startsWith('IRONSOCKET_KEYLOG_FILE=')), 'no key log switch');

@@ -1,4 +1,4 @@
-// Test support: one request/echo round trip on an open TLS socket, shared by the listener, reload and systemd tests.
+// Test support: one request/echo round trip on an open TLS socket, shared by the listener, reload, systemd, fault and secrets tests.
 import type tls from 'node:tls';
 
 /** Sends `text` and resolves with what comes back once as many characters have arrived. */
