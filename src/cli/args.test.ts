@@ -40,6 +40,12 @@ describe('parseCli', () => {
     assert.deepEqual(parseCli(['run']), { kind: 'run', config: undefined, flags: {} });
   });
 
+  it('maps --fd-store to a switch for run and check', () => {
+    assert.deepEqual(parseCli(['run', '--fd-store']), { kind: 'run', config: undefined, flags: { fdStore: true } });
+    assert.deepEqual(parseCli(['check', '--fd-store', '-c', 'x.toml']), { kind: 'check', config: 'x.toml', flags: { fdStore: true } });
+    assert.match(usageError(['run', '--fd-store=yes']).message, /fd-store/);
+  });
+
   it('parses status options', () => {
     assert.deepEqual(parseCli(['status', '--json', '--admin-socket', '/s']), { kind: 'status', config: undefined, adminSocket: '/s', json: true });
   });

@@ -33,6 +33,7 @@ const CONFIG_OPTIONS = {
   'admin-socket': { type: 'string' },
   'log-level': { type: 'string' },
   workers: { type: 'string' },
+  'fd-store': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];
 
@@ -65,6 +66,8 @@ const CONFIG_FLAGS_HELP = `  -c, --config FILE        TOML config file (flags ov
       --admin-socket PATH  admin Unix socket (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
       --log-level LEVEL    trace, debug, info (default), warn, error, fatal, silent
       --workers N          threads for handshakes, and as many for relaying (default: one per CPU)
+      --fd-store           keep every connection's descriptors in systemd's fd store (needs NOTIFY_SOCKET,
+                           FileDescriptorStoreMax=), so kernel-TLS connections survive a crash of the proxy
   -h, --help               show this help`;
 
 const HELP: Record<Topic | 'main', string> = {
@@ -127,7 +130,7 @@ connections get the new certificates, backends and listeners; established connec
 touched. Everything is checked first: a file that does not parse or a certificate that does not load
 is refused with the reason, and the running configuration stays as it was. Prints JSON
 { ok, listeners, needsUpgrade } and exits 1 when refused. Settings in needsUpgrade (workers, ktls,
-admin_socket, metrics, user, group, log level) take effect with \`ironsocket upgrade\`.
+admin_socket, metrics, user, group, log level, fd_store) take effect with \`ironsocket upgrade\`.
 
 Options:
       --admin-socket PATH  admin Unix socket of the proxy (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
@@ -177,7 +180,7 @@ export function parseCli(argv: string[]): Command {
   const v = strictParse(rest, CONFIG_OPTIONS, first);
   if (v.help) return { kind: 'help', topic: first };
   const flags: ConfigFlags = {};
-  const set = (name: keyof ConfigFlags, value: string | undefined) => {
+  const set = (name: Exclude<keyof ConfigFlags, 'fdStore'>, value: string | undefined) => {
     if (value !== undefined) flags[name] = value;
   };
   set('listen', v.listen);
@@ -188,6 +191,7 @@ export function parseCli(argv: string[]): Command {
   set('adminSocket', v['admin-socket']);
   set('logLevel', v['log-level']);
   set('workers', v.workers);
+  if (v['fd-store']) flags.fdStore = true;
   return { kind: first, config: v.config, flags };
 }
 

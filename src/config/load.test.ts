@@ -102,6 +102,7 @@ level = "debug"
       maxConnections: 42,
       logLevel: 'debug',
       workers: 3,
+      fdStore: false,
     });
   });
 
@@ -113,6 +114,16 @@ level = "debug"
     assert.deepEqual(c.listeners[0]!.backends, [{ host: '10.0.0.2', port: 80 }]);
     assert.equal(c.ktls, 'off');
     assert.equal(c.logLevel, 'warn');
+  });
+
+  it('turns the fd store on from fd_store = true or --fd-store, and leaves it off by default', async () => {
+    const on = await writeConfig('fdstore.toml', 'fd_store = true\n');
+    const off = await writeConfig('fdstore-off.toml', 'fd_store = false\n');
+    assert.equal((await loadConfig({ flags: {}, env })).fdStore, false);
+    assert.equal((await loadConfig({ file: on, flags: {}, env })).fdStore, true);
+    assert.equal((await loadConfig({ file: off, flags: { fdStore: true }, env })).fdStore, true);
+    const bad = await writeConfig('fdstore-bad.toml', 'fd_store = "yes"\n');
+    assert.deepEqual(await configProblems(loadConfig({ file: bad, flags: {}, env })), [`${bad}: fd_store: expected true or false, got "yes"`]);
   });
 
   it('resolves flag paths against the working directory', async () => {

@@ -20,6 +20,8 @@ export interface ConfigFlags {
   adminSocket?: string;
   logLevel?: string;
   workers?: string;
+  /** --fd-store (a switch: it can turn the store on over the file, not off). */
+  fdStore?: boolean;
 }
 
 export interface LoadOptions {
@@ -73,6 +75,7 @@ const FLAG_NAMES: Record<keyof ConfigFlags, string> = {
   adminSocket: '--admin-socket',
   logLevel: '--log-level',
   workers: '--workers',
+  fdStore: '--fd-store',
 };
 
 /** Reads and validates the config file; throws ConfigError with `FILE: key: ...` messages. */
@@ -240,6 +243,7 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
     maxConnections: file.limits?.max_connections ?? DEFAULTS.maxConnections,
     logLevel,
     workers,
+    fdStore: opts.flags.fdStore === true || file.fd_store === true,
     ...(file.metrics ? { metrics: file.metrics.listen } : {}),
     ...(file.user ? { user: file.user } : {}),
     ...(file.group ? { group: file.group } : {}),

@@ -169,6 +169,7 @@ export const FileSchema = z.strictObject({
   workers: fields.workers.optional(),
   user: z.string().min(1).optional(),
   group: z.string().min(1).optional(),
+  fd_store: z.boolean().optional(),
   timeouts: z
     .strictObject({
       handshake: fields.handshake.optional(),

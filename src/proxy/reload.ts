@@ -17,7 +17,7 @@ export interface ReloadOutcome {
 }
 
 /** Settings a running image cannot change in place; an in-place upgrade re-reads them. */
-const UPGRADE_ONLY = ['workers', 'adminSocket', 'ktls', 'metrics', 'user', 'group', 'logLevel'] as const;
+const UPGRADE_ONLY = ['workers', 'adminSocket', 'ktls', 'metrics', 'user', 'group', 'logLevel', 'fdStore'] as const;
 
 /**
  * Applies `next` to the running server. Everything is checked and every new address bound before

@@ -63,6 +63,11 @@ export interface ProxyConfig {
   /** Privileges to drop to once every socket is bound. */
   user?: string;
   group?: string;
+  /**
+   * Keep every connection's descriptors in systemd's file descriptor store (FDSTORE=1), so that
+   * kernel-mode connections survive a crash of the proxy. Needs NOTIFY_SOCKET; ignored (with a warning) without it.
+   */
+  fdStore: boolean;
 }
 
 export type TlsVersionName = 'TLSv1.2' | 'TLSv1.3';
