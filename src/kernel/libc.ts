@@ -70,6 +70,8 @@ const fn = {
   eventfd: libc.func('int eventfd(unsigned int, int)'),
   memfd_create: libc.func('int memfd_create(const char *, unsigned int)'),
   lseek: libc.func('int64_t lseek(int, int64_t, int)'),
+  pwrite: libc.func('intptr_t pwrite(int, const void *, size_t, int64_t)'),
+  ioctl: libc.func('int ioctl(int, unsigned long, ...)'),
   execve: libc.func('int execve(const char *, const char **, const char **)'),
   socketpair: libc.func('int socketpair(int, int, int, void *)'),
   ftruncate: libc.func('int ftruncate(int, int64_t)'),
@@ -193,6 +195,16 @@ export const sys = {
   /** An anonymous in-memory file (never on disk), close-on-exec. */
   memfdCreate: (name: string) => check('memfd_create', fn.memfd_create(name, 1 /* MFD_CLOEXEC */)),
   rewind: (fd: number) => check('lseek', Number(fn.lseek(fd, 0, 0))),
+  /** Writes at an offset without moving the file position; bytes written or -errno. */
+  pwrite: (fd: number, buf: Buffer, offset: number) => ret(fn.pwrite(fd, buf, buf.length, offset)),
+  /** Bytes waiting to be read (FIONREAD: a pipe's or socket's queue). */
+  readable: (fd: number): number => {
+    const n = Buffer.alloc(4);
+    check('ioctl(FIONREAD)', fn.ioctl(fd, 0x541b /* FIONREAD */, 'void *', n));
+    return n.readInt32LE(0);
+  },
+  /** O_RDONLY (0), O_WRONLY (1) or O_RDWR (2): how the descriptor was opened. */
+  accessMode: (fd: number): number => check('fcntl(F_GETFL)', fn.fcntl(fd, F_GETFL, 'int', 0)) & 3,
   /** Replaces the process image; returns only on failure (the errno). */
   execve: (path: string, argv: string[], env: string[]): number => {
     fn.execve(path, [...argv, null], [...env, null]);

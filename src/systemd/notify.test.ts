@@ -6,8 +6,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
-import { sys } from '../kernel/libc.js';
+import { E, sys } from '../kernel/libc.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
+import { FdStore } from './fd-store.js';
 import { NotifyError, SystemdNotifier, monotonicUsec } from './notify.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
@@ -78,8 +79,10 @@ test('descriptors sent with FDSTORE=1 arrive as working copies of both ends of a
     new SystemdNotifier(fake.address).notify({ FDSTORE: 1, FDNAME: 'state' }, [r, w]);
     const m = await fake.waitFor((x) => x.fields.FDSTORE === '1', 2000);
     assert.equal(m.fields.FDNAME, 'state');
-    assert.equal(m.fds.length, 2);
-    const [rCopy, wCopy] = m.fds as [number, number];
+    assert.equal(m.fdCount, 2);
+    const kept = fake.handBack();
+    assert.deepEqual(kept.env, { LISTEN_FDS: '2', LISTEN_FDNAMES: 'state:state' });
+    const [rCopy, wCopy] = kept.fds as [number, number];
     assert.ok(![r, w].includes(rCopy) && ![r, w].includes(wCopy), 'the receiver got its own descriptors');
     const buf = Buffer.alloc(64);
     const one = Buffer.from('written on the received copy');
@@ -191,4 +194,26 @@ test("the fake socket reads what systemd's own systemd-notify sends, at a path a
       fake.close();
     }
   }
+});
+
+test('the fake fd store keeps descriptors by name until FDSTOREREMOVE=1, which closes its copies', async () => {
+  const before = openFds();
+  const fake = new FakeNotifySocket();
+  const store = new FdStore(new SystemdNotifier(fake.address));
+  const [r, w] = sys.pipe();
+  try {
+    store.deposit('conn-c1', [r]);
+    sys.close(r); // the store's copy is now the only read end
+    await fake.waitForStore((e) => e.get('conn-c1') === 1, 2000);
+    const one = Buffer.from('x');
+    assert.equal(sys.write(w, one, 1), 1, "a reader is still open (the store's)");
+    store.remove('conn-c1');
+    await fake.waitForStore((e) => !e.has('conn-c1'), 2000);
+    assert.equal(sys.write(w, one, 1), -E.EPIPE!, 'the store closed its copy: no reader is left');
+    assert.throws(() => store.deposit('conn:c1', [w]), /invalid name "conn:c1"/);
+  } finally {
+    sys.close(w);
+    fake.close();
+  }
+  assert.equal(openFds(), before);
 });

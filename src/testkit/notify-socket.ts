@@ -1,4 +1,4 @@
-// Test support: a fake systemd notify socket that records every sd_notify datagram (and the descriptors sent with it).
+// Test support: a fake systemd notify socket that records every sd_notify datagram, and keeps a file descriptor store as systemd does.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,8 +11,13 @@ import { encodeUnixSockaddr } from '../kernel/sockaddr.js';
 export interface NotifyMessage {
   /** KEY=value lines of the datagram (a later duplicate key wins). */
   fields: Record<string, string>;
-  /** Descriptors that came with it (SCM_RIGHTS), open and close-on-exec here until close(). */
+  /**
+   * Descriptors that came with it (SCM_RIGHTS), open and close-on-exec here until close(). Those of
+   * an FDSTORE=1 message move into the store instead (see stored()); this list is then empty.
+   */
   fds: number[];
+  /** How many descriptors the message carried. */
+  fdCount: number;
   /** The datagram as sent. */
   raw: string;
 }
@@ -28,6 +33,8 @@ export class FakeNotifySocket {
   private readonly channel: FdChannel;
   private readonly dir?: string;
   private readonly received: NotifyMessage[] = [];
+  /** The fd store: descriptors by FDNAME, in the order deposited (systemd's default name is "stored"). */
+  private readonly store = new Map<string, number[]>();
   private closed = false;
   private failure?: Error;
   /** Reads in the background too: a sender blocks once 10 datagrams (net.unix.max_dgram_qlen) wait unread. */
@@ -56,7 +63,38 @@ export class FakeNotifySocket {
       } catch (e) {
         this.failure ??= e as Error;
       }
-    }, 20).unref();
+    }, 10).unref();
+  }
+
+  /** The store's entries: how many descriptors each name holds. */
+  stored(): Map<string, number> {
+    this.messages();
+    return new Map([...this.store].map(([name, fds]) => [name, fds.length]));
+  }
+
+  /** Polls until the store satisfies `predicate`; rejects after timeoutMs, listing what it holds. */
+  async waitForStore(predicate: (entries: Map<string, number>) => boolean, timeoutMs = 5000): Promise<Map<string, number>> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const entries = this.stored();
+      if (predicate(entries)) return entries;
+      if (Date.now() >= deadline) throw new Error(`fd store did not reach the expected state within ${timeoutMs} ms; it holds ${JSON.stringify([...entries])}`);
+      await sleep(10);
+    }
+  }
+
+  /**
+   * What a restarted service gets, as systemd passes it: every stored descriptor (for the child's
+   * fds 3, 4, ...: the stdio array from index 3) and LISTEN_FDS / LISTEN_FDNAMES (LISTEN_PID is the
+   * child's own pid: set it in a shell that execs, as startProxyProcess does). The store keeps its copies.
+   */
+  handBack(): { fds: number[]; env: { LISTEN_FDS: string; LISTEN_FDNAMES: string } } {
+    this.messages();
+    const entries = [...this.store].flatMap(([name, fds]) => fds.map((fd) => ({ name, fd })));
+    return {
+      fds: entries.map((e) => e.fd),
+      env: { LISTEN_FDS: String(entries.length), LISTEN_FDNAMES: entries.map((e) => e.name).join(':') },
+    };
   }
 
   /** Every datagram received so far, oldest first (reads what is waiting first). */
@@ -90,6 +128,8 @@ export class FakeNotifySocket {
       this.closed = true;
       sys.close(this.fd);
       for (const m of this.received) for (const fd of m.fds) sys.close(fd);
+      for (const fds of this.store.values()) for (const fd of fds) sys.close(fd);
+      this.store.clear();
       if (this.dir) fs.rmSync(this.dir, { recursive: true, force: true });
     }
   }
@@ -107,7 +147,22 @@ export class FakeNotifySocket {
         const eq = line.indexOf('=');
         if (eq > 0) fields[line.slice(0, eq)] = line.slice(eq + 1);
       }
-      this.received.push({ fields, fds, raw });
+      const message: NotifyMessage = { fields, fds, fdCount: fds.length, raw };
+      this.received.push(message);
+      this.keep(message);
+    }
+  }
+
+  /** FDSTORE=1 adds the message's descriptors under FDNAME; FDSTOREREMOVE=1 closes every one under FDNAME (as systemd does). */
+  private keep(m: NotifyMessage): void {
+    const name = m.fields.FDNAME ?? 'stored';
+    if (m.fields.FDSTORE === '1' && m.fds.length > 0) {
+      this.store.set(name, [...(this.store.get(name) ?? []), ...m.fds]);
+      m.fds = [];
+    }
+    if (m.fields.FDSTOREREMOVE === '1') {
+      for (const fd of this.store.get(name) ?? []) sys.close(fd);
+      this.store.delete(name);
     }
   }
 }
