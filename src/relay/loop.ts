@@ -6,9 +6,11 @@ import { TlsRecordIo } from '../kernel/ktls.js';
 import { EPOLL_EVENT_SIZE, decodeEvent, encodeEvent } from '../kernel/poller.js';
 import { suiteByName } from '../record/suites.js';
 import { KernelClient } from './kernel-client.js';
-import { Pair, type PairHost, type PairInfo, type PairSnapshot } from './pair.js';
+import type { FdStore } from '../systemd/fd-store.js';
+import { Pair, type OwnPipes, type PairHost, type PairInfo, type PairSnapshot } from './pair.js';
 import type { CarriedPair, FromWorker, ToWorker, UserState } from './protocol.js';
 import { PipePool } from './pipes.js';
+import { StoredPairs, type StoredFds } from './stored-pairs.js';
 import { UserClient } from './user-client.js';
 
 const EPOLL_CTL_ADD = 1;
@@ -74,11 +76,17 @@ export class RelayLoop {
   private readonly tickers = new Set<() => void>();
   private running = true;
   private readonly host: PairHost;
+  /** With the fd store: deposits and removals, and each stored connection's record and pipes, by id. */
+  private readonly stored: StoredPairs | undefined;
+  private readonly storedFds = new Map<string, StoredFds>();
 
   constructor(
     private readonly control: Control,
     private idleTimeoutMs: number,
+    store?: FdStore,
   ) {
+    const log = (level: 'info' | 'warn' | 'debug', id: string, msg: string) => this.send({ op: 'log', level, id, msg });
+    this.stored = store && new StoredPairs(store, log);
     if (control.wakeFd >= 0) sys.epollCtl(this.ep, EPOLL_CTL_ADD, control.wakeFd, encodeEvent(this.ev, 0x001, control.wakeFd));
     const { ep, ev, registered, byFd, pairs } = this;
     this.host = {
@@ -97,11 +105,23 @@ export class RelayLoop {
       },
       closed: (pair, reason, level, cause) => {
         this.forget(pair);
+        // Out of the store first: while it holds duplicates, closing ours would not close the connection.
+        const s = this.storedFds.get(pair.info.id);
+        if (s) {
+          this.storedFds.delete(pair.info.id);
+          this.stored!.remove(pair.info.id, s);
+        }
         for (const fd of [pair.client.fd, pair.backendFd]) sys.close(fd);
         this.send({ op: 'closed', id: pair.info.id, reason, cause, level, bytesIn: pair.bytesIn, bytesOut: pair.bytesOut });
       },
-      log: (level, id, msg) => this.send({ op: 'log', level, id, msg }),
+      log,
       pipes: this.pipes,
+      flagsChanged: this.stored
+        ? (pair) => {
+            const s = this.storedFds.get(pair.info.id);
+            if (s) this.stored!.flags(pair.info.id, s, pair.flags);
+          }
+        : undefined,
     };
   }
 
@@ -113,10 +133,27 @@ export class RelayLoop {
     return this.pairs.size;
   }
 
-  /** Starts relaying one connection (new, or carried from elsewhere with its snapshot). */
-  add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot): void {
+  /**
+   * Starts relaying one connection: new, carried from elsewhere with its snapshot, or (`stored`)
+   * found in the fd store after a restart. With the fd store, a new or carried one is deposited.
+   */
+  add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot, stored?: StoredFds): void {
+    let own: OwnPipes | undefined;
+    if (this.stored && stored) {
+      own = this.stored.adopted(stored);
+      this.storedFds.set(info.id, stored);
+    } else if (this.stored) {
+      const d = this.stored.deposit(info, clientFd, backendFd, restored);
+      if (d) {
+        own = d.own;
+        restored = d.restored;
+        this.storedFds.set(info.id, d.fds);
+      }
+    } else if (stored) {
+      throw new Error(`relay loop: connection ${info.id} comes from the fd store, but this loop has none`);
+    }
     const client = user ? userClient(clientFd, user) : new KernelClient(clientFd, this.io, info.version);
-    const pair = new Pair(info, client, backendFd, this.host, restored);
+    const pair = new Pair(info, client, backendFd, this.host, restored, own);
     this.pairs.set(info.id, pair);
     this.byFd.set(clientFd, { pair, side: 'client' });
     this.byFd.set(backendFd, { pair, side: 'backend' });
@@ -151,6 +188,11 @@ export class RelayLoop {
       if (user) for (const b of [user.tx.key, user.tx.iv, user.rx.key, user.rx.iv, user.secrets?.client, user.secrets?.server]) b?.fill(0);
       p.release();
       this.forget(p);
+      const s = this.storedFds.get(p.info.id);
+      if (s) {
+        this.storedFds.delete(p.info.id);
+        this.stored!.release(s);
+      }
     }
     return out;
   }
@@ -220,7 +262,7 @@ export class RelayLoop {
   private handle(msg: ToWorker): void {
     switch (msg.op) {
       case 'add':
-        this.add(msg.info, msg.clientFd, msg.backendFd, msg.user, msg.restored);
+        this.add(msg.info, msg.clientFd, msg.backendFd, msg.user, msg.restored, msg.stored);
         break;
       case 'configure':
         this.configure(msg.idleTimeoutMs);

@@ -2,7 +2,7 @@
 import { EAGAIN, EINTR, SHUT_WR, errnoName, sys } from '../kernel/libc.js';
 import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
 import { ALERT, type ClientRead, type ClientSide } from './kernel-client.js';
-import { PipePool, type PipeLoad } from './pipes.js';
+import { PipePool, type Pipe, type PipeLoad } from './pipes.js';
 import type { CloseCause } from './protocol.js';
 
 /** Bytes one splice moves at most: a default pipe's capacity. */
@@ -38,6 +38,19 @@ export interface PairHost {
   log(level: 'info' | 'warn' | 'debug', id: string, msg: string): void;
   /** Pipes for splice (kTLS connections move bytes without copying them through JavaScript). */
   readonly pipes?: PipePool;
+  /** Called when the half-close state (snapshot().flags) has changed. */
+  flagsChanged?(pair: Pair): void;
+}
+
+/**
+ * A connection's own splice pipes, one per direction, in place of the shared pool's (with the fd
+ * store: deposited with the connection, they keep bytes in flight across a crash). `held`: bytes
+ * already in them (found there after a restart). The pair never closes them: its host does.
+ */
+export interface OwnPipes {
+  c2b: Pipe;
+  b2c: Pipe;
+  held?: { c2b: number; b2c: number };
 }
 
 /** Plaintext bytes still to be written in one direction (at most one read's worth: the bound). */
@@ -73,6 +86,8 @@ export class Pair {
   private done = false;
   private cEvents = -1;
   private bEvents = -1;
+  /** The half-close state as last reported to the host (flagsChanged). */
+  private lastFlags: string;
 
   constructor(
     readonly info: PairInfo,
@@ -81,6 +96,7 @@ export class Pair {
     private readonly host: PairHost,
     /** State carried over from a previous process image. */
     restored?: PairSnapshot,
+    private readonly own?: OwnPipes,
   ) {
     if (restored) {
       this.bytesIn = restored.bytesIn;
@@ -89,6 +105,23 @@ export class Pair {
       if (restored.b2c?.length) this.b2c = { buf: Buffer.from(restored.b2c), off: 0 };
       Object.assign(this, restored.flags);
     }
+    if (own?.held?.c2b && !this.c2b) this.c2bPipe = { pipe: own.c2b, len: own.held.c2b };
+    if (own?.held?.b2c && !this.b2c) this.b2cPipe = { pipe: own.b2c, len: own.held.b2c };
+    this.lastFlags = this.flagKey();
+  }
+
+  /** Splicing goes through the connection's own pipes, or the shared pool's; undefined when it does not splice. */
+  private get splicing(): boolean {
+    return this.client.splices && (this.own !== undefined || this.host.pipes !== undefined);
+  }
+
+  private takePipe(dir: 'c2b' | 'b2c'): Pipe {
+    return this.own ? this.own[dir] : this.host.pipes!.take();
+  }
+
+  /** An emptied pipe goes back to the pool (a connection's own pipe stays with it). */
+  private givePipe(p: Pipe): void {
+    if (!this.own) this.host.pipes!.give(p);
   }
 
   private get c2bHeld(): boolean {
@@ -101,24 +134,26 @@ export class Pair {
 
   /** The state an upgrade must carry (call only while the loop is stopped). Bytes parked in pipes move into buffers. */
   snapshot(): PairSnapshot {
-    const pipes = this.host.pipes;
-    if (this.c2bPipe && pipes) this.c2b = { buf: pipes.drain(this.c2bPipe), off: 0 };
-    if (this.b2cPipe && pipes) this.b2c = { buf: pipes.drain(this.b2cPipe), off: 0 };
+    const out = (load: PipeLoad) => {
+      const bytes = PipePool.readOut(load);
+      this.givePipe(load.pipe);
+      return bytes;
+    };
+    if (this.c2bPipe) this.c2b = { buf: out(this.c2bPipe), off: 0 };
+    if (this.b2cPipe) this.b2c = { buf: out(this.b2cPipe), off: 0 };
     this.c2bPipe = this.b2cPipe = undefined;
     const rest = (p: Pending | undefined) => (p ? new Uint8Array(p.buf.subarray(p.off)) : undefined);
+    return { info: this.info, bytesIn: this.bytesIn, bytesOut: this.bytesOut, c2b: rest(this.c2b), b2c: rest(this.b2c), flags: this.flags };
+  }
+
+  /** The half-close state. */
+  get flags(): PairSnapshot['flags'] {
     return {
-      info: this.info,
-      bytesIn: this.bytesIn,
-      bytesOut: this.bytesOut,
-      c2b: rest(this.c2b),
-      b2c: rest(this.b2c),
-      flags: {
-        clientEof: this.clientEof,
-        backendShut: this.backendShut,
-        backendEof: this.backendEof,
-        clientShut: this.clientShut,
-        closeNotifySent: this.closeNotifySent,
-      },
+      clientEof: this.clientEof,
+      backendShut: this.backendShut,
+      backendEof: this.backendEof,
+      clientShut: this.clientShut,
+      closeNotifySent: this.closeNotifySent,
     };
   }
 
@@ -146,13 +181,13 @@ export class Pair {
   }
 
   private readClient(scratch: Buffer): void {
-    const pipes = this.client.splices ? this.host.pipes : undefined;
+    const splicing = this.splicing;
     const until = this.bytesIn + TURN_BYTES;
     while (!this.done && !this.clientEof && !this.c2bHeld) {
       if (this.bytesIn >= until && !this.client.bufferedInput) return;
       let r: ClientRead;
-      if (pipes) {
-        const pipe = pipes.take();
+      if (splicing) {
+        const pipe = this.takePipe('c2b');
         const s = this.client.spliceIn!(pipe.w, PIPE_CHUNK);
         if (typeof s === 'number') {
           this.bytesIn += s;
@@ -161,7 +196,7 @@ export class Pair {
           this.flushC2b();
           continue;
         }
-        pipes.give(pipe);
+        this.givePipe(pipe);
         r = s === 'control' ? this.client.read(scratch) : s;
       } else {
         r = this.client.read(scratch);
@@ -192,12 +227,12 @@ export class Pair {
   }
 
   private readBackend(scratch: Buffer): void {
-    const pipes = this.client.splices ? this.host.pipes : undefined;
+    const splicing = this.splicing;
     const until = this.bytesOut + TURN_BYTES;
     while (!this.done && !this.backendEof && !this.b2cHeld && this.bytesOut < until) {
-      const pipe = pipes?.take();
+      const pipe = splicing ? this.takePipe('b2c') : undefined;
       const r = pipe ? sys.splice(this.backendFd, pipe.w, PIPE_CHUNK) : sys.recv(this.backendFd, scratch, scratch.length);
-      if (pipe && r <= 0) pipes!.give(pipe);
+      if (pipe && r <= 0) this.givePipe(pipe);
       if (r === -EAGAIN || r === -EINTR) return;
       if (r < 0) {
         this.client.sendAlert(ALERT.internal_error);
@@ -242,7 +277,7 @@ export class Pair {
     if (load.len > 0) return;
     if (dir === 'c2b') this.c2bPipe = undefined;
     else this.b2cPipe = undefined;
-    this.host.pipes!.give(load.pipe);
+    this.givePipe(load.pipe);
   }
 
   private flushC2b(): void {
@@ -287,6 +322,14 @@ export class Pair {
     const b = (!this.backendEof && !this.b2cHeld ? EPOLLIN : 0) | (this.c2bHeld ? EPOLLOUT : 0);
     if (c !== this.cEvents) this.host.interest(this.client.fd, (this.cEvents = c));
     if (b !== this.bEvents) this.host.interest(this.backendFd, (this.bEvents = b));
+    if (this.host.flagsChanged && this.flagKey() !== this.lastFlags) {
+      this.lastFlags = this.flagKey();
+      this.host.flagsChanged(this);
+    }
+  }
+
+  private flagKey(): string {
+    return `${+this.clientEof}${+this.backendShut}${+this.backendEof}${+this.clientShut}${+this.closeNotifySent}`;
   }
 
   /** Lets go of the connection without closing anything (it moves to another loop); wipes the client's keys. */
@@ -296,9 +339,9 @@ export class Pair {
     this.client.wipe();
   }
 
-  /** Closes pipes that still hold bytes (an empty pipe would have gone back to the pool already). */
+  /** Closes pool pipes that still hold bytes (an empty one went back already; the host closes a connection's own pipes). */
   private dropPipes(): void {
-    for (const l of [this.c2bPipe, this.b2cPipe]) if (l) PipePool.close(l.pipe);
+    if (!this.own) for (const l of [this.c2bPipe, this.b2cPipe]) if (l) PipePool.close(l.pipe);
     this.c2bPipe = this.b2cPipe = undefined;
   }
 

@@ -1,4 +1,4 @@
-// A pool of kernel pipes for splice: a connection holds one only while bytes are in it, so idle connections hold none.
+// A pool of kernel pipes for splice: a connection holds one only while bytes are in it, so idle connections hold none (unless it has its own, for the fd store).
 import { errnoName, sys } from '../kernel/libc.js';
 
 export interface Pipe {
@@ -34,6 +34,13 @@ export class PipePool {
 
   /** Reads out what a pipe holds (a connection leaving this process) and returns the pipe. */
   drain(load: PipeLoad): Buffer {
+    const out = PipePool.readOut(load);
+    this.give(load.pipe);
+    return out;
+  }
+
+  /** Reads out what a pipe holds, leaving the pipe empty (and with its owner). */
+  static readOut(load: PipeLoad): Buffer {
     const out = Buffer.allocUnsafe(load.len);
     let got = 0;
     while (got < load.len) {
@@ -41,8 +48,16 @@ export class PipePool {
       if (r <= 0) throw new Error(`draining a relay pipe: ${r < 0 ? errnoName(-r) : 'empty'} after ${got} of ${load.len} bytes`);
       got += r;
     }
-    this.give(load.pipe);
     return out;
+  }
+
+  /** Puts bytes into an empty pipe; returns false (the pipe emptied again) when they do not all fit. */
+  static fill(p: Pipe, bytes: Uint8Array): boolean {
+    const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const w = sys.write(p.w, b, b.length);
+    if (w === b.length) return true;
+    if (w > 0) PipePool.readOut({ pipe: p, len: w });
+    return false;
   }
 
   static close(p: Pipe): void {

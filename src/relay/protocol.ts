@@ -1,10 +1,13 @@
 // Messages between the main thread and the relay worker (structured-clone safe: no keys ever cross here for kernel mode).
 import type { PairInfo, PairSnapshot } from './pair.js';
+import type { StoredFds } from './stored-pairs.js';
 
 export interface WorkerInit {
   /** eventfd the main thread writes to after posting, to wake epoll_wait. */
   wakeFd: number;
   idleTimeoutMs: number;
+  /** NOTIFY_SOCKET of the fd store to deposit connections in (fd_store on), else none. */
+  fdStore?: string;
 }
 
 /** Record state for a `user`-mode connection (the only case where keys cross to the worker, in memory). */
@@ -37,7 +40,7 @@ export interface CarriedPair {
 }
 
 export type ToWorker =
-  | { op: 'add'; info: PairInfo; clientFd: number; backendFd: number; user?: UserState; restored?: PairSnapshot }
+  | { op: 'add'; info: PairInfo; clientFd: number; backendFd: number; user?: UserState; restored?: PairSnapshot; stored?: StoredFds }
   /** Move every connection to the upgrade bridge on the other end of linkFd, batch by batch. */
   | { op: 'migrate'; seq: number; linkFd: number; idleTimeoutMs: number; bridgeReady: boolean }
   /** Take up to `max` connections back from the upgrade bridge. */
@@ -59,8 +62,9 @@ export interface PairStats {
  * Why a relayed connection ended, counted as `closed_<cause>`: completed (both sides closed in order),
  * client_truncated (TCP FIN without close_notify), client_alert (the client sent a fatal alert), protocol_error
  * (the client broke TLS after the handshake and got an alert: bad record, renegotiation, ...), client_error /
- * backend_error (that socket failed: reset, ...), idle_timeout, shutdown, restore_failed (an upgrade could not
- * restore it).
+ * backend_error (that socket failed: reset, ...), idle_timeout, shutdown, restore_failed (an upgrade, or a restart
+ * from the fd store, could not restore it), not_resumable (found in the fd store after a crash, but in user mode: its
+ * record state died with the process).
  */
 export type CloseCause =
   | 'completed'
@@ -71,7 +75,8 @@ export type CloseCause =
   | 'backend_error'
   | 'idle_timeout'
   | 'shutdown'
-  | 'restore_failed';
+  | 'restore_failed'
+  | 'not_resumable';
 
 /** A connection that ended while another process (the upgrade bridge) was relaying it. */
 export interface ClosedElsewhere {
@@ -96,7 +101,8 @@ export interface Reclaimed {
 }
 
 export type FromWorker =
-  | { op: 'closed'; id: string; reason: string; cause: CloseCause; level: 'info' | 'warn'; bytesIn: number; bytesOut: number }
+  /** `elsewhere`: it ended in the upgrade bridge, or could not come back from it (the bridge cannot reach the fd store). */
+  | { op: 'closed'; id: string; reason: string; cause: CloseCause; level: 'info' | 'warn'; bytesIn: number; bytesOut: number; elsewhere?: boolean }
   | { op: 'stats'; seq: number; connections: PairStats[]; heapUsed: number }
   | { op: 'migrated'; seq: number; moved: number; intoBridgeMs: number; error?: string }
   | { op: 'reclaimed'; seq: number; reclaimed: Reclaimed }

@@ -1,6 +1,7 @@
 // The data plane as the rest of the proxy sees it: several relay workers (shards), new connections to the least loaded one.
 import { EventEmitter } from 'node:events';
 import type { PairInfo, PairSnapshot } from './pair.js';
+import type { StoredFds } from './stored-pairs.js';
 import type { PairStats, Reclaimed, UserState } from './protocol.js';
 import { Shard, type RelayEvents } from './shard.js';
 
@@ -20,7 +21,8 @@ export class Relay extends EventEmitter<RelayEvents> {
    * With `stagger` they start one after another: after an upgrade's exec the bridge is relaying every
    * connection, and isolates booting all at once would starve it of a small machine's CPUs.
    */
-  constructor(private readonly opts: { idleTimeoutMs: number; workerUrl: URL; shards: number; stagger?: boolean }) {
+  /** `fdStore`: the NOTIFY_SOCKET whose fd store the workers deposit connections in. */
+  constructor(private readonly opts: { idleTimeoutMs: number; workerUrl: URL; shards: number; stagger?: boolean; fdStore?: string }) {
     super();
     if (!(opts.shards >= 1)) throw new Error(`relay: need at least one shard, not ${opts.shards}`);
     this.started = opts.stagger
@@ -49,10 +51,10 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 
   /** Hands a connection to the shard relaying the fewest; from here on it owns (and closes) both fds. */
-  add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot): void {
+  add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot, stored?: StoredFds): void {
     let best = this.shards[0]!;
     for (const s of this.shards) if (s.connections < best.connections) best = s;
-    best.add(info, clientFd, backendFd, user, restored);
+    best.add(info, clientFd, backendFd, user, restored, stored);
   }
 
   async stats(timeoutMs = 2000): Promise<PairStats[]> {

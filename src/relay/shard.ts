@@ -3,6 +3,7 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
 import type { PairInfo, PairSnapshot } from './pair.js';
+import type { StoredFds } from './stored-pairs.js';
 import { keyBuffers, type FromWorker, type PairStats, type Reclaimed, type ToWorker, type UserState, type WorkerInit } from './protocol.js';
 
 export interface RelayEvents {
@@ -36,10 +37,10 @@ export class Shard extends EventEmitter<RelayEvents> {
   heapUsed = 0;
 
   /** `workerUrl` is the worker entry: a RelayLoop plus whatever the caller layers on it (upgrades). */
-  constructor(opts: { idleTimeoutMs: number; workerUrl: URL }) {
+  constructor(opts: { idleTimeoutMs: number; workerUrl: URL; fdStore?: string }) {
     super();
     this.one.writeBigUInt64LE(1n);
-    const init: WorkerInit = { wakeFd: this.wakeFd, idleTimeoutMs: opts.idleTimeoutMs };
+    const init: WorkerInit = { wakeFd: this.wakeFd, idleTimeoutMs: opts.idleTimeoutMs, fdStore: opts.fdStore };
     this.worker = new Worker(opts.workerUrl, { workerData: init, resourceLimits: WORKER_RESOURCE_LIMITS });
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
     this.worker.on('error', (e) => this.emit('error', e));
@@ -99,7 +100,8 @@ export class Shard extends EventEmitter<RelayEvents> {
         }
         const failed = m.reclaimed.failed.map((f) => ({ ...f, level: 'warn' as const, cause: 'restore_failed' as const }));
         for (const c of [...m.reclaimed.closed, ...failed]) {
-          this.emit('closed', { op: 'closed', id: c.id, reason: `${c.reason} (during an upgrade)`, cause: c.cause, level: c.level, bytesIn: 0, bytesOut: 0 });
+          const reason = `${c.reason} (during an upgrade)`;
+          this.emit('closed', { op: 'closed', id: c.id, reason, cause: c.cause, level: c.level, bytesIn: 0, bytesOut: 0, elsewhere: true });
         }
         cb?.(m.reclaimed);
         break;
@@ -115,11 +117,11 @@ export class Shard extends EventEmitter<RelayEvents> {
     }
   }
 
-  /** Gives the worker both fds; from here on it owns (and closes) them. */
-  add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot): void {
+  /** Gives the worker both fds (and a stored connection's record and pipes); from here on it owns (and closes) them. */
+  add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot, stored?: StoredFds): void {
     this.live++;
     // Keys move to the worker rather than being copied (this thread keeps no trace of them).
-    this.post({ op: 'add', info, clientFd, backendFd, user, restored }, keyBuffers(user));
+    this.post({ op: 'add', info, clientFd, backendFd, user, restored, stored }, keyBuffers(user));
   }
 
   /**

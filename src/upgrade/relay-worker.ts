@@ -1,12 +1,13 @@
 // Relay worker entry: the relay loop plus upgrades — moving connections to the upgrade bridge and taking them back.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { RelayLoop, portControl } from '../relay/loop.js';
+import { FdStore } from '../systemd/fd-store.js';
 import type { WorkerInit } from '../relay/protocol.js';
 import { Link } from './link.js';
 import { migrate, reclaim } from './transfer.js';
 
 const init = workerData as WorkerInit;
-const loop = new RelayLoop(portControl(parentPort as MessagePort, init.wakeFd), init.idleTimeoutMs);
+const loop = new RelayLoop(portControl(parentPort as MessagePort, init.wakeFd), init.idleTimeoutMs, init.fdStore ? FdStore.at(init.fdStore) : undefined);
 
 const progress = () => loop.send({ op: 'transfer-progress' });
 
