@@ -56,9 +56,18 @@ const ZEROS: Record<string, number> = {
   ),
   ...Object.fromEntries(['refused', 'timeout', 'unreachable', 'error'].map((r) => [`ironsocket_backend_errors_total{reason="${r}"}`, 0])),
   ...Object.fromEntries(
-    ['completed', 'client_truncated', 'client_alert', 'protocol_error', 'client_error', 'backend_error', 'idle_timeout', 'shutdown', 'restore_failed'].map(
-      (c) => [`ironsocket_connections_closed_by_cause_total{cause="${c}"}`, 0],
-    ),
+    [
+      'completed',
+      'client_truncated',
+      'client_alert',
+      'protocol_error',
+      'client_error',
+      'backend_error',
+      'idle_timeout',
+      'shutdown',
+      'restore_failed',
+      'not_resumable',
+    ].map((c) => [`ironsocket_connections_closed_by_cause_total{cause="${c}"}`, 0]),
   ),
   'ironsocket_bytes_total{direction="in"}': 0,
   'ironsocket_bytes_total{direction="out"}': 0,
@@ -70,6 +79,7 @@ const ZEROS: Record<string, number> = {
   ironsocket_upgrades_total: 0,
   ironsocket_upgrades_failed_total: 0,
   ironsocket_upgrade_restore_failed_total: 0,
+  ironsocket_fd_store_resumed_total: 0,
   ironsocket_listeners: 0,
 };
 

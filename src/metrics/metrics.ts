@@ -48,6 +48,7 @@ const CLOSE_CAUSES = Object.keys({
   idle_timeout: 1,
   shutdown: 1,
   restore_failed: 1,
+  not_resumable: 1,
 } satisfies Record<CloseCause, 1>);
 const MODES = Object.keys({ kernel: 1, user: 1 } satisfies Record<ConnectionMode, 1>) as ConnectionMode[];
 
@@ -62,6 +63,7 @@ const PLAIN: Record<string, string> = {
   upgrades: 'In-place upgrades completed (exec into the new image with connections carried over).',
   upgrades_failed: 'In-place upgrades that did not happen or failed, leaving the running image serving.',
   upgrade_restore_failed: 'Connections an upgrade carried but the new image could not restore.',
+  fd_store_resumed: 'Kernel-mode connections resumed from the systemd fd store after the proxy crashed or was killed.',
 };
 const FAILED_PREFIX = 'handshake_failed_';
 const BACKEND_PREFIX = 'backend_';
@@ -159,7 +161,7 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
   family(
     'counter',
     'ironsocket_connections_closed_by_cause_total',
-    'Relayed connections that have ended, by why: completed, client_truncated, client_alert, protocol_error, client_error, backend_error, idle_timeout, shutdown, restore_failed.',
+    'Relayed connections that have ended, by why: completed, client_truncated, client_alert, protocol_error, client_error, backend_error, idle_timeout, shutdown, restore_failed, not_resumable.',
     ['cause'],
     (s) => CLOSE_CAUSES.map((cause) => [{ cause }, count(s, CLOSED_PREFIX + cause)]),
   );

@@ -10,6 +10,7 @@ import type { PairInfo } from '../relay/pair.js';
 import type { Relay } from '../relay/relay.js';
 import type { LiveConnection } from './connection.js';
 import { sys } from '../kernel/libc.js';
+import { LISTENER_FDNAME, connectionFdName, type FdStore } from '../systemd/fd-store.js';
 import { Handshakers, type HandshakerInit, type ReloadTimeouts } from './handshakers.js';
 import { Listener } from './listener.js';
 import type { KtlsSupport, ProxyConfig, StatusSnapshot, UpgradeRecord } from './types.js';
@@ -28,6 +29,8 @@ export interface ServerDeps {
   probe: KernelProbe;
   support: KtlsSupport;
   kernelSuites: Set<string>;
+  /** systemd's fd store (fd_store on): listeners are kept there; the relay workers keep connections there. */
+  store?: FdStore;
 }
 
 export class ProxyServer {
@@ -52,6 +55,8 @@ export class ProxyServer {
   constructor(readonly deps: ServerDeps) {
     const { relay, logger: log } = deps;
     relay.on('closed', (m) => {
+      // The bridge cannot reach the store (NotifyAccess=main): what ended there leaves it now.
+      if (m.elsewhere) this.unstore(connectionFdName(m.id));
       this.live.delete(m.id);
       this.count('connections_closed');
       this.count(`closed_${m.cause}`);
@@ -85,6 +90,31 @@ export class ProxyServer {
     this.started = Promise.all([relay.started, this.handshakers.started]).then(() => undefined);
   }
 
+  /** Takes an entry out of the fd store (a failure is logged: the entry's peer will not see its close). */
+  unstore(name: string): void {
+    try {
+      this.deps.store?.remove(name);
+    } catch (e) {
+      this.deps.logger.warn({ entry: name }, `could not take ${name} out of the fd store: ${(e as Error).message}`);
+    }
+  }
+
+  /** Replaces the listeners kept in the fd store by the ones served now. */
+  private storeListeners(): void {
+    const store = this.deps.store;
+    if (!store) return;
+    this.unstore(LISTENER_FDNAME);
+    if (this.listeners.length === 0) return;
+    try {
+      store.deposit(
+        LISTENER_FDNAME,
+        this.listeners.map((l) => l.fd),
+      );
+    } catch (e) {
+      this.deps.logger.warn(`could not keep the listening sockets in the fd store: ${(e as Error).message}`);
+    }
+  }
+
   count(name: string, by = 1): void {
     this.counters[name] = (this.counters[name] ?? 0) + by;
   }
@@ -113,6 +143,7 @@ export class ProxyServer {
   serve(bound: Listener[]): void {
     for (const old of this.listeners) if (!bound.includes(old)) old.close();
     this.listeners.splice(0, this.listeners.length, ...bound);
+    this.storeListeners();
     for (const l of bound) if (this.accepting && !this.atCapacity()) l.resume();
   }
 
@@ -238,6 +269,7 @@ export class ProxyServer {
   }
 
   async close(): Promise<void> {
+    this.unstore(LISTENER_FDNAME); // a stopped proxy's port closes
     for (const l of this.listeners) l.close();
     this.handshakers.abortAll('shutting down');
     await this.handshakers.stop();

@@ -15,7 +15,9 @@ import { checkListener } from '../upgrade/restore.js';
 import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
 import { startControls, type Controls } from './control.js';
 import { dropPrivileges } from './privileges.js';
-import { activatedListeners, serviceNotes } from './systemd.js';
+import { restartFromStore } from '../fdstore/restart.js';
+import { FdStore, LISTENER_FDNAME, connectionFdName } from '../systemd/fd-store.js';
+import { fdStoreFor, passedDescriptors, serviceNotes } from './systemd.js';
 import type { Listener } from './listener.js';
 import { ProxyServer } from './server.js';
 import type { KtlsSupport, ProxyConfig } from './types.js';
@@ -83,7 +85,8 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   }
   const poller = new Poller();
   const stagger = handoff !== undefined;
-  const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs, workerUrl: RELAY_WORKER, shards: config.workers, stagger });
+  const store = fdStoreFor(config.fdStore, log);
+  const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs, workerUrl: RELAY_WORKER, shards: config.workers, stagger, fdStore: store?.socket });
   const handshake = {
     listeners: served,
     tlsBase,
@@ -95,16 +98,17 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     logLevel: config.logLevel,
     keylogFile,
   };
-  const server = new ProxyServer({ config, logger: log, poller, relay, handshake, staggerWorkers: stagger, probe, support, kernelSuites });
+  const server = new ProxyServer({ config, logger: log, poller, relay, handshake, staggerWorkers: stagger, probe, support, kernelSuites, store });
   wipeListeners(served); // the handshake workers have their copies
   server.served = served;
   server.pauseAccepting();
 
   if (handoff) continueFrom(server, handoff);
   const notes = serviceNotes(log);
-  // Sockets to adopt rather than bind: the previous image's (after an upgrade), or systemd's (socket activation).
+  // Sockets to adopt rather than bind: the previous image's (after an upgrade), or systemd's (socket activation, fd store).
   const carried = [...(handoff?.listeners ?? [])];
-  const activated = activatedListeners(log);
+  const passed = passedDescriptors(log);
+  const activated = passed.listeners;
   const bound: Listener[] = [];
   try {
     for (const l of config.listeners) {
@@ -137,7 +141,13 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     // Now that this image is ready, its connections come back from the bridge (which relayed them meanwhile).
     const r = await resumeFromBridge(relay, handoff, 30_000);
     recordUpgrade(server, handoff, r);
+    if (handoff.fdStore && !store)
+      leaveStore(
+        log,
+        r.connections.map((c) => c.id),
+      );
   }
+  if (passed.connections.size > 0) resumeStored(server, passed.connections, store);
   await server.started; // every worker thread is up: ready means ready
   server.resumeAccepting();
 
@@ -189,6 +199,56 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
       return closing;
     },
   };
+}
+
+/**
+ * After a crash: the connections systemd's fd store handed back. Kernel-mode ones carry on (their TLS
+ * state is in the kernel); the rest are closed and counted. New connections are numbered after them.
+ */
+function resumeStored(server: ProxyServer, groups: Map<string, number[]>, store: FdStore | undefined): void {
+  const log = server.deps.logger;
+  // fd_store turned off since: the entries still have to leave the store.
+  const cleanup = store ?? FdStore.fromEnv();
+  if (!cleanup) {
+    log.warn(`${groups.size} connection(s) were passed as from an fd store, but NOTIFY_SOCKET is not set; closed them`);
+    for (const fds of groups.values()) for (const fd of fds) sys.close(fd);
+    return;
+  }
+  const r = restartFromStore(groups, {
+    store: cleanup,
+    resume: store !== undefined,
+    adopt: (info, clientFd, backendFd, carried, stored) => server.deps.relay.add(info, clientFd, backendFd, undefined, carried.pair, stored),
+    poller: server.deps.poller,
+    log,
+  });
+  server.adoptRelayed(r.resumed);
+  server.nextId = Math.max(server.nextId, r.highestId + 1);
+  server.count('fd_store_resumed', r.resumed.length);
+  for (const [cause, n] of [
+    ['not_resumable', r.notResumable.length],
+    ['restore_failed', r.failed.length],
+  ] as const) {
+    if (n === 0) continue;
+    server.count('connections_closed', n);
+    server.count(`closed_${cause}`, n);
+  }
+  log.info(
+    { resumed: r.resumed.length, notResumable: r.notResumable.length, failed: r.failed.length },
+    `fd store: resumed ${r.resumed.length} connection(s), closed ${r.notResumable.length} that cannot resume and ${r.failed.length} that did not check out`,
+  );
+}
+
+/** The previous image kept connections in the fd store and this one does not (fd_store turned off): take them out. */
+function leaveStore(log: Logger, ids: string[]): void {
+  const store = FdStore.fromEnv();
+  if (!store) return;
+  for (const name of [LISTENER_FDNAME, ...ids.map(connectionFdName)]) {
+    try {
+      store.remove(name);
+    } catch (e) {
+      log.warn(`could not take ${name} out of the fd store: ${(e as Error).message}`);
+    }
+  }
 }
 
 /** Continues the previous image's identity: generation, start time, connection ids, counters. */

@@ -1,7 +1,8 @@
-// Ties the running proxy to systemd: readiness, reload and stop notifications, and socket-activated listeners.
+// Ties the running proxy to systemd: readiness, reload and stop notifications, socket-activated listeners and what the fd store hands back.
 import type { Logger } from '../admin/log.js';
 import { sys } from '../kernel/libc.js';
-import { describeSocket, listenFds, unsetListenEnv } from '../systemd/listen-fds.js';
+import { FdStore, connectionIdOf } from '../systemd/fd-store.js';
+import { describeSocket, listenFds, unsetListenEnv, type SocketDescription } from '../systemd/listen-fds.js';
 import { SystemdNotifier } from '../systemd/notify.js';
 
 /** What the proxy tells its service manager; every call is a no-op without NOTIFY_SOCKET and never throws. */
@@ -36,28 +37,65 @@ export function serviceNotes(log: Logger, env: NodeJS.ProcessEnv = process.env):
 }
 
 /**
- * Listening sockets systemd passed us (LISTEN_FDS), by local address ("0.0.0.0:443", "[::]:443").
+ * The fd store to deposit connections and listeners in, when fd_store is on: a warning and none
+ * without NOTIFY_SOCKET (not started by systemd), so the same config runs anywhere.
+ */
+export function fdStoreFor(enabled: boolean, log: Logger, env: NodeJS.ProcessEnv = process.env): FdStore | undefined {
+  if (!enabled) return undefined;
+  try {
+    const store = FdStore.fromEnv(env);
+    if (!store) log.warn('fd_store is on but NOTIFY_SOCKET is not set (not started by systemd): running without the fd store');
+    return store;
+  } catch (e) {
+    log.warn({ err: (e as Error).message }, `fd_store is on but NOTIFY_SOCKET cannot be used: ${(e as Error).message}; running without the fd store`);
+    return undefined;
+  }
+}
+
+/** What systemd passed at start: listening sockets (socket activation, or our own from the fd store), and stored connections. */
+export interface PassedDescriptors {
+  /** Listening sockets by local address ("0.0.0.0:443", "[::]:443"). */
+  listeners: Map<string, number>;
+  /** Descriptors the fd store kept for each connection, by store name ("conn-c42"). */
+  connections: Map<string, number[]>;
+}
+
+/**
+ * Takes the descriptors systemd passed us (LISTEN_FDS) and sorts them: connections by their fd
+ * store name, listening TCP sockets by address; anything else is closed with a warning.
  * Clears the variables at once: after an upgrade's exec the same PID must not take fds 3, 4, ... again.
  */
-export function activatedListeners(log: Logger, env: NodeJS.ProcessEnv = process.env): Map<string, number> {
-  const byAddress = new Map<string, number>();
+export function passedDescriptors(log: Logger, env: NodeJS.ProcessEnv = process.env): PassedDescriptors {
+  const out: PassedDescriptors = { listeners: new Map(), connections: new Map() };
   let fds: { fd: number; name?: string }[];
   try {
     fds = listenFds(env);
   } catch (e) {
     log.error({ err: (e as Error).message }, `socket activation ignored: ${(e as Error).message}`);
-    return byAddress;
+    return out;
   } finally {
     unsetListenEnv(env);
   }
   for (const { fd, name } of fds) {
-    const d = describeSocket(fd);
-    if (d.type !== 'stream' || !d.listening || (d.family !== 'inet' && d.family !== 'inet6') || byAddress.has(d.address)) {
+    if (name !== undefined && connectionIdOf(name) !== undefined) {
+      out.connections.set(name, [...(out.connections.get(name) ?? []), fd]);
+      continue;
+    }
+    const d = describeOrUndefined(fd);
+    if (!d || d.type !== 'stream' || !d.listening || (d.family !== 'inet' && d.family !== 'inet6') || out.listeners.has(d.address)) {
       log.warn({ fd, name, socket: d }, `socket activation: fd ${fd}${name ? ` (${name})` : ''} is not a TCP listening socket we can use; closed it`);
       sys.close(fd);
       continue;
     }
-    byAddress.set(d.address, fd);
+    out.listeners.set(d.address, fd);
   }
-  return byAddress;
+  return out;
+}
+
+function describeOrUndefined(fd: number): SocketDescription | undefined {
+  try {
+    return describeSocket(fd);
+  } catch {
+    return undefined; // not a socket
+  }
 }

@@ -27,7 +27,13 @@ const check = (process.env.CHECK_FDS ?? '3,4').split(',').map(Number);
 // Node's own start-up already marks inherited fds 3, 4, ... close-on-exec; undo that to see what listenFds does.
 for (const fd of check) sys.setCloexec(fd, false);
 try {
-  out.fds = listenFds().map((f) => ({ ...f, ...describeSocket(f.fd) }));
+  out.fds = listenFds().map((f) => {
+    try {
+      return { ...f, ...describeSocket(f.fd) };
+    } catch (e) {
+      return { ...f, type: e.code };
+    }
+  });
 } catch (e) {
   out.error = e.message;
 }
@@ -118,13 +124,34 @@ test('a child whose LISTEN_PID names another process takes nothing and leaves it
   }
 });
 
-test('a passed descriptor that is not a socket is refused with an error naming the fd', async () => {
+test('a passed descriptor that is not a socket is taken (the fd store passes pipes and memfds too)', async () => {
   const tcp = tcpListener('127.0.0.1');
   const [rd, wr] = sys.pipe();
   try {
-    const r = await runChild(tcp.fd, rd, { LISTEN_FDS: '2' }, true);
+    const r = await runChild(tcp.fd, rd, { LISTEN_FDS: '2', LISTEN_FDNAMES: 'listener:conn-c1' }, true);
+    assert.deepEqual(
+      r.fds?.map((f) => [f.fd, f.name, f.type]),
+      [
+        [3, 'listener', 'stream'],
+        [4, 'conn-c1', 'ENOTSOCK'],
+      ],
+    );
+    assert.deepEqual(r.cloexec, [true, true]);
+  } finally {
+    sys.close(tcp.fd);
+    sys.close(rd);
+    sys.close(wr);
+  }
+});
+
+test('a passed descriptor that is not open is refused with an error naming the fd', async () => {
+  const tcp = tcpListener('127.0.0.1');
+  const [rd, wr] = sys.pipe();
+  try {
+    // Node itself holds a few fds past 4 (epoll, eventfds): the first one it does not hold is named.
+    const r = await runChild(tcp.fd, rd, { LISTEN_FDS: '500' }, true);
     assert.equal(r.fds, undefined);
-    assert.equal(r.error, 'socket activation: LISTEN_FDS=2 but fd 4 is not a socket');
+    assert.match(r.error ?? '', /^socket activation: LISTEN_FDS=500 but fd (\d+) is not open$/);
   } finally {
     sys.close(tcp.fd);
     sys.close(rd);

@@ -1,5 +1,5 @@
-// Takes the sockets systemd passes by socket activation (sd_listen_fds: LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES) and says what each one is.
-import { AF_INET, AF_INET6, AF_UNIX, SOL_SOCKET, SO_ACCEPTCONN, SO_DOMAIN, SO_TYPE, SysError, sys } from '../kernel/libc.js';
+// Takes the descriptors systemd passes (sd_listen_fds: LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES; sockets, and the fd store's anything) and says what a socket is.
+import { AF_INET, AF_INET6, AF_UNIX, SOL_SOCKET, SO_ACCEPTCONN, SO_DOMAIN, SO_TYPE, sys } from '../kernel/libc.js';
 import { decodeSockaddr, decodeUnixSockaddr, formatEndpoint } from '../kernel/sockaddr.js';
 
 /** The first passed descriptor; the others follow it without gaps. */
@@ -33,8 +33,9 @@ function parseCount(name: string, value: string): number {
  * The descriptors systemd passed us, as sd_listen_fds_with_names(3) finds them: none unless
  * LISTEN_PID names this process (the variables may have been inherited from a parent that was the
  * target); else LISTEN_FDS of them from fd 3 on, named by the colon-separated LISTEN_FDNAMES.
- * Each must be an open socket; each is made close-on-exec. Throws an Error naming the variable or
- * descriptor at fault when the variables are malformed or a descriptor is missing or not a socket.
+ * Each must be open (sockets from socket activation; anything from the fd store: memfds, pipes);
+ * each is made close-on-exec. Throws an Error naming the variable or descriptor at fault when the
+ * variables are malformed or a descriptor is missing.
  *
  * The variables are left in `env`: call unsetListenEnv once the sockets are taken, before
  * starting children or exec'ing (an upgrade carries its listeners its own way; a new image that
@@ -57,10 +58,9 @@ export function listenFds(env: NodeJS.ProcessEnv = process.env, pid: number = pr
   for (let i = 0; i < count; i++) {
     const fd = LISTEN_FDS_START + i;
     try {
-      sys.getsockoptInt(fd, SOL_SOCKET, SO_TYPE); // EBADF: not open; ENOTSOCK: not a socket
-    } catch (e) {
-      const why = e instanceof SysError ? (e.code === 'ENOTSOCK' ? 'is not a socket' : e.code === 'EBADF' ? 'is not open' : e.message) : String(e);
-      throw new Error(`socket activation: LISTEN_FDS=${count} but fd ${fd} ${why}`);
+      sys.isCloexec(fd); // EBADF: not open
+    } catch {
+      throw new Error(`socket activation: LISTEN_FDS=${count} but fd ${fd} is not open`);
     }
     out.push(names ? { fd, name: names[i] } : { fd });
   }

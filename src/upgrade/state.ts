@@ -27,6 +27,8 @@ export interface HandoffState {
   /** The bridge process holding every live connection while this image execs, and our end of its link. */
   bridge: { linkFd: number; pid: number };
   nextId: number;
+  /** Whether the previous image kept its connections in systemd's fd store (they keep their ids, so their entries stay valid). */
+  fdStore?: boolean;
 }
 
 const STATE_MAGIC = 'IRONSOCKET-HANDOFF-2\n';

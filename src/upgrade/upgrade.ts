@@ -163,6 +163,7 @@ function execWithState(server: ProxyServer, attempt: string, bridge: Bridge, mig
     listeners: server.listeners.map((l) => ({ fd: l.fd, address: l.address })),
     bridge: { linkFd: bridge.linkFd, pid: bridge.child.pid ?? -1 },
     nextId: server.nextId,
+    fdStore: server.deps.store !== undefined,
   };
   let memfd = -1;
   state.execAt = Date.now();
