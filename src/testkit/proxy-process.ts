@@ -33,6 +33,8 @@ export interface RunningProxy {
   /** Open file descriptors of the proxy process right now. */
   fdCount(): number;
   stop(): Promise<number | null>;
+  /** kill -9, and resolves once it is gone (its temporary directory stays until stop()). */
+  crash(): Promise<void>;
   /** Resolves when a log line matching `re` appears. */
   waitForLog(re: RegExp, timeoutMs?: number): Promise<string>;
 }
@@ -52,6 +54,8 @@ export interface ProxyOptions {
   wrap?: string[];
   /** Descriptors handed to the proxy as fds 3, 4, ... with LISTEN_FDS/LISTEN_PID set as systemd's socket activation does. */
   activate?: number[];
+  /** Their names (LISTEN_FDNAMES), as systemd passes a socket unit's or the fd store's. */
+  activateNames?: string[];
 }
 
 /** Pids whose parent is `pid` (zombies included): what a process has left running or uncollected. */
@@ -110,7 +114,9 @@ export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProx
   // LISTEN_PID must be the proxy's own pid: a shell sets it, then execs into node (same pid).
   if (opts.activate) command = ['sh', '-c', 'LISTEN_PID=$$ exec "$0" "$@"', ...command];
   if (opts.wrap) command = [...opts.wrap, ...command];
-  const activation = opts.activate ? { LISTEN_FDS: String(opts.activate.length) } : {};
+  const activation = opts.activate
+    ? { LISTEN_FDS: String(opts.activate.length), ...(opts.activateNames ? { LISTEN_FDNAMES: opts.activateNames.join(':') } : {}) }
+    : {};
   const child = spawn(command[0]!, command.slice(1), {
     env: { ...process.env, IRONSOCKET_STATE_DIR: path.join(dir, 'state'), ...activation, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe', ...(opts.activate ?? [])],
@@ -180,6 +186,11 @@ export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProx
     async status() {
       const { stdout } = await run(process.execPath, [CLI, 'status', '--json', '--admin-socket', adminSocket]);
       return JSON.parse(stdout) as StatusSnapshot;
+    },
+    async crash() {
+      stopping = true;
+      child.kill('SIGKILL');
+      await exited;
     },
     async stop() {
       stopping = true;

@@ -1,0 +1,225 @@
+// The fd store end to end, with a fake systemd keeping the descriptors: deposits and removals, closes the peer sees at once, kill -9 and restart; run per mode.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import tls from 'node:tls';
+import { readTlsStat } from '../kernel/probe.js';
+import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
+import { LISTENER_FDNAME } from '../systemd/fd-store.js';
+import { echoBackend, type Backend } from '../testkit/backends.js';
+import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
+import { FakeNotifySocket } from '../testkit/notify-socket.js';
+import { eventually, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
+
+/** A TLS client held open: echoes on demand, and notes when (and how) the connection ended. */
+interface HeldClient {
+  roundTrip(text: string): Promise<void>;
+  /** When 'end' or 'close' arrived, if it has. */
+  endedAt(): number | undefined;
+  errors: string[];
+  socket: tls.TLSSocket;
+}
+
+function heldClient(port: number): Promise<HeldClient> {
+  return new Promise((resolve, reject) => {
+    const errors: string[] = [];
+    let endedAt: number | undefined;
+    let inbox = '';
+    const s = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false });
+    s.setEncoding('utf8');
+    s.on('data', (d: string) => (inbox += d));
+    s.on('error', (e: NodeJS.ErrnoException) => errors.push(e.code ?? e.message));
+    s.on('end', () => (endedAt ??= Date.now()));
+    s.on('close', () => (endedAt ??= Date.now()));
+    s.once('error', reject);
+    s.once('secureConnect', () => {
+      s.off('error', reject);
+      resolve({
+        socket: s,
+        errors,
+        endedAt: () => endedAt,
+        async roundTrip(text) {
+          inbox = '';
+          s.write(text);
+          await eventually(() => inbox === text, 10_000, `the echo of ${JSON.stringify(text)}`);
+        },
+      });
+    });
+  });
+}
+
+/** Store entries that are connections, by name. */
+const connections = (entries: Map<string, number>) => new Map([...entries].filter(([name]) => name.startsWith('conn-')));
+
+export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: number; streams: number }): void {
+  /** Descriptors per stored connection: record, client, backend, and in kernel mode two pipes (both ends). */
+  const perConnection = mode === 'kernel' ? 7 : 3;
+  const slow = mode === 'kernel' ? 10 : 1; // the guest's one slow CPU
+  let echo: Backend;
+  let notify: FakeNotifySocket;
+  const withStore = (config?: string) =>
+    startProxyProcess({ backendPort: echo.port, args: [...modeArgs(mode), '--fd-store'], env: { NOTIFY_SOCKET: notify.address }, config });
+  /** The proxy again, as systemd restarts it: same address, the store's descriptors at fds 3, 4, ... */
+  const restart = (port: number) => {
+    const back = notify.handBack();
+    return startProxyProcess({
+      backendPort: echo.port,
+      noListenFlags: true,
+      args: ['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${echo.port}`, ...modeArgs(mode), '--fd-store'],
+      env: { NOTIFY_SOCKET: notify.address },
+      activate: back.fds,
+      activateNames: back.env.LISTEN_FDNAMES.split(':'),
+    });
+  };
+
+  before(async () => {
+    if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
+    echo = await echoBackend();
+  });
+  after(async () => {
+    await echo?.close();
+  });
+
+  test(`each ${mode}-mode connection is in the fd store while it lives and leaves it when it closes; a stopped proxy leaves nothing there`, async () => {
+    notify = new FakeNotifySocket();
+    const proxy = await withStore();
+    const clients: HeldClient[] = [];
+    try {
+      await notify.waitForStore((e) => e.get(LISTENER_FDNAME) === 1);
+      for (let i = 0; i < 3; i++) clients.push(await heldClient(proxy.port));
+      for (const c of clients) await c.roundTrip('hello through the store');
+      const held = await notify.waitForStore((e) => connections(e).size === 3, 5000 * slow);
+      for (const [name, n] of connections(held)) assert.equal(n, perConnection, `${name} holds ${n} descriptors`);
+      const s = await proxy.status();
+      for (const c of s.connections) assert.equal(c.mode, mode);
+      // A normal close (close_notify, FIN): the entry goes, and the client sees the end.
+      const first = clients[0]!;
+      first.socket.end();
+      await eventually(() => first.endedAt() !== undefined, 5000 * slow, 'the first client to see the close');
+      await notify.waitForStore((e) => connections(e).size === 2, 5000 * slow);
+      assert.equal(await proxy.stop(), 0);
+      // Shutting down closes the rest, and each leaves the store first; so does the listener.
+      const left = await notify.waitForStore((e) => e.size === 0, 5000 * slow);
+      assert.deepEqual([...left], []);
+      await eventually(() => clients.every((c) => c.endedAt() !== undefined), 5000 * slow, 'every client to see the shutdown');
+      for (const c of clients) assert.deepEqual(c.errors, []);
+    } finally {
+      for (const c of clients) c.socket.destroy();
+      await proxy.stop();
+      notify.close();
+    }
+  });
+
+  test(`a ${mode}-mode connection the proxy closes on its own (idle timeout) leaves the store first, so its client sees the close at once`, async () => {
+    notify = new FakeNotifySocket();
+    const proxy = await withStore('[timeouts]\nidle = "1s"\n');
+    let client: HeldClient | undefined;
+    try {
+      client = await heldClient(proxy.port);
+      await client.roundTrip('then silence');
+      await notify.waitForStore((e) => connections(e).size === 1, 5000 * slow);
+      const quietSince = Date.now();
+      // The idle check runs once a second: closed after 1-2 s. Were the store still holding a copy
+      // of the socket, the close would never reach the client.
+      await eventually(() => client!.endedAt() !== undefined, 5000 * slow, 'the client to see the idle close');
+      assert.ok(client.endedAt()! - quietSince < 4000 * slow, `the close took ${client.endedAt()! - quietSince} ms`);
+      await notify.waitForStore((e) => connections(e).size === 0, 2000 * slow);
+      await eventually(async () => (await proxy.status()).counters.closed_idle_timeout === 1, 5000 * slow, 'the close to be counted');
+    } finally {
+      client?.socket.destroy();
+      await proxy.stop();
+      notify.close();
+    }
+  });
+
+  if (mode === 'user') {
+    test('after kill -9 and a restart with the store, user-mode connections are closed without a reset and counted, and the listener serves again', async () => {
+      notify = new FakeNotifySocket();
+      const proxy = await withStore();
+      const clients: HeldClient[] = [];
+      let again: RunningProxy | undefined;
+      try {
+        for (let i = 0; i < 4; i++) clients.push(await heldClient(proxy.port));
+        for (const c of clients) await c.roundTrip('before the crash');
+        await notify.waitForStore((e) => connections(e).size === 4 && e.get(LISTENER_FDNAME) === 1);
+        await proxy.crash();
+        // The store holds every socket: nothing reaches the clients while no proxy runs.
+        await new Promise((r) => setTimeout(r, 500));
+        for (const c of clients) assert.equal(c.endedAt(), undefined, 'a client saw its connection end while the store held it');
+        const oldNames = [...connections(notify.stored()).keys()];
+        again = await restart(proxy.port);
+        assert.equal(again.port, proxy.port, 'the stored listener is adopted, not a new one bound');
+        await eventually(() => clients.every((c) => c.endedAt() !== undefined), 10_000, 'every client to see its connection closed');
+        for (const c of clients) assert.deepEqual(c.errors, [], 'closed with a FIN, not a reset');
+        const s = await again.status();
+        assert.equal(s.counters.closed_not_resumable, 4);
+        assert.equal(s.counters.connections_closed, 4);
+        assert.equal(s.connections.length, 0);
+        await notify.waitForStore((e) => connections(e).size === 0 && e.get(LISTENER_FDNAME) === 1);
+        // New clients are served, and numbered after the old ones (their store names never collide).
+        const fresh = await heldClient(again.port);
+        clients.push(fresh);
+        await fresh.roundTrip('after the restart');
+        const now = await notify.waitForStore((e) => connections(e).size === 1);
+        const [name] = [...connections(now).keys()];
+        assert.ok(!oldNames.includes(name!), `${name} reuses an old connection's name (${oldNames.join(', ')})`);
+        assert.ok(again.logs().some((l) => /fd store: resumed 0 connection\(s\), closed 4 that cannot resume/.test(l)));
+      } finally {
+        for (const c of clients) c.socket.destroy();
+        await again?.stop();
+        await proxy.stop();
+        notify.close();
+      }
+    });
+
+    test('--fd-store without NOTIFY_SOCKET says so and runs without the store', async () => {
+      const proxy = await startProxyProcess({ backendPort: echo.port, args: [...modeArgs(mode), '--fd-store'], env: { NOTIFY_SOCKET: '' } });
+      try {
+        await proxy.waitForLog(/fd_store is on but NOTIFY_SOCKET is not set \(not started by systemd\): running without the fd store/, 5000);
+        const c = await heldClient(proxy.port);
+        await c.roundTrip('served all the same');
+        c.socket.destroy();
+      } finally {
+        await proxy.stop();
+      }
+    });
+  }
+
+  if (mode === 'kernel') {
+    test(`${pace.streams} verified kernel-mode streams survive kill -9 of the proxy and a restart from the store: every byte exact, no reset, no new handshake`, async () => {
+      notify = new FakeNotifySocket();
+      const proxy = await withStore('[timeouts]\nhandshake = "120s"\n');
+      const streams: EchoStream[] = [];
+      let again: RunningProxy | undefined;
+      const acceptedBefore = echo.accepted;
+      try {
+        for (let i = 0; i < pace.streams; i += 10) {
+          streams.push(...(await Promise.all(Array.from({ length: 10 }, (_, j) => echoStream(proxy.port, `crash-${i + j}`, pace.chunk, pace.everyMs)))));
+        }
+        await notify.waitForStore((e) => connections(e).size === pace.streams, 60_000);
+        const before = (await proxy.status()).connections;
+        assert.equal(before.length, pace.streams);
+        for (const c of before) assert.equal(c.mode, 'kernel');
+        const flowing = streams.map((s) => s.received());
+        await proxy.crash();
+        again = await restart(proxy.port);
+        const s = await again.status();
+        assert.equal(s.counters.fd_store_resumed, pace.streams, `resumed ${s.counters.fd_store_resumed}; log: ${again.logs().slice(-10).join('\n')}`);
+        assert.equal(s.connections.length, pace.streams);
+        // Every stream moves on past where it was at the crash.
+        await eventually(() => streams.every((st, i) => st.received() > flowing[i]!), 120_000, 'every stream to flow again after the restart');
+        const results = await Promise.all(streams.map((st) => st.finish()));
+        for (const r of results) assert.ok(r.ok, `${r.seed}: sent ${r.sent}, received ${r.received}, mismatch at ${r.mismatchAt}, errors ${r.errors.join('; ')}`);
+        const after = await again.status();
+        assert.equal(after.counters.handshakes_ok ?? 0, 0, 'no new handshakes');
+        assert.equal(echo.accepted - acceptedBefore, pace.streams, 'the backend saw no reconnection');
+        // Each stream's close took its entry out of the store.
+        await notify.waitForStore((e) => connections(e).size === 0, 60_000);
+      } finally {
+        for (const st of streams) st.abort();
+        await again?.stop();
+        await proxy.stop();
+        notify.close();
+      }
+    });
+  }
+}
