@@ -1,14 +1,18 @@
 // The fd store end to end, with a fake systemd keeping the descriptors: deposits and removals, closes the peer sees at once, kill -9 and restart; run per mode.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import tls from 'node:tls';
+import { promisify } from 'node:util';
 import { readTlsStat } from '../kernel/probe.js';
 import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
 import { LISTENER_FDNAME } from '../systemd/fd-store.js';
 import { echoBackend, type Backend } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
-import { eventually, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
+import { CLI, eventually, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
+
+const run = promisify(execFile);
 
 /** A TLS client held open: echoes on demand, and notes when (and how) the connection ended. */
 interface HeldClient {
@@ -131,6 +135,35 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
     }
   });
 
+  test(`an in-place upgrade keeps every ${mode}-mode connection in the store under its id, its old entry replaced rather than added to`, async () => {
+    notify = new FakeNotifySocket();
+    const proxy = await withStore();
+    const clients: HeldClient[] = [];
+    try {
+      for (let i = 0; i < 3; i++) clients.push(await heldClient(proxy.port));
+      for (const c of clients) await c.roundTrip('before the upgrade');
+      const before = connections(await notify.waitForStore((e) => connections(e).size === 3, 5000 * slow));
+      const { stdout } = await run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket, '--timeout', '300']);
+      assert.equal(JSON.parse(stdout).moved, 3);
+      for (const c of clients) await c.roundTrip('after the upgrade');
+      // Same names, and each still exactly one connection's descriptors (the old entry was replaced, not added to).
+      const afterUpgrade = connections(notify.stored());
+      assert.deepEqual([...afterUpgrade.keys()].sort(), [...before.keys()].sort());
+      for (const [name, n] of afterUpgrade) assert.equal(n, perConnection, `${name} holds ${n} descriptors`);
+      assert.equal(notify.stored().get(LISTENER_FDNAME), 1);
+      const last = clients.pop()!;
+      last.socket.end();
+      await eventually(() => last.endedAt() !== undefined, 5000 * slow, 'the client to see its close');
+      await notify.waitForStore((e) => connections(e).size === 2, 5000 * slow);
+      for (const c of clients) c.socket.destroy();
+      await notify.waitForStore((e) => connections(e).size === 0, 5000 * slow);
+    } finally {
+      for (const c of clients) c.socket.destroy();
+      await proxy.stop();
+      notify.close();
+    }
+  });
+
   if (mode === 'user') {
     test('after kill -9 and a restart with the store, user-mode connections are closed without a reset and counted, and the listener serves again', async () => {
       notify = new FakeNotifySocket();
@@ -208,7 +241,8 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
         // Every stream moves on past where it was at the crash.
         await eventually(() => streams.every((st, i) => st.received() > flowing[i]!), 120_000, 'every stream to flow again after the restart');
         const results = await Promise.all(streams.map((st) => st.finish()));
-        for (const r of results) assert.ok(r.ok, `${r.seed}: sent ${r.sent}, received ${r.received}, mismatch at ${r.mismatchAt}, errors ${r.errors.join('; ')}`);
+        for (const r of results)
+          assert.ok(r.ok, `${r.seed}: sent ${r.sent}, received ${r.received}, mismatch at ${r.mismatchAt}, errors ${r.errors.join('; ')}`);
         const after = await again.status();
         assert.equal(after.counters.handshakes_ok ?? 0, 0, 'no new handshakes');
         assert.equal(echo.accepted - acceptedBefore, pace.streams, 'the backend saw no reconnection');

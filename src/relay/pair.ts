@@ -110,7 +110,7 @@ export class Pair {
     this.lastFlags = this.flagKey();
   }
 
-  /** Splicing goes through the connection's own pipes, or the shared pool's; undefined when it does not splice. */
+  /** Whether reads splice, through the connection's own pipes or the shared pool's. */
   private get splicing(): boolean {
     return this.client.splices && (this.own !== undefined || this.host.pipes !== undefined);
   }
