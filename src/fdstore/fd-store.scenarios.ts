@@ -93,6 +93,8 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       for (const c of clients) await c.roundTrip('hello through the store');
       const held = await notify.waitForStore((e) => connections(e).size === 3, 5000 * slow);
       for (const [name, n] of connections(held)) assert.equal(n, perConnection, `${name} holds ${n} descriptors`);
+      const deposits = notify.messages().filter((m) => m.fields.FDSTORE === '1' && m.fields.FDNAME?.startsWith('conn-'));
+      assert.ok(deposits.length === 3 && deposits.every((m) => m.fields.FDPOLL === '0'), 'connections are deposited with FDPOLL=0');
       const s = await proxy.status();
       for (const c of s.connections) assert.equal(c.mode, mode);
       // A normal close (close_notify, FIN): the entry goes, and the client sees the end.

@@ -47,7 +47,9 @@ export class StoredPairs {
       const memfd = writeRecordOrClose(info, pipes, restored?.flags ?? NO_FLAGS);
       fds = { memfd, pipes };
       const pipeFds = pipes ? [pipes.c2b.r, pipes.c2b.w, pipes.b2c.r, pipes.b2c.w] : [];
-      this.store.deposit(name, [memfd, clientFd, backendFd, ...pipeFds]);
+      // FDPOLL=0: by default systemd drops a stored socket at its first hangup, and a connection whose
+      // client side is shut both ways may still be moving bytes to its backend. Removal is ours to do.
+      this.store.deposit(name, [memfd, clientFd, backendFd, ...pipeFds], { poll: false });
       // Only now: closing the pipes above on a failure must not take carried bytes with them.
       const own = pipes ? carryIntoPipes(pipes, restored) : undefined;
       return { fds, own: own?.own, restored: own?.restored ?? restored };

@@ -52,11 +52,14 @@ export class FdStore {
     return new FdStore(new SystemdNotifier(socket));
   }
 
-  /** Adds `fds` under `name` (they stay open here; the store keeps duplicates). Throws NotifyError. */
-  deposit(name: string, fds: number[]): void {
+  /**
+   * Adds `fds` under `name` (they stay open here; the store keeps duplicates). Throws NotifyError.
+   * `poll: false` (FDPOLL=0): systemd keeps them even after a hangup or error on one, until removed.
+   */
+  deposit(name: string, fds: number[], opts: { poll?: boolean } = {}): void {
     checkFdName(name);
     if (fds.length === 0) throw new Error(`fd store: nothing to deposit under ${name}`);
-    this.notifier.notify({ FDSTORE: 1, FDNAME: name }, fds);
+    this.notifier.notify(opts.poll === false ? { FDSTORE: 1, FDNAME: name, FDPOLL: 0 } : { FDSTORE: 1, FDNAME: name }, fds);
   }
 
   /** Takes every descriptor stored under `name` out of the store (it closes its copies). Throws NotifyError. */
