@@ -206,6 +206,22 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       }
     });
 
+    test("a FileDescriptorStoreMax= (systemd's $FDSTORE) too small for max_connections is warned about", async () => {
+      notify = new FakeNotifySocket();
+      const proxy = await startProxyProcess({
+        backendPort: echo.port,
+        args: [...modeArgs(mode), '--fd-store'],
+        env: { NOTIFY_SOCKET: notify.address, FDSTORE: '700' },
+        config: '[limits]\nmax_connections = 1000\n',
+      });
+      try {
+        await proxy.waitForLog(/FileDescriptorStoreMax=700 keeps about 100 kernel-mode connections; max_connections is 1000 \(set it to 7000 or more\)/, 5000);
+      } finally {
+        await proxy.stop();
+        notify.close();
+      }
+    });
+
     test('--fd-store without NOTIFY_SOCKET says so and runs without the store', async () => {
       const proxy = await startProxyProcess({ backendPort: echo.port, args: [...modeArgs(mode), '--fd-store'], env: { NOTIFY_SOCKET: '' } });
       try {

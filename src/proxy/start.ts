@@ -85,7 +85,7 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   }
   const poller = new Poller();
   const stagger = handoff !== undefined;
-  const store = fdStoreFor(config.fdStore, log);
+  const store = fdStoreFor(config.fdStore, log, config.maxConnections);
   const relay = new Relay({ idleTimeoutMs: config.idleTimeoutMs, workerUrl: RELAY_WORKER, shards: config.workers, stagger, fdStore: store?.socket });
   const handshake = {
     listeners: served,

@@ -36,15 +36,27 @@ export function serviceNotes(log: Logger, env: NodeJS.ProcessEnv = process.env):
   };
 }
 
+/** Descriptors one kernel-mode connection keeps in the store: record, client, backend, two pipes' ends. */
+export const STORED_PER_CONNECTION = 7;
+
 /**
  * The fd store to deposit connections and listeners in, when fd_store is on: a warning and none
- * without NOTIFY_SOCKET (not started by systemd), so the same config runs anywhere.
+ * without NOTIFY_SOCKET (not started by systemd), so the same config runs anywhere. systemd (254 and
+ * later) says how many descriptors it will keep in $FDSTORE: too few for `maxConnections` is warned about.
  */
-export function fdStoreFor(enabled: boolean, log: Logger, env: NodeJS.ProcessEnv = process.env): FdStore | undefined {
+export function fdStoreFor(enabled: boolean, log: Logger, maxConnections: number, env: NodeJS.ProcessEnv = process.env): FdStore | undefined {
   if (!enabled) return undefined;
   try {
     const store = FdStore.fromEnv(env);
     if (!store) log.warn('fd_store is on but NOTIFY_SOCKET is not set (not started by systemd): running without the fd store');
+    const room = env.FDSTORE === undefined ? NaN : Number(env.FDSTORE);
+    const need = STORED_PER_CONNECTION * maxConnections;
+    if (store && room < need) {
+      log.warn(
+        { fileDescriptorStoreMax: room, need },
+        `FileDescriptorStoreMax=${room} keeps about ${Math.floor(room / STORED_PER_CONNECTION)} kernel-mode connections; max_connections is ${maxConnections} (set it to ${need} or more): connections beyond it will not survive a crash`,
+      );
+    }
     return store;
   } catch (e) {
     log.warn({ err: (e as Error).message }, `fd_store is on but NOTIFY_SOCKET cannot be used: ${(e as Error).message}; running without the fd store`);
