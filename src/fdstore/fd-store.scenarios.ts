@@ -173,6 +173,7 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       const clients: HeldClient[] = [];
       let again: RunningProxy | undefined;
       try {
+        const idleFds = proxy.fdCount();
         for (let i = 0; i < 4; i++) clients.push(await heldClient(proxy.port));
         for (const c of clients) await c.roundTrip('before the crash');
         await notify.waitForStore((e) => connections(e).size === 4 && e.get(LISTENER_FDNAME) === 1);
@@ -198,6 +199,11 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
         const [name] = [...connections(now).keys()];
         assert.ok(!oldNames.includes(name!), `${name} reuses an old connection's name (${oldNames.join(', ')})`);
         assert.ok(again.logs().some((l) => /fd store: resumed 0 connection\(s\), closed 4 that cannot resume/.test(l)));
+        // Nothing of the old connections stays open in the new process: once the new one is gone too,
+        // it holds as many descriptors as the first one did before any client came.
+        fresh.socket.end();
+        await notify.waitForStore((e) => connections(e).size === 0);
+        await eventually(() => again!.fdCount() === idleFds, 5000, `the restarted proxy to hold ${idleFds} descriptors (it holds ${again.fdCount()})`);
       } finally {
         for (const c of clients) c.socket.destroy();
         await again?.stop();
