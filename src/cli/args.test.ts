@@ -46,6 +46,16 @@ describe('parseCli', () => {
     assert.match(usageError(['run', '--fd-store=yes']).message, /fd-store/);
   });
 
+  it('takes the run options for keeper, checked, and passes them on as given', () => {
+    assert.deepEqual(parseCli(['keeper', '--listen', '127.0.0.1:1', '--ktls', 'off']), {
+      kind: 'keeper',
+      runArgs: ['--listen', '127.0.0.1:1', '--ktls', 'off'],
+    });
+    assert.deepEqual(parseCli(['keeper', '--help']), { kind: 'help', topic: 'keeper' });
+    assert.equal(usageError(['keeper', '--json']).message, 'unknown option --json');
+    assert.match(usage('keeper'), /restarts? it|starts it again/);
+  });
+
   it('parses status options', () => {
     assert.deepEqual(parseCli(['status', '--json', '--admin-socket', '/s']), { kind: 'status', config: undefined, adminSocket: '/s', json: true });
   });

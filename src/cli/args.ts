@@ -2,7 +2,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ConfigFlags } from '../config/load.js';
 
-export type Topic = 'run' | 'status' | 'check' | 'upgrade' | 'reload';
+export type Topic = 'run' | 'status' | 'check' | 'upgrade' | 'reload' | 'keeper';
 
 export type Command =
   | { kind: 'help'; topic?: Topic }
@@ -11,7 +11,9 @@ export type Command =
   | { kind: 'check'; config?: string; flags: ConfigFlags }
   | { kind: 'status'; config?: string; adminSocket?: string; json: boolean }
   | { kind: 'upgrade'; config?: string; adminSocket?: string; timeoutS: number }
-  | { kind: 'reload'; config?: string; adminSocket?: string };
+  | { kind: 'reload'; config?: string; adminSocket?: string }
+  /** `runArgs`: the run options as given, for the proxy the keeper starts. */
+  | { kind: 'keeper'; runArgs: string[] };
 
 /** Bad command line; the CLI prints the message and the usage of `topic`, then exits 2. */
 export class UsageError extends Error {
@@ -80,6 +82,7 @@ Commands:
   status   show the running proxy's state through its admin socket
   upgrade  replace the running proxy's code in place (same PID); live connections keep flowing
   reload   re-read the config file and certificates (new connections use them; live ones are untouched)
+  keeper   run the proxy under a keeper of its connections' descriptors, restarting it after a crash
   check    validate a config file (and that its certificate and key load and match)
   help     show help for a command: ironsocket help run
 
@@ -94,6 +97,17 @@ Example:
 Starts the proxy. Without --cert/--key it uses a generated self-signed certificate for localhost.
 
 Options:
+${CONFIG_FLAGS_HELP}`,
+  keeper: `Usage: ironsocket keeper [run options]
+
+For a host without systemd: plays systemd's part for the fd store. Starts \`ironsocket run [run
+options] --fd-store\` with NOTIFY_SOCKET pointing at the keeper, which keeps a copy of every
+connection's descriptors. When the proxy crashes (killed by a signal, or exits non-zero), the
+keeper starts it again with them: kernel-TLS connections carry on without a reset or a new
+handshake; userspace-TLS ones are closed cleanly. SIGTERM/SIGINT stop the proxy, then the keeper;
+SIGHUP and SIGUSR2 are passed on (reload, in-place upgrade). It gives up after 5 crashes in 60 s.
+
+Options (as for run):
 ${CONFIG_FLAGS_HELP}`,
   check: `Usage: ironsocket check --config FILE [options]
 
@@ -143,7 +157,7 @@ export function usage(topic?: Topic): string {
 }
 
 function isTopic(s: string | undefined): s is Topic {
-  return s === 'run' || s === 'status' || s === 'check' || s === 'upgrade' || s === 'reload';
+  return s === 'run' || s === 'status' || s === 'check' || s === 'upgrade' || s === 'reload' || s === 'keeper';
 }
 
 /** Parses argv (without node and the script path). Throws UsageError. */
@@ -179,6 +193,8 @@ export function parseCli(argv: string[]): Command {
   }
   const v = strictParse(rest, CONFIG_OPTIONS, first);
   if (v.help) return { kind: 'help', topic: first };
+  // Checked here (a usage error now, not a proxy that fails to start later), passed on as given.
+  if (first === 'keeper') return { kind: 'keeper', runArgs: rest };
   const flags: ConfigFlags = {};
   const set = (name: Exclude<keyof ConfigFlags, 'fdStore'>, value: string | undefined) => {
     if (value !== undefined) flags[name] = value;

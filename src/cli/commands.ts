@@ -1,4 +1,4 @@
-// The `ironsocket` commands: dispatches run / status / check / upgrade / help / version and owns exit codes.
+// The `ironsocket` commands: dispatches run / status / check / upgrade / reload / keeper / help / version and owns exit codes.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { adminRequest, AdminError } from '../admin/client.js';
@@ -269,6 +269,10 @@ async function main(argv: string[]): Promise<number> {
       return upgrade(cmd);
     case 'reload':
       return reload(cmd);
+    case 'keeper': {
+      const { keep } = await import('../keeper/keeper.js');
+      process.exit(await keep({ runArgs: cmd.runArgs, log: createLogger('info').child({ keeper: process.pid }) }));
+    }
   }
 }
 

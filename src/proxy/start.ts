@@ -119,8 +119,10 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
         const bad = checkListener(mine);
         if (bad) throw new Error(`carried listener: ${bad}`);
       }
-      const fromSystemd = mine ? undefined : activated.get(formatEndpoint(at));
-      if (fromSystemd !== undefined) activated.delete(formatEndpoint(at));
+      // Port 0 (any port) takes a passed socket on the same host: a restart finds the port it had.
+      const passedAt = mine ? undefined : [...activated.keys()].find((a) => sameEndpoint(a, at));
+      const fromSystemd = passedAt === undefined ? undefined : activated.get(passedAt);
+      if (passedAt !== undefined) activated.delete(passedAt);
       bound.push(server.bind(at, mine?.fd ?? fromSystemd));
     }
     for (const l of carried) sys.close(l.fd);

@@ -56,6 +56,8 @@ export interface ProxyOptions {
   activate?: number[];
   /** Their names (LISTEN_FDNAMES), as systemd passes a socket unit's or the fd store's. */
   activateNames?: string[];
+  /** Run `ironsocket keeper` (which runs the proxy as its child) instead of `ironsocket run`: `pid` is the keeper's. */
+  keeper?: boolean;
 }
 
 /** Pids whose parent is `pid` (zombies included): what a process has left running or uncollected. */
@@ -100,7 +102,7 @@ export async function makeCert(dir: string, kind: 'ec' | 'rsa'): Promise<{ certF
 export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProxy> {
   const dir = tempDir('proxy');
   const adminSocket = path.join(dir, 'admin.sock');
-  const args = [CLI, 'run', '--admin-socket', adminSocket];
+  const args = [CLI, opts.keeper ? 'keeper' : 'run', '--admin-socket', adminSocket];
   if (!opts.noListenFlags) args.push('--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${opts.backendPort}`);
   if (opts.cert) args.push('--cert', opts.cert.certFile, '--key', opts.cert.keyFile);
   if (opts.config !== undefined) {
