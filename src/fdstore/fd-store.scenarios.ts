@@ -1,14 +1,13 @@
 // The fd store end to end, with a fake systemd keeping the descriptors: deposits and removals, closes the peer sees at once, kill -9 and restart; run per mode.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
-import { readTlsStat } from '../kernel/probe.js';
 import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
 import { LISTENER_FDNAME } from '../systemd/fd-store.js';
-import { echoBackend, type Backend } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
+import { laneWithEchoBackend } from '../testkit/lane.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
 import { CLI, eventually, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
 
@@ -58,30 +57,22 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
   /** Descriptors per stored connection: record, client, backend, and in kernel mode two pipes (both ends). */
   const perConnection = mode === 'kernel' ? 7 : 3;
   const slow = mode === 'kernel' ? 10 : 1; // the guest's one slow CPU
-  let echo: Backend;
+  const echo = laneWithEchoBackend(mode);
   let notify: FakeNotifySocket;
   const withStore = (config?: string) =>
-    startProxyProcess({ backendPort: echo.port, args: [...modeArgs(mode), '--fd-store'], env: { NOTIFY_SOCKET: notify.address }, config });
+    startProxyProcess({ backendPort: echo().port, args: [...modeArgs(mode), '--fd-store'], env: { NOTIFY_SOCKET: notify.address }, config });
   /** The proxy again, as systemd restarts it: same address, the store's descriptors at fds 3, 4, ... */
   const restart = (port: number) => {
     const back = notify.handBack();
     return startProxyProcess({
-      backendPort: echo.port,
+      backendPort: echo().port,
       noListenFlags: true,
-      args: ['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${echo.port}`, ...modeArgs(mode), '--fd-store'],
+      args: ['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${echo().port}`, ...modeArgs(mode), '--fd-store'],
       env: { NOTIFY_SOCKET: notify.address },
       activate: back.fds,
       activateNames: back.env.LISTEN_FDNAMES.split(':'),
     });
   };
-
-  before(async () => {
-    if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
-    echo = await echoBackend();
-  });
-  after(async () => {
-    await echo?.close();
-  });
 
   test(`each ${mode}-mode connection is in the fd store while it lives and leaves it when it closes; a stopped proxy leaves nothing there`, async () => {
     notify = new FakeNotifySocket();
@@ -215,7 +206,7 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
     test("a FileDescriptorStoreMax= (systemd's $FDSTORE) too small for max_connections is warned about", async () => {
       notify = new FakeNotifySocket();
       const proxy = await startProxyProcess({
-        backendPort: echo.port,
+        backendPort: echo().port,
         args: [...modeArgs(mode), '--fd-store'],
         env: { NOTIFY_SOCKET: notify.address, FDSTORE: '700' },
         config: '[limits]\nmax_connections = 1000\n',
@@ -229,7 +220,7 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
     });
 
     test('--fd-store without NOTIFY_SOCKET says so and runs without the store', async () => {
-      const proxy = await startProxyProcess({ backendPort: echo.port, args: [...modeArgs(mode), '--fd-store'], env: { NOTIFY_SOCKET: '' } });
+      const proxy = await startProxyProcess({ backendPort: echo().port, args: [...modeArgs(mode), '--fd-store'], env: { NOTIFY_SOCKET: '' } });
       try {
         await proxy.waitForLog(/fd_store is on but NOTIFY_SOCKET is not set \(not started by systemd\): running without the fd store/, 5000);
         const c = await heldClient(proxy.port);
@@ -247,7 +238,7 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       const proxy = await withStore('[timeouts]\nhandshake = "120s"\n');
       const streams: EchoStream[] = [];
       let again: RunningProxy | undefined;
-      const acceptedBefore = echo.accepted;
+      const acceptedBefore = echo().accepted;
       try {
         for (let i = 0; i < pace.streams; i += 10) {
           streams.push(...(await Promise.all(Array.from({ length: 10 }, (_, j) => echoStream(proxy.port, `crash-${i + j}`, pace.chunk, pace.everyMs)))));
@@ -269,7 +260,7 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
           assert.ok(r.ok, `${r.seed}: sent ${r.sent}, received ${r.received}, mismatch at ${r.mismatchAt}, errors ${r.errors.join('; ')}`);
         const after = await again.status();
         assert.equal(after.counters.handshakes_ok ?? 0, 0, 'no new handshakes');
-        assert.equal(echo.accepted - acceptedBefore, pace.streams, 'the backend saw no reconnection');
+        assert.equal(echo().accepted - acceptedBefore, pace.streams, 'the backend saw no reconnection');
         // Each stream's close took its entry out of the store.
         await notify.waitForStore((e) => connections(e).size === 0, 60_000);
       } finally {

@@ -1,11 +1,10 @@
 // `ironsocket keeper` end to end: the proxy killed with SIGKILL comes back on the same port with its connections (kernel mode) or closes them cleanly (user mode); run per mode.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import tls from 'node:tls';
-import { readTlsStat } from '../kernel/probe.js';
 import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
-import { echoBackend, type Backend } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
+import { laneWithEchoBackend } from '../testkit/lane.js';
 import { eventually, startProxyProcess } from '../testkit/proxy-process.js';
 
 /** Opens a TLS connection, sees one echo come back, and records how it ends. */
@@ -35,16 +34,10 @@ const alive = (pid: number) => {
 
 export function keeperScenarios(mode: Mode, pace: { chunk: number; everyMs: number; streams: number }): void {
   const slow = mode === 'kernel' ? 10 : 1;
-  let echo: Backend;
-  before(async () => {
-    if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
-    echo = await echoBackend();
-  });
-  after(async () => {
-    await echo?.close();
-  });
+  const backend = laneWithEchoBackend(mode);
 
   test(`ironsocket keeper restarts a proxy killed with SIGKILL on the same port, and its ${mode}-mode connections ${mode === 'kernel' ? 'carry on' : 'are closed cleanly'}`, async () => {
+    const echo = backend();
     const keeper = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode), keeper: true, env: { NOTIFY_SOCKET: '' } });
     const clients: Awaited<ReturnType<typeof echoedClient>>[] = [];
     const streams: EchoStream[] = [];
