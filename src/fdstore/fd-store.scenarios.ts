@@ -62,12 +62,12 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
   const withStore = (config?: string) =>
     startProxyProcess({ backendPort: echo().port, args: [...modeArgs(mode), '--fd-store'], env: { NOTIFY_SOCKET: notify.address }, config });
   /** The proxy again, as systemd restarts it: same address, the store's descriptors at fds 3, 4, ... */
-  const restart = (port: number) => {
+  const restart = (port: number, fdStore = true) => {
     const back = notify.handBack();
     return startProxyProcess({
       backendPort: echo().port,
       noListenFlags: true,
-      args: ['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${echo().port}`, ...modeArgs(mode), '--fd-store'],
+      args: ['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${echo().port}`, ...modeArgs(mode), ...(fdStore ? ['--fd-store'] : [])],
       env: { NOTIFY_SOCKET: notify.address },
       activate: back.fds,
       activateNames: back.env.LISTEN_FDNAMES.split(':'),
@@ -195,6 +195,33 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
         fresh.socket.end();
         await notify.waitForStore((e) => connections(e).size === 0);
         await eventually(() => again!.fdCount() === idleFds, 5000, `the restarted proxy to hold ${idleFds} descriptors (it holds ${again.fdCount()})`);
+      } finally {
+        for (const c of clients) c.socket.destroy();
+        await again?.stop();
+        await proxy.stop();
+        notify.close();
+      }
+    });
+
+    test('a restart with fd_store turned off closes what the store handed back and empties it, listener entry included', async () => {
+      notify = new FakeNotifySocket();
+      const proxy = await withStore();
+      const clients: HeldClient[] = [];
+      let again: RunningProxy | undefined;
+      try {
+        for (let i = 0; i < 2; i++) clients.push(await heldClient(proxy.port));
+        for (const c of clients) await c.roundTrip('before');
+        await notify.waitForStore((e) => connections(e).size === 2 && e.get(LISTENER_FDNAME) === 1);
+        await proxy.crash();
+        again = await restart(proxy.port, false);
+        assert.equal(again.port, proxy.port);
+        await eventually(() => clients.every((c) => c.endedAt() !== undefined), 10_000, 'every client to see its connection closed');
+        for (const c of clients) assert.deepEqual(c.errors, []);
+        await notify.waitForStore((e) => e.size === 0);
+        const fresh = await heldClient(again.port);
+        clients.push(fresh);
+        await fresh.roundTrip('served without the store');
+        assert.equal(notify.stored().size, 0, 'nothing is deposited with fd_store off');
       } finally {
         for (const c of clients) c.socket.destroy();
         await again?.stop();

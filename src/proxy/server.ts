@@ -104,12 +104,10 @@ export class ProxyServer {
     const store = this.deps.store;
     if (!store) return;
     this.unstore(LISTENER_FDNAME);
-    if (this.listeners.length === 0) return;
+    const fds = this.listeners.map((l) => l.fd);
+    if (fds.length === 0) return;
     try {
-      store.deposit(
-        LISTENER_FDNAME,
-        this.listeners.map((l) => l.fd),
-      );
+      store.deposit(LISTENER_FDNAME, fds);
     } catch (e) {
       this.deps.logger.warn(`could not keep the listening sockets in the fd store: ${(e as Error).message}`);
     }

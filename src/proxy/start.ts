@@ -143,13 +143,11 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     // Now that this image is ready, its connections come back from the bridge (which relayed them meanwhile).
     const r = await resumeFromBridge(relay, handoff, 30_000);
     recordUpgrade(server, handoff, r);
-    if (handoff.fdStore && !store)
-      leaveStore(
-        log,
-        r.connections.map((c) => c.id),
-      );
+    const ids = r.connections.map((c) => c.id);
+    if (handoff.fdStore && !store) leaveStore(log, ids);
   }
   if (passed.connections.size > 0) resumeStored(server, passed.connections, store);
+  if (passed.storedListeners && !store) leaveStore(log, []); // fd_store turned off since the last run
   await server.started; // every worker thread is up: ready means ready
   server.resumeAccepting();
 
@@ -210,9 +208,9 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
 function resumeStored(server: ProxyServer, groups: Map<string, number[]>, store: FdStore | undefined): void {
   const log = server.deps.logger;
   // fd_store turned off since: the entries still have to leave the store.
-  const cleanup = store ?? FdStore.fromEnv();
+  const cleanup = store ?? storeForCleanup(log);
   if (!cleanup) {
-    log.warn(`${groups.size} connection(s) were passed as from an fd store, but NOTIFY_SOCKET is not set; closed them`);
+    log.warn(`${groups.size} connection(s) were passed as from an fd store, but the store cannot be reached (NOTIFY_SOCKET); closed them`);
     for (const fds of groups.values()) for (const fd of fds) sys.close(fd);
     return;
   }
@@ -242,7 +240,7 @@ function resumeStored(server: ProxyServer, groups: Map<string, number[]>, store:
 
 /** The previous image kept connections in the fd store and this one does not (fd_store turned off): take them out. */
 function leaveStore(log: Logger, ids: string[]): void {
-  const store = FdStore.fromEnv();
+  const store = storeForCleanup(log);
   if (!store) return;
   for (const name of [LISTENER_FDNAME, ...ids.map(connectionFdName)]) {
     try {
@@ -250,6 +248,16 @@ function leaveStore(log: Logger, ids: string[]): void {
     } catch (e) {
       log.warn(`could not take ${name} out of the fd store: ${(e as Error).message}`);
     }
+  }
+}
+
+/** The fd store at NOTIFY_SOCKET even with fd_store off, to take out what an earlier run left there; undefined (logged) when unusable. */
+function storeForCleanup(log: Logger): FdStore | undefined {
+  try {
+    return FdStore.fromEnv();
+  } catch (e) {
+    log.warn(`NOTIFY_SOCKET cannot be used to clean up the fd store: ${(e as Error).message}`);
+    return undefined;
   }
 }
 

@@ -1,7 +1,7 @@
 // Ties the running proxy to systemd: readiness, reload and stop notifications, socket-activated listeners and what the fd store hands back.
 import type { Logger } from '../admin/log.js';
 import { sys } from '../kernel/libc.js';
-import { FdStore, connectionIdOf } from '../systemd/fd-store.js';
+import { FdStore, LISTENER_FDNAME, connectionIdOf } from '../systemd/fd-store.js';
 import { describeSocket, listenFds, unsetListenEnv, type SocketDescription } from '../systemd/listen-fds.js';
 import { SystemdNotifier } from '../systemd/notify.js';
 
@@ -70,6 +70,8 @@ export interface PassedDescriptors {
   listeners: Map<string, number>;
   /** Descriptors the fd store kept for each connection, by store name ("conn-c42"). */
   connections: Map<string, number[]>;
+  /** Whether listening sockets came from our own fd store entry (LISTENER_FDNAME). */
+  storedListeners: boolean;
 }
 
 /**
@@ -78,7 +80,7 @@ export interface PassedDescriptors {
  * Clears the variables at once: after an upgrade's exec the same PID must not take fds 3, 4, ... again.
  */
 export function passedDescriptors(log: Logger, env: NodeJS.ProcessEnv = process.env): PassedDescriptors {
-  const out: PassedDescriptors = { listeners: new Map(), connections: new Map() };
+  const out: PassedDescriptors = { listeners: new Map(), connections: new Map(), storedListeners: false };
   let fds: { fd: number; name?: string }[];
   try {
     fds = listenFds(env);
@@ -93,6 +95,7 @@ export function passedDescriptors(log: Logger, env: NodeJS.ProcessEnv = process.
       out.connections.set(name, [...(out.connections.get(name) ?? []), fd]);
       continue;
     }
+    if (name === LISTENER_FDNAME) out.storedListeners = true;
     const d = describeOrUndefined(fd);
     if (!d || d.type !== 'stream' || !d.listening || (d.family !== 'inet' && d.family !== 'inet6') || out.listeners.has(d.address)) {
       log.warn({ fd, name, socket: d }, `socket activation: fd ${fd}${name ? ` (${name})` : ''} is not a TCP listening socket we can use; closed it`);
