@@ -5,6 +5,7 @@ import { TlsRecordIo } from '../kernel/ktls.js';
 import type { Poller } from '../kernel/poller.js';
 import { decodeSockaddr, formatEndpoint } from '../kernel/sockaddr.js';
 import { lingeringClose } from '../proxy/linger.js';
+import { KernelClient } from '../relay/kernel-client.js';
 import type { PairInfo } from '../relay/pair.js';
 import type { Pipe } from '../relay/pipes.js';
 import type { CarriedPair } from '../relay/protocol.js';
@@ -133,8 +134,9 @@ export function restartFromStore(groups: Map<string, number[]>, deps: StoreResta
       continue;
     }
     const { info } = found.record;
-    const bad = info.mode === 'kernel' && deps.resume ? checkPair(found.carried) : undefined;
-    if (info.mode === 'kernel' && deps.resume && !bad) {
+    // Checked exactly as an upgrade checks what it carried (user mode has no kernel state to check).
+    const bad = info.mode === 'kernel' ? checkPair(found.carried) : undefined;
+    if (info.mode === 'kernel' && !bad && deps.resume) {
       deps.adopt(info, found.carried.clientFd, found.carried.backendFd, found.carried, found.stored);
       out.resumed.push(info);
       continue;
@@ -147,6 +149,8 @@ export function restartFromStore(groups: Map<string, number[]>, deps: StoreResta
       out.failed.push({ id: info.id, reason: bad });
       continue;
     }
+    // A kernel-mode session (fd_store now off) can still end properly: the kernel has its keys.
+    if (info.mode === 'kernel') new KernelClient(found.carried.clientFd, io, info.version).closeNotify();
     lingeringClose(deps.poller, found.carried.clientFd);
     lingeringClose(deps.poller, found.carried.backendFd);
     const why = info.mode === 'user' ? 'its userspace TLS state was lost with the previous process' : 'fd_store is off';
