@@ -2,46 +2,15 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { describe, it } from 'node:test';
-import { EAGAIN, EINTR, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, sys } from '../kernel/libc.js';
+import { SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, sys } from '../kernel/libc.js';
 import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
 import type { ClientRead, ClientSide } from './kernel-client.js';
+import { PlainSplicingClient } from '../testkit/splicing-client.js';
 import { Pair, TURN_BYTES, type PairHost, type PairInfo } from './pair.js';
 import { PipePool } from './pipes.js';
 
 const SO_SNDBUF = 7;
 const SO_RCVBUF = 8;
-
-/** A client side that is a plain socket but splices like a kTLS one. */
-class PlainSplicingClient implements ClientSide {
-  readonly splices = true;
-  readonly pendingOutput = false;
-  readonly bufferedInput = false;
-  constructor(readonly fd: number) {}
-  read(buf: Buffer): ClientRead {
-    const r = sys.recv(this.fd, buf, buf.length);
-    if (r === -EAGAIN || r === -EINTR) return { kind: 'again' };
-    if (r < 0) return { kind: 'fatal', reason: `errno ${-r}` };
-    return r === 0 ? { kind: 'eof' } : { kind: 'data', n: r };
-  }
-  spliceIn(pipeW: number, len: number): number | 'control' | ClientRead {
-    const r = sys.splice(this.fd, pipeW, len);
-    if (r > 0) return r;
-    if (r === 0) return { kind: 'eof' };
-    if (r === -EAGAIN || r === -EINTR) return { kind: 'again' };
-    return { kind: 'fatal', reason: `errno ${-r}` };
-  }
-  write(buf: Buffer, len: number): number {
-    return sys.send(this.fd, buf, len);
-  }
-  closeNotify(): boolean {
-    return true;
-  }
-  sendAlert(): void {}
-  flush(): number {
-    return 0;
-  }
-  wipe(): void {}
-}
 
 const info: PairInfo = { id: 't', client: 'a', backend: 'b', version: 'TLSv1.3', cipher: 'x', mode: 'kernel', startedAt: 0 };
 
