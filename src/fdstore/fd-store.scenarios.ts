@@ -2,10 +2,12 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { test } from 'node:test';
+import net from 'node:net';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
 import { LISTENER_FDNAME } from '../systemd/fd-store.js';
+import { streamChunk } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
 import { laneWithEchoBackend } from '../testkit/lane.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
@@ -62,12 +64,13 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
   const withStore = (config?: string) =>
     startProxyProcess({ backendPort: echo().port, args: [...modeArgs(mode), '--fd-store'], env: { NOTIFY_SOCKET: notify.address }, config });
   /** The proxy again, as systemd restarts it: same address, the store's descriptors at fds 3, 4, ... */
-  const restart = (port: number, fdStore = true) => {
+  const restart = (port: number, opts: { fdStore?: boolean; backendPort?: number } = {}) => {
     const back = notify.handBack();
+    const backendPort = opts.backendPort ?? echo().port;
     return startProxyProcess({
-      backendPort: echo().port,
+      backendPort,
       noListenFlags: true,
-      args: ['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${echo().port}`, ...modeArgs(mode), ...(fdStore ? ['--fd-store'] : [])],
+      args: ['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${backendPort}`, ...modeArgs(mode), ...(opts.fdStore === false ? [] : ['--fd-store'])],
       env: { NOTIFY_SOCKET: notify.address },
       activate: back.fds,
       activateNames: back.env.LISTEN_FDNAMES.split(':'),
@@ -213,7 +216,7 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
         for (const c of clients) await c.roundTrip('before');
         await notify.waitForStore((e) => connections(e).size === 2 && e.get(LISTENER_FDNAME) === 1);
         await proxy.crash();
-        again = await restart(proxy.port, false);
+        again = await restart(proxy.port, { fdStore: false });
         assert.equal(again.port, proxy.port);
         await eventually(() => clients.every((c) => c.endedAt() !== undefined), 10_000, 'every client to see its connection closed');
         for (const c of clients) assert.deepEqual(c.errors, []);
@@ -260,6 +263,67 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
   }
 
   if (mode === 'kernel') {
+    test('a kernel-mode connection half-closed by the client before kill -9 still gets everything the backend sends after the restart', async () => {
+      // A backend that, once the client's side ends, sends 20 chunks, then 20 more once the proxy is back, then ends.
+      const chunks = 40;
+      let restarted!: () => void;
+      const back = new Promise<void>((r) => (restarted = r));
+      const server = net.createServer({ allowHalfOpen: true }, (s) => {
+        s.on('error', () => {});
+        s.once('data', () => s.write('ack'));
+        s.resume();
+        s.on('end', () => {
+          let i = 0;
+          const send = () => {
+            s.write(streamChunk('half', i * 4096, 4096));
+            if (++i === chunks) return void s.end();
+            if (i === chunks / 2) return void back.then(() => setTimeout(send, 50));
+            setTimeout(send, 50);
+          };
+          send();
+        });
+      });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      const backendPort = (server.address() as net.AddressInfo).port;
+      notify = new FakeNotifySocket();
+      const proxy = await startProxyProcess({ backendPort, args: [...modeArgs(mode), '--fd-store'], env: { NOTIFY_SOCKET: notify.address } });
+      let again: RunningProxy | undefined;
+      try {
+        const received = await new Promise<Buffer>((resolve, reject) => {
+          const s = tls.connect({ port: proxy.port, host: '127.0.0.1', rejectUnauthorized: false, allowHalfOpen: true } as tls.ConnectionOptions, () =>
+            s.write('hello'),
+          );
+          const got: Buffer[] = [];
+          s.once('data', () => {
+            // Relaying (the backend answered): close_notify + FIN now, and the proxy half-closes the backend.
+            s.end();
+            s.on('data', (d: Buffer) => got.push(d));
+            setTimeout(async () => {
+              try {
+                await notify.waitForStore((e) => connections(e).size === 1);
+                await proxy.crash();
+                again = await restart(proxy.port, { backendPort });
+                restarted();
+              } catch (e) {
+                reject(e as Error);
+              }
+            }, 300 * slow);
+          });
+          s.on('end', () => resolve(Buffer.concat(got)));
+          s.on('error', (e) => reject(new Error(`${e.message} after ${got.reduce((n, b) => n + b.length, 0)} bytes`)));
+        });
+        assert.equal(received.length, chunks * 4096);
+        assert.ok(received.equals(streamChunk('half', 0, chunks * 4096)), 'bytes differ');
+        assert.equal((await again!.status()).counters.fd_store_resumed, 1);
+        await notify.waitForStore((e) => connections(e).size === 0, 10_000 * slow);
+      } finally {
+        await again?.stop();
+        await proxy.stop();
+        notify.close();
+        server.close();
+      }
+    });
+
     test(`${pace.streams} verified kernel-mode streams survive kill -9 of the proxy and a restart from the store: every byte exact, no reset, no new handshake`, async () => {
       notify = new FakeNotifySocket();
       const proxy = await withStore('[timeouts]\nhandshake = "120s"\n');
