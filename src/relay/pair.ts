@@ -272,7 +272,8 @@ export class Pair {
   private flushPipe(load: PipeLoad, fd: number, dir: 'c2b' | 'b2c'): void {
     const w = sys.splice(load.pipe.r, fd, load.len);
     if (w === -EAGAIN || w === -EINTR) return;
-    if (w < 0) return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, 'warn', dir === 'b2c' ? 'client_error' : 'backend_error');
+    if (w < 0)
+      return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, 'warn', dir === 'b2c' ? 'client_error' : 'backend_error');
     load.len -= w;
     if (load.len > 0) return;
     if (dir === 'c2b') this.c2bPipe = undefined;
