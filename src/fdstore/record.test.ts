@@ -1,10 +1,10 @@
-// The connection record memfd: round trip, half-close state rewritten in place, pipes found by inode, and clear errors for what is not a record.
+// The connection record memfd: round trip, half-close state and the upgrade's moving mark rewritten in place, pipes found by inode, and clear errors for what is not a record.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import { sys } from '../kernel/libc.js';
 import type { PairInfo } from '../relay/pair.js';
-import { decodeFlags, encodeFlags, isRecordMemfd, pipeInode, readRecord, updateFlags, writeRecord } from './record.js';
+import { decodeFlags, encodeFlags, isRecordMemfd, markMoving, pipeInode, readRecord, updateFlags, writeRecord } from './record.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 
@@ -30,11 +30,14 @@ test('a record reads back as written, with pipes by inode, and a copy of the fd 
   try {
     assert.ok(isRecordMemfd(fd));
     assert.ok(!isRecordMemfd(r));
-    assert.deepEqual(readRecord(copy), { info, pipes: { c2b: ino, b2c: ino + 1 }, flags: none });
+    assert.deepEqual(readRecord(copy), { info, pipes: { c2b: ino, b2c: ino + 1 }, flags: none, moving: false });
     const later = { ...none, clientEof: true, backendShut: true };
     assert.equal(updateFlags(fd, later), 0);
     assert.deepEqual(readRecord(copy).flags, later);
     assert.equal(readRecord(copy).info.sni, 'example.com');
+    assert.equal(markMoving(fd), 0);
+    assert.equal(readRecord(copy).moving, true, 'a connection leaving for the upgrade bridge is marked');
+    assert.deepEqual(readRecord(copy).flags, later, 'the mark leaves the half-close state alone');
   } finally {
     for (const x of [fd, copy, r, w]) sys.close(x);
   }

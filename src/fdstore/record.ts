@@ -9,7 +9,9 @@ export const RECORD_MEMFD_NAME = 'ironsocket-conn';
 const MAGIC = Buffer.from('IRONSOCKET-FDSTORE-CONN-1\n');
 /** The one byte that changes while the connection lives: its half-close state, rewritten in place (pwrite). */
 const FLAGS_AT = MAGIC.length;
-const LENGTH_AT = FLAGS_AT + 4; // flags byte, three reserved bytes, then the u32 length of the JSON
+/** Set (1) once the connection has left for the upgrade bridge: its stored pipes no longer hold its bytes in flight. */
+const MOVING_AT = FLAGS_AT + 1;
+const LENGTH_AT = FLAGS_AT + 4; // flags byte, moving byte, two reserved bytes, then the u32 length of the JSON
 const JSON_AT = LENGTH_AT + 4;
 /** A record is a few hundred bytes; anything much larger is not one of ours. */
 const MAX_RECORD_BYTES = 64 * 1024;
@@ -23,6 +25,8 @@ export interface ConnectionRecord {
   /** The inodes of the connection's own splice pipes (kernel mode), client→backend and backend→client. */
   pipes?: { c2b: number; b2c: number };
   flags: PairFlags;
+  /** The connection was moving through an in-place upgrade (bytes the bridge held are not in the store). */
+  moving?: boolean;
 }
 
 export function encodeFlags(f: PairFlags): number {
@@ -83,6 +87,12 @@ export function updateFlags(fd: number, f: PairFlags): number {
   return r < 0 ? r : 0;
 }
 
+/** Marks the record: the connection moves to the upgrade bridge, and what it has in flight leaves the stored pipes. */
+export function markMoving(fd: number): number {
+  const r = sys.pwrite(fd, Buffer.of(1), MOVING_AT);
+  return r < 0 ? r : 0;
+}
+
 /** Reads a record back; throws an Error saying what is wrong with a descriptor that is not a well-formed record. */
 export function readRecord(fd: number): ConnectionRecord {
   const buf = Buffer.alloc(MAX_RECORD_BYTES + 1);
@@ -119,5 +129,5 @@ export function readRecord(fd: number): ConnectionRecord {
   if (pipes !== undefined && !(Number.isSafeInteger(pipes.c2b) && Number.isSafeInteger(pipes.b2c))) {
     throw new Error(`connection record fd ${fd}: malformed pipe inodes`);
   }
-  return { info, pipes, flags: decodeFlags(buf[FLAGS_AT]!) };
+  return { info, pipes, flags: decodeFlags(buf[FLAGS_AT]!), moving: buf[MOVING_AT] === 1 };
 }

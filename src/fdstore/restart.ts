@@ -135,7 +135,9 @@ export function restartFromStore(groups: Map<string, number[]>, deps: StoreResta
     }
     const { info } = found.record;
     // Checked exactly as an upgrade checks what it carried (user mode has no kernel state to check).
-    const bad = info.mode === 'kernel' ? checkPair(found.carried) : undefined;
+    // One caught moving through an upgrade lost what the bridge held: resuming it would drop bytes silently.
+    const moving = found.record.moving ? 'it was moving through an in-place upgrade: bytes the upgrade bridge held are lost' : undefined;
+    const bad = info.mode === 'kernel' ? (checkPair(found.carried) ?? moving) : undefined;
     if (info.mode === 'kernel' && !bad && deps.resume) {
       deps.adopt(info, found.carried.clientFd, found.carried.backendFd, found.carried, found.stored);
       out.resumed.push(info);

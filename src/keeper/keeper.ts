@@ -66,8 +66,18 @@ export function keep(opts: KeeperOptions): Promise<number> {
         detached: true,
       });
       log.info({ pid: child.pid, passed: back.fds.length }, `started the proxy (pid ${child.pid}) with ${back.fds.length} stored descriptor(s)`);
+      const group = child.pid;
       child.once('exit', (code, signal) => {
         store.receive();
+        // What the proxy left in its process group (an upgrade bridge relaying for a dead image) goes
+        // too, as systemd kills what is left in the unit's cgroup: two relays must never share a socket.
+        if (group !== undefined) {
+          try {
+            process.kill(-group, 'SIGKILL');
+          } catch {
+            /* nothing left */
+          }
+        }
         if (stopping || code === 0) return finish(code ?? 1);
         const now = Date.now();
         crashes.push(now);

@@ -191,7 +191,7 @@ export class RelayLoop {
       const s = this.storedFds.get(p.info.id);
       if (s) {
         this.storedFds.delete(p.info.id);
-        this.stored!.release(s);
+        this.stored!.release(p.info.id, s);
       }
     }
     return out;

@@ -1,6 +1,6 @@
 // A relay loop's side of the fd store: deposits each connection it starts relaying, keeps its record current, and takes it out before closing.
 import { sys } from '../kernel/libc.js';
-import { pipeInode, updateFlags, writeRecord } from '../fdstore/record.js';
+import { markMoving, pipeInode, updateFlags, writeRecord } from '../fdstore/record.js';
 import { connectionFdName, type FdStore } from '../systemd/fd-store.js';
 import type { OwnPipes, PairInfo, PairSnapshot } from './pair.js';
 import { PipePool, type Pipe } from './pipes.js';
@@ -82,8 +82,13 @@ export class StoredPairs {
     closeFds(fds);
   }
 
-  /** Closes this loop's copies only: the connection moves to another process (an upgrade), and its entry stays until replaced. */
-  release(fds: StoredFds): void {
+  /**
+   * Closes this loop's copies only: the connection moves to another process (an upgrade), and its
+   * entry stays until the new image replaces it. The record says so first: should the proxy die
+   * meanwhile, a restart must not resume a connection whose bytes in flight sit in the bridge.
+   */
+  release(id: string, fds: StoredFds): void {
+    if (markMoving(fds.memfd) < 0) this.log('warn', id, 'cannot mark its fd store record as moving');
     closeFds(fds);
   }
 }
