@@ -2,12 +2,11 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { test } from 'node:test';
-import net from 'node:net';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
 import { LISTENER_FDNAME } from '../systemd/fd-store.js';
-import { streamChunk } from '../testkit/backends.js';
+import { halfCloseBackend, streamChunk } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
 import { laneWithEchoBackend } from '../testkit/lane.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
@@ -268,23 +267,8 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       const chunks = 40;
       let restarted!: () => void;
       const back = new Promise<void>((r) => (restarted = r));
-      const server = net.createServer({ allowHalfOpen: true }, (s) => {
-        s.on('error', () => {});
-        s.once('data', () => s.write('ack'));
-        s.resume();
-        s.on('end', () => {
-          let i = 0;
-          const send = () => {
-            s.write(streamChunk('half', i * 4096, 4096));
-            if (++i === chunks) return void s.end();
-            if (i === chunks / 2) return void back.then(() => setTimeout(send, 50));
-            setTimeout(send, 50);
-          };
-          send();
-        });
-      });
-      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-      const backendPort = (server.address() as net.AddressInfo).port;
+      const server = await halfCloseBackend('half', chunks, back);
+      const backendPort = server.port;
       notify = new FakeNotifySocket();
       const proxy = await startProxyProcess({ backendPort, args: [...modeArgs(mode), '--fd-store'], env: { NOTIFY_SOCKET: notify.address } });
       let again: RunningProxy | undefined;

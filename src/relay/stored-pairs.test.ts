@@ -35,15 +35,26 @@ function drain(fd: number, into: Buffer[]): void {
   }
 }
 
-test('a stored kernel-mode pair splices through its own pipes only, and bytes parked in them at a crash reach the backend after a restart, in order', async () => {
+/** Runs `body` with a fake store, a StoredPairs on it and fresh sockets; checks that nothing stays open after. */
+async function withStore(body: (t: { notify: FakeNotifySocket; stored: StoredPairs; s: ReturnType<typeof sockets> }) => Promise<void>): Promise<void> {
   const before = openFds();
   const notify = new FakeNotifySocket();
   const stored = new StoredPairs(FdStore.at(notify.address), (level, id, msg) => assert.fail(`${level} ${id}: ${msg}`));
   const s = sockets();
-  const pool = new PipePool();
-  pool.take = () => assert.fail('a pair with its own pipes took one from the pool');
-  const host: PairHost = { interest: () => {}, closed: (_p, reason) => assert.fail(`closed: ${reason}`), log: () => {}, pipes: pool };
   try {
+    await body({ notify, stored, s });
+  } finally {
+    for (const fd of s.all) sys.close(fd);
+    notify.close();
+  }
+  assert.equal(openFds(), before);
+}
+
+test('a stored kernel-mode pair splices through its own pipes only, and bytes parked in them at a crash reach the backend after a restart, in order', () =>
+  withStore(async ({ notify, stored, s }) => {
+    const pool = new PipePool();
+    pool.take = () => assert.fail('a pair with its own pipes took one from the pool');
+    const host: PairHost = { interest: () => {}, closed: (_p, reason) => assert.fail(`closed: ${reason}`), log: () => {}, pipes: pool };
     const d = stored.deposit(info, s.clientProxy, s.backendProxy)!;
     assert.ok(d.own && d.fds.pipes);
     const entries = await notify.waitForStore((e) => e.get('conn-c9') === 7);
@@ -78,19 +89,10 @@ test('a stored kernel-mode pair splices through its own pipes only, and bytes pa
     assert.ok(Buffer.concat(atBackend).equals(up), 'every byte, in order, across the "crash"');
     stored.remove(info.id, d.fds);
     await notify.waitForStore((e) => e.size === 0);
-  } finally {
-    for (const fd of s.all) sys.close(fd);
-    notify.close();
-  }
-  assert.equal(openFds(), before);
-});
+  }));
 
-test('the record follows the half-close state, and an upgrade re-deposit puts carried bytes back into fresh pipes', async () => {
-  const before = openFds();
-  const notify = new FakeNotifySocket();
-  const stored = new StoredPairs(FdStore.at(notify.address), (level, id, msg) => assert.fail(`${level} ${id}: ${msg}`));
-  const s = sockets();
-  try {
+test('the record follows the half-close state, and an upgrade re-deposit puts carried bytes back into fresh pipes', () =>
+  withStore(async ({ notify, stored, s }) => {
     const carried = new Uint8Array(crypto.randomBytes(3000));
     const snapshot = {
       info,
@@ -119,9 +121,4 @@ test('the record follows the half-close state, and an upgrade re-deposit puts ca
     assert.deepEqual(flags, { clientEof: false, backendShut: false, backendEof: true, clientShut: true, closeNotifySent: true });
     stored.remove(info.id, d.fds);
     await notify.waitForStore((e) => e.size === 0);
-  } finally {
-    for (const fd of s.all) sys.close(fd);
-    notify.close();
-  }
-  assert.equal(openFds(), before);
-});
+  }));

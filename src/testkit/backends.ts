@@ -190,3 +190,28 @@ export async function scriptedBackend(port = 0) {
     close: () => new Promise<void>((r) => (sockets.forEach((s) => s.destroy()), server.close(() => r()))),
   };
 }
+
+/**
+ * A backend that answers the first bytes with "ack" and, once the client's side ends, sends `chunks`
+ * chunks of 4 KiB of stream(`seed`) 50 ms apart: the first half at once, the rest after `gate`
+ * resolves (an upgrade, a restart), then ends.
+ */
+export async function halfCloseBackend(seed: string, chunks: number, gate: Promise<void>): Promise<{ port: number; close(): void }> {
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => {}); // the client side reports what went wrong
+    s.once('data', () => s.write('ack'));
+    s.resume();
+    s.on('end', () => {
+      let i = 0;
+      const send = () => {
+        s.write(streamChunk(seed, i * 4096, 4096));
+        if (++i === chunks) return void s.end();
+        if (i === chunks / 2) return void gate.then(() => setTimeout(send, 50));
+        setTimeout(send, 50);
+      };
+      send();
+    });
+  });
+  const port = await listen(server);
+  return { port, close: () => server.close() };
+}

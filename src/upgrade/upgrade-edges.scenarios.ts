@@ -2,7 +2,6 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import { after, before, test } from 'node:test';
 import tls from 'node:tls';
@@ -12,7 +11,7 @@ import { readTlsStat } from '../kernel/probe.js';
 import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
 import { deriveDirectionKeys } from '../record/keys.js';
 import { suiteByName } from '../record/suites.js';
-import { echoBackend, streamChunk, type Backend } from '../testkit/backends.js';
+import { echoBackend, halfCloseBackend, streamChunk, type Backend } from '../testkit/backends.js';
 import { CLI, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
 
 const run = promisify(execFile);
@@ -89,23 +88,8 @@ export function upgradeEdgeScenarios(mode: Mode): void {
     const chunks = 40;
     let upgraded!: () => void;
     const afterUpgrade = new Promise<void>((r) => (upgraded = r));
-    const server = net.createServer({ allowHalfOpen: true }, (s) => {
-      s.on('error', () => {}); // the client side reports what went wrong
-      s.once('data', () => s.write('ack'));
-      s.resume();
-      s.on('end', () => {
-        let i = 0;
-        const send = () => {
-          s.write(streamChunk('half', i * 4096, 4096));
-          if (++i === chunks) return void s.end();
-          if (i === chunks / 2) return void afterUpgrade.then(() => setTimeout(send, 50));
-          setTimeout(send, 50);
-        };
-        send();
-      });
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    const p = await startProxyProcess({ backendPort: (server.address() as net.AddressInfo).port, args: modeArgs(mode) });
+    const server = await halfCloseBackend('half', chunks, afterUpgrade);
+    const p = await startProxyProcess({ backendPort: server.port, args: modeArgs(mode) });
     try {
       const received = await new Promise<Buffer>((resolve, reject) => {
         const s = tls.connect({ port: p.port, host: '127.0.0.1', rejectUnauthorized: false, allowHalfOpen: true } as tls.ConnectionOptions, () =>
