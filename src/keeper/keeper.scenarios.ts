@@ -46,10 +46,11 @@ export function keeperScenarios(mode: Mode, pace: { chunk: number; everyMs: numb
       assert.notEqual(first, keeper.pid, "the proxy is the keeper's child");
       if (mode === 'user') for (let i = 0; i < 3; i++) clients.push(await echoedClient(keeper.port));
       else for (let i = 0; i < pace.streams; i++) streams.push(await echoStream(keeper.port, `keeper-${i}`, pace.chunk, pace.everyMs));
+      // A connection is deposited before its relaying starts: once bytes flow, it is in the store (and its backend
+      // connection accepted: counted only now, the last stream's backend connect may still be in progress before).
+      await eventually(() => streams.every((st) => st.received() > 0), 30_000 * slow, 'every stream to be relayed');
       const flowing = streams.map((s) => s.received());
       const acceptedBefore = echo.accepted;
-      // A connection is deposited before its relaying starts: once bytes flow, it is in the store.
-      await eventually(() => streams.every((st) => st.received() > 0), 30_000 * slow, 'every stream to be relayed');
       process.kill(first, 'SIGKILL');
       await eventually(
         async () => (await keeper.status().catch(() => undefined))?.pid !== undefined && (await keeper.status()).pid !== first,
