@@ -87,6 +87,7 @@ export class RelayLoop {
   ) {
     const log = (level: 'info' | 'warn' | 'debug', id: string, msg: string) => this.send({ op: 'log', level, id, msg });
     this.stored = store && new StoredPairs(store, log);
+    if (this.stored) this.onTick(() => (this.stored!.flush(), true));
     if (control.wakeFd >= 0) sys.epollCtl(this.ep, EPOLL_CTL_ADD, control.wakeFd, encodeEvent(this.ev, 0x001, control.wakeFd));
     const { ep, ev, registered, byFd, pairs } = this;
     this.host = {
@@ -109,7 +110,7 @@ export class RelayLoop {
         const s = this.storedFds.get(pair.info.id);
         if (s) {
           this.storedFds.delete(pair.info.id);
-          this.stored!.remove(pair.info.id, s);
+          this.stored!.remove(pair.info.id, s, [pair.client.fd, pair.backendFd]);
         }
         for (const fd of [pair.client.fd, pair.backendFd]) sys.close(fd);
         this.send({ op: 'closed', id: pair.info.id, reason, cause, level, bytesIn: pair.bytesIn, bytesOut: pair.bytesOut });
@@ -194,6 +195,8 @@ export class RelayLoop {
         this.stored!.release(p.info.id, s);
       }
     }
+    // These connections leave for another process image: nothing here would retry what waits.
+    this.stored?.flush(true);
     return out;
   }
 
@@ -327,6 +330,7 @@ export class RelayLoop {
         this.checkIdle(now);
       }
     }
+    this.stored?.flush(true);
     sys.close(this.ep);
     this.pipes.close();
     this.send({ op: 'stopped' });

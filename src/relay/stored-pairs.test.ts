@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import { SHUT_WR, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, sys } from '../kernel/libc.js';
 import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
 import { readRecord } from '../fdstore/record.js';
+import { NotifyStore } from '../keeper/notify-store.js';
 import { FdStore } from '../systemd/fd-store.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
 import { PlainSplicingClient } from '../testkit/splicing-client.js';
@@ -87,7 +88,7 @@ test('a stored kernel-mode pair splices through its own pipes only, and bytes pa
       second.onClient(EPOLLIN, scratch);
     }
     assert.ok(Buffer.concat(atBackend).equals(up), 'every byte, in order, across the "crash"');
-    stored.remove(info.id, d.fds);
+    stored.remove(info.id, d.fds, [s.clientProxy, s.backendProxy]);
     await notify.waitForStore((e) => e.size === 0);
   }));
 
@@ -119,6 +120,62 @@ test('the record follows the half-close state, and an upgrade re-deposit puts ca
     pair.onBackend(EPOLLIN, Buffer.alloc(65536));
     const flags = readRecord(d.fds.memfd).flags;
     assert.deepEqual(flags, { clientEof: false, backendShut: false, backendEof: true, clientShut: true, closeNotifySent: true });
-    stored.remove(info.id, d.fds);
+    stored.remove(info.id, d.fds, [s.clientProxy, s.backendProxy]);
     await notify.waitForStore((e) => e.size === 0);
   }));
+
+test("with the store not reading, deposits and removals wait their turn instead of blocking the relay, and a removed connection's peers see the close at once", async () => {
+  const before = openFds();
+  const store = new NotifyStore(); // read only when this test says so: its datagram queue fills up
+  const logs: string[] = [];
+  const stored = new StoredPairs(FdStore.at(store.address), (level, id, msg) => logs.push(`${level} ${id}: ${msg}`));
+  const conns = Array.from({ length: 40 }, (_, i) => ({ info: { ...info, id: `c${i + 1}` }, s: sockets() }));
+  try {
+    const deposited = conns.map((c) => stored.deposit(c.info, c.s.clientProxy, c.s.backendProxy)!);
+    assert.ok(
+      deposited.every((d) => d !== undefined),
+      'every connection is taken, queued or not',
+    );
+    assert.ok(stored.pending > 0, 'the store stopped taking messages, and the rest wait');
+    assert.match(logs.join('\n'), /queue is full/);
+    store.receive();
+    const inStore = store.entries();
+    assert.ok(inStore.size > 0 && inStore.size < conns.length, `some went at once (${inStore.size}), not all`);
+    const queuedId = [...conns].reverse().find((c) => !inStore.has(`conn-${c.info.id}`))!;
+    const storedId = conns.find((c) => inStore.has(`conn-${c.info.id}`))!;
+
+    // The first is in the store, its removal has to wait behind the queued deposits: its sockets are shut down.
+    const i = conns.indexOf(storedId);
+    stored.remove(storedId.info.id, deposited[i]!.fds, [storedId.s.clientProxy, storedId.s.backendProxy]);
+    assert.equal(sys.recv(storedId.s.clientApp, Buffer.alloc(16), 16), 0, 'the client sees the close although the store still holds its socket');
+    assert.equal(sys.recv(storedId.s.backendApp, Buffer.alloc(16), 16), 0, 'so does the backend');
+    // The second never reached the store: its deposit is dropped from the queue, nothing to shut down.
+    const j = conns.indexOf(queuedId);
+    const waiting = stored.pending;
+    stored.remove(queuedId.info.id, deposited[j]!.fds, [queuedId.s.clientProxy, queuedId.s.backendProxy]);
+    assert.equal(stored.pending, waiting - 1, 'its queued deposit is gone');
+    assert.ok(sys.recv(queuedId.s.clientApp, Buffer.alloc(16), 16) < 0, 'its sockets were left alone (the caller closes them)');
+
+    for (let n = 0; n < 100 && stored.pending > 0; n++) {
+      store.receive();
+      stored.flush();
+    }
+    store.receive();
+    assert.equal(stored.pending, 0);
+    const want = conns.filter((c) => c !== storedId && c !== queuedId).map((c) => `conn-${c.info.id}`);
+    assert.deepEqual([...store.entries().keys()].sort(), want.sort(), 'in the end the store holds exactly the live connections');
+    for (const k of store.entries().values()) assert.equal(k, 7);
+    conns.forEach((c, k) => {
+      if (c !== storedId && c !== queuedId) stored.remove(c.info.id, deposited[k]!.fds, [c.s.clientProxy, c.s.backendProxy]);
+    });
+    for (let n = 0; n < 100 && (stored.pending > 0 || store.entries().size > 0); n++) {
+      store.receive();
+      stored.flush();
+    }
+    assert.equal(store.entries().size, 0, 'every removal arrived');
+  } finally {
+    for (const c of conns) for (const fd of c.s.all) sys.close(fd);
+    store.close();
+  }
+  assert.equal(openFds(), before);
+});

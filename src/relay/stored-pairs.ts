@@ -1,7 +1,8 @@
 // A relay loop's side of the fd store: deposits each connection it starts relaying, keeps its record current, and takes it out before closing.
-import { sys } from '../kernel/libc.js';
+import { SHUT_RDWR, sys } from '../kernel/libc.js';
 import { markMoving, pipeInode, updateFlags, writeRecord } from '../fdstore/record.js';
 import { connectionFdName, type FdStore } from '../systemd/fd-store.js';
+import { NotifyError } from '../systemd/notify.js';
 import type { OwnPipes, PairInfo, PairSnapshot } from './pair.js';
 import { PipePool, type Pipe } from './pipes.js';
 
@@ -20,11 +21,81 @@ function closeFds(s: StoredFds): void {
   if (s.pipes) for (const p of [s.pipes.c2b, s.pipes.b2c]) PipePool.close(p);
 }
 
+/**
+ * A store message waiting its turn: a deposit (with `fds`, which belong to the live connection) or a
+ * removal. Sent in order, so a removal never overtakes the deposit it undoes.
+ */
+interface Queued {
+  id: string;
+  name: string;
+  fds?: number[];
+}
+
+/**
+ * Messages to the store never block the relay: a service manager that is not reading (PID 1 busy,
+ * its queue full) would otherwise stall every connection of this loop. What does not go at once
+ * waits in a queue, retried on the loop's ticks (flush); meanwhile a connection waiting for its
+ * deposit is merely unprotected, and one waiting for its removal has its sockets shut down, so its
+ * peers see the close although the store still holds duplicates.
+ */
 export class StoredPairs {
+  private readonly queue: Queued[] = [];
+
   constructor(
     private readonly store: FdStore,
     private readonly log: Log,
   ) {}
+
+  /** How many store messages wait for room in the manager's queue. */
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  /**
+   * Sends what waits, oldest first; stops at a manager whose queue is still full, or with `wait`
+   * blocks (bounded by the notifier's timeout) instead: before the loop ends or its connections
+   * leave for an exec, when nothing would retry later. Returns whether the queue is empty.
+   */
+  flush(wait = false): boolean {
+    while (this.queue.length > 0) {
+      const q = this.queue[0]!;
+      try {
+        if (!this.trySend(q, wait)) return false;
+      } catch (e) {
+        const what = q.fds ? 'not in the fd store (a crash of the proxy will close it)' : 'could not take it out of the fd store';
+        this.log('warn', q.id, `${what}: ${(e as Error).message}`);
+      }
+      this.queue.shift();
+    }
+    return true;
+  }
+
+  /** Sends at once when nothing waits before it and the manager has room, else queues it. Throws on any failure but a full queue. */
+  private send(q: Queued): 'sent' | 'queued' {
+    if (this.queue.length === 0 && this.trySend(q, false)) return 'sent';
+    if (this.queue.length === 0) this.log('info', q.id, 'the fd store is not taking messages right now (its queue is full): they wait their turn');
+    this.queue.push(q);
+    return 'queued';
+  }
+
+  /** false: the manager's queue is full (EAGAIN), try later. */
+  private trySend(q: Queued, wait: boolean): boolean {
+    try {
+      if (q.fds) this.store.deposit(q.name, q.fds, { poll: false, wait });
+      else this.store.remove(q.name, { wait });
+      return true;
+    } catch (e) {
+      if (!wait && e instanceof NotifyError && e.code === 'EAGAIN') return false;
+      throw e;
+    }
+  }
+
+  /** Takes a deposit that never reached the store out of the queue; returns whether there was one. */
+  private unqueueDeposit(name: string): boolean {
+    const i = this.queue.findIndex((q) => q.name === name && q.fds !== undefined);
+    if (i >= 0) this.queue.splice(i, 1);
+    return i >= 0;
+  }
 
   /**
    * Deposits a connection: record memfd, client, backend and (kernel mode) two pipes of its own, in
@@ -42,14 +113,14 @@ export class StoredPairs {
     const name = connectionFdName(info.id);
     let fds: StoredFds | undefined;
     try {
-      if (restored) this.store.remove(name);
+      if (restored) this.send({ id: info.id, name });
       const pipes = info.mode === 'kernel' ? { c2b: pipe(), b2c: pipe() } : undefined;
       const memfd = writeRecordOrClose(info, pipes, restored?.flags ?? NO_FLAGS);
       fds = { memfd, pipes };
       const pipeFds = pipes ? [pipes.c2b.r, pipes.c2b.w, pipes.b2c.r, pipes.b2c.w] : [];
       // FDPOLL=0: by default systemd drops a stored socket at its first hangup, and a connection whose
       // client side is shut both ways may still be moving bytes to its backend. Removal is ours to do.
-      this.store.deposit(name, [memfd, clientFd, backendFd, ...pipeFds], { poll: false });
+      this.send({ id: info.id, name, fds: [memfd, clientFd, backendFd, ...pipeFds] });
       // Only now: closing the pipes above on a failure must not take carried bytes with them.
       const own = pipes ? carryIntoPipes(pipes, restored) : undefined;
       return { fds, own: own?.own, restored: own?.restored ?? restored };
@@ -72,13 +143,22 @@ export class StoredPairs {
     if (r < 0) this.log('warn', id, `cannot update its fd store record (errno ${-r})`);
   }
 
-  /** Takes the connection out of the store (so that closing it here closes it), then closes the memfd and pipes. */
-  remove(id: string, fds: StoredFds): void {
-    try {
-      this.store.remove(connectionFdName(id));
-    } catch (e) {
-      this.log('warn', id, `could not take it out of the fd store; its peer will not see the close: ${(e as Error).message}`);
+  /**
+   * Takes the connection out of the store (so that closing its sockets here closes them), then
+   * closes the memfd and pipes. When the removal cannot go at once, `sockets` (client, backend) are
+   * shut down both ways: the peers see the close now, whatever the store still holds.
+   */
+  remove(id: string, fds: StoredFds, sockets: number[]): void {
+    const name = connectionFdName(id);
+    let out = this.unqueueDeposit(name) && !this.queue.some((q) => q.name === name);
+    if (!out) {
+      try {
+        out = this.send({ id, name }) === 'sent';
+      } catch (e) {
+        this.log('warn', id, `could not take it out of the fd store (its sockets are shut down instead): ${(e as Error).message}`);
+      }
     }
+    if (!out) for (const fd of sockets) sys.shutdown(fd, SHUT_RDWR);
     closeFds(fds);
   }
 
@@ -88,6 +168,7 @@ export class StoredPairs {
    * meanwhile, a restart must not resume a connection whose bytes in flight sit in the bridge.
    */
   release(id: string, fds: StoredFds): void {
+    this.unqueueDeposit(connectionFdName(id)); // the new image deposits it
     if (markMoving(fds.memfd) < 0) this.log('warn', id, 'cannot mark its fd store record as moving');
     closeFds(fds);
   }

@@ -55,16 +55,17 @@ export class FdStore {
   /**
    * Adds `fds` under `name` (they stay open here; the store keeps duplicates). Throws NotifyError.
    * `poll: false` (FDPOLL=0): systemd keeps them even after a hangup or error on one, until removed.
+   * `wait: false`: fail with EAGAIN rather than block on a manager whose queue is full.
    */
-  deposit(name: string, fds: number[], opts: { poll?: boolean } = {}): void {
+  deposit(name: string, fds: number[], opts: { poll?: boolean; wait?: boolean } = {}): void {
     checkFdName(name);
     if (fds.length === 0) throw new Error(`fd store: nothing to deposit under ${name}`);
-    this.notifier.notify(opts.poll === false ? { FDSTORE: 1, FDNAME: name, FDPOLL: 0 } : { FDSTORE: 1, FDNAME: name }, fds);
+    this.notifier.notify(opts.poll === false ? { FDSTORE: 1, FDNAME: name, FDPOLL: 0 } : { FDSTORE: 1, FDNAME: name }, fds, opts);
   }
 
-  /** Takes every descriptor stored under `name` out of the store (it closes its copies). Throws NotifyError. */
-  remove(name: string): void {
+  /** Takes every descriptor stored under `name` out of the store (it closes its copies). Throws NotifyError (`wait` as for deposit). */
+  remove(name: string, opts: { wait?: boolean } = {}): void {
     checkFdName(name);
-    this.notifier.notify({ FDSTOREREMOVE: 1, FDNAME: name });
+    this.notifier.notify({ FDSTOREREMOVE: 1, FDNAME: name }, [], opts);
   }
 }

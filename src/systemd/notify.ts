@@ -1,5 +1,17 @@
 // Tells systemd how the proxy is doing (the sd_notify protocol: READY, RELOADING, STOPPING, STATUS, MAINPID) and hands it descriptors to keep (FDSTORE=1).
-import { AF_UNIX, CLOCK_MONOTONIC, SOCK_CLOEXEC, SOCK_DGRAM, SOL_SOCKET, SO_SNDTIMEO, addressOf, errnoName, sys } from '../kernel/libc.js';
+import {
+  AF_UNIX,
+  CLOCK_MONOTONIC,
+  MSG_DONTWAIT,
+  MSG_NOSIGNAL,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+  SOL_SOCKET,
+  SO_SNDTIMEO,
+  addressOf,
+  errnoName,
+  sys,
+} from '../kernel/libc.js';
 import { MAX_FDS_PER_MESSAGE } from '../kernel/fdpass.js';
 import { encodeUnixSockaddr } from '../kernel/sockaddr.js';
 
@@ -97,9 +109,10 @@ export class SystemdNotifier {
 
   /**
    * Sends one notification; with `fds`, they travel along as SCM_RIGHTS (for FDSTORE=1) and stay
-   * open here. Blocks at most SEND_TIMEOUT_MS when the manager's queue is full. Throws NotifyError.
+   * open here. Blocks at most SEND_TIMEOUT_MS when the manager's queue is full, or with `wait: false`
+   * not at all (NotifyError with code EAGAIN: try again later). Throws NotifyError.
    */
-  notify(fields: NotifyFields, fds: number[] = []): void {
+  notify(fields: NotifyFields, fds: number[] = [], opts: { wait?: boolean } = {}): void {
     const data = encodeNotification(fields);
     if (fds.length > MAX_FDS_PER_MESSAGE) throw new Error(`sd_notify: ${fds.length} descriptors in one message (limit ${MAX_FDS_PER_MESSAGE})`);
     const fd = sys.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC);
@@ -111,13 +124,13 @@ export class SystemdNotifier {
       if (t < 0) throw new NotifyError(this.socket, 'setsockopt(SO_SNDTIMEO)', -t);
       const c = sys.connect(fd, this.addr);
       if (c < 0) throw new NotifyError(this.socket, 'connect', -c);
-      this.send(fd, data, fds);
+      this.send(fd, data, fds, opts.wait === false ? MSG_NOSIGNAL | MSG_DONTWAIT : MSG_NOSIGNAL);
     } finally {
       sys.close(fd);
     }
   }
 
-  private send(fd: number, data: Buffer, fds: number[]): void {
+  private send(fd: number, data: Buffer, fds: number[], flags: number): void {
     data.copy(io.body);
     io.iov.writeBigUInt64LE(BigInt(data.length), 8);
     io.msg.writeBigUInt64LE(0n, 32);
@@ -132,7 +145,7 @@ export class SystemdNotifier {
       io.msg.writeBigUInt64LE(addressOf(io.cmsg), 32);
       io.msg.writeBigUInt64LE(BigInt(controlLen), 40);
     }
-    const r = sys.sendmsg(fd, io.msg); // blocking (bounded by SO_SNDTIMEO), MSG_NOSIGNAL
+    const r = sys.sendmsg(fd, io.msg, flags); // blocking (bounded by SO_SNDTIMEO) unless MSG_DONTWAIT
     if (r < 0) throw new NotifyError(this.socket, 'sendmsg', -r);
     if (r !== data.length) throw new Error(`sd_notify to NOTIFY_SOCKET=${this.socket}: sent ${r} of ${data.length} bytes`);
   }
