@@ -159,6 +159,42 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
     }
   });
 
+  test(`a ${mode}-mode connection that ends while the upgrade bridge relays it leaves the store once the new image takes the rest back`, async () => {
+    notify = new FakeNotifySocket();
+    const proxy = await withStore();
+    const clients: HeldClient[] = [];
+    try {
+      for (let i = 0; i < 2; i++) clients.push(await heldClient(proxy.port));
+      for (const c of clients) await c.roundTrip('before the upgrade');
+      await notify.waitForStore((e) => connections(e).size === 2, 5000 * slow);
+      const leaving = clients.pop()!;
+      const id = (await proxy.status()).connections.find((c) => c.client === `127.0.0.1:${leaving.socket.localPort}`)?.id;
+      assert.ok(id, 'the leaving client is in the status');
+      const upgrade = run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket, '--timeout', '300']);
+      // Once every connection is in the bridge (the old image is about to exec), this client ends:
+      // only the bridge sees it, and the bridge cannot reach the store.
+      await proxy.waitForLog(/every connection is in the upgrade bridge/, 60_000 * slow);
+      leaving.socket.end();
+      await eventually(() => leaving.endedAt() !== undefined, 10_000 * slow, 'the leaving client to see its close');
+      assert.equal(JSON.parse((await upgrade).stdout).moved, 1, 'only the other connection comes back from the bridge');
+      const closedThere = new RegExp(`"conn":"${id}".*closed: .*\\(during an upgrade\\)`);
+      assert.ok(
+        proxy.logs().some((l) => closedThere.test(l)),
+        `${id} ended in the bridge; log: ${proxy
+          .logs()
+          .filter((l) => l.includes(id))
+          .join('\n')}`,
+      );
+      const left = connections(await notify.waitForStore((e) => connections(e).size === 1, 5000 * slow));
+      assert.ok(!left.has(`conn-${id}`), `conn-${id} is still in the store`);
+      await clients[0]!.roundTrip('after the upgrade');
+    } finally {
+      for (const c of clients) c.socket.destroy();
+      await proxy.stop();
+      notify.close();
+    }
+  });
+
   if (mode === 'user') {
     test('after kill -9 and a restart with the store, user-mode connections are closed without a reset and counted, and the listener serves again', async () => {
       notify = new FakeNotifySocket();
