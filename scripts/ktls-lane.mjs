@@ -1,13 +1,17 @@
-// Runs the kTLS-lane tests (dist/**/*.ktls-test.js) on a kernel with kernel TLS: this one if it has it, else a User-Mode Linux guest.
+// Runs the kTLS-lane tests (dist/**/*.ktls-test.js) on a kernel with kernel TLS: this one if it has it, else (or with --kernel) a User-Mode Linux guest of our own build.
+// Usage: node scripts/ktls-lane.mjs [--kernel 6.1|6.12] [node --test options] [test files]
+//        node scripts/ktls-lane.mjs [--kernel 6.1|6.12] --run SCRIPT [ARGS...]
 import { spawn, spawnSync } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, statSync } from 'node:fs';
 import { constants as osc } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BOOTED_MARK, DEFAULT_SERIES, consoleTail, guestKernel, guestScript, knownSeries } from './ktls-lane/guest.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const MODULES = ['tls', 'ctr', 'ghash-generic', 'gcm', 'ccm', 'chacha_generic', 'poly1305_generic', 'chacha20poly1305'];
 const TIMEOUT_S = Number(process.env.IRONSOCKET_KTLS_TIMEOUT_S ?? 3600);
+// From the kernel's start to its init's first line (about 6 s on a quiet machine); a guest that hangs before that fails.
+const BOOT_TIMEOUT_S = Number(process.env.IRONSOCKET_UML_BOOT_TIMEOUT_S ?? 300);
 const say = (msg) => process.stderr.write(`ktls-lane: ${msg}\n`);
 let tmpDir = null;
 let child = null;
@@ -90,20 +94,38 @@ for (const [sig, n] of [
 }
 
 // `--run SCRIPT ARGS...` runs one node script (a benchmark, say) on the kTLS kernel instead of the tests.
-function runArgs() {
-  const at = process.argv.indexOf('--run');
+// `--kernel SERIES` (anywhere, also after --run SCRIPT) picks the guest's kernel and is taken out of the arguments.
+function laneArgs(argv) {
+  const rest = [];
+  let series;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--kernel' || a.startsWith('--kernel=')) {
+      series = a === '--kernel' ? argv[++i] : a.slice('--kernel='.length);
+      if (!series) die('--kernel needs a series: --kernel 6.1 or --kernel 6.12');
+    } else rest.push(a);
+  }
+  const known = knownSeries(ROOT);
+  if (series !== undefined && !known.includes(series))
+    die(`--kernel ${series}: this tree builds ${known.join(' and ')} (scripts/uml-kernel/xstate-SERIES.patch)`);
+  return { series, rest };
+}
+
+// `--run SCRIPT ARGS...` runs one node script (a benchmark, say) on the kTLS kernel instead of the tests.
+function runArgs(argv) {
+  const at = argv.indexOf('--run');
   if (at < 0) return undefined;
-  const [script, ...rest] = process.argv.slice(at + 1);
+  const [script, ...rest] = argv.slice(at + 1);
   if (!script) die('--run needs a script: node scripts/ktls-lane.mjs --run SCRIPT [ARGS...]');
   if (!existsSync(path.resolve(ROOT, script))) die(`script not found: ${script}`);
   return [path.resolve(ROOT, script), ...rest];
 }
 
 // Split the pass-through args into test files and node --test options.
-function testArgs() {
+function testArgs(argv) {
   const files = [];
   const opts = [];
-  for (const a of process.argv.slice(2)) {
+  for (const a of argv) {
     const isFile = !a.startsWith('-') && (/\.[cm]?js$/.test(a) || (existsSync(a) && statSync(a).isFile()));
     if (isFile) files.push(path.resolve(a));
     else opts.push(a);
@@ -150,86 +172,14 @@ function runOnHost(args) {
   });
 }
 
-function findUml() {
-  const want = process.env.IRONSOCKET_UML || 'linux.uml';
-  const candidates = want.includes('/')
-    ? [want]
-    : (process.env.PATH ?? '')
-        .split(':')
-        .concat('/usr/bin')
-        .map((d) => path.join(d, want));
-  for (const c of candidates) {
-    try {
-      accessSync(c, constants.X_OK);
-      if (statSync(c).isFile()) return c;
-    } catch {
-      /* next */
-    }
+function runInGuest(args, series) {
+  const kernel = guestKernel(ROOT, series);
+  if (kernel.error) die(kernel.error);
+  try {
+    accessSync(kernel.path, constants.X_OK);
+  } catch {
+    die(`the UML kernel ${kernel.path} is missing or not executable`);
   }
-  die(
-    `no kTLS here and no User-Mode Linux kernel to boot one: ${want} not found or not executable ` +
-      '(install the Debian package user-mode-linux, or set IRONSOCKET_UML=/path/to/linux.uml)',
-  );
-}
-
-const sq = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`;
-
-function guestScript(args, modRoot, kver, statusFile) {
-  const env = {
-    PATH: process.env.PATH || '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-    HOME: process.env.HOME || '/root',
-    LANG: 'C.UTF-8',
-    TMPDIR: '/tmp',
-    IRONSOCKET_KTLS_LANE: 'uml',
-  };
-  for (const [k, v] of Object.entries(process.env)) {
-    if ((/^IRONSOCKET_/.test(k) && k !== 'IRONSOCKET_KTLS_LANE') || ['CI', 'NODE_OPTIONS', 'NO_COLOR', 'FORCE_COLOR'].includes(k)) env[k] = v;
-  }
-  // The guest console is a tty: keep escape codes out of logs unless our own stdout is a terminal.
-  if (!process.stdout.isTTY && env.FORCE_COLOR === undefined) env.NO_COLOR = '1';
-  const under = (dir) => ROOT === dir || ROOT.startsWith(`${dir}/`);
-  // tmpfs over /tmp, /run and /dev/shm, unless the repo lives there (then show the host's directory instead).
-  const tmpfs = (dir) =>
-    under(dir)
-      ? dir === '/dev/shm'
-        ? `mount -t hostfs hostfs /dev/shm -o /dev/shm || fail "mount hostfs /dev/shm"`
-        : ':'
-      : `mount -t tmpfs tmpfs ${dir} || fail "mount tmpfs ${dir}"`;
-  return `#!/bin/sh
-# Generated by scripts/ktls-lane.mjs: PID 1 of the User-Mode Linux guest that runs the kTLS-lane tests.
-S=${sq(statusFile)}
-stop() { sync; halt -f || poweroff -f; echo o > /proc/sysrq-trigger; exit 1; }
-fail() { echo "ktls-lane(guest): setup failed: $*"; echo "setup-failed: $*" > "$S"; stop; }
-${Object.entries(env)
-  .filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k))
-  .map(([k, v]) => `export ${k}=${sq(v)}`)
-  .join('\n')}
-mount -t proc proc /proc || fail "mount /proc"
-mount -t sysfs sysfs /sys || fail "mount /sys"
-[ -e /dev/null ] || mount -t devtmpfs devtmpfs /dev || fail "mount devtmpfs /dev"
-mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts || fail "mount /dev/pts"
-${tmpfs('/tmp')}
-${tmpfs('/run')}
-${tmpfs('/dev/shm')}
-ip link set lo up || fail "ip link set lo up"
-modprobe -a -d ${sq(modRoot)} -S ${sq(kver)} ${MODULES.join(' ')} || fail "modprobe of ${MODULES.join(' ')} failed"
-[ -r /proc/net/tls_stat ] || fail "/proc/net/tls_stat absent after loading tls: the guest kernel has no kTLS"
-echo "ktls-lane(guest): kernel $(uname -r); tls_stat: $(tr -s ' \\t\\n' ' ' < /proc/net/tls_stat)"
-cd ${sq(ROOT)} || fail "cd ${ROOT}"
-${sq(process.execPath)} ${args.map(sq).join(' ')}
-echo "rc $?" > "$S"
-stop
-`;
-}
-
-function runInGuest(args) {
-  const uml = findUml();
-  const ver = spawnSync(uml, ['--version'], { encoding: 'utf8', timeout: 30_000 });
-  const kver = process.env.IRONSOCKET_UML_KVER || (ver.stdout ?? '').trim().split(/\s+/).pop();
-  if (ver.status !== 0 && !process.env.IRONSOCKET_UML_KVER) die(`${uml} --version failed (${ver.error?.message ?? `exit ${ver.status}`}); is it a UML kernel?`);
-  const modDir = process.env.IRONSOCKET_UML_MODULES || `/usr/lib/uml/modules/${kver}`;
-  if (!existsSync(path.join(modDir, 'modules.dep')))
-    die(`UML kernel modules for ${kver} not found in ${modDir} (package user-mode-linux; or set IRONSOCKET_UML_MODULES)`);
   if (ROOT.startsWith('/proc/') || ROOT.startsWith('/sys/') || (ROOT.startsWith('/dev/') && !ROOT.startsWith('/dev/shm/')))
     die(`the repo at ${ROOT} is not visible inside the guest`);
 
@@ -237,11 +187,9 @@ function runInGuest(args) {
   const base = ROOT.startsWith('/dev/') ? '/var/tmp' : path.join(ROOT, '.tmp');
   mkdirSync(base, { recursive: true });
   tmpDir = mkdtempSync(path.join(base, 'ktls-lane-'));
-  mkdirSync(path.join(tmpDir, 'mods', 'lib', 'modules'), { recursive: true });
-  symlinkSync(path.resolve(modDir), path.join(tmpDir, 'mods', 'lib', 'modules', kver));
   const statusFile = path.join(tmpDir, 'status');
   const init = path.join(tmpDir, 'init.sh');
-  writeFileSync(init, guestScript(args, path.join(tmpDir, 'mods'), kver, statusFile), { mode: 0o755 });
+  writeFileSync(init, guestScript({ root: ROOT, args, statusFile }), { mode: 0o755 });
 
   const mem = process.env.IRONSOCKET_UML_MEM || '2G';
   const umlArgs = [
@@ -257,42 +205,73 @@ function runInGuest(args) {
     `uml_dir=${tmpDir}`,
     'quiet',
   ];
-  say(`no kTLS in this kernel; booting ${uml} (kernel ${kver}, mem=${mem}, timeout ${TIMEOUT_S} s)`);
+  say(`booting ${kernel.label}, mem=${mem}, timeout ${TIMEOUT_S} s`);
   const started = Date.now();
+  const tail = consoleTail();
+  // The guest fails: repeat its last console lines (a panic, a failed mount), then the verdict.
+  const fail = (msg, code = 1) => {
+    const lines = tail.lines();
+    say(lines.length ? `the guest's last ${lines.length} console lines:` : 'the guest printed nothing on its console');
+    for (const l of lines) process.stderr.write(`  | ${l}\n`);
+    die(msg, code);
+  };
   ownGroup = true;
-  child = spawn(uml, umlArgs, {
+  child = spawn(kernel.path, umlArgs, {
     cwd: tmpDir,
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TMPDIR: existsSync('/dev/shm') ? '/dev/shm' : tmpDir },
   });
+  let booted = false;
+  const bootTimer = setTimeout(() => {
+    if (booted) return;
+    say(`the guest did not reach its init within ${BOOT_TIMEOUT_S} s (IRONSOCKET_UML_BOOT_TIMEOUT_S); killing it`);
+    timedOut = true;
+    killTree();
+    setTimeout(() => fail(`the guest did not boot within ${BOOT_TIMEOUT_S} s`, 124), 10_000).unref();
+  }, BOOT_TIMEOUT_S * 1000);
   // The guest console turns \n into \r\n; drop the \r.
-  child.stdout.on('data', (b) => process.stdout.write(b.toString('utf8').replace(/\r/g, '')));
-  child.stderr.on('data', (b) => process.stderr.write(b.toString('utf8').replace(/\r/g, '')));
+  const relay = (to) => (b) => {
+    const text = b.toString('utf8').replace(/\r/g, '');
+    tail.push(text);
+    if (!booted && tail.lines().some((l) => l.startsWith(BOOTED_MARK))) {
+      booted = true;
+      clearTimeout(bootTimer);
+    }
+    to.write(text);
+  };
+  child.stdout.on('data', relay(process.stdout));
+  child.stderr.on('data', relay(process.stderr));
   const timer = withTimeout('the UML guest');
   child.on('error', (e) => {
     clearTimeout(timer);
-    die(`could not start ${uml}: ${e.message}`);
+    clearTimeout(bootTimer);
+    die(`could not start ${kernel.path}: ${e.message}`);
   });
   // Helper processes still holding the console pipe after UML itself exited must not keep us waiting.
   child.on('exit', () => setTimeout(killTree, 5_000).unref());
   child.on('close', (code, signal) => {
     clearTimeout(timer);
+    clearTimeout(bootTimer);
     const secs = ((Date.now() - started) / 1000).toFixed(1);
     const status = existsSync(statusFile) ? readFileSync(statusFile, 'utf8').trim() : '';
     const how = signal ? `signal ${signal}` : `exit code ${code}`;
-    if (timedOut) die(`the UML guest timed out after ${TIMEOUT_S} s and was killed (${how})`, 124);
-    if (status.startsWith('setup-failed: ')) die(`guest setup failed: ${status.slice(14)} (UML ${how}, ${secs} s)`);
+    if (timedOut)
+      fail(booted ? `the UML guest timed out after ${TIMEOUT_S} s and was killed (${how})` : `the guest did not boot within ${BOOT_TIMEOUT_S} s (${how})`, 124);
+    if (status.startsWith('setup-failed: ')) fail(`guest setup failed: ${status.slice(14)} (UML ${how}, ${secs} s)`);
     const m = /^rc (\d+)$/.exec(status);
-    if (!m) die(`the guest never reported the tests' exit code (UML ${how} after ${secs} s; see the console output above)`);
+    if (!m) fail(`the guest ${booted ? 'never reported the exit code of what it ran' : 'did not boot'} (UML ${how} after ${secs} s)`);
     const rc = Number(m[1]);
-    say(`guest finished in ${secs} s; tests exited with ${rc}`);
+    say(`guest finished in ${secs} s; exit code ${rc}`);
     cleanup();
     process.exit(rc);
   });
 }
 
 if (!(TIMEOUT_S > 0)) die(`IRONSOCKET_KTLS_TIMEOUT_S must be a positive number of seconds, not ${process.env.IRONSOCKET_KTLS_TIMEOUT_S}`);
-const args = runArgs() ?? testArgs();
-if (process.env.IRONSOCKET_KTLS_FORCE_UML !== '1' && hostHasKtls()) runOnHost(args);
-else runInGuest(args);
+if (!(BOOT_TIMEOUT_S > 0)) die(`IRONSOCKET_UML_BOOT_TIMEOUT_S must be a positive number of seconds, not ${process.env.IRONSOCKET_UML_BOOT_TIMEOUT_S}`);
+const { series, rest } = laneArgs(process.argv.slice(2));
+const args = runArgs(rest) ?? testArgs(rest);
+// An explicit --kernel always boots that kernel; without it, a host kernel with kTLS runs the lane itself.
+if (series === undefined && process.env.IRONSOCKET_KTLS_FORCE_UML !== '1' && hostHasKtls()) runOnHost(args);
+else runInGuest(args, series ?? DEFAULT_SERIES);
