@@ -97,6 +97,8 @@ export class TlsRecordIo {
   private readonly iovAddr = addressOf(this.iov);
   /** Record type of the last recvmsg (23 when no cmsg was delivered). */
   recordType = RECORD_APPLICATION_DATA;
+  /** Whether the last recvmsg came with a record-type cmsg (a record was read, even an empty one; not so at EOF). */
+  recordTypeDelivered = false;
 
   private prepare(buf: Buffer, len: number, controlLen: number): void {
     this.msg.fill(0);
@@ -114,10 +116,12 @@ export class TlsRecordIo {
     this.prepare(buf, len, this.cmsg.length);
     const r = sys.recvmsg(fd, this.msg, 0x40 /* MSG_DONTWAIT */);
     this.recordType = RECORD_APPLICATION_DATA;
+    this.recordTypeDelivered = false;
     if (r >= 0) {
       const controlLen = Number(this.msg.readBigUInt64LE(40));
       if (controlLen >= CMSG_HDR + 1 && this.cmsg.readInt32LE(8) === SOL_TLS && this.cmsg.readInt32LE(12) === TLS_GET_RECORD_TYPE) {
         this.recordType = this.cmsg[CMSG_HDR]!;
+        this.recordTypeDelivered = true;
       }
     }
     return r;

@@ -25,7 +25,7 @@ export interface KernelProbe {
 export const KERNEL_CIPHERS = [TLS_CIPHER_AES_GCM_128, TLS_CIPHER_AES_GCM_256, TLS_CIPHER_CHACHA20_POLY1305] as const;
 
 /** A connected loopback TCP pair made with raw syscalls (no libuv). */
-function loopbackPair(): { client: number; server: number; listener: number } {
+export function loopbackPair(): { client: number; server: number; listener: number } {
   const listener = sys.socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC);
   try {
     sys.bind(listener, encodeSockaddr({ host: '127.0.0.1', port: 0 }));
