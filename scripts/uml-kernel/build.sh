@@ -111,22 +111,14 @@ scratch_dir() {
   if [[ -n $free && $free -gt $((4 * 1024 * 1024)) && -w /dev/shm ]]; then echo /dev/shm; else echo "${TMPDIR:-/var/tmp}"; fi
 }
 
-# ensure SERIES: prints the cached kernel's path, building it first (under the series' lock) if it is not there.
+# ensure SERIES VERSION: prints the cached kernel's path, building it first (under the series' lock) if it is not there.
 ensure() {
-  local series=$1 version out
-  version=$(source_version "$series")
+  local series=$1 version=$2 out
   out=$cache/linux-$series-$version-$(inputs_hash "$series")
   if [[ ! -x $out/linux ]]; then
     exec 9>"$cache/.lock-$series"
     flock 9
-    if [[ ! -x $out/linux ]]; then
-      # About to build: build the newest source the registry has (stale package lists may name one it dropped).
-      if [[ $(id -u) == 0 ]] && apt-get update -qq >&2; then
-        version=$(source_version "$series")
-        out=$cache/linux-$series-$version-$(inputs_hash "$series")
-      fi
-      [[ -x $out/linux ]] || build "$series" "$version" "$out"
-    fi
+    [[ -x $out/linux ]] || build "$series" "$version" "$out"
     exec 9>&-
   fi
   printf '%s\n' "$out/linux"
@@ -137,21 +129,33 @@ if ((where)); then
   exit 0
 fi
 
-cold=0
+# A series whose build is cached keeps it; one that is not is built from the newest source the registry has, so
+# the package lists are refreshed once first (stale ones may name a version the registry has dropped).
+versions=()
+cold=()
 for s in "$@"; do
   v=$(source_version "$s")
-  [[ -x $cache/linux-$s-$v-$(inputs_hash "$s")/linux ]] || cold=1
+  versions+=("$v")
+  [[ -x $cache/linux-$s-$v-$(inputs_hash "$s")/linux ]] || cold+=("$s")
 done
-((cold == 0)) || need_tools
+if ((${#cold[@]})); then
+  need_tools
+  if [[ $(id -u) == 0 ]] && apt-get update -qq >&2; then
+    for i in "${!versions[@]}"; do
+      s=${@:i+1:1}
+      if [[ " ${cold[*]} " == *" $s "* ]]; then versions[i]=$(source_version "$s"); fi
+    done
+  fi
+fi
 
 results=$(mktemp -d)
 trap 'rm -rf "$results"' EXIT
 pids=()
-for i in $(seq 1 $#); do
-  ensure "${!i}" >"$results/$i" &
+for i in "${!versions[@]}"; do
+  ensure "${@:i+1:1}" "${versions[i]}" >"$results/$i" &
   pids+=($!)
 done
 rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=1; done
 ((rc == 0)) || die "could not provide every kernel asked for ($*)"
-for i in $(seq 1 $#); do cat "$results/$i"; done
+for i in "${!versions[@]}"; do cat "$results/$i"; done
