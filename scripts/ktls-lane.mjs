@@ -93,7 +93,6 @@ for (const [sig, n] of [
   });
 }
 
-// `--run SCRIPT ARGS...` runs one node script (a benchmark, say) on the kTLS kernel instead of the tests.
 // `--kernel SERIES` (anywhere, also after --run SCRIPT) picks the guest's kernel and is taken out of the arguments.
 function laneArgs(argv) {
   const rest = [];
