@@ -9,8 +9,8 @@
 # `make ARCH=um defconfig` plus ktls.config, everything built in. Builds are cached outside the work tree, in
 # $IRONSOCKET_UML_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/ironsocket/uml-kernels), under a key made of the
 # source package's version and a hash of the patch, the config fragment and RECIPE: a warm machine builds nothing,
-# and a change to any of them (or a new Debian source version) builds anew. Several series build side by
-# side (a cold build of both takes about 9 minutes on 2 CPUs); one lock per series keeps concurrent callers from
+# and a change to any of them (or a new Debian source version) builds anew. Series build one after the other
+# (a cold build of both takes about 9 minutes on 2 CPUs); one lock per series keeps concurrent callers from
 # building the same kernel twice. Progress goes to stderr; on a failed build, the end of the build log.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -148,14 +148,10 @@ if ((${#cold[@]})); then
   fi
 fi
 
-results=$(mktemp -d)
-trap 'rm -rf "$results"' EXIT
-pids=()
+# One series after another, each using every CPU: measured on 2 CPUs, two builds side by side took 660 s and one
+# after the other 550 s.
+paths=()
 for i in "${!versions[@]}"; do
-  ensure "${@:i+1:1}" "${versions[i]}" >"$results/$i" &
-  pids+=($!)
+  paths+=("$(ensure "${@:i+1:1}" "${versions[i]}")") || die "could not provide the Linux ${*:i+1:1} kernel"
 done
-rc=0
-for p in "${pids[@]}"; do wait "$p" || rc=1; done
-((rc == 0)) || die "could not provide every kernel asked for ($*)"
-for i in "${!versions[@]}"; do cat "$results/$i"; done
+printf '%s\n' "${paths[@]}"
