@@ -229,10 +229,11 @@ export function fdStoreScenarios(mode: Mode, pace: { chunk: number; everyMs: num
         assert.ok(!oldNames.includes(name!), `${name} reuses an old connection's name (${oldNames.join(', ')})`);
         assert.ok(again.logs().some((l) => /fd store: resumed 0 connection\(s\), closed 4 that cannot resume/.test(l)));
         // Nothing of the old connections stays open in the new process: once the new one is gone too,
-        // it holds as many descriptors as the first one did before any client came.
+        // it holds no more descriptors than the first one did before any client came (one fewer is seen:
+        // libuv opens some of its own lazily, so the first process may have had one the second has not yet).
         fresh.socket.end();
         await notify.waitForStore((e) => connections(e).size === 0);
-        await eventually(() => again!.fdCount() === idleFds, 5000, `the restarted proxy to hold ${idleFds} descriptors (it holds ${again.fdCount()})`);
+        await eventually(() => again!.fdCount() <= idleFds, 5000, `the restarted proxy to hold at most ${idleFds} descriptors (it holds ${again.fdCount()})`);
       } finally {
         for (const c of clients) c.socket.destroy();
         await again?.stop();
