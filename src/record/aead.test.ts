@@ -142,15 +142,22 @@ describe('round trips and failure handling', () => {
     }
   });
 
-  test('malformed headers and truncated bodies are decode errors', () => {
+  test('malformed headers are decode errors; a body shorter than its tag is bad_record_mac (every suite, 0 to 15 bytes)', () => {
     for (const suite of SUITES) {
       const [tx, rx] = pair(suite);
       const record = tx.seal(23, Buffer.from('hello'));
       assert.throws(() => rx.open(record.subarray(0, 4), record.subarray(5)), alertOf(Alert.decode_error));
       assert.throws(() => rx.open(record.subarray(0, 5), record.subarray(5, -1)), alertOf(Alert.decode_error));
-      const short = Buffer.alloc(10);
-      assert.throws(() => rx.open(Buffer.from([23, 3, 3, 0, 10]), short), alertOf(Alert.decode_error));
+      for (let n = 0; n < 16; n++) {
+        assert.throws(() => rx.open(Buffer.from([23, 3, 3, 0, n]), Buffer.alloc(n)), alertOf(Alert.bad_record_mac), `${suite.name}: ${n} bytes`);
+      }
+      assert.equal(rx.sequence, 0n);
     }
+  });
+
+  test('a TLS 1.3 ChangeCipherSpec after the handshake is unexpected_message, not a short record', () => {
+    const [, rx] = pair(AES128);
+    assert.throws(() => rx.open(Buffer.from([20, 3, 3, 0, 1]), Buffer.from([1])), alertOf(Alert.unexpected_message));
   });
 
   test('TLS 1.3 padding is stripped and an all-zero inner plaintext is rejected', () => {

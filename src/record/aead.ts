@@ -120,13 +120,16 @@ export class RecordProtection {
       throw new RecordError(Alert.record_overflow, `protected record of ${body.length} bytes exceeds 2^14+256`);
     }
     const tls13 = this.suite.version === 'TLSv1.3';
+    // The outer type first: a plaintext ChangeCipherSpec (one byte) after the handshake is an unexpected
+    // message, not a short record (RFC 8446 §5).
+    if (tls13 && header[0] !== ContentType.application_data) {
+      throw new RecordError(Alert.unexpected_message, `protected TLS 1.3 record has outer type ${header[0]}`);
+    }
     const explicitLen = this.suite.explicitNonceLen;
     const minBody = explicitLen + TAG_LEN + (tls13 ? 1 : 0);
     if (body.length < minBody) {
-      throw new RecordError(Alert.decode_error, `protected record of ${body.length} bytes is too short`);
-    }
-    if (tls13 && header[0] !== ContentType.application_data) {
-      throw new RecordError(Alert.unexpected_message, `protected TLS 1.3 record has outer type ${header[0]}`);
+      // Shorter than its nonce and tag it cannot authenticate: bad_record_mac, as OpenSSL answers.
+      throw new RecordError(Alert.bad_record_mac, `protected record of ${body.length} bytes is too short to authenticate`);
     }
 
     const seq = this.#seq;

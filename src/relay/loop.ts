@@ -3,9 +3,10 @@ import { getHeapStatistics } from 'node:v8';
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { sys } from '../kernel/libc.js';
 import { TlsRecordIo } from '../kernel/ktls.js';
-import { EPOLL_EVENT_SIZE, decodeEvent, encodeEvent } from '../kernel/poller.js';
+import { EPOLLIN, EPOLL_EVENT_SIZE, decodeEvent, encodeEvent } from '../kernel/poller.js';
 import { suiteByName } from '../record/suites.js';
 import { KernelClient } from './kernel-client.js';
+import { LingeringCloses } from './lingering.js';
 import type { FdStore } from '../systemd/fd-store.js';
 import { Pair, type OwnPipes, type PairHost, type PairInfo, type PairSnapshot } from './pair.js';
 import type { CarriedPair, FromWorker, ToWorker, UserState } from './protocol.js';
@@ -37,6 +38,7 @@ function userClient(fd: number, u: UserState): UserClient {
     inbox: opt(u.inbox),
     plain: opt(u.plain),
     out: opt(u.out),
+    handshake: opt(u.handshake),
   });
 }
 
@@ -79,6 +81,8 @@ export class RelayLoop {
   /** With the fd store: deposits and removals, and each stored connection's record and pipes, by id. */
   private readonly stored: StoredPairs | undefined;
   private readonly storedFds = new Map<string, StoredFds>();
+  /** Clients closed after our fatal alert, given a moment to read it. */
+  private readonly lingering: LingeringCloses = new LingeringCloses(this);
 
   constructor(
     private readonly control: Control,
@@ -112,7 +116,10 @@ export class RelayLoop {
           this.storedFds.delete(pair.info.id);
           this.stored!.remove(pair.info.id, s, [pair.client.fd, pair.backendFd]);
         }
-        for (const fd of [pair.client.fd, pair.backendFd]) sys.close(fd);
+        sys.close(pair.backendFd);
+        // After an alert of ours: FIN, then the client's FIN (or a bound) before close, so no RST overtakes it.
+        if (cause === 'protocol_error') this.lingering.add(pair.client.fd, !pair.client.splices);
+        else sys.close(pair.client.fd);
         this.send({ op: 'closed', id: pair.info.id, reason, cause, level, bytesIn: pair.bytesIn, bytesOut: pair.bytesOut });
       },
       log,
@@ -217,8 +224,8 @@ export class RelayLoop {
   }
 
   /** Adds another fd (e.g. the bridge link) to this loop's epoll, with its own handler. */
-  watch(fd: number, onEvents: (events: number) => void): void {
-    sys.epollCtl(this.ep, EPOLL_CTL_ADD, fd, encodeEvent(this.ev, 0x001, fd));
+  watch(fd: number, onEvents: (events: number) => void, events = EPOLLIN): void {
+    sys.epollCtl(this.ep, EPOLL_CTL_ADD, fd, encodeEvent(this.ev, events, fd));
     this.watched.set(fd, onEvents);
   }
 
@@ -325,12 +332,14 @@ export class RelayLoop {
       this.drainMessages();
       for (const t of [...this.tickers]) t();
       const now = Date.now();
+      if (this.lingering.size) this.lingering.tick(now);
       if (now - lastIdleCheck >= 1000) {
         lastIdleCheck = now;
         this.checkIdle(now);
       }
     }
     this.stored?.flush(true);
+    this.lingering.closeAll();
     sys.close(this.ep);
     this.pipes.close();
     this.send({ op: 'stopped' });

@@ -4,9 +4,10 @@ import crypto from 'node:crypto';
 import { describe, it } from 'node:test';
 import { SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, sys } from '../kernel/libc.js';
 import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
-import type { ClientRead, ClientSide } from './kernel-client.js';
+import type { ClientRead, ClientSide } from './client-side.js';
 import { PlainSplicingClient } from '../testkit/splicing-client.js';
-import { Pair, TURN_BYTES, type PairHost, type PairInfo } from './pair.js';
+import { TURN_BYTES } from './budget.js';
+import { Pair, type PairHost, type PairInfo } from './pair.js';
 import { PipePool } from './pipes.js';
 
 const SO_SNDBUF = 7;
@@ -153,6 +154,7 @@ describe('one busy connection cannot hold its relay loop', () => {
       fd: -1,
       splices: false,
       pendingOutput: false,
+      inputPaused: false,
       get bufferedInput() {
         return source.reads < source.bufferedUntil;
       },

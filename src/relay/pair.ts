@@ -1,18 +1,13 @@
 // One relayed connection: client plaintext ⇄ backend bytes with bounded buffers, half-close and alerts, driven by readiness.
 import { EAGAIN, EINTR, SHUT_WR, errnoName, sys } from '../kernel/libc.js';
 import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
-import { ALERT, type ClientRead, type ClientSide } from './kernel-client.js';
+import { ALERT, type ClientRead, type ClientSide } from './client-side.js';
+import { NON_DATA_BURST, NON_DATA_PER_SECOND, NonDataAllowance, NoteLimiter, TURN_BYTES, TURN_READS } from './budget.js';
 import { PipePool, type Pipe, type PipeLoad } from './pipes.js';
 import type { CloseCause } from './protocol.js';
 
 /** Bytes one splice moves at most: a default pipe's capacity. */
 const PIPE_CHUNK = 64 * 1024;
-/**
- * Bytes one direction of a pair may move per readiness event. epoll is level-triggered, so what is left
- * is reported again on the next wait, after every other ready connection of this loop has had its turn:
- * a connection with an endless supply of bytes cannot hold the loop.
- */
-export const TURN_BYTES = 256 * 1024;
 
 export interface PairInfo {
   id: string;
@@ -88,6 +83,8 @@ export class Pair {
   private bEvents = -1;
   /** The half-close state as last reported to the host (flagsChanged). */
   private lastFlags: string;
+  private readonly nonData = new NonDataAllowance();
+  private readonly notes = new NoteLimiter();
 
   constructor(
     readonly info: PairInfo,
@@ -183,8 +180,10 @@ export class Pair {
   private readClient(scratch: Buffer): void {
     const splicing = this.splicing;
     const until = this.bytesIn + TURN_BYTES;
-    while (!this.done && !this.clientEof && !this.c2bHeld) {
-      if (this.bytesIn >= until && !this.client.bufferedInput) return;
+    let reads = 0;
+    while (!this.done && !this.clientEof && !this.c2bHeld && !this.client.inputPaused) {
+      // Every read counts, with data or without: records that carry nothing cost the same turn.
+      if ((this.bytesIn >= until || reads++ >= TURN_READS) && !this.client.bufferedInput) return;
       let r: ClientRead;
       if (splicing) {
         const pipe = this.takePipe('c2b');
@@ -204,9 +203,19 @@ export class Pair {
       switch (r.kind) {
         case 'again':
           return;
-        case 'skip':
-          if (r.note) this.host.log('info', this.info.id, r.note);
+        case 'skip': {
+          if (!this.nonData.take()) {
+            this.client.sendAlert(ALERT.unexpected_message);
+            return this.finish(
+              `client sent records without data faster than allowed (${NON_DATA_BURST} at once, ${NON_DATA_PER_SECOND}/s after)`,
+              'warn',
+              'protocol_error',
+            );
+          }
+          const line = r.note && this.notes.pass(r.note);
+          if (line) this.host.log('info', this.info.id, line);
           continue;
+        }
         case 'data': {
           this.bytesIn += r.n;
           this.lastActivity = Date.now();
@@ -319,7 +328,7 @@ export class Pair {
       sys.shutdown(this.client.fd, SHUT_WR);
     }
     if (this.backendShut && this.clientShut) return this.finish('both sides closed', 'info', 'completed');
-    const c = (!this.clientEof && !this.c2bHeld ? EPOLLIN : 0) | (this.b2cHeld || this.client.pendingOutput ? EPOLLOUT : 0);
+    const c = (!this.clientEof && !this.c2bHeld && !this.client.inputPaused ? EPOLLIN : 0) | (this.b2cHeld || this.client.pendingOutput ? EPOLLOUT : 0);
     const b = (!this.backendEof && !this.b2cHeld ? EPOLLIN : 0) | (this.c2bHeld ? EPOLLOUT : 0);
     if (c !== this.cEvents) this.host.interest(this.client.fd, (this.cEvents = c));
     if (b !== this.bEvents) this.host.interest(this.backendFd, (this.bEvents = b));
@@ -359,6 +368,8 @@ export class Pair {
     this.dropPipes();
     this.client.flush();
     this.client.wipe();
+    const held = this.notes.unreported;
+    if (held) this.host.log('info', this.info.id, `${held} more record(s) without data went unlogged (rate limit)`);
     this.host.closed(this, reason, level, cause);
   }
 }

@@ -20,6 +20,8 @@ export interface UserState {
   inbox?: Uint8Array;
   plain?: Uint8Array;
   out?: Uint8Array;
+  /** A post-handshake message received in part. */
+  handshake?: Uint8Array;
 }
 
 /** The buffers holding a user-mode connection's keys, to transfer (move, not copy) with postMessage. */

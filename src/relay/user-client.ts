@@ -3,7 +3,8 @@ import { EAGAIN, EINTR, errnoName, sys } from '../kernel/libc.js';
 import { RecordError, RecordProtection, MAX_CIPHERTEXT, MAX_PLAINTEXT, MAX_RECORD } from '../record/aead.js';
 import { tls13NextTrafficSecret, tls13TrafficKeys } from '../record/keys.js';
 import type { CipherSuite } from '../record/suites.js';
-import { ALERT, type ClientRead, type ClientSide } from './kernel-client.js';
+import { ALERT, alertRecord, type ClientRead, type ClientSide } from './client-side.js';
+import { PostHandshakeMessages } from './post-handshake.js';
 
 const HEADER = 5;
 /**
@@ -27,6 +28,8 @@ export interface UserSessionState {
   inbox?: Buffer;
   plain?: Buffer;
   out?: Buffer;
+  /** A post-handshake message received in part (its first records). */
+  handshake?: Uint8Array;
 }
 
 export class UserClient implements ClientSide {
@@ -44,6 +47,9 @@ export class UserClient implements ClientSide {
   private out: Buffer | undefined;
   /** Decrypted data waiting to be copied out (a record can hold more than the caller's buffer). Always our own copy. */
   private plain: Buffer | undefined;
+  /** A reply (KeyUpdate, warning alert) is in `out`: reading waits until it has gone (see inputPaused). */
+  private replyQueued = false;
+  private readonly handshake: PostHandshakeMessages;
 
   constructor(
     readonly fd: number,
@@ -57,6 +63,7 @@ export class UserClient implements ClientSide {
       throw e;
     }
     this.secrets = state.secrets;
+    this.handshake = new PostHandshakeMessages(state.version, state.handshake);
     for (const b of [state.rx.key, state.rx.iv, state.tx.key, state.tx.iv]) b.fill(0);
     if (state.inbox?.length) {
       this.inbox = Buffer.allocUnsafe(HEADER + MAX_CIPHERTEXT);
@@ -79,6 +86,7 @@ export class UserClient implements ClientSide {
       inbox: this.got && this.inbox ? Buffer.from(this.inbox.subarray(0, this.got)) : undefined,
       plain: this.plain ? Buffer.from(this.plain) : undefined,
       out: this.out ? Buffer.from(this.out) : undefined,
+      handshake: this.handshake.snapshot(),
     };
   }
 
@@ -92,6 +100,10 @@ export class UserClient implements ClientSide {
     return this.out !== undefined;
   }
 
+  get inputPaused(): boolean {
+    return this.replyQueued;
+  }
+
   /** Pushes queued ciphertext; returns 0, -EAGAIN while the socket is full, or another -errno. */
   flush(): number {
     while (this.out) {
@@ -100,6 +112,7 @@ export class UserClient implements ClientSide {
       if (w < 0) return w;
       this.out = w === this.out.length ? undefined : this.out.subarray(w);
     }
+    this.replyQueued = false;
     return 0;
   }
 
@@ -137,8 +150,8 @@ export class UserClient implements ClientSide {
         if (e instanceof RecordError) return { kind: 'fatal', alert: e.alert, reason: e.message };
         throw e;
       }
-      const res = this.dispatch(opened.type, opened.plaintext, buf);
-      if (res.kind !== 'skip' || res.note) return res;
+      // Every record is reported, those without data too: each counts against the turn and the allowance.
+      return this.dispatch(opened.type, opened.plaintext, buf);
     }
   }
 
@@ -151,50 +164,46 @@ export class UserClient implements ClientSide {
 
   /** `plaintext` is a view into the receive buffer (see SHARED_INBOX): used here, kept only as a copy. */
   private dispatch(type: number, plaintext: Buffer, buf: Buffer): ClientRead {
+    const interleaved = type !== 22 ? this.handshake.interleaved(type) : undefined;
+    if (interleaved?.kind === 'fatal') return interleaved;
     if (type === 23) {
       if (plaintext.length === 0) return { kind: 'skip' };
       const n = plaintext.copy(buf, 0, 0, Math.min(plaintext.length, buf.length));
       if (n < plaintext.length) this.plain = Buffer.from(plaintext.subarray(n));
       return { kind: 'data', n };
     }
-    if (type === 21) {
-      if (plaintext.length !== 2) return { kind: 'fatal', alert: ALERT.decode_error, reason: 'malformed alert' };
-      const [level, desc] = [plaintext[0]!, plaintext[1]!];
-      if (desc === ALERT.close_notify) return { kind: 'close_notify' };
-      if (desc === ALERT.user_canceled || (level === 1 && this.state.version === 'TLSv1.2')) return { kind: 'skip' };
-      return { kind: 'fatal', reason: `client sent ${level === 2 ? 'fatal' : 'warning'} alert ${desc}`, clientAlert: true };
+    // TLS 1.3 forbids empty records of any other type (RFC 8446 §5.1); TLS 1.2 servers (OpenSSL) skip them.
+    if (plaintext.length === 0) {
+      if (this.state.version === 'TLSv1.3') return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `empty record of type ${type}` };
+      return { kind: 'skip' };
     }
+    if (type === 21) return alertRecord(plaintext, this.state.version);
     if (type === 22) return this.handshakeMessages(plaintext);
     return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `unexpected record type ${type} after the handshake` };
   }
 
-  /** Post-handshake messages: only TLS 1.3 KeyUpdate is acceptable from a client. */
+  /** Post-handshake messages: TLS 1.3 KeyUpdate, TLS 1.2 renegotiation attempts (refused with a warning). */
   private handshakeMessages(p: Buffer): ClientRead {
-    let o = 0;
-    while (o < p.length) {
-      if (p.length - o < 4) return { kind: 'fatal', alert: ALERT.decode_error, reason: 'truncated handshake message' };
-      const type = p[o]!;
-      const len = p.readUIntBE(o + 1, 3);
-      const body = p.subarray(o + 4, o + 4 + len);
-      if (body.length !== len) return { kind: 'fatal', alert: ALERT.decode_error, reason: 'handshake message split across records' };
-      o += 4 + len;
-      if (this.state.version !== 'TLSv1.3' || type !== KEY_UPDATE) {
-        const what = type === 1 ? 'ClientHello (renegotiation)' : type === 4 ? 'NewSessionTicket' : `type ${type}`;
-        return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `unexpected handshake message ${what} after the handshake` };
+    const notes: string[] = [];
+    for (const step of this.handshake.feed(p)) {
+      if (step.kind === 'fatal') return step;
+      if (step.kind === 'renegotiation') {
+        this.reply(this.tx.seal(21, Buffer.from([1, ALERT.no_renegotiation])));
+        notes.push('client asked to renegotiate: answered no_renegotiation (warning), going on');
+        continue;
       }
-      if (len !== 1 || body[0]! > 1) return { kind: 'fatal', alert: ALERT.decode_error, reason: 'malformed KeyUpdate' };
-      if (o !== p.length) return { kind: 'fatal', alert: ALERT.unexpected_message, reason: 'data after KeyUpdate in the same record' };
       if (!this.secrets) return { kind: 'fatal', alert: ALERT.internal_error, reason: 'KeyUpdate received but traffic secrets were not kept' };
       this.rekey('client');
-      if (body[0] === 1) {
+      if (step.requested) {
         // update_requested: answer with our own KeyUpdate (not requesting), sent under the old key, then switch.
-        this.queue(this.tx.seal(22, Buffer.from([KEY_UPDATE, 0, 0, 1, 0])));
+        this.reply(this.tx.seal(22, Buffer.from([KEY_UPDATE, 0, 0, 1, 0])));
         this.rekey('server');
-        return { kind: 'skip', note: 'client KeyUpdate (update_requested): new receive key; answered with our KeyUpdate and a new send key' };
+        notes.push('client KeyUpdate (update_requested): new receive key; answered with our KeyUpdate and a new send key');
+      } else {
+        notes.push('client KeyUpdate (update_not_requested): new receive key');
       }
-      return { kind: 'skip', note: 'client KeyUpdate (update_not_requested): new receive key' };
     }
-    return { kind: 'skip' };
+    return notes.length ? { kind: 'skip', note: notes.join('; ') } : { kind: 'skip' };
   }
 
   private rekey(which: 'client' | 'server'): void {
@@ -210,6 +219,13 @@ export class UserClient implements ClientSide {
 
   private queue(rec: Buffer): void {
     this.out = this.out ? Buffer.concat([this.out, rec]) : rec;
+  }
+
+  /** Queues a reply and tries to send it; while any of it waits, reading pauses (one reply queued at most). */
+  private reply(rec: Buffer): void {
+    this.queue(rec);
+    this.replyQueued = true;
+    this.flush();
   }
 
   write(buf: Buffer, len: number): number {

@@ -1,12 +1,13 @@
 // Test support: a client side that is a plain socket but splices like a kTLS one, to run the kernel-mode relay path without kTLS.
 import { EAGAIN, EINTR, sys } from '../kernel/libc.js';
-import type { ClientRead, ClientSide } from '../relay/kernel-client.js';
+import type { ClientRead, ClientSide } from '../relay/client-side.js';
 
 /** A client side that is a plain socket but splices like a kTLS one. */
 export class PlainSplicingClient implements ClientSide {
   readonly splices = true;
   readonly pendingOutput = false;
   readonly bufferedInput = false;
+  readonly inputPaused = false;
   constructor(readonly fd: number) {}
   read(buf: Buffer): ClientRead {
     const r = sys.recv(this.fd, buf, buf.length);

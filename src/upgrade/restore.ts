@@ -87,6 +87,6 @@ export function wipeCarried(pairs: CarriedPair[]): void {
   for (const p of pairs) {
     const u = p.user;
     if (!u) continue;
-    for (const b of [u.tx.key, u.tx.iv, u.rx.key, u.rx.iv, u.secrets?.client, u.secrets?.server, u.inbox, u.plain, u.out]) b?.fill(0);
+    for (const b of [u.tx.key, u.tx.iv, u.rx.key, u.rx.iv, u.secrets?.client, u.secrets?.server, u.inbox, u.plain, u.out, u.handshake]) b?.fill(0);
   }
 }
