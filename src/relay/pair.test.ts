@@ -1,12 +1,12 @@
-// The splice path of a pair, run on plain sockets (no kTLS needed): bytes arrive in order, backpressure parks them in a pipe, a snapshot carries them.
+// A pair's relaying, run on plain sockets (no kTLS needed): order, backpressure, snapshots, and what one client's records may cost the loop.
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { describe, it } from 'node:test';
 import { SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, sys } from '../kernel/libc.js';
 import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
-import type { ClientRead, ClientSide } from './client-side.js';
+import { ALERT, type ClientRead, type ClientSide } from './client-side.js';
 import { PlainSplicingClient } from '../testkit/splicing-client.js';
-import { TURN_BYTES } from './budget.js';
+import { NON_DATA_BURST, NON_DATA_PER_SECOND, NOTES_UNLIMITED, NonDataAllowance, TURN_BYTES, TURN_READS } from './budget.js';
 import { Pair, type PairHost, type PairInfo } from './pair.js';
 import { PipePool } from './pipes.js';
 
@@ -185,5 +185,63 @@ describe('one busy connection cannot hold its relay loop', () => {
     } finally {
       for (const fd of [backendProxy, backendApp]) sys.close(fd);
     }
+  });
+});
+
+describe('records without data cost their sender, not the loop', () => {
+  /** A client side that always has another record without data (an endless KeyUpdate or empty-record flood). */
+  function flooding() {
+    const seen = { reads: 0, alerts: [] as number[] };
+    const client: ClientSide = {
+      fd: -1,
+      splices: false,
+      pendingOutput: false,
+      inputPaused: false,
+      bufferedInput: false,
+      read(): ClientRead {
+        seen.reads++;
+        return { kind: 'skip', note: 'client KeyUpdate' };
+      },
+      write: (_b: Buffer, len: number) => len,
+      closeNotify: () => true,
+      sendAlert: (d: number) => void seen.alerts.push(d),
+      flush: () => 0,
+      wipe: () => {},
+    };
+    return { client, seen };
+  }
+
+  it(`one readiness event reads at most ${TURN_READS} of them, and past ${NON_DATA_BURST} in a burst the connection ends with unexpected_message`, () => {
+    const [backendProxy, backendApp] = sys.socketpair(SOCK_STREAM | SOCK_NONBLOCK);
+    const { client, seen } = flooding();
+    const closed: string[] = [];
+    const logged: string[] = [];
+    const host: PairHost = { interest: () => {}, closed: (_p, reason, _l, cause) => closed.push(`${cause}: ${reason}`), log: (_l, _id, m) => logged.push(m) };
+    const pair = new Pair({ ...info, mode: 'user' }, client, backendProxy, host);
+    const scratch = Buffer.alloc(64 * 1024);
+    try {
+      pair.start();
+      pair.onClient(EPOLLIN, scratch);
+      assert.equal(seen.reads, TURN_READS, 'one event, one turn of reads');
+      assert.deepEqual(closed, []);
+      for (let i = 0; i < 10 && closed.length === 0; i++) pair.onClient(EPOLLIN, scratch);
+      assert.equal(closed.length, 1, 'the flood ended the connection');
+      assert.match(closed[0]!, /^protocol_error: client sent records without data faster than allowed/);
+      assert.ok(seen.reads <= NON_DATA_BURST + 2, `${seen.reads} records read before the end`);
+      assert.deepEqual(seen.alerts, [ALERT.unexpected_message]);
+      // Their log lines are rate-limited: a few, then one line for the rest at the close.
+      assert.ok(logged.length <= NOTES_UNLIMITED + 1, `${logged.length} log lines: ${logged.join(' | ')}`);
+      assert.match(logged.at(-1)!, /more record\(s\) without data went unlogged/);
+    } finally {
+      for (const fd of [backendProxy, backendApp]) sys.close(fd);
+    }
+  });
+
+  it('the allowance refills with time: a steady trickle below the rate is never cut off', () => {
+    const a = new NonDataAllowance(0);
+    for (let i = 0; i < NON_DATA_BURST; i++) assert.ok(a.take(0));
+    assert.equal(a.take(0), false, 'the burst is spent');
+    // One per 1/rate seconds, for a minute: always allowed.
+    for (let t = 1; t <= 60 * NON_DATA_PER_SECOND; t++) assert.ok(a.take((t * 1000) / NON_DATA_PER_SECOND), `record ${t}`);
   });
 });

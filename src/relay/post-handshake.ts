@@ -15,7 +15,14 @@ export type PostHandshakeStep =
   | { kind: 'renegotiation' }
   | { kind: 'fatal'; alert: number; reason: string };
 
-const NAMES: Record<number, string> = { 0: 'HelloRequest', 1: 'ClientHello (renegotiation)', 4: 'NewSessionTicket', 11: 'Certificate', 15: 'CertificateVerify', 20: 'Finished' };
+const NAMES: Record<number, string> = {
+  0: 'HelloRequest',
+  1: 'ClientHello (renegotiation)',
+  4: 'NewSessionTicket',
+  11: 'Certificate',
+  15: 'CertificateVerify',
+  20: 'Finished',
+};
 
 /**
  * Collects handshake records into messages. Messages may span records and records may hold several

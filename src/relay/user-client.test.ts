@@ -1,17 +1,19 @@
-// The userspace record reader: records that arrive in pieces, interleaved across connections, or cut by an upgrade come out exact.
+// The userspace record reader: records that arrive in pieces, interleaved across connections, or cut by an upgrade come out exact; replies it owes are bounded.
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { describe, it } from 'node:test';
 import { EAGAIN, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, sys } from '../kernel/libc.js';
 import { RecordProtection } from '../record/aead.js';
+import { tls13NextTrafficSecret, tls13TrafficKeys } from '../record/keys.js';
 import { suiteByName } from '../record/suites.js';
 import { UserClient } from './user-client.js';
 
 const suite = suiteByName('TLS_AES_128_GCM_SHA256', 'TLSv1.3')!;
 
 /** A connected pair: the proxy's UserClient on one end, the "client" sealing records on the other. */
-function connection() {
+function connection(opts: { secrets?: boolean } = {}) {
   const [peer, fd] = sys.socketpair(SOCK_STREAM | SOCK_NONBLOCK);
+  const secrets = opts.secrets ? { client: crypto.randomBytes(32), server: crypto.randomBytes(32) } : undefined;
   const key = crypto.randomBytes(16);
   const iv = crypto.randomBytes(12);
   const txKey = crypto.randomBytes(16);
@@ -24,9 +26,10 @@ function connection() {
     version: 'TLSv1.3',
     rx: { key: Buffer.from(key), iv: Buffer.from(iv), seq: 0n },
     tx: { key: Buffer.from(txKey), iv: Buffer.from(txIv), seq: 0n },
+    secrets: secrets && { client: Buffer.from(secrets.client), server: Buffer.from(secrets.server) },
   });
   const send = (b: Buffer) => assert.equal(sys.send(peer, b, b.length), b.length);
-  return { peer, fd, sealer, opener, user, send, key, iv };
+  return { peer, fd, sealer, opener, user, send, key, iv, secrets };
 }
 
 /** Receives everything the UserClient sent and opens it as records (whole records only: the rest stays in `pending`). */
@@ -178,6 +181,46 @@ describe('the userspace record reader', () => {
     } finally {
       sys.close(a.peer);
       sys.close(a.fd);
+    }
+  });
+
+  it('a client that sends KeyUpdates without reading gets one reply queued at most: reading pauses until it has gone', () => {
+    const c = connection({ secrets: true });
+    try {
+      for (const fd of [c.fd, c.peer]) for (const opt of [7 /* SO_SNDBUF */, 8 /* SO_RCVBUF */]) sys.setsockoptInt(fd, SOL_SOCKET, opt, 4096);
+      // Our sending side fills with data first (the client does not read); data alone does not pause reading.
+      const chunk = Buffer.alloc(16_384, 1);
+      while (!c.user.pendingOutput) c.user.write(chunk, chunk.length);
+      assert.equal(c.user.inputPaused, false, 'queued data does not pause reading');
+      const KEY_UPDATE_REQUESTED = Buffer.from([24, 0, 0, 1, 1]);
+      // Each KeyUpdate is sealed under the key the one before it installed (RFC 8446 §7.2).
+      let secret: Buffer = c.secrets!.client;
+      for (let i = 0; i < 3; i++) {
+        c.send(c.sealer.seal(22, KEY_UPDATE_REQUESTED));
+        secret = tls13NextTrafficSecret(suite, secret);
+        const k = tls13TrafficKeys(suite, secret);
+        c.sealer.rekey(k.key, k.iv);
+      }
+      const buf = Buffer.alloc(70_000);
+      const first = c.user.read(buf);
+      assert.equal(first.kind, 'skip');
+      assert.equal(c.user.inputPaused, true, 'a reply the socket would not take pauses reading');
+      const queued = c.user.snapshot().out!.length;
+      assert.ok(queued <= 5 + 16_384 + 16 + 1 + 5 + 5 + 16 + 1, `at most one data record and one reply are queued (${queued} bytes)`);
+      // The loop does not read a paused client (pair.ts): the other two wait in the socket until the client reads.
+      const sink = Buffer.alloc(1 << 20);
+      for (let answered = 1; answered <= 3; answered++) {
+        while (c.user.pendingOutput) {
+          while (sys.recv(c.peer, sink, sink.length) > 0);
+          c.user.flush();
+        }
+        assert.equal(c.user.inputPaused, false, `reply ${answered} has gone: reading resumes`);
+        const r = c.user.read(buf);
+        assert.equal(r.kind, answered < 3 ? 'skip' : 'again', `read after reply ${answered}`);
+      }
+    } finally {
+      sys.close(c.peer);
+      sys.close(c.fd);
     }
   });
 });

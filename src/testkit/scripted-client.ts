@@ -23,6 +23,8 @@ export type Ending = 'fin' | 'reset';
 
 export interface ScriptedClient {
   version: 'TLSv1.2' | 'TLSv1.3';
+  /** Our end's port (the proxy logs the client as 127.0.0.1:port). */
+  localPort: number;
   suite: CipherSuite;
   /** A protected record of `type` under our current key (TLS 1.3: inner type, `padding` zero bytes). */
   seal(type: number, plaintext: Buffer, padding?: number): Buffer;
@@ -67,7 +69,11 @@ export async function scriptedClient(port: number, opts: ScriptOptions): Promise
     const hello = fromServer.find((r) => r[0] === 22 && r[5] === 2);
     const suite = suiteByName(tlsSocket.getCipher().name, 'TLSv1.2');
     if (!hello || !suite || !keylog.masterSecret || !keylog.clientRandom) throw new Error('TLS 1.2 keys not known when our Finished was written');
-    const keys = deriveDirectionKeys(suite, { version: 'TLSv1.2', masterSecret: keylog.masterSecret, clientRandom: keylog.clientRandom, serverRandom: parseHello(hello).random }, 'client');
+    const keys = deriveDirectionKeys(
+      suite,
+      { version: 'TLSv1.2', masterSecret: keylog.masterSecret, clientRandom: keylog.clientRandom, serverRandom: parseHello(hello).random },
+      'client',
+    );
     const finished = new RecordProtection(suite, keys.tx.key, keys.tx.iv, 0n).open(record.subarray(0, 5), record.subarray(5)).plaintext;
     const sealer = new RecordProtection(suite, keys.tx.key, keys.tx.iv, 0n);
     finishedFragments = finished.length;
@@ -156,7 +162,11 @@ export async function scriptedClient(port: number, opts: ScriptOptions): Promise
     if (firstServer < 0) firstServer = fromServer.length;
   } else {
     const hello = fromServer.find((r) => r[0] === 22 && r[5] === 2)!;
-    const keys = deriveDirectionKeys(suite, { version: 'TLSv1.2', masterSecret: keylog.masterSecret!, clientRandom: keylog.clientRandom!, serverRandom: parseHello(hello).random }, 'client');
+    const keys = deriveDirectionKeys(
+      suite,
+      { version: 'TLSv1.2', masterSecret: keylog.masterSecret!, clientRandom: keylog.clientRandom!, serverRandom: parseHello(hello).random },
+      'client',
+    );
     tx = new RecordProtection(suite, keys.tx.key, keys.tx.iv, BigInt(opts.splitFinished ? finishedFragments : 1));
     rx = new RecordProtection(suite, keys.rx.key, keys.rx.iv, 0n);
     firstServer = fromServer.findIndex((r) => r[0] === CCS) + 1; // the server's Finished, then its data
@@ -211,6 +221,7 @@ export async function scriptedClient(port: number, opts: ScriptOptions): Promise
 
   return {
     version: opts.version,
+    localPort: sock.localPort!,
     suite,
     seal: (type, plaintext, padding = 0) => tx.seal(type, plaintext, padding),
     send: (bytes) => void sock.write(bytes),

@@ -37,7 +37,11 @@ describe('the bridge link', () => {
     try {
       const sent = carried('c7', c1, b1);
       assert.equal(
-        new Link(a).sendBatch({ op: 'adopt', count: 1, frozenAt: 123, idleTimeoutMs: 0 }, [sent], [{ id: 'c3', reason: 'gone', cause: 'completed', level: 'info' }]),
+        new Link(a).sendBatch(
+          { op: 'adopt', count: 1, frozenAt: 123, idleTimeoutMs: 0 },
+          [sent],
+          [{ id: 'c3', reason: 'gone', cause: 'completed', level: 'info' }],
+        ),
         undefined,
       );
       sys.close(c1);
