@@ -12,6 +12,8 @@ export class KernelClient implements ClientSide {
   private readonly handshake: PostHandshakeMessages;
   /** A reply record (type, payload) the socket would not take yet; reading waits until it has gone. */
   private reply: { type: number; payload: Buffer } | undefined;
+  /** splice() just said 0: EOF, or it consumed an empty data record (the read() that follows tells which). */
+  private spliceSawZero = false;
 
   constructor(
     readonly fd: number,
@@ -37,7 +39,11 @@ export class KernelClient implements ClientSide {
     if (this.handshake.incomplete) return 'control';
     const r = sys.splice(this.fd, pipeW, len);
     if (r > 0) return r;
-    if (r === 0) return { kind: 'eof' };
+    if (r === 0) {
+      // An empty data record spliced is 0 bytes too: read() looks again (recvmsg tells EOF from a record).
+      this.spliceSawZero = true;
+      return 'control';
+    }
     if (r === -EAGAIN || r === -EINTR) return { kind: 'again' };
     // kTLS splices application data only: at any other record type it says EINVAL.
     if (r === -E.EINVAL!) return 'control';
@@ -55,7 +61,11 @@ export class KernelClient implements ClientSide {
   }
 
   read(buf: Buffer): ClientRead {
+    const afterZeroSplice = this.spliceSawZero;
+    this.spliceSawZero = false;
     const r = this.io.recv(this.fd, buf, buf.length);
+    // Nothing to read right after splice said 0: it was an empty record it consumed, not EOF (EOF reads 0 again).
+    if ((r === -EAGAIN || r === -EINTR) && afterZeroSplice) return { kind: 'skip' };
     if (r === -EAGAIN || r === -EINTR) return { kind: 'again' };
     if (r < 0) return this.failure(-r);
     if (r === 0 && !this.io.recordTypeDelivered) return this.zeroBytes(buf);

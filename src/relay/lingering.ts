@@ -1,6 +1,6 @@
-// Closing a client after our fatal alert without an RST that could destroy the alert: FIN first, drop what it still sends, close on its FIN or after a bound.
-import { EAGAIN, EINTR, SHUT_WR, sys } from '../kernel/libc.js';
-import { EPOLLIN, EPOLLRDHUP } from '../kernel/poller.js';
+// Closing a client after our fatal alert without an RST that could destroy the alert: FIN first, then close on its FIN or after a bound.
+import { SHUT_WR, sys } from '../kernel/libc.js';
+import { EPOLLRDHUP } from '../kernel/poller.js';
 
 /** How long a client gets to read our alert and close. */
 export const LINGER_MS = 2000;
@@ -12,13 +12,12 @@ export interface LingerHost {
   unwatch(fd: number): void;
 }
 
-const drain = Buffer.allocUnsafe(16 * 1024);
-
 /**
  * Closing a socket whose receive queue holds unread bytes makes the kernel send RST, and an RST can reach
- * the client before it has read our alert (a client still sending a long record, say). A userspace-record
- * socket is drained until the client's FIN; a kTLS one cannot be read once its record layer failed, so it
- * only waits for the FIN (EPOLLRDHUP). Closed after LINGER_MS in any case.
+ * the client before it has read our alert (a client still sending a long record, say). So the socket is
+ * shut for writing (the alert, then FIN) and closed once the client's FIN arrives (EPOLLRDHUP), or after
+ * LINGER_MS. Nothing is read meanwhile: what the client still sends costs us no CPU (a kTLS socket could
+ * not be read anyway once its record layer failed), and once our receive window is full it stops.
  */
 export class LingeringCloses {
   private readonly until = new Map<number, number>();
@@ -29,26 +28,13 @@ export class LingeringCloses {
     return this.until.size;
   }
 
-  /** Takes over `fd` (already out of the pair's epoll interest); `readable`: plain TCP we may drain. */
-  add(fd: number, readable: boolean, now = Date.now()): void {
+  /** Takes over `fd` (already out of the pair's epoll interest). */
+  add(fd: number, now = Date.now()): void {
     if (this.until.size >= MAX_LINGERING) this.close(this.until.keys().next().value!);
     sys.shutdown(fd, SHUT_WR);
     sys.setCloexec(fd, true); // an in-place upgrade carries connections, not this
     this.until.set(fd, now + LINGER_MS);
-    this.host.watch(
-      fd,
-      (events) => {
-        if (readable && events & EPOLLIN) {
-          for (;;) {
-            const r = sys.recv(fd, drain, drain.length);
-            if (r === -EAGAIN || r === -EINTR) return;
-            if (r <= 0) break;
-          }
-        }
-        this.close(fd);
-      },
-      readable ? EPOLLIN | EPOLLRDHUP : EPOLLRDHUP,
-    );
+    this.host.watch(fd, () => this.close(fd), EPOLLRDHUP);
   }
 
   /** Closes the sockets whose time is up. */

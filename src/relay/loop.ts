@@ -118,7 +118,7 @@ export class RelayLoop {
         }
         sys.close(pair.backendFd);
         // After an alert of ours: FIN, then the client's FIN (or a bound) before close, so no RST overtakes it.
-        if (cause === 'protocol_error') this.lingering.add(pair.client.fd, !pair.client.splices);
+        if (cause === 'protocol_error') this.lingering.add(pair.client.fd);
         else sys.close(pair.client.fd);
         this.send({ op: 'closed', id: pair.info.id, reason, cause, level, bytesIn: pair.bytesIn, bytesOut: pair.bytesOut });
       },

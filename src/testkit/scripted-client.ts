@@ -25,12 +25,17 @@ export interface ScriptedClient {
   version: 'TLSv1.2' | 'TLSv1.3';
   /** Our end's port (the proxy logs the client as 127.0.0.1:port). */
   localPort: number;
+  /** The TCP socket (for a sender that must wait for 'drain'). */
+  socket: net.Socket;
+  /** Whether the server's side has ended (FIN or reset). */
+  isEnded(): boolean;
   suite: CipherSuite;
   /** A protected record of `type` under our current key (TLS 1.3: inner type, `padding` zero bytes). */
   seal(type: number, plaintext: Buffer, padding?: number): Buffer;
   send(bytes: Buffer): void;
-  /** Leaves what arrives in the kernel for `ms` (as a slow client would): an RST in that time destroys it. */
-  pauseReading(ms: number): void;
+  /** Leaves what arrives in the kernel for `ms`, or until resumeReading() (as a slow client would): an RST in that time destroys it. */
+  pauseReading(ms?: number): void;
+  resumeReading(): void;
   /** TLS 1.3: switch our sending key to the next one (after sending a KeyUpdate). */
   nextSendKey(): void;
   /** The next record from the server (KeyUpdates are applied, tickets skipped); undefined once it has ended. */
@@ -222,13 +227,16 @@ export async function scriptedClient(port: number, opts: ScriptOptions): Promise
   return {
     version: opts.version,
     localPort: sock.localPort!,
+    socket: sock,
+    isEnded: () => ending !== undefined,
     suite,
     seal: (type, plaintext, padding = 0) => tx.seal(type, plaintext, padding),
     send: (bytes) => void sock.write(bytes),
     pauseReading(ms) {
       sock.pause();
-      setTimeout(() => sock.resume(), ms);
+      if (ms !== undefined) setTimeout(() => sock.resume(), ms);
     },
+    resumeReading: () => void sock.resume(),
     nextSendKey: () => rekey('client'),
     next,
     async readData(want, timeoutMs = 10_000) {
