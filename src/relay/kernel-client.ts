@@ -139,6 +139,9 @@ export class KernelClient implements ClientSide {
   }
 
   closeNotify(): boolean {
+    // A reply still owed goes first if the socket takes it; otherwise it is dropped (the close matters more).
+    this.flush();
+    this.reply = undefined;
     const r = this.io.sendRecord(this.fd, RECORD_ALERT, Buffer.from([1, ALERT.close_notify]));
     return r >= 0;
   }
