@@ -223,4 +223,37 @@ describe('the userspace record reader', () => {
       sys.close(c.fd);
     }
   });
+
+  it('a KeyUpdate received in part goes through a snapshot into a new reader, which completes it', () => {
+    const c = connection({ secrets: true });
+    try {
+      c.send(c.sealer.seal(22, Buffer.from([24, 0])));
+      const buf = Buffer.alloc(70_000);
+      assert.equal(c.user.read(buf).kind, 'skip', 'the first fragment is taken');
+      const snap = c.user.snapshot();
+      assert.deepEqual([...snap.handshake!], [24, 0]);
+      const next = new UserClient(c.fd, {
+        suite,
+        version: 'TLSv1.3',
+        rx: { key: Buffer.from(snap.rx.key), iv: Buffer.from(snap.rx.iv), seq: snap.rx.seq },
+        tx: { key: Buffer.from(snap.tx.key), iv: Buffer.from(snap.tx.iv), seq: snap.tx.seq },
+        secrets: { client: Buffer.from(snap.secrets!.client), server: Buffer.from(snap.secrets!.server) },
+        handshake: snap.handshake,
+      });
+      c.send(c.sealer.seal(22, Buffer.from([0, 1, 0])));
+      const r = next.read(buf);
+      assert.equal(r.kind, 'skip');
+      assert.match((r as { note?: string }).note ?? '', /KeyUpdate \(update_not_requested\): new receive key/);
+      // Data under the client's next key now opens.
+      const k = tls13TrafficKeys(suite, tls13NextTrafficSecret(suite, c.secrets!.client));
+      c.sealer.rekey(k.key, k.iv);
+      c.send(c.sealer.seal(23, Buffer.from('after')));
+      const d = next.read(buf);
+      assert.equal(d.kind, 'data');
+      assert.equal(buf.subarray(0, (d as { n: number }).n).toString(), 'after');
+    } finally {
+      sys.close(c.peer);
+      sys.close(c.fd);
+    }
+  });
 });
