@@ -14,7 +14,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { echoBackend } from '../dist/testkit/backends.js';
 import { makeCert, tempDir } from '../dist/testkit/proxy-process.js';
 import { scriptedClient } from '../dist/testkit/scripted-client.js';
 import { sleep } from './bench/common.mjs';
@@ -71,6 +70,23 @@ process.on('message', (m) => {
   else process.send({ worst: waiting ? Math.max(worst, performance.now() - sentAt) : worst });
 });
 `;
+
+/** The backend: an echo server in a process of its own too (the good client's echoes pass through it). */
+const ECHO_BACKEND = `
+const net = require('node:net');
+const srv = net.createServer((s) => { s.on('error', () => {}); s.pipe(s); });
+srv.listen(0, '127.0.0.1', () => process.send(srv.address().port));
+process.on('disconnect', () => process.exit(0));
+`;
+
+async function echoBackend() {
+  const child = spawn(process.execPath, ['-e', ECHO_BACKEND], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const port = await new Promise((resolve, reject) => {
+    child.once('message', resolve);
+    child.once('exit', (code) => reject(new Error(`the echo backend exited (${code})`)));
+  });
+  return { port, close: () => child.kill() };
+}
 
 async function goodClient(port) {
   const child = spawn(process.execPath, ['-e', GOOD_CLIENT, String(port)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
@@ -231,7 +247,7 @@ for (const def of PEERS.filter((p) => wanted.includes(p.name))) {
     }
   }
 }
-await backend.close();
+backend.close();
 
 // [key, label, digits, noise]: the goal is each Iron Socket figure within 1.5× HAProxy's, or within `noise` of it
 // (ratios of figures near zero say nothing: a few ms of CPU, a GC's worth of RSS, a scheduler tick of latency).
