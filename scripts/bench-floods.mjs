@@ -242,6 +242,8 @@ for (const def of PEERS.filter((p) => wanted.includes(p.name))) {
         `${def.name}: ${flood.count} ${flood.name}: sent ${r.sent}${r.cutOff ? ' (then cut off by the proxy)' : ''}, CPU ${r.cpuS.toFixed(2)} s, ` +
           `RSS +${r.rssPeakMiB.toFixed(1)} MiB at the peak, +${r.rssAfterMiB.toFixed(1)} MiB after, idle after ${r.idleS.toFixed(2)} s, worst echo ${r.echoMs.toFixed(0)} ms`,
       );
+    } catch (e) {
+      console.error(`${def.name}: ${flood.name}: not measured: ${e.stack ?? e}`);
     } finally {
       await peer.stop();
     }
@@ -287,6 +289,8 @@ for (const flood of FLOODS) {
   lines.push(`| ${flood.count} ${flood.name} | outcome | ${cut.join('; ')} |${' |'.repeat(names.length - 1 + (both ? 2 : 0))}`);
 }
 if (both) lines.push('', missed ? `Goal missed on ${missed} figure(s).` : `Goal met on every figure.`);
+// A figure that could not be measured is a failure (a slow one is not: these are figures, not assertions).
+const unmeasured = names.flatMap((n) => FLOODS.filter((f) => !results[n][f.name]).map((f) => `${n}: ${f.name}`));
 const load = os
   .loadavg()
   .map((l) => l.toFixed(2))
@@ -305,4 +309,8 @@ if (opt.write) {
   const at = old.indexOf('\n## ');
   fs.writeFileSync(file, at < 0 ? `${old.trimEnd()}\n\n${section}` : `${old.slice(0, at + 1)}${section}\n${old.slice(at + 1)}`);
   console.log('written to BENCHMARKS.md');
+}
+if (unmeasured.length) {
+  console.error(`bench:floods: not measured: ${unmeasured.join('; ')}`);
+  process.exitCode = 1;
 }
