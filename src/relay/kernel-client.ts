@@ -1,8 +1,8 @@
 // The client side of a relayed connection whose TLS state lives in the kernel: plaintext in, plaintext out, control records by cmsg.
 import { EAGAIN, EINTR, E, SOL_SOCKET, SO_ERROR, errnoName, sys } from '../kernel/libc.js';
-import { RECORD_ALERT, RECORD_APPLICATION_DATA, RECORD_HANDSHAKE, type TlsRecordIo } from '../kernel/ktls.js';
-import { ALERT, alertRecord, type ClientRead, type ClientSide } from './client-side.js';
-import { PostHandshakeMessages } from './post-handshake.js';
+import { RECORD_ALERT, type TlsRecordIo } from '../kernel/ktls.js';
+import { ALERT, type ClientRead, type ClientSide } from './client-side.js';
+import { PostHandshakeMessages, judgeRecord } from './post-handshake.js';
 
 const EBADMSG = E.EBADMSG!;
 const EMSGSIZE = E.EMSGSIZE!;
@@ -86,16 +86,9 @@ export class KernelClient implements ClientSide {
 
   /** One record's plaintext (a view into the caller's buffer; empty records included: a zero-byte read with a type is not EOF). */
   private record(type: number, p: Buffer): ClientRead {
-    const interleaved = type !== RECORD_HANDSHAKE ? this.handshake.interleaved(type) : undefined;
-    if (interleaved?.kind === 'fatal') return interleaved;
-    if (type === RECORD_APPLICATION_DATA) return p.length ? { kind: 'data', n: p.length } : { kind: 'skip' };
-    if (p.length === 0) {
-      if (this.version === 'TLSv1.3') return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `empty record of type ${type}` };
-      return { kind: 'skip' };
-    }
-    if (type === RECORD_ALERT) return alertRecord(p, this.version);
-    if (type === RECORD_HANDSHAKE) return this.handshakeMessages(p);
-    return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `unexpected record type ${type} after the handshake` };
+    const verdict = judgeRecord(type, p, this.version, this.handshake);
+    if (verdict === 'handshake') return this.handshakeMessages(p);
+    return verdict === 'data' ? { kind: 'data', n: p.length } : verdict;
   }
 
   private handshakeMessages(p: Buffer): ClientRead {

@@ -1,5 +1,6 @@
-// Handshake messages a client may send after the handshake (KeyUpdate, a renegotiation ClientHello), reassembled across records and judged as OpenSSL does.
-import { ALERT } from './client-side.js';
+// Records a client sends after the handshake, and its handshake messages there (KeyUpdate, a renegotiation ClientHello) reassembled across records, judged as OpenSSL does.
+import { RECORD_ALERT, RECORD_APPLICATION_DATA, RECORD_HANDSHAKE } from '../kernel/ktls.js';
+import { ALERT, alertRecord, type ClientRead } from './client-side.js';
 
 const CLIENT_HELLO = 1;
 const KEY_UPDATE = 24;
@@ -102,4 +103,22 @@ export class PostHandshakeMessages {
     }
     return undefined;
   }
+}
+
+/**
+ * What one record after the handshake means, whoever opened it: 'data' (non-empty application data, to relay),
+ * 'handshake' (its messages to feed `messages`), or the answer itself. `p` is its plaintext, used here only.
+ */
+export function judgeRecord(type: number, p: Buffer, version: 'TLSv1.2' | 'TLSv1.3', messages: PostHandshakeMessages): ClientRead | 'data' | 'handshake' {
+  const interleaved = type !== RECORD_HANDSHAKE ? messages.interleaved(type) : undefined;
+  if (interleaved?.kind === 'fatal') return interleaved;
+  if (type === RECORD_APPLICATION_DATA) return p.length ? 'data' : { kind: 'skip' };
+  // TLS 1.3 forbids empty records of any other type (RFC 8446 §5.1); TLS 1.2 servers (OpenSSL) skip them.
+  if (p.length === 0) {
+    if (version === 'TLSv1.3') return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `empty record of type ${type}` };
+    return { kind: 'skip' };
+  }
+  if (type === RECORD_ALERT) return alertRecord(p, version);
+  if (type === RECORD_HANDSHAKE) return 'handshake';
+  return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `unexpected record type ${type} after the handshake` };
 }

@@ -3,8 +3,8 @@ import { EAGAIN, EINTR, errnoName, sys } from '../kernel/libc.js';
 import { RecordError, RecordProtection, MAX_CIPHERTEXT, MAX_PLAINTEXT, MAX_RECORD } from '../record/aead.js';
 import { tls13NextTrafficSecret, tls13TrafficKeys } from '../record/keys.js';
 import type { CipherSuite } from '../record/suites.js';
-import { ALERT, alertRecord, type ClientRead, type ClientSide } from './client-side.js';
-import { PostHandshakeMessages } from './post-handshake.js';
+import { ALERT, type ClientRead, type ClientSide } from './client-side.js';
+import { PostHandshakeMessages, judgeRecord } from './post-handshake.js';
 
 const HEADER = 5;
 /**
@@ -164,22 +164,12 @@ export class UserClient implements ClientSide {
 
   /** `plaintext` is a view into the receive buffer (see SHARED_INBOX): used here, kept only as a copy. */
   private dispatch(type: number, plaintext: Buffer, buf: Buffer): ClientRead {
-    const interleaved = type !== 22 ? this.handshake.interleaved(type) : undefined;
-    if (interleaved?.kind === 'fatal') return interleaved;
-    if (type === 23) {
-      if (plaintext.length === 0) return { kind: 'skip' };
-      const n = plaintext.copy(buf, 0, 0, Math.min(plaintext.length, buf.length));
-      if (n < plaintext.length) this.plain = Buffer.from(plaintext.subarray(n));
-      return { kind: 'data', n };
-    }
-    // TLS 1.3 forbids empty records of any other type (RFC 8446 §5.1); TLS 1.2 servers (OpenSSL) skip them.
-    if (plaintext.length === 0) {
-      if (this.state.version === 'TLSv1.3') return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `empty record of type ${type}` };
-      return { kind: 'skip' };
-    }
-    if (type === 21) return alertRecord(plaintext, this.state.version);
-    if (type === 22) return this.handshakeMessages(plaintext);
-    return { kind: 'fatal', alert: ALERT.unexpected_message, reason: `unexpected record type ${type} after the handshake` };
+    const verdict = judgeRecord(type, plaintext, this.state.version, this.handshake);
+    if (verdict === 'handshake') return this.handshakeMessages(plaintext);
+    if (verdict !== 'data') return verdict;
+    const n = plaintext.copy(buf, 0, 0, Math.min(plaintext.length, buf.length));
+    if (n < plaintext.length) this.plain = Buffer.from(plaintext.subarray(n));
+    return { kind: 'data', n };
   }
 
   /** Post-handshake messages: TLS 1.3 KeyUpdate, TLS 1.2 renegotiation attempts (refused with a warning). */
