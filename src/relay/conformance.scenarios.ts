@@ -1,10 +1,9 @@
 // After the handshake, each record-layer case gets the answer OpenSSL (and so HAProxy) gives: the alert, or going on; in both modes.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
-import { echoBackend, type Backend } from '../testkit/backends.js';
-import { startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
-import { scriptedClient, type ScriptOptions, type ScriptedClient } from '../testkit/scripted-client.js';
+import type { ScriptOptions, ScriptedClient } from '../testkit/scripted-client.js';
+import { scriptedProxy } from '../testkit/scripted-proxy.js';
 import { ALERT } from './client-side.js';
 
 const TLS13: ScriptOptions = { version: 'TLSv1.3' };
@@ -15,26 +14,7 @@ const HELLO_BODY = Buffer.concat([Buffer.from([3, 3]), Buffer.alloc(32, 7), Buff
 const CLIENT_HELLO = Buffer.concat([Buffer.from([1, 0, 0, HELLO_BODY.length]), HELLO_BODY]);
 
 export function conformanceScenarios(mode: Mode): void {
-  let echo: Backend;
-  let proxy: RunningProxy;
-  const open: ScriptedClient[] = [];
-
-  before(async () => {
-    echo = await echoBackend();
-    proxy = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode) });
-  });
-
-  after(async () => {
-    for (const c of open) c.destroy();
-    await proxy?.stop();
-    await echo?.close();
-  });
-
-  const client = async (opts: ScriptOptions) => {
-    const c = await scriptedClient(proxy.port, opts);
-    open.push(c);
-    return c;
-  };
+  const { client } = scriptedProxy(modeArgs(mode));
 
   /** Sends data and expects it back: the connection still relays. */
   const echoes = async (c: ScriptedClient, text: string) => {

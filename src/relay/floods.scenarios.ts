@@ -1,43 +1,28 @@
 // One client flooding records without data after the handshake is cut off after a bounded allowance, with bounded log lines, while others are served.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
-import { echoBackend, type Backend } from '../testkit/backends.js';
-import { eventually, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
-import { scriptedClient, type ScriptOptions, type ScriptedClient } from '../testkit/scripted-client.js';
+import { eventually } from '../testkit/proxy-process.js';
+import type { ScriptOptions, ScriptedClient } from '../testkit/scripted-client.js';
+import { scriptedProxy } from '../testkit/scripted-proxy.js';
 import { NON_DATA_BURST, NOTES_UNLIMITED, TURN_READS } from './budget.js';
 import { ALERT } from './client-side.js';
 
 const FLOOD = 20_000;
 
 export function floodScenarios(mode: Mode): void {
-  let echo: Backend;
-  let proxy: RunningProxy;
-  const open: ScriptedClient[] = [];
-
-  before(async () => {
-    echo = await echoBackend();
-    proxy = await startProxyProcess({ backendPort: echo.port, args: [...modeArgs(mode), '--workers', '2'] });
-  });
-
-  after(async () => {
-    for (const c of open) c.destroy();
-    await proxy?.stop();
-    await echo?.close();
-  });
-
-  const client = async (opts: ScriptOptions) => {
-    const c = await scriptedClient(proxy.port, opts);
-    open.push(c);
-    return c;
-  };
+  const { client, proxy } = scriptedProxy([...modeArgs(mode), '--workers', '2']);
 
   /** The proxy's log lines about the connection from this client. */
   const linesOf = (c: ScriptedClient) => {
-    const est = proxy.logs().find((l) => l.includes(`127.0.0.1:${c.localPort}"`) && l.includes('"conn"'));
+    const est = proxy()
+      .logs()
+      .find((l) => l.includes(`127.0.0.1:${c.localPort}"`) && l.includes('"conn"'));
     assert.ok(est, `no log line names 127.0.0.1:${c.localPort}`);
     const conn = (JSON.parse(est) as { conn: string }).conn;
-    return proxy.logs().filter((l) => l.includes(`"conn":"${conn}"`));
+    return proxy()
+      .logs()
+      .filter((l) => l.includes(`"conn":"${conn}"`));
   };
 
   /** Floods `count` records from a client that does not read meanwhile, and checks that another client is served. */
@@ -66,7 +51,7 @@ export function floodScenarios(mode: Mode): void {
     const lines = linesOf(c);
     // established, up to NOTES_UNLIMITED notes, the unlogged count, closed (and a line or two of the connection's life).
     assert.ok(lines.length <= NOTES_UNLIMITED + 5, `${what}: ${lines.length} log lines for one flooding connection:\n${lines.join('\n')}`);
-    const status = await proxy.status();
+    const status = await proxy().status();
     assert.ok((status.counters.closed_protocol_error ?? 0) >= 1);
   };
 
