@@ -6,6 +6,7 @@ import { createLogger, type Logger } from '../admin/log.js';
 import { defaultCertificatePaths } from '../config/default-cert.js';
 import { keyPermissionWarning } from '../config/key-permissions.js';
 import { keylogFileFromEnv, keylogWarning } from '../handshake/keylog-file.js';
+import { checkCrlFile } from '../config/crl.js';
 import { checkCaFile, checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
 import { ConfigError, formatHostPort } from '../config/schema.js';
 import type { ProxyConfig } from '../proxy/types.js';
@@ -67,7 +68,10 @@ function banner(r: ResolvedConfig, ktls: string): string[] {
     lines.push(`${pad('forwarding to')}${l.backends.map(formatHostPort).join(', ')} (plain TCP${extras.length ? `, ${extras.join(', ')}` : ''})`);
     for (const rt of l.routes) lines.push(`${cont}ALPN ${rt.alpn} → ${rt.backends.map(formatHostPort).join(', ')}`);
     if (l.alpn.length) lines.push(`${pad('ALPN')}${l.alpn.join(', ')}`);
-    if (l.clientAuth) lines.push(`${pad('client certs')}${l.clientAuth.required ? 'required' : 'optional'}, CA ${l.clientAuth.caFile}`);
+    if (l.clientAuth)
+      lines.push(
+        `${pad('client certs')}${l.clientAuth.required ? 'required' : 'optional'}, CA ${l.clientAuth.caFile}${l.clientAuth.crlFile ? `, CRL ${l.clientAuth.crlFile}` : ''}`,
+      );
     const generated =
       r.certSource !== 'configured' && l.certs.length === 1 && l.certs[0]!.names.join() === 'localhost' && l.certs[0]!.certFile.includes('localhost');
     if (generated) {
@@ -156,6 +160,11 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
         if (loose) warnings.set(c.keyFile, loose);
       }
       if (l.clientAuth) problems.push(...(await checkCaFile(l.clientAuth.caFile)).map((p) => where + p));
+      if (l.clientAuth?.crlFile) {
+        const crl = await checkCrlFile(l.clientAuth.crlFile, l.clientAuth.caFile);
+        problems.push(...crl.problems.map((p) => where + p));
+        if (crl.warnings.length > 0) warnings.set(`${l.name} ${l.clientAuth.crlFile}`, where + crl.warnings.join('; '));
+      }
     }
     if (problems.length > 0) throw new ConfigError(problems);
     // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.

@@ -51,7 +51,7 @@ function tlv(buf: Buffer, at = 0): Tlv & { end: number } {
 /** The elements inside a constructed element's value. */
 function children(value: Buffer): Tlv[] {
   const out: Tlv[] = [];
-  for (let at = 0; at < value.length; ) {
+  for (let at = 0; at < value.length;) {
     const t = tlv(value, at);
     out.push(t);
     at = t.end;
@@ -191,14 +191,18 @@ export function checkCrls(crls: Crl[], cas: X509Certificate[], now = Date.now())
       continue;
     }
     const hash = SIG_HASH[c.sigAlg];
-    if (hash !== undefined && !ca.some((a) => verifies(hash, c, a))) problems.push(`${which}: its signature does not verify with the key of its CA in client_auth.ca`);
+    if (hash !== undefined && !ca.some((a) => verifies(hash, c, a)))
+      problems.push(`${which}: its signature does not verify with the key of its CA in client_auth.ca`);
     if (c.nextUpdate && c.nextUpdate.getTime() < now)
       warnings.push(`${which} expired on ${c.nextUpdate.toISOString()} (nextUpdate): every certificate of its CA is refused until a fresh CRL is loaded`);
-    if (c.thisUpdate.getTime() > now) warnings.push(`${which} is not valid before ${c.thisUpdate.toISOString()} (thisUpdate): every certificate of its CA is refused until then`);
+    if (c.thisUpdate.getTime() > now)
+      warnings.push(`${which} is not valid before ${c.thisUpdate.toISOString()} (thisUpdate): every certificate of its CA is refused until then`);
   }
   for (const [j, a] of cas.entries()) {
     if (!crls.some((c) => c.issuerDer.equals(subjects[j]!)))
-      problems.push(`no CRL from CA "${a.subject.replace(/\n/g, ', ')}" of client_auth.ca: every certificate it issued would be refused (unable to get certificate CRL)`);
+      problems.push(
+        `no CRL from CA "${a.subject.replace(/\n/g, ', ')}" of client_auth.ca: every certificate it issued would be refused (unable to get certificate CRL)`,
+      );
   }
   return { problems, warnings };
 }
@@ -230,4 +234,12 @@ export async function readCrlFile(crlFile: string, ca: Buffer, now = Date.now())
   }
   const r = checkCrls(crls, caCertificates(ca), now);
   return { crls, problems: r.problems.map((p) => `${at}: ${p}`), warnings: r.warnings.map((w) => `${at}: ${w}`) };
+}
+
+/** `ironsocket check`'s look at client_auth.crl: against the CA bundle when that reads (checkCaFile reports it when not). */
+export async function checkCrlFile(crlFile: string, caFile: string, now = Date.now()): Promise<{ problems: string[]; warnings: string[] }> {
+  const ca = await readFile(caFile).catch(() => undefined);
+  const r = await readCrlFile(crlFile, ca ?? Buffer.alloc(0), now);
+  if (ca || r.crls.length === 0) return { problems: r.problems, warnings: r.warnings };
+  return { problems: [], warnings: [] };
 }

@@ -190,7 +190,13 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
       if (to.length === 0) problems.push(`${where(`route[${j + 1}]`)}: expected backend or backends`);
       return { alpn: r.alpn, backends: to };
     });
-    const clientAuth = l.client_auth ? { caFile: resolve(fileDir, l.client_auth.ca), required: (l.client_auth.verify ?? 'require') === 'require' } : undefined;
+    const clientAuth = l.client_auth
+      ? {
+          caFile: resolve(fileDir, l.client_auth.ca),
+          required: (l.client_auth.verify ?? 'require') === 'require',
+          ...(l.client_auth.crl !== undefined ? { crlFile: resolve(fileDir, l.client_auth.crl) } : {}),
+        }
+      : undefined;
     if (!listen) return;
     listeners.push({
       name: l.name ?? formatHostPort(listen),

@@ -154,7 +154,7 @@ const listenerFields = {
       }),
     )
     .optional(),
-  client_auth: z.strictObject({ ca: pathSchema, verify: z.enum(['require', 'optional']).optional() }).optional(),
+  client_auth: z.strictObject({ ca: pathSchema, verify: z.enum(['require', 'optional']).optional(), crl: pathSchema.optional() }).optional(),
   proxy_protocol: z.enum(PROXY_PROTOCOLS).optional(),
   transparent: z.boolean().optional(),
 };

@@ -7,6 +7,7 @@ import { IPPROTO_TCP, TCP_NODELAY, sys } from '../kernel/libc.js';
 import type { Poller } from '../kernel/poller.js';
 import { decodeSockaddr, formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import { Alert, RecordProtection } from '../record/aead.js';
+import { NoteLimiter } from '../relay/budget.js';
 import type { PairInfo } from '../relay/pair.js';
 import type { Relay } from '../relay/relay.js';
 import type { UserState } from '../relay/protocol.js';
@@ -27,6 +28,8 @@ export interface ListenerRuntime {
   routes: Map<string, BackendPool>;
   proxyProtocol: ProxyProtocolVersion;
   transparent: boolean;
+  /** Log lines about refused client certificates, rate-limited per reason: a hostile client can repeat them. */
+  certNotes?: Map<string, NoteLimiter>;
 }
 
 export interface ConnectionContext {
@@ -64,7 +67,14 @@ function userspaceAlert(fd: number, s: EstablishedSession, desc: number): void {
 }
 
 /** TLS alerts for client-certificate failures (RFC 8446 §6.2). */
-const CERT_ALERT = { handshake_failure: 40, bad_certificate: 42, certificate_expired: 45, unknown_ca: 48, certificate_required: 116 } as const;
+const CERT_ALERT = {
+  handshake_failure: 40,
+  bad_certificate: 42,
+  certificate_revoked: 44,
+  certificate_expired: 45,
+  unknown_ca: 48,
+  certificate_required: 116,
+} as const;
 
 /** Why a client certificate is refused (a counter suffix and a log line), and the alert that says so; undefined when acceptable. */
 function refuseClientCert(listener: ListenerRuntime, s: EstablishedSession): { reason: string; alert: number; message: string } | undefined {
@@ -76,11 +86,14 @@ function refuseClientCert(listener: ListenerRuntime, s: EstablishedSession): { r
     return { reason: 'client_cert_missing', alert, message: 'client sent no certificate; this listener requires one' };
   }
   if (c.verified) return undefined;
-  // A certificate that was sent must verify, also when client auth is optional (as nginx's "optional").
+  // A certificate that was sent must verify, also when client auth is optional (as nginx's "optional"): a revoked
+  // certificate is refused there too, presenting one is not the same as presenting none.
   const e = c.error ?? '';
+  if (e === 'CERT_REVOKED')
+    return { reason: 'client_cert_revoked', alert: CERT_ALERT.certificate_revoked, message: `client certificate "${c.subject}" is revoked (client_auth.crl)` };
   const alert = /EXPIRED|NOT_YET_VALID/.test(e)
     ? CERT_ALERT.certificate_expired
-    : /ISSUER|SELF_SIGNED|UNABLE_TO_VERIFY|UNTRUSTED/.test(e)
+    : /ISSUER|SELF_SIGNED|UNABLE_TO_VERIFY|UNTRUSTED|UNABLE_TO_GET_CRL/.test(e)
       ? CERT_ALERT.unknown_ca
       : CERT_ALERT.bad_certificate;
   return { reason: 'client_cert_untrusted', alert, message: `client certificate "${c.subject}" not accepted: ${e}` };
@@ -158,7 +171,10 @@ export async function serveConnection(ctx: ConnectionContext, listener: Listener
     if (refused) {
       ctx.count(`handshake_failed_${refused.reason}`);
       userspaceAlert(fd, session, refused.alert);
-      log.warn({ reason: refused.reason, sni: session.servername }, refused.message);
+      const notes = (listener.certNotes ??= new Map());
+      if (!notes.has(refused.reason)) notes.set(refused.reason, new NoteLimiter());
+      const line = notes.get(refused.reason)!.pass(refused.message);
+      if (line !== undefined) log.warn({ reason: refused.reason, sni: session.servername, clientSubject: session.clientCert?.subject }, line);
       return;
     }
     ctx.count('handshakes_ok');

@@ -3,6 +3,7 @@ import dns from 'node:dns/promises';
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import tls from 'node:tls';
+import { readCrlFile } from '../config/crl.js';
 import { keyPermissionWarning } from '../config/key-permissions.js';
 import { CertSelector, certificateNames } from '../handshake/sni.js';
 import type { Endpoint } from '../kernel/sockaddr.js';
@@ -21,6 +22,8 @@ export interface HandshakeListener {
   /** The first group is the default (served without SNI or for an unknown name). */
   groups: CertGroup[];
   ca?: Buffer;
+  /** The client_auth.crl CRLs, one PEM block each (node:tls loads one CRL per buffer). */
+  crl?: string[];
   clientAuth?: 'require' | 'optional';
   alpn: string[];
   backends: Endpoint[];
@@ -53,12 +56,25 @@ async function readPem(what: string, path: string, listener: string): Promise<Bu
 /** Receives a warning about a configured file that does not stop it being served (e.g. a key others can read). */
 export type SetupWarn = (message: string, file: string) => void;
 
+/**
+ * The CRLs of client_auth.crl as PEM blocks. A file that is not a CRL, or whose CRLs do not match the CA bundle
+ * (OpenSSL would refuse clients of a CA without one), is refused; an expired CRL is only a warning: refusing
+ * it would keep serving an older one (on reload) or nothing (at start), and OpenSSL fails closed on it anyway.
+ */
+async function readCrl(file: string, ca: Buffer, listener: string, warn?: SetupWarn): Promise<string[]> {
+  const r = await readCrlFile(file, ca);
+  if (r.problems.length > 0) throw new ListenerSetupError(`listener "${listener}": ${r.problems.join('; ')}`);
+  if (r.warnings.length > 0) warn?.(`listener "${listener}": ${r.warnings.join('; ')}`, file);
+  return r.crls.map((c) => c.pem);
+}
+
 /** Reads and checks every file of `l`; throws ListenerSetupError naming the listener and file on any problem. */
 export async function prepareListener(l: ListenerConfig, base: TlsBase, warn?: SetupWarn): Promise<HandshakeListener> {
   const groups: CertGroup[] = [];
   const byNames = new Map<string, CertGroup>();
   const ordered = [...l.certs].sort((a, b) => Number(b.default) - Number(a.default)); // the default first, others in order
   const ca = l.clientAuth ? await readPem('client CA bundle', l.clientAuth.caFile, l.name) : undefined;
+  const crl = l.clientAuth?.crlFile ? await readCrl(l.clientAuth.crlFile, ca!, l.name, warn) : undefined;
   try {
     for (const c of ordered) {
       const cert = await readPem('certificate', c.certFile, l.name);
@@ -103,6 +119,11 @@ export async function prepareListener(l: ListenerConfig, base: TlsBase, warn?: S
       } catch (e) {
         throw new ListenerSetupError(`listener "${l.name}": client CA bundle ${l.clientAuth!.caFile}: ${(e as Error).message}`);
       }
+      try {
+        if (crl) tls.createSecureContext({ ca, crl });
+      } catch (e) {
+        throw new ListenerSetupError(`listener "${l.name}": client_auth.crl ${l.clientAuth!.crlFile}: ${(e as Error).message}`);
+      }
     }
     const backends = await Promise.all(l.backends.map(resolveEndpoint));
     const routes = await Promise.all(l.routes.map(async (r) => ({ alpn: r.alpn, backends: await Promise.all(r.backends.map(resolveEndpoint)) })));
@@ -110,6 +131,7 @@ export async function prepareListener(l: ListenerConfig, base: TlsBase, warn?: S
       name: l.name,
       groups,
       ca,
+      ...(crl ? { crl } : {}),
       clientAuth: l.clientAuth ? (l.clientAuth.required ? 'require' : 'optional') : undefined,
       alpn: l.alpn,
       backends,
@@ -154,6 +176,6 @@ export function wipeListeners(ls: HandshakeListener[]): void {
 
 /** Builds the SNI table of one listener (in the handshake worker). */
 export function certSelector(l: HandshakeListener, base: TlsBase): CertSelector {
-  const contexts = l.groups.map((g) => ({ names: g.names, context: tls.createSecureContext({ ...base, cert: g.certs, key: g.keys, ca: l.ca }) }));
+  const contexts = l.groups.map((g) => ({ names: g.names, context: tls.createSecureContext({ ...base, cert: g.certs, key: g.keys, ca: l.ca, crl: l.crl }) }));
   return new CertSelector(contexts, contexts[0]!.context);
 }

@@ -35,8 +35,8 @@ export interface ListenerConfig {
   /** ALPN protocols offered, in server preference order; empty: no ALPN. */
   alpn: string[];
   routes: RouteConfig[];
-  /** mTLS: verify client certificates against this CA bundle; `required` refuses clients without one. */
-  clientAuth?: { caFile: string; required: boolean };
+  /** mTLS: verify client certificates against this CA bundle; `required` refuses clients without one; `crlFile`: revoked ones. */
+  clientAuth?: { caFile: string; required: boolean; crlFile?: string };
   proxyProtocol: ProxyProtocolVersion;
   /** Connect to the backend from the client's own address (IP_TRANSPARENT; needs CAP_NET_ADMIN and policy routing). */
   transparent: boolean;

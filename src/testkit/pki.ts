@@ -82,3 +82,37 @@ export async function issue(dir: string, o: IssueOptions): Promise<Pair> {
   fs.writeFileSync(certFile, fs.readFileSync(signed, 'utf8') + fs.readFileSync(o.ca.certFile, 'utf8'));
   return { certFile, keyFile };
 }
+
+export interface CrlOptions {
+  /** Certificates (chain files from `issue`; the first certificate is the one revoked) listed as revoked. */
+  revoked?: Pair[];
+  /** PEM (default) or DER. */
+  format?: 'pem' | 'der';
+  /** A CRL whose nextUpdate has passed (lastUpdate two days ago, nextUpdate yesterday). */
+  expired?: boolean;
+  /** The file to write; default: a new name in the CA's directory. */
+  out?: string;
+}
+
+let crlSerial = 1;
+
+/** Issues a CRL of `ca` with `openssl ca -gencrl` (a minimal CA database of its own in a temp directory). */
+export async function makeCrl(ca: Ca, o: CrlOptions = {}): Promise<string> {
+  const db = fs.mkdtempSync(path.join(ca.dir, 'crl-db-'));
+  const conf = path.join(db, 'ca.cnf');
+  fs.writeFileSync(path.join(db, 'index.txt'), '');
+  fs.writeFileSync(path.join(db, 'crlnumber'), `${String(crlSerial++).padStart(2, '0')}\n`);
+  fs.writeFileSync(conf, `[ca]\ndefault_ca = d\n[d]\ndatabase = ${db}/index.txt\ncrlnumber = ${db}/crlnumber\ndefault_md = sha256\ndefault_crl_days = 1\n`);
+  const base = ['ca', '-config', conf, '-keyfile', ca.keyFile, '-cert', ca.certFile];
+  for (const r of o.revoked ?? []) await run('openssl', [...base, '-revoke', r.certFile]);
+  const stamp = (d: Date) => d.toISOString().replace(/[-:T]/g, '').slice(0, 14) + 'Z';
+  const day = 86_400_000;
+  const dates = o.expired ? ['-crl_lastupdate', stamp(new Date(Date.now() - 2 * day)), '-crl_nextupdate', stamp(new Date(Date.now() - day))] : [];
+  const pem = path.join(db, 'crl.pem');
+  await run('openssl', [...base, '-gencrl', ...dates, '-out', pem]);
+  const out = o.out ?? path.join(ca.dir, `crl-${crlSerial}.${o.format ?? 'pem'}`);
+  if (o.format === 'der') await run('openssl', ['crl', '-in', pem, '-outform', 'DER', '-out', out]);
+  else fs.copyFileSync(pem, out);
+  fs.rmSync(db, { recursive: true, force: true });
+  return out;
+}
