@@ -5,7 +5,7 @@ import { adminRequest, AdminError } from '../admin/client.js';
 import { createLogger, type Logger } from '../admin/log.js';
 import { defaultCertificatePaths } from '../config/default-cert.js';
 import { keyPermissionWarning } from '../config/key-permissions.js';
-import { keylogFileFromEnv, keylogWarning } from '../handshake/keylog-file.js';
+import { KEYLOG_ENV, keylogFileFromEnv, keylogFileProblem, keylogWarning } from '../handshake/keylog-file.js';
 import { checkCaFile, checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
 import { ConfigError, formatHostPort } from '../config/schema.js';
 import type { ProxyConfig } from '../proxy/types.js';
@@ -156,6 +156,13 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
         if (loose) warnings.set(c.keyFile, loose);
       }
       if (l.clientAuth) problems.push(...(await checkCaFile(l.clientAuth.caFile)).map((p) => where + p));
+    }
+    // The key log debug switch: `run` refuses a file that is not ours alone, so check says so too (and warns when it is on).
+    const keylogFile = keylogFileFromEnv();
+    if (keylogFile !== undefined) {
+      const refused = keylogFileProblem(keylogFile);
+      if (refused !== undefined) problems.push(`${KEYLOG_ENV}=${keylogFile}: ${refused}`);
+      else warnings.set(KEYLOG_ENV, keylogWarning(keylogFile));
     }
     if (problems.length > 0) throw new ConfigError(problems);
     // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.
