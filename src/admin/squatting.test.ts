@@ -61,7 +61,12 @@ function cli(args: string[], opts: { uid?: number; env?: NodeJS.ProcessEnv } = {
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
     child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    // A proxy that starts (no refusal) would run for good: stop it, so the test fails instead of hanging.
+    const t = setTimeout(() => child.kill(), 30_000);
+    child.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code, stdout, stderr });
+    });
   });
 }
 
