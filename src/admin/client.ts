@@ -1,10 +1,12 @@
 // Sends one request to a running ironsocket's admin socket and returns its result (used by `ironsocket status`).
 import { connect } from 'node:net';
 import * as z from 'zod';
+import { peerUid, untrustedServer } from './peer-cred.js';
 
-export type AdminErrorCode = 'ADMIN_UNREACHABLE' | 'ADMIN_TIMEOUT' | 'ADMIN_PROTOCOL' | 'ADMIN_FAILED';
+/** ADMIN_UNTRUSTED: the socket is served by another user (not root, not us); nothing was sent to it. */
+export type AdminErrorCode = 'ADMIN_UNREACHABLE' | 'ADMIN_TIMEOUT' | 'ADMIN_PROTOCOL' | 'ADMIN_FAILED' | 'ADMIN_UNTRUSTED';
 
-/** Failure talking to the admin socket; `code` says whether the proxy was unreachable or answered with an error. */
+/** Failure talking to the admin socket; `code` says whether the proxy was unreachable, untrusted or answered with an error. */
 export class AdminError extends Error {
   readonly code: AdminErrorCode;
   constructor(code: AdminErrorCode, message: string) {
@@ -18,7 +20,10 @@ export class AdminError extends Error {
 const MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 const ResponseSchema = z.union([z.object({ ok: z.literal(true), result: z.unknown() }), z.object({ ok: z.literal(false), error: z.string() })]);
 
-/** Sends `{"cmd":cmd,"args":args}` to the admin socket at `path` and resolves with the `result` field. */
+/**
+ * Sends `{"cmd":cmd,"args":args}` to the admin socket at `path` and resolves with the `result` field. The server's
+ * uid (SO_PEERCRED) is checked first: only root's or our own uid's answers are read, and only they get the request.
+ */
 export function adminRequest<T = unknown>(path: string, cmd: string, args?: Record<string, unknown>, timeoutMs = 5000): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const socket = connect(path);
@@ -35,7 +40,14 @@ export function adminRequest<T = unknown>(path: string, cmd: string, args?: Reco
     };
     const timer = setTimeout(() => done(new AdminError('ADMIN_TIMEOUT', `no answer from admin socket ${path} within ${timeoutMs} ms`)), timeoutMs);
 
-    socket.once('connect', () => socket.write(JSON.stringify(args === undefined ? { cmd } : { cmd, args }) + '\n'));
+    socket.once('connect', () => {
+      const refusal = untrustedServer(path, peerUid(socket));
+      if (refusal !== undefined) return done(new AdminError('ADMIN_UNTRUSTED', refusal));
+      // The answer is read only now: until a 'data' listener is added, nothing the server sent is looked at.
+      socket.on('data', onData);
+      socket.on('end', onEnd);
+      socket.write(JSON.stringify(args === undefined ? { cmd } : { cmd, args }) + '\n');
+    });
     socket.on('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
         done(new AdminError('ADMIN_UNREACHABLE', `cannot reach the admin socket: is ironsocket running? admin socket: ${path}`));
@@ -45,14 +57,17 @@ export function adminRequest<T = unknown>(path: string, cmd: string, args?: Reco
         done(new AdminError('ADMIN_UNREACHABLE', `admin socket ${path}: ${err.message}`));
       }
     });
-    socket.on('data', (chunk: Buffer) => {
+    function onData(chunk: Buffer): void {
       const nl = chunk.indexOf(10);
       chunks.push(nl === -1 ? chunk : chunk.subarray(0, nl));
       bytes += chunk.length;
       if (nl !== -1) return finish();
       if (bytes > MAX_RESPONSE_BYTES) done(new AdminError('ADMIN_PROTOCOL', `admin response from ${path} is larger than ${MAX_RESPONSE_BYTES} bytes`));
-    });
-    socket.on('end', () => (bytes > 0 ? finish() : done(new AdminError('ADMIN_PROTOCOL', `admin socket ${path} closed without answering`))));
+    }
+    function onEnd(): void {
+      if (bytes > 0) finish();
+      else done(new AdminError('ADMIN_PROTOCOL', `admin socket ${path} closed without answering`));
+    }
 
     function finish(): void {
       let parsed: z.infer<typeof ResponseSchema>;

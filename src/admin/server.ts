@@ -1,16 +1,17 @@
 // Serves the local admin API (newline-delimited JSON over a 0600 Unix socket) that `ironsocket status` talks to.
 //
 // Access control: the socket is created with umask 0177 inside a directory that is 0700 when we create it
-// (an existing directory must be owned by us or root and not group/world-writable), then chmod'ed 0600.
+// (an existing directory must be a real directory owned by us or root, not group/world-writable, in a parent that
+// is not world-writable unless sticky), then chmod'ed 0600.
 // So only the same uid (and root) can connect. On top of that each connection's peer uid is read with
 // SO_PEERCRED and anyone but root or our own uid is refused (a socket passed on by someone else, a mode changed by hand).
 import { lstat, mkdir, stat, chmod, unlink } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import * as z from 'zod';
-import { SOL_SOCKET, sys } from '../kernel/libc.js';
 import type { StatusSnapshot } from '../proxy/types.js';
 import type { Logger } from './log.js';
+import { peerUid } from './peer-cred.js';
 
 export type AdminHandler = (args: Record<string, unknown>) => unknown;
 export interface AdminHandlers {
@@ -85,27 +86,35 @@ export async function startAdminServer(path: string, handlers: AdminHandlers, op
   };
 }
 
-const SO_PEERCRED = 17;
-
-/** The uid of the process at the other end of an accepted Unix socket (struct ucred { pid, uid, gid }), if readable. */
-function peerUid(socket: Socket): number | undefined {
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return undefined;
-  const cred = Buffer.alloc(12);
-  return sys.getsockoptBuf(fd, SOL_SOCKET, SO_PEERCRED, cred) === 12 ? cred.readUInt32LE(4) : undefined;
-}
-
-/** Creates the socket's directory 0700, or checks that an existing one cannot be tampered with by others. */
+/**
+ * Creates the socket's directory 0700, or checks that an existing one cannot be tampered with by others: a real
+ * directory (not a symlink) owned by us or root, writable by nobody else, in a parent that others cannot rename it
+ * out of (a world-writable parent needs the sticky bit). Another user who created it first is refused, not used.
+ */
 async function preparePrivateDir(dir: string): Promise<void> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  const st = await stat(dir);
+  const st = await lstat(dir);
   const uid = process.getuid?.() ?? 0;
-  if (st.uid !== uid && st.uid !== 0) {
-    throw new Error(`admin socket directory ${dir} is owned by uid ${st.uid}, not by you (uid ${uid}); choose another --admin-socket`);
-  }
-  if ((st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0) {
+  const mode = (m: number) => (m & 0o7777).toString(8);
+  if (st.isSymbolicLink() || !st.isDirectory()) {
     throw new Error(
-      `admin socket directory ${dir} is writable by other users (mode ${(st.mode & 0o777).toString(8)}); use a private directory for --admin-socket`,
+      `admin socket directory ${dir} is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a directory'}; refusing to use it (choose another --admin-socket)`,
+    );
+  }
+  if (st.uid !== uid && st.uid !== 0) {
+    throw new Error(
+      `admin socket directory ${dir} is owned by uid ${st.uid}, not by you (uid ${uid}); another user may have created it first; remove it or choose another --admin-socket`,
+    );
+  }
+  if ((st.mode & 0o022) !== 0) {
+    throw new Error(
+      `admin socket directory ${dir} is writable by other users (mode ${mode(st.mode)}, group or world write bit set); use a private (0700) directory for --admin-socket`,
+    );
+  }
+  const parent = await stat(dirname(dir));
+  if ((parent.mode & 0o002) !== 0 && (parent.mode & 0o1000) === 0) {
+    throw new Error(
+      `admin socket directory ${dir} is inside ${dirname(dir)}, which every user can write to without the sticky bit (mode ${mode(parent.mode)}): another user could replace the directory; choose another --admin-socket`,
     );
   }
 }

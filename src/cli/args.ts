@@ -65,7 +65,8 @@ const CONFIG_FLAGS_HELP = `  -c, --config FILE        TOML config file (flags ov
       --cert PEM           certificate chain file (with --key; default: a generated self-signed localhost cert)
       --key PEM            private key file
       --ktls MODE          auto (default: use kernel TLS when possible), require (refuse to start without it), off
-      --admin-socket PATH  admin Unix socket (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
+      --admin-socket PATH  admin Unix socket (default $XDG_RUNTIME_DIR/ironsocket/admin.sock; as root
+                           /run/ironsocket/admin.sock; else ~/.local/state/ironsocket/admin.sock)
       --log-level LEVEL    trace, debug, info (default), warn, error, fatal, silent
       --workers N          threads for handshakes, and as many for relaying (default: one per CPU)
       --fd-store           keep every connection's descriptors in systemd's fd store (needs NOTIFY_SOCKET,
@@ -120,7 +121,9 @@ ${CONFIG_FLAGS_HELP}`,
 Shows the running proxy's kTLS state, listeners and connections.
 
 Options:
-      --admin-socket PATH  admin Unix socket of the proxy (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
+      --admin-socket PATH  admin Unix socket of the proxy (default $XDG_RUNTIME_DIR/ironsocket/admin.sock;
+                           as root /run/ironsocket/admin.sock; else ~/.local/state/ironsocket/admin.sock);
+                           answers only from root or your own user are read
   -c, --config FILE        read admin_socket from this config file
       --json               print the raw status snapshot as JSON
   -h, --help               show this help`,
@@ -133,7 +136,9 @@ upgrade was refused or failed (the running proxy then keeps serving untouched). 
 \`kill -USR2 <pid>\`; either suits a systemd ExecReload= line.
 
 Options:
-      --admin-socket PATH  admin Unix socket of the proxy (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
+      --admin-socket PATH  admin Unix socket of the proxy (default $XDG_RUNTIME_DIR/ironsocket/admin.sock;
+                           as root /run/ironsocket/admin.sock; else ~/.local/state/ironsocket/admin.sock);
+                           answers only from root or your own user are read
   -c, --config FILE        read admin_socket from this config file
       --timeout SECONDS    how long to wait for the result (default 120)
   -h, --help               show this help`,
@@ -147,7 +152,9 @@ is refused with the reason, and the running configuration stays as it was. Print
 admin_socket, metrics, user, group, log level, fd_store) take effect with \`ironsocket upgrade\`.
 
 Options:
-      --admin-socket PATH  admin Unix socket of the proxy (default $XDG_RUNTIME_DIR/ironsocket/admin.sock)
+      --admin-socket PATH  admin Unix socket of the proxy (default $XDG_RUNTIME_DIR/ironsocket/admin.sock;
+                           as root /run/ironsocket/admin.sock; else ~/.local/state/ironsocket/admin.sock);
+                           answers only from root or your own user are read
   -c, --config FILE        read admin_socket from this config file
   -h, --help               show this help`,
 };

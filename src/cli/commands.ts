@@ -5,7 +5,7 @@ import { adminRequest, AdminError } from '../admin/client.js';
 import { createLogger, type Logger } from '../admin/log.js';
 import { defaultCertificatePaths } from '../config/default-cert.js';
 import { keyPermissionWarning } from '../config/key-permissions.js';
-import { keylogFileFromEnv, keylogWarning } from '../handshake/keylog-file.js';
+import { KEYLOG_ENV, keylogFileFromEnv, keylogFileProblem, keylogWarning } from '../handshake/keylog-file.js';
 import { checkCrlFile } from '../config/crl.js';
 import { checkCaFile, checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
 import { ConfigError, formatHostPort } from '../config/schema.js';
@@ -165,6 +165,13 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
         problems.push(...crl.problems.map((p) => where + p));
         if (crl.warnings.length > 0) warnings.set(`${l.name} ${l.clientAuth.crlFile}`, where + crl.warnings.join('; '));
       }
+    }
+    // The key log debug switch: `run` refuses a file that is not ours alone, so check says so too (and warns when it is on).
+    const keylogFile = keylogFileFromEnv();
+    if (keylogFile !== undefined) {
+      const refused = keylogFileProblem(keylogFile);
+      if (refused !== undefined) problems.push(`${KEYLOG_ENV}=${keylogFile}: ${refused}`);
+      else warnings.set(KEYLOG_ENV, keylogWarning(keylogFile));
     }
     if (problems.length > 0) throw new ConfigError(problems);
     // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.

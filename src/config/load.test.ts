@@ -315,9 +315,9 @@ describe('defaultAdminSocketPath', () => {
     assert.equal(defaultAdminSocketPath({ XDG_RUNTIME_DIR: '/run/user/1000' }), '/run/user/1000/ironsocket/admin.sock');
   });
 
-  it('falls back to /run as root and to a per-uid temp dir otherwise', () => {
-    const expected = process.getuid?.() === 0 ? '/run/ironsocket/admin.sock' : join(tmpdir(), `ironsocket-${process.getuid?.()}`, 'admin.sock');
-    assert.equal(defaultAdminSocketPath({}), expected);
+  it('falls back to /run as root and to the user’s own ~/.local/state otherwise', () => {
+    const expected = process.getuid?.() === 0 ? '/run/ironsocket/admin.sock' : '/home/u/.local/state/ironsocket/admin.sock';
+    assert.equal(defaultAdminSocketPath({ HOME: '/home/u' }), expected);
   });
 });
 

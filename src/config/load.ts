@@ -1,11 +1,12 @@
 // Merges defaults, the TOML config file and CLI flags into the one ProxyConfig the proxy runs with.
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import type { ListenerConfig, ProxyConfig } from '../proxy/types.js';
+import { defaultAdminSocketPath } from './admin-socket-path.js';
 import { defaultCertificatePaths, ensureDefaultCertificate } from './default-cert.js';
 import type * as z from 'zod';
 import { ConfigError, FileSchema, LISTENER_KEYS, fields, formatHostPort, validate, type FileConfig, type FileListener } from './schema.js';
@@ -58,13 +59,8 @@ export const DEFAULTS = {
   logLevel: 'info',
 } as const satisfies Partial<ProxyConfig> & { listen: object; backend: object };
 
-/** $XDG_RUNTIME_DIR/ironsocket/admin.sock, /run/ironsocket/admin.sock as root, else $TMPDIR/ironsocket-UID/admin.sock. */
-export function defaultAdminSocketPath(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, 'ironsocket', 'admin.sock');
-  const uid = process.getuid?.() ?? 0;
-  if (uid === 0) return '/run/ironsocket/admin.sock';
-  return join(tmpdir(), `ironsocket-${uid}`, 'admin.sock');
-}
+/** $XDG_RUNTIME_DIR/ironsocket/admin.sock, /run/ironsocket/admin.sock as root, else ~/.local/state/ironsocket/admin.sock. */
+export { defaultAdminSocketPath };
 
 const FLAG_NAMES: Record<keyof ConfigFlags, string> = {
   listen: '--listen',

@@ -44,13 +44,22 @@ describe('privilege drop', () => {
     const cert = await makeCert(dir, 'ec');
     fs.chmodSync(cert.keyFile, 0o644); // the upgraded image re-reads it as nobody
     const backend = await echoBackend();
-    const proxy = await startProxyProcess({ backendPort: backend.port, cert, args: ['--ktls', 'off'], config: 'user = "nobody"\ngroup = "nogroup"\n' });
+    // As /run/ironsocket: a directory only root can create (its parent is root's, 0755), which the drop hands to nobody.
+    const adminSocket = `${dir}/ironsocket/admin.sock`;
+    const proxy = await startProxyProcess({
+      backendPort: backend.port,
+      cert,
+      args: ['--ktls', 'off', '--admin-socket', adminSocket],
+      config: 'user = "nobody"\ngroup = "nogroup"\n',
+    });
+    fs.chmodSync(proxy.dir, 0o755); // the upgraded image re-reads its config file there as nobody
     try {
       assert.deepEqual(ids(proxy.pid, 'Uid'), [nobody, nobody, nobody, nobody]);
       assert.deepEqual(ids(proxy.pid, 'Gid'), [nogroup, nogroup, nogroup, nogroup]);
-      assert.equal(fs.statSync(proxy.adminSocket).uid, nobody, 'the admin socket belongs to the new user');
+      assert.equal(fs.statSync(adminSocket).uid, nobody, 'the admin socket belongs to the new user');
+      assert.equal(fs.statSync(`${dir}/ironsocket`).uid, nobody, 'and so does its directory');
       assert.equal(await echo(proxy.port, 'as nobody'), 'as nobody');
-      const { stdout } = await run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket]);
+      const { stdout } = await run(process.execPath, [CLI, 'upgrade', '--admin-socket', adminSocket]);
       assert.equal((JSON.parse(stdout) as { ok: boolean }).ok, true, stdout);
       assert.deepEqual(ids(proxy.pid, 'Uid'), [nobody, nobody, nobody, nobody]);
       assert.equal(await echo(proxy.port, 'after the upgrade'), 'after the upgrade');
