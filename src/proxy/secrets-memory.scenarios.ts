@@ -1,0 +1,143 @@
+// Proves a session's secrets leave the proxy's memory once it no longer needs them: user mode when the session closes, kernel mode once the kernel has the keys.
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { Duplex } from 'node:stream';
+import tls from 'node:tls';
+import { test } from 'node:test';
+import { KeylogCollector } from '../handshake/keylog.js';
+import { deriveDirectionKeys, type SessionSecrets } from '../record/keys.js';
+import { suiteByName } from '../record/suites.js';
+import { scanMemory, scanUntilGone, type Found, type Needle } from '../testkit/memory-scan.js';
+import { scriptedProxy } from '../testkit/scripted-proxy.js';
+import { echo } from '../testkit/tls-echo.js';
+import { modeArgs, type Mode } from './real-clients.scenarios.js';
+
+/** How long a secret may outlive its use: no garbage collection is waited for, only the event loop's next turns. */
+const BOUND_MS = 10_000;
+
+interface Session {
+  socket: tls.TLSSocket;
+  /** The session's secrets, and the record keys derived from them, as the proxy could hold them. */
+  needles: Needle[];
+}
+
+/** A TLS client through the proxy that logs its keys: every secret it logged, its hex, and the derived record keys. */
+async function session(port: number, version: 'TLSv1.2' | 'TLSv1.3'): Promise<Session> {
+  const keylog = new KeylogCollector();
+  const needles: Needle[] = [];
+  const wire = sniffingTransport(port);
+  const socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
+    const c = tls.connect({ socket: wire.transport, rejectUnauthorized: false, minVersion: version, maxVersion: version });
+    c.on('keylog', (line: Buffer) => {
+      const label = line.toString('latin1', 0, line.indexOf(0x20));
+      const secret = Buffer.from(line.toString('latin1').trim().split(' ')[2]!, 'hex');
+      needles.push({ name: `${label} (raw)`, bytes: secret }, { name: `${label} (hex)`, bytes: Buffer.from(secret.toString('hex')) });
+      keylog.add(Buffer.from(line));
+    });
+    c.once('secureConnect', () => resolve(c));
+    c.once('error', reject);
+  });
+  assert.equal(await echo(socket, `hello over ${version}`), `hello over ${version}`);
+  const suite = suiteByName(socket.getCipher().name, version);
+  assert.ok(suite, `suite ${socket.getCipher().name}`);
+  let secrets: SessionSecrets;
+  if (version === 'TLSv1.3') {
+    secrets = { version, clientTrafficSecret: keylog.clientTrafficSecret0!, serverTrafficSecret: keylog.serverTrafficSecret0! };
+  } else {
+    const serverRandom = wire.serverRandom();
+    assert.ok(serverRandom, 'the ServerHello was seen');
+    secrets = { version, masterSecret: keylog.masterSecret!, clientRandom: keylog.clientRandom!, serverRandom };
+  }
+  const keys = deriveDirectionKeys(suite, secrets, 'client');
+  needles.push(
+    { name: 'client write key', bytes: keys.tx.key },
+    { name: 'client write iv', bytes: keys.tx.iv },
+    { name: 'server write key', bytes: keys.rx.key },
+    { name: 'server write iv', bytes: keys.rx.iv },
+  );
+  return { socket, needles };
+}
+
+/**
+ * A TCP connection to the proxy as a Duplex that keeps the first bytes the server sent: its ServerHello, whose random
+ * the TLS 1.2 key block needs (node:tls does not tell it).
+ */
+function sniffingTransport(port: number): { transport: Duplex; serverRandom(): Buffer | undefined } {
+  const raw = net.connect(port, '127.0.0.1');
+  let first = Buffer.alloc(0);
+  const transport = new Duplex({
+    read() {},
+    write(chunk: Buffer, _enc, cb) {
+      raw.write(chunk, () => cb());
+    },
+    final(cb) {
+      raw.end();
+      cb();
+    },
+    destroy(err, cb) {
+      raw.destroy();
+      cb(err);
+    },
+  });
+  raw.on('data', (d: Buffer) => {
+    if (first.length < 64) first = Buffer.concat([first, d]);
+    transport.push(d);
+  });
+  raw.on('end', () => transport.push(null));
+  raw.on('close', () => transport.destroy());
+  raw.on('error', (e) => transport.destroy(e));
+  // Record header (5), handshake header (4), legacy_version (2), then the 32-byte random.
+  return { transport, serverRandom: () => (first.length >= 43 && first[0] === 22 && first[5] === 2 ? first.subarray(11, 43) : undefined) };
+}
+
+function describeFound(found: Found[]): string {
+  return found.map((f) => `${f.name} at ${f.address} (${f.mapping || 'anonymous'})`).join('\n  ');
+}
+
+/** Closes the client's end (close_notify, then FIN) and waits for the proxy's. */
+function close(s: tls.TLSSocket): Promise<void> {
+  return new Promise((resolve) => {
+    s.once('close', () => resolve());
+    s.end();
+  });
+}
+
+export function secretsMemoryScenarios(mode: Mode): void {
+  const { proxy } = scriptedProxy(modeArgs(mode));
+
+  test(`the scanner finds a session's secrets in the proxy's memory while it relays in user mode, so finding none means something (${mode} mode)`, async () => {
+    if (mode === 'kernel') {
+      // In kernel mode there is no legitimate holder to find: prove the scanner with a secret the proxy must hold, its private key's PEM header.
+      const found = scanMemory(proxy().pid, [{ name: 'PEM header', bytes: Buffer.from('-----BEGIN') }]);
+      assert.ok(found.length > 0, 'the scanner reads the proxy memory');
+      return;
+    }
+    const s = await session(proxy().port, 'TLSv1.3');
+    const found = scanMemory(proxy().pid, s.needles);
+    assert.ok(
+      found.some((f) => f.name === 'server write key'),
+      `a relaying user-mode session's keys are in the proxy: ${describeFound(found)}`,
+    );
+    await close(s.socket);
+  });
+
+  for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
+    const what = version === 'TLSv1.3' ? 'traffic secrets' : 'master secret';
+    if (mode === 'user') {
+      test(`after a ${version} session closes, its ${what} and record keys are gone from the proxy's memory within ${BOUND_MS / 1000} s (user mode)`, async () => {
+        const s = await session(proxy().port, version);
+        await close(s.socket);
+        const found = await scanUntilGone(proxy().pid, s.needles, BOUND_MS);
+        assert.deepEqual(found, [], `still in the proxy's memory:\n  ${describeFound(found)}`);
+      });
+    } else {
+      test(`while a ${version} session relays in the kernel, the proxy holds none of its ${what} or record keys (kernel mode)`, async () => {
+        const s = await session(proxy().port, version);
+        const found = await scanUntilGone(proxy().pid, s.needles, BOUND_MS);
+        assert.deepEqual(found, [], `still in the proxy's memory:\n  ${describeFound(found)}`);
+        assert.equal(await echo(s.socket, 'still relaying'), 'still relaying');
+        await close(s.socket);
+      });
+    }
+  }
+}
