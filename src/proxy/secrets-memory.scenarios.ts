@@ -12,13 +12,41 @@ import { scriptedProxy } from '../testkit/scripted-proxy.js';
 import { echo } from '../testkit/tls-echo.js';
 import { modeArgs, type Mode } from './real-clients.scenarios.js';
 
-/** How long a secret may outlive its use: no garbage collection is waited for, only the event loop's next turns. */
-const BOUND_MS = 10_000;
+/** How long a secret may outlive its use: less than it takes V8 to collect garbage on its own (seconds), so nothing here waits for a GC. */
+const BOUND_MS = 3_000;
 
 interface Session {
   socket: tls.TLSSocket;
   /** The session's secrets, and the record keys derived from them, as the proxy could hold them. */
   needles: Needle[];
+}
+
+/** Every secret a client logs, raw and in hex. */
+function logNeedles(socket: tls.TLSSocket, needles: Needle[], keylog?: KeylogCollector): void {
+  socket.on('keylog', (line: Buffer) => {
+    const label = line.toString('latin1', 0, line.indexOf(0x20));
+    const secret = Buffer.from(line.toString('latin1').trim().split(' ')[2]!, 'hex');
+    needles.push({ name: `${label} (raw)`, bytes: secret }, { name: `${label} (hex)`, bytes: Buffer.from(secret.toString('hex')) });
+    keylog?.add(Buffer.from(line));
+  });
+}
+
+/**
+ * A client whose Finished does not authenticate (its last byte flipped): the proxy has derived the session's
+ * secrets when its handshake fails. Resolves with them once the proxy has closed the connection.
+ */
+async function failedHandshake(port: number, version: 'TLSv1.2' | 'TLSv1.3'): Promise<Needle[]> {
+  const needles: Needle[] = [];
+  const wire = sniffingTransport(port, true);
+  const c = tls.connect({ socket: wire.transport, rejectUnauthorized: false, minVersion: version, maxVersion: version });
+  logNeedles(c, needles);
+  c.on('error', () => {});
+  await new Promise((resolve) => c.once('close', resolve));
+  assert.ok(
+    needles.some((n) => /TRAFFIC_SECRET_0|CLIENT_RANDOM/.test(n.name)),
+    'the client derived the session secrets before the proxy refused its Finished',
+  );
+  return needles;
 }
 
 /** A TLS client through the proxy that logs its keys: every secret it logged, its hex, and the derived record keys. */
@@ -28,12 +56,7 @@ async function session(port: number, version: 'TLSv1.2' | 'TLSv1.3'): Promise<Se
   const wire = sniffingTransport(port);
   const socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
     const c = tls.connect({ socket: wire.transport, rejectUnauthorized: false, minVersion: version, maxVersion: version });
-    c.on('keylog', (line: Buffer) => {
-      const label = line.toString('latin1', 0, line.indexOf(0x20));
-      const secret = Buffer.from(line.toString('latin1').trim().split(' ')[2]!, 'hex');
-      needles.push({ name: `${label} (raw)`, bytes: secret }, { name: `${label} (hex)`, bytes: Buffer.from(secret.toString('hex')) });
-      keylog.add(Buffer.from(line));
-    });
+    logNeedles(c, needles, keylog);
     c.once('secureConnect', () => resolve(c));
     c.once('error', reject);
   });
@@ -60,14 +83,20 @@ async function session(port: number, version: 'TLSv1.2' | 'TLSv1.3'): Promise<Se
 
 /**
  * A TCP connection to the proxy as a Duplex that keeps the first bytes the server sent: its ServerHello, whose random
- * the TLS 1.2 key block needs (node:tls does not tell it).
+ * the TLS 1.2 key block needs (node:tls does not tell it). With `corrupt`, the last byte of every write after the
+ * ClientHello is flipped: the client's Finished (or the record before it) does not authenticate.
  */
-function sniffingTransport(port: number): { transport: Duplex; serverRandom(): Buffer | undefined } {
+function sniffingTransport(port: number, corrupt = false): { transport: Duplex; serverRandom(): Buffer | undefined } {
   const raw = net.connect(port, '127.0.0.1');
   let first = Buffer.alloc(0);
+  let writes = 0;
   const transport = new Duplex({
     read() {},
     write(chunk: Buffer, _enc, cb) {
+      if (corrupt && writes++ > 0) {
+        chunk = Buffer.from(chunk);
+        chunk[chunk.length - 1]! ^= 0xff;
+      }
       raw.write(chunk, () => cb());
     },
     final(cb) {
@@ -105,24 +134,33 @@ function close(s: tls.TLSSocket): Promise<void> {
 export function secretsMemoryScenarios(mode: Mode): void {
   const { proxy } = scriptedProxy(modeArgs(mode));
 
-  test(`the scanner finds a session's secrets in the proxy's memory while it relays in user mode, so finding none means something (${mode} mode)`, async () => {
+  test(`the scanner ${mode === 'user' ? "finds a relaying session's keys in the proxy's memory" : "reads the proxy's memory (it finds the certificate)"}, so finding none means something (${mode} mode)`, async () => {
     if (mode === 'kernel') {
-      // In kernel mode there is no legitimate holder to find: prove the scanner with a secret the proxy must hold, its private key's PEM header.
-      const found = scanMemory(proxy().pid, [{ name: 'PEM header', bytes: Buffer.from('-----BEGIN') }]);
+      // In kernel mode no session key may be there to find: prove the scanner reads the proxy with what it must hold, its certificate.
+      const found = scanMemory(proxy().pid, [{ name: 'PEM header', bytes: Buffer.from('-----BEGIN CERTIFICATE-----') }]);
       assert.ok(found.length > 0, 'the scanner reads the proxy memory');
       return;
     }
-    const s = await session(proxy().port, 'TLSv1.3');
-    const found = scanMemory(proxy().pid, s.needles);
-    assert.ok(
-      found.some((f) => f.name === 'server write key'),
-      `a relaying user-mode session's keys are in the proxy: ${describeFound(found)}`,
-    );
-    await close(s.socket);
+    for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
+      const s = await session(proxy().port, version);
+      const found = scanMemory(proxy().pid, s.needles);
+      for (const key of ['server write key', 'client write key']) {
+        assert.ok(
+          found.some((f) => f.name === key),
+          `${version}: a relaying user-mode session's ${key} is in the proxy: ${describeFound(found)}`,
+        );
+      }
+      await close(s.socket);
+    }
   });
 
   for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
     const what = version === 'TLSv1.3' ? 'traffic secrets' : 'master secret';
+    test(`after a ${version} handshake fails at the client's Finished, the secrets it derived are gone from the proxy's memory within ${BOUND_MS / 1000} s (${mode} mode)`, async () => {
+      const needles = await failedHandshake(proxy().port, version);
+      const found = await scanUntilGone(proxy().pid, needles, BOUND_MS);
+      assert.deepEqual(found, [], `still in the proxy's memory:\n  ${describeFound(found)}`);
+    });
     if (mode === 'user') {
       test(`after a ${version} session closes, its ${what} and record keys are gone from the proxy's memory within ${BOUND_MS / 1000} s (user mode)`, async () => {
         const s = await session(proxy().port, version);
