@@ -1,5 +1,6 @@
 // Proves a session's secrets leave the proxy's memory once it no longer needs them: user mode when the session closes, kernel mode once the kernel has the keys.
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import net from 'node:net';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -123,6 +124,13 @@ function describeFound(found: Found[]): string {
   return found.map((f) => `${f.name} at ${f.address} (${f.mapping || 'anonymous'})`).join('\n  ');
 }
 
+function connected(c: tls.TLSSocket): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    c.once('secureConnect', () => resolve(c));
+    c.once('error', reject);
+  });
+}
+
 /** Closes the client's end (close_notify, then FIN) and waits for the proxy's. */
 function close(s: tls.TLSSocket): Promise<void> {
   return new Promise((resolve) => {
@@ -152,6 +160,19 @@ export function secretsMemoryScenarios(mode: Mode): void {
       }
       await close(s.socket);
     }
+  });
+
+  test(`a TLS 1.2 session ID is never resumed: no server-side session cache keeps master secrets (${mode} mode)`, async () => {
+    // Without tickets a client can only resume by session ID, which needs the server to have kept the session.
+    const noTicket = { rejectUnauthorized: false, maxVersion: 'TLSv1.2', secureOptions: crypto.constants.SSL_OP_NO_TICKET } as const;
+    const first = await connected(tls.connect({ port: proxy().port, host: '127.0.0.1', ...noTicket }));
+    assert.equal(await echo(first, 'first'), 'first');
+    const saved = first.getSession();
+    assert.ok(saved, 'the client kept its session');
+    await close(first);
+    const second = await connected(tls.connect({ port: proxy().port, host: '127.0.0.1', ...noTicket, session: saved }));
+    assert.equal(second.isSessionReused(), false, 'the proxy resumed a session by its ID');
+    await close(second);
   });
 
   for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
