@@ -1,4 +1,5 @@
 // Collects one connection's session secrets from node:tls `keylog` lines without turning them into strings.
+import { secretBuffer } from '../record/keys.js';
 
 /**
  * NSS key log labels we keep (https://firefox-source-docs.mozilla.org/security/nss/legacy/key_log_format/).
@@ -122,7 +123,7 @@ export class KeylogCollector {
 function decodeHex(src: Buffer, start: number, end: number): Buffer {
   const len = end - start;
   if (len <= 0 || len % 2 !== 0) throw new KeylogError('hex field has odd or zero length');
-  const out = Buffer.alloc(len / 2);
+  const out = secretBuffer(len / 2);
   for (let i = 0; i < out.length; i++) {
     const hi = nibble(src[start + 2 * i]);
     const lo = nibble(src[start + 2 * i + 1]);

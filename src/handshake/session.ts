@@ -194,7 +194,10 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
       opts.signal?.removeEventListener('abort', onAbort);
       raw.detach();
       keylog.wipe();
+      // fail() may run inside a callback from OpenSSL (an 'error' event): free its state on the next turn, off its stack.
+      const ssl = sslOf(socket);
       socket.destroy();
+      setImmediate(() => ssl?.destroySSL());
       reject(e);
     }
 
@@ -213,6 +216,8 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
             clearTimeout(timer);
             opts.signal?.removeEventListener('abort', onAbort);
             raw.detach();
+            // The keys are ours now: free OpenSSL's SSL object at once (not on our stack here, a write callback).
+            sslOf(socket)?.destroySSL();
             socket.destroy();
             resolve(session);
           } catch (e) {
@@ -278,6 +283,16 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
       return session;
     }
   });
+}
+
+/**
+ * The socket's TLSWrap (node:tls's `ssl`), whose destroySSL() frees OpenSSL's SSL object: SSL_free cleanses the
+ * session's secrets. destroy() alone hands that to a later turn, and over a Duplex to garbage collection (the TLSWrap's
+ * finalizer), which may be minutes away. destroySSL() is idempotent (node calls it again on close).
+ */
+function sslOf(socket: tls.TLSSocket): { destroySSL(): void } | undefined {
+  const ssl = (socket as unknown as { ssl?: { destroySSL?: () => void } | null }).ssl;
+  return ssl && typeof ssl.destroySSL === 'function' ? (ssl as { destroySSL(): void }) : undefined;
 }
 
 /**

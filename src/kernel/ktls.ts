@@ -1,5 +1,6 @@
 // Installs TLS session state into a TCP socket (TCP_ULP "tls", TLS_TX/TLS_RX) and speaks TLS control records through it.
 import { IPPROTO_TCP, SysError, addressOf, sys } from './libc.js';
+import { secretBuffer } from '../record/keys.js';
 
 export const TCP_ULP = 31;
 export const SOL_TLS = 282;
@@ -54,7 +55,7 @@ export function cryptoInfo(d: KtlsDirection): Buffer {
     // The explicit nonce of the next record we send; OpenSSL uses the sequence number, so do we.
     iv = seq;
   }
-  const out = Buffer.alloc(4 + iv.length + keyLen + salt.length + 8);
+  const out = secretBuffer(4 + iv.length + keyLen + salt.length + 8);
   out.writeUInt16LE(d.version, 0);
   out.writeUInt16LE(d.cipher, 2);
   let o = 4;

@@ -83,6 +83,7 @@ const fn = {
   strlen: libc.func('size_t strlen(const void *)'),
   /** memset at an address computed in JavaScript (a pointer that koffi does not hold). */
   memsetAt: libc.func('void *memset(uintptr_t, int, size_t)'),
+  mallopt: libc.func('int mallopt(int, int)'),
 };
 
 /** A failed system call, carrying errno and its symbolic name. */
@@ -115,6 +116,18 @@ function check(call: string, r: number): number {
 /** Result of a non-blocking call: a count, or the negative errno (no exception on the hot path). */
 function ret(r: number): number {
   return r < 0 ? -koffi.errno() : r;
+}
+
+/** glibc's M_PERTURB: free() overwrites what it frees with this byte (a malloc'ed block starts as its complement). */
+const M_PERTURB = -6;
+
+/**
+ * Makes glibc overwrite memory as it is freed, process-wide (every thread). OpenSSL frees a connection's SSL object,
+ * which holds the TLS 1.3 traffic and exporter secrets, with a plain free(): without this, freed memory keeps them
+ * until reused. Blocks glibc caches per thread (up to 1 KiB) are not overwritten: those are not OpenSSL's SSL objects.
+ */
+export function overwriteFreedMemory(): boolean {
+  return fn.mallopt(M_PERTURB, 0x5a) === 1;
 }
 
 export const sys = {

@@ -10,7 +10,7 @@ import { Alert, RecordProtection } from '../record/aead.js';
 import { NoteLimiter } from '../relay/budget.js';
 import type { PairInfo } from '../relay/pair.js';
 import type { Relay } from '../relay/relay.js';
-import type { UserState } from '../relay/protocol.js';
+import { ownedCopy, type UserState } from '../relay/protocol.js';
 import { BackendError, connectBackend } from './backend.js';
 import type { BackendPool } from './backend-pool.js';
 import { buildPreamble, writeAll } from './backend-preamble.js';
@@ -124,9 +124,9 @@ async function connectSomeBackend(ctx: ConnectionContext, listener: ListenerRunt
   throw last ?? new BackendError('no backend configured', 'error');
 }
 
-/** Copies the record state for the relay worker (structured clone); the caller wipes the session. */
+/** Copies the record state for the relay worker (its buffers are transferred); the caller wipes the session. */
 function userState(s: EstablishedSession): UserState {
-  const copy = (b: Buffer) => new Uint8Array(b);
+  const copy = ownedCopy;
   return {
     suite: s.suite.name,
     version: s.version,

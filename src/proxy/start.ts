@@ -2,7 +2,7 @@
 import crypto from 'node:crypto';
 import type { Logger } from '../admin/log.js';
 import { KEYLOG_ENV, keylogFileFromEnv, keylogWarning, openKeylogFile } from '../handshake/keylog-file.js';
-import { sys } from '../kernel/libc.js';
+import { overwriteFreedMemory, sys } from '../kernel/libc.js';
 import { Poller } from '../kernel/poller.js';
 import { probeKernel, type KernelProbe } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
@@ -56,6 +56,8 @@ export interface StartDeps {
 
 export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<ProxyHandle> {
   const log = deps.logger;
+  // OpenSSL frees each handshake's secrets with free(): have glibc overwrite them (see overwriteFreedMemory).
+  if (!overwriteFreedMemory()) log.warn('mallopt(M_PERTURB) refused: memory OpenSSL frees keeps its bytes until reused');
   // After exec: what the previous image handed over (its connections wait in the upgrade bridge).
   const handoff = takeHandoff();
   const probe = handoff?.probe ?? probeKernel();

@@ -1,6 +1,7 @@
 // Userspace TLS record protection (one direction, one key) for when the kernel cannot take the session.
 
 import { AeadContext } from './evp.js';
+import { secretBuffer } from './keys.js';
 import type { CipherSuite } from './suites.js';
 
 /** TLS alert descriptions a record-layer failure maps to. */
@@ -69,7 +70,7 @@ export class RecordProtection {
   /** Undefined once wiped. */
   #aead: AeadContext | undefined;
   /** Per-record nonce at [0, 12) and TLS 1.2 additional data at [16, 29), overwritten every record. */
-  readonly #scratch = Buffer.alloc(32);
+  readonly #scratch = secretBuffer(32);
   readonly #nonce = this.#scratch.subarray(0, 12);
   readonly #aad12 = this.#scratch.subarray(16, 16 + 13);
 

@@ -29,13 +29,22 @@ export type SessionSecrets =
 
 const HASH_LEN: Record<HashName, number> = { sha256: 32, sha384: 48 };
 
+/**
+ * A zero-filled Buffer for secret bytes, outside V8's heap. `Buffer.alloc(n)` of 64 bytes or fewer lives inside the
+ * heap, where the garbage collector copies it as it moves objects, and where handing it to native code (OpenSSL,
+ * koffi) moves it out and leaves the old bytes behind: copies `fill(0)` never reaches. An ArrayBuffer never moves.
+ */
+export function secretBuffer(length: number): Buffer {
+  return Buffer.from(new ArrayBuffer(length));
+}
+
 /** HKDF-Expand (RFC 5869 §2.3): T(i) = HMAC(PRK, T(i-1) | info | i). */
 export function hkdfExpand(hash: HashName, prk: Buffer, info: Buffer, length: number): Buffer {
   const hashLen = HASH_LEN[hash];
   if (!Number.isInteger(length) || length < 0 || length > 255 * hashLen) {
     throw new RangeError(`HKDF-Expand length ${length} out of range for ${hash}`);
   }
-  const out = Buffer.alloc(length);
+  const out = secretBuffer(length);
   let prev: Buffer = Buffer.alloc(0);
   let filled = 0;
   for (let i = 1; filled < length; i++) {
@@ -96,7 +105,7 @@ export function tls13NextTrafficSecret(suite: CipherSuite, secret: Buffer): Buff
 export function tls12Prf(hash: HashName, secret: Buffer, label: string, seed: Buffer, length: number): Buffer {
   if (!Number.isInteger(length) || length < 0) throw new RangeError(`PRF length ${length} invalid`);
   const labelSeed = Buffer.concat([Buffer.from(label, 'ascii'), seed]);
-  const out = Buffer.alloc(length);
+  const out = secretBuffer(length);
   let a: Buffer = labelSeed;
   let filled = 0;
   while (filled < length) {
@@ -126,7 +135,11 @@ export function tls12KeyBlock(suite: CipherSuite, masterSecret: Buffer, clientRa
   const seed = Buffer.concat([serverRandom, clientRandom]);
   const block = tls12Prf(suite.hash, masterSecret, 'key expansion', seed, 2 * keyLen + 2 * ivLen);
   // Copy out of the block so each key can be wiped independently, then wipe the block.
-  const take = (start: number, len: number): Buffer => Buffer.from(block.subarray(start, start + len));
+  const take = (start: number, len: number): Buffer => {
+    const b = secretBuffer(len);
+    block.copy(b, 0, start, start + len);
+    return b;
+  };
   const result: Tls12KeyBlock = {
     clientKey: take(0, keyLen),
     serverKey: take(keyLen, keyLen),

@@ -9,7 +9,7 @@ import { KernelClient } from './kernel-client.js';
 import { LingeringCloses } from './lingering.js';
 import type { FdStore } from '../systemd/fd-store.js';
 import { Pair, type OwnPipes, type PairHost, type PairInfo, type PairSnapshot } from './pair.js';
-import type { CarriedPair, FromWorker, ToWorker, UserState } from './protocol.js';
+import { ownedCopy, type CarriedPair, type FromWorker, type ToWorker, type UserState } from './protocol.js';
 import { PipePool } from './pipes.js';
 import { StoredPairs, type StoredFds } from './stored-pairs.js';
 import { UserClient } from './user-client.js';
@@ -188,9 +188,9 @@ export class RelayLoop {
         pair: p.snapshot(),
         user: user && {
           ...user,
-          tx: { ...user.tx, key: new Uint8Array(user.tx.key), iv: new Uint8Array(user.tx.iv) },
-          rx: { ...user.rx, key: new Uint8Array(user.rx.key), iv: new Uint8Array(user.rx.iv) },
-          secrets: user.secrets && { client: new Uint8Array(user.secrets.client), server: new Uint8Array(user.secrets.server) },
+          tx: { ...user.tx, key: ownedCopy(user.tx.key), iv: ownedCopy(user.tx.iv) },
+          rx: { ...user.rx, key: ownedCopy(user.rx.key), iv: ownedCopy(user.rx.iv) },
+          secrets: user.secrets && { client: ownedCopy(user.secrets.client), server: ownedCopy(user.secrets.server) },
         },
       });
       if (user) for (const b of [user.tx.key, user.tx.iv, user.rx.key, user.rx.iv, user.secrets?.client, user.secrets?.server]) b?.fill(0);

@@ -24,6 +24,17 @@ export interface UserState {
   handshake?: Uint8Array;
 }
 
+/**
+ * A copy of key bytes in an ArrayBuffer of its own, outside V8's heap. `new Uint8Array(bytes)` of 64 bytes or fewer
+ * lives inside the heap: taking its `.buffer` (a transfer does) moves the bytes out and leaves the old ones behind,
+ * unzeroed, until a garbage collection; `fill(0)` can never reach them. An ArrayBuffer is always allocated outside.
+ */
+export function ownedCopy(bytes: Uint8Array): Uint8Array {
+  const copy = new Uint8Array(new ArrayBuffer(bytes.length));
+  copy.set(bytes);
+  return copy;
+}
+
 /** The buffers holding a user-mode connection's keys, to transfer (move, not copy) with postMessage. */
 export function keyBuffers(user: UserState | undefined): ArrayBuffer[] {
   if (!user) return [];

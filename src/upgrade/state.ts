@@ -1,6 +1,7 @@
 // The hand-off state an upgrade carries across exec, and its binary encoding in an anonymous memfd (never on disk).
 import { EAGAIN, EINTR, errnoName, sys } from '../kernel/libc.js';
 import type { KernelProbe } from '../kernel/probe.js';
+import { ownedCopy } from '../relay/protocol.js';
 
 export interface CarriedListener {
   fd: number;
@@ -94,7 +95,7 @@ export function decodeTagged<T>(magic: string, buf: Buffer): T {
     const n = buf.readUInt32LE(o);
     o += 4;
     if (o + n > buf.length) throw new Error('hand-off data: truncated blob');
-    blobs.push(new Uint8Array(buf.subarray(o, o + n)));
+    blobs.push(ownedCopy(buf.subarray(o, o + n)));
     o += n;
   }
   return revive(JSON.parse(json), blobs) as T;
