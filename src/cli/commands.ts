@@ -97,7 +97,17 @@ function banner(r: ResolvedConfig, ktls: string): string[] {
   return lines;
 }
 
+/**
+ * Before anything reads a key: no core dump, no ptrace, no /proc/PID/mem for the process's own uid. Every
+ * image sets it again, because execve resets the flag when the uid does not change (an upgrade as `user`).
+ */
+async function nonDumpable(): Promise<void> {
+  const { sys } = await import('../kernel/libc.js');
+  sys.setDumpable(false);
+}
+
 async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
+  await nonDumpable();
   let debug = isDebug(cmd.flags.logLevel);
   let handle: ProxyHandle;
   let resolved: ResolvedConfig;
@@ -142,6 +152,7 @@ async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
 }
 
 async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> {
+  await nonDumpable(); // it reads the keys too (an upgrade's pre-flight runs it)
   // Warnings (a key file others can read) are printed whatever the outcome, and never fail the check.
   const warnings = new Map<string, string>();
   try {

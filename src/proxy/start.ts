@@ -149,7 +149,6 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   if (passed.connections.size > 0) resumeStored(server, passed.connections, store);
   if (passed.storedListeners && !store) leaveStore(log, []); // fd_store turned off since the last run
   await server.started; // every worker thread is up: ready means ready
-  server.resumeAccepting();
 
   let controls: Controls;
   try {
@@ -168,6 +167,9 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     poller.close();
     throw new StartupError((e as Error).message, 'PRIVILEGES');
   }
+  // Only now: no client is ever served by a process that has not dropped root yet.
+  log.info({ uid: process.getuid!(), gid: process.getgid!() }, 'accepting connections');
+  server.resumeAccepting();
   const address = server.listeners[0]!.address;
   for (const [i, l] of server.listeners.entries()) {
     const s = server.served[i]!;
