@@ -8,6 +8,7 @@ import { keyPermissionWarning } from '../config/key-permissions.js';
 import { keylogFileFromEnv, keylogWarning } from '../handshake/keylog-file.js';
 import { checkCaFile, checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
 import { ConfigError, formatHostPort } from '../config/schema.js';
+import { transparentProblem } from '../proxy/capabilities.js';
 import type { ProxyConfig } from '../proxy/types.js';
 import { parseCli, usage, UsageError, type Command } from './args.js';
 import { formatStatus, StatusSnapshotSchema } from './status.js';
@@ -168,6 +169,8 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
       }
       if (l.clientAuth) problems.push(...(await checkCaFile(l.clientAuth.caFile)).map((p) => where + p));
     }
+    const capProblem = transparentProblem(r.config);
+    if (capProblem) problems.push(capProblem);
     if (problems.length > 0) throw new ConfigError(problems);
     // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.
     await import('../proxy/start.js');
