@@ -284,6 +284,7 @@ async function main(argv: string[]): Promise<number> {
     case 'reload':
       return reload(cmd);
     case 'keeper': {
+      await nonDumpable();
       const { keep } = await import('../keeper/keeper.js');
       process.exit(await keep({ runArgs: cmd.runArgs, log: createLogger('info').child({ keeper: process.pid }) }));
     }
