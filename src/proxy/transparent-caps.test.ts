@@ -94,3 +94,22 @@ test('`ironsocket check` refuses the same configurations, and passes one the pro
   assert.equal(fine.code, 0, fine.out);
   assert.match(fine.out, /config OK/);
 });
+
+test('a reload that turns on transparent mode in a proxy without CAP_NET_ADMIN is refused, and the old configuration keeps running', async () => {
+  const plain = config().replace('transparent = true\n', '');
+  const proxy = await startProxyProcess({ backendPort: backend.port, noListenFlags: true, config: plain, wrap: WITHOUT_NET_ADMIN });
+  try {
+    fs.writeFileSync(path.join(proxy.dir, 'ironsocket.toml'), config());
+    const refused = await run(process.execPath, [CLI, 'reload', '--admin-socket', proxy.adminSocket]).then(
+      () => assert.fail('the reload was accepted'),
+      (e: { code: number; stdout: string }) => e,
+    );
+    assert.equal(refused.code, 1);
+    const outcome = JSON.parse(refused.stdout) as { ok: boolean; error?: string };
+    assert.equal(outcome.ok, false);
+    assert.match(outcome.error ?? '', /needs CAP_NET_ADMIN .* lacks it/);
+    assert.equal((await proxy.status()).pid, proxy.pid);
+  } finally {
+    await proxy.stop();
+  }
+});
