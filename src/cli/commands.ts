@@ -9,6 +9,7 @@ import { KEYLOG_ENV, keylogFileFromEnv, keylogFileProblem, keylogWarning } from 
 import { checkCrlFile } from '../config/crl.js';
 import { checkCaFile, checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
 import { ConfigError, formatHostPort } from '../config/schema.js';
+import { transparentProblem } from '../proxy/capabilities.js';
 import type { ProxyConfig } from '../proxy/types.js';
 import { parseCli, usage, UsageError, type Command } from './args.js';
 import { formatStatus, StatusSnapshotSchema } from './status.js';
@@ -101,7 +102,17 @@ function banner(r: ResolvedConfig, ktls: string): string[] {
   return lines;
 }
 
+/**
+ * Before anything reads a key: no core dump, no ptrace, no /proc/PID/mem for the process's own uid. Every
+ * image sets it again, because execve resets the flag when the uid does not change (an upgrade as `user`).
+ */
+async function nonDumpable(): Promise<void> {
+  const { sys } = await import('../kernel/libc.js');
+  sys.setDumpable(false);
+}
+
 async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
+  await nonDumpable();
   let debug = isDebug(cmd.flags.logLevel);
   let handle: ProxyHandle;
   let resolved: ResolvedConfig;
@@ -146,6 +157,7 @@ async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
 }
 
 async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> {
+  await nonDumpable(); // it reads the keys too (an upgrade's pre-flight runs it)
   // Warnings (a key file others can read) are printed whatever the outcome, and never fail the check.
   const warnings = new Map<string, string>();
   try {
@@ -173,6 +185,8 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
       if (refused !== undefined) problems.push(`${KEYLOG_ENV}=${keylogFile}: ${refused}`);
       else warnings.set(KEYLOG_ENV, keylogWarning(keylogFile));
     }
+    const capProblem = transparentProblem(r.config);
+    if (capProblem) problems.push(capProblem);
     if (problems.length > 0) throw new ConfigError(problems);
     // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.
     await import('../proxy/start.js');
@@ -286,6 +300,7 @@ async function main(argv: string[]): Promise<number> {
     case 'reload':
       return reload(cmd);
     case 'keeper': {
+      await nonDumpable();
       const { keep } = await import('../keeper/keeper.js');
       process.exit(await keep({ runArgs: cmd.runArgs, log: createLogger('info').child({ keeper: process.pid }) }));
     }

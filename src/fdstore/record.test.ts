@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import { test } from 'node:test';
 import { sys } from '../kernel/libc.js';
 import type { PairInfo } from '../relay/pair.js';
-import { decodeFlags, encodeFlags, isRecordMemfd, markMoving, pipeInode, readRecord, updateFlags, writeRecord } from './record.js';
+import { RECORD_SEALS, decodeFlags, encodeFlags, isRecordMemfd, markMoving, pipeInode, readRecord, updateFlags, writeRecord } from './record.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 
@@ -51,16 +51,50 @@ test('every half-close flag survives encoding on its own', () => {
   }
 });
 
+/** A sealed record-named memfd holding `bytes` (what writeRecord would have sealed). */
+function sealedMemfd(bytes: Buffer): number {
+  const fd = sys.memfdCreateSealable('ironsocket-conn');
+  sys.write(fd, bytes, bytes.length);
+  sys.addSeals(fd, RECORD_SEALS);
+  return fd;
+}
+
 test('a descriptor that is not a record, or a truncated one, is refused with the reason', () => {
-  const other = sys.memfdCreate('ironsocket-conn');
   const good = writeRecord({ info, flags: none });
+  const other = sealedMemfd(Buffer.from('hello'));
+  const truncated = sealedMemfd(fs.readFileSync(`/proc/self/fd/${good}`).subarray(0, 40));
   try {
-    sys.write(other, Buffer.from('hello'), 5);
     assert.throws(() => readRecord(other), /fd \d+ is not an Iron Socket connection record/);
-    sys.ftruncate(good, 40);
-    assert.throws(() => readRecord(good), /is truncated/);
+    assert.throws(() => readRecord(truncated), /is truncated/);
   } finally {
-    sys.close(other);
+    for (const fd of [other, good, truncated]) sys.close(fd);
+  }
+});
+
+test('a record is sealed against growing, shrinking and unsealing, yet its flags still change in place', () => {
+  const fd = writeRecord({ info, flags: none });
+  try {
+    assert.equal(sys.getSeals(fd), RECORD_SEALS);
+    assert.ok(sys.ftruncate(fd, 10) < 0, 'cannot shrink');
+    assert.ok(sys.pwrite(fd, Buffer.of(1), 100_000) < 0, 'cannot grow');
+    assert.throws(() => sys.addSeals(fd, 0), /EPERM/, 'the seals cannot change');
+    const later = { ...none, clientEof: true };
+    assert.equal(updateFlags(fd, later), 0);
+    assert.deepEqual(readRecord(fd).flags, later);
+  } finally {
+    sys.close(fd);
+  }
+});
+
+test('a well-formed record in an unsealed memfd is refused', () => {
+  const good = writeRecord({ info, flags: none });
+  const plain = sys.memfdCreate('ironsocket-conn');
+  try {
+    const bytes = fs.readFileSync(`/proc/self/fd/${good}`);
+    sys.write(plain, bytes, bytes.length);
+    assert.throws(() => readRecord(plain), /is not sealed/);
+  } finally {
     sys.close(good);
+    sys.close(plain);
   }
 });

@@ -1,6 +1,6 @@
 // The memfd deposited in the fd store with each connection: which descriptor is which, and the relay state a restart needs (never a key).
 import fs from 'node:fs';
-import { EINTR, errnoName, sys } from '../kernel/libc.js';
+import { EINTR, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, errnoName, sys } from '../kernel/libc.js';
 import type { PairInfo, PairSnapshot } from '../relay/pair.js';
 
 /** The memfd's name, as /proc/self/fd shows it ("/memfd:ironsocket-conn (deleted)"): how a restart tells it from the sockets. */
@@ -13,6 +13,11 @@ const FLAGS_AT = MAGIC.length;
 const MOVING_AT = FLAGS_AT + 1;
 const LENGTH_AT = FLAGS_AT + 4; // flags byte, moving byte, two reserved bytes, then the u32 length of the JSON
 const JSON_AT = LENGTH_AT + 4;
+/**
+ * Seals on a record once written: its size is fixed and the seals stay. Not F_SEAL_WRITE: the flag bytes are
+ * rewritten in place (pwrite) while the connection lives; that changes no length. A restart refuses a record without them.
+ */
+export const RECORD_SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW;
 /** A record is a few hundred bytes; anything much larger is not one of ours. */
 const MAX_RECORD_BYTES = 64 * 1024;
 
@@ -66,7 +71,7 @@ export function writeRecord(r: ConnectionRecord): number {
   out[FLAGS_AT] = encodeFlags(r.flags);
   out.writeUInt32LE(json.length, LENGTH_AT);
   json.copy(out, JSON_AT);
-  const fd = sys.memfdCreate(RECORD_MEMFD_NAME);
+  const fd = sys.memfdCreateSealable(RECORD_MEMFD_NAME);
   try {
     for (let o = 0; o < out.length;) {
       const w = sys.pwrite(fd, out.subarray(o), o);
@@ -74,6 +79,7 @@ export function writeRecord(r: ConnectionRecord): number {
       if (w <= 0) throw new Error(`writing a connection record: ${w < 0 ? errnoName(-w) : 'no progress'}`);
       o += w;
     }
+    sys.addSeals(fd, RECORD_SEALS);
   } catch (e) {
     sys.close(fd);
     throw e;
@@ -95,6 +101,13 @@ export function markMoving(fd: number): number {
 
 /** Reads a record back; throws an Error saying what is wrong with a descriptor that is not a well-formed record. */
 export function readRecord(fd: number): ConnectionRecord {
+  let seals: number;
+  try {
+    seals = sys.getSeals(fd);
+  } catch (e) {
+    throw new Error(`fd ${fd} is not an Iron Socket connection record (${(e as Error).message})`);
+  }
+  if ((seals & RECORD_SEALS) !== RECORD_SEALS) throw new Error(`connection record fd ${fd} is not sealed (seals 0x${seals.toString(16)}); refused`);
   const buf = Buffer.alloc(MAX_RECORD_BYTES + 1);
   let got = 0;
   sys.rewind(fd);

@@ -44,6 +44,16 @@ export const FD_CLOEXEC = 1;
 export const O_NONBLOCK = 0o4000;
 export const EFD_NONBLOCK = 0o4000;
 export const EFD_CLOEXEC = 0o2000000;
+export const MFD_CLOEXEC = 1;
+export const MFD_ALLOW_SEALING = 2;
+export const F_ADD_SEALS = 1033;
+export const F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 1;
+export const F_SEAL_SHRINK = 2;
+export const F_SEAL_GROW = 4;
+export const F_SEAL_WRITE = 8;
+export const PR_GET_DUMPABLE = 3;
+export const PR_SET_DUMPABLE = 4;
 
 const fn = {
   socket: libc.func('int socket(int, int, int)'),
@@ -84,6 +94,7 @@ const fn = {
   /** memset at an address computed in JavaScript (a pointer that koffi does not hold). */
   memsetAt: libc.func('void *memset(uintptr_t, int, size_t)'),
   mallopt: libc.func('int mallopt(int, int)'),
+  prctl: libc.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)'),
 };
 
 /** A failed system call, carrying errno and its symbolic name. */
@@ -207,6 +218,15 @@ export const sys = {
   },
   /** An anonymous in-memory file (never on disk), close-on-exec. */
   memfdCreate: (name: string) => check('memfd_create', fn.memfd_create(name, 1 /* MFD_CLOEXEC */)),
+  /** A memfd (close-on-exec) that accepts seals (F_ADD_SEALS): what carries state to another image or process. */
+  memfdCreateSealable: (name: string) => check('memfd_create', fn.memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)),
+  /** Adds seals (F_SEAL_*) to a memfd made with memfdCreateSealable. */
+  addSeals: (fd: number, seals: number) => check('fcntl(F_ADD_SEALS)', fn.fcntl(fd, F_ADD_SEALS, 'int', seals)),
+  /** The seals on a memfd (just F_SEAL_SEAL for one made without MFD_ALLOW_SEALING); throws for a non-memfd. */
+  getSeals: (fd: number) => check('fcntl(F_GET_SEALS)', fn.fcntl(fd, F_GET_SEALS, 'int', 0)),
+  /** PR_SET_DUMPABLE: 0 = no core dumps, no ptrace or /proc/PID/mem by the same uid (the files under /proc/PID become root's). */
+  setDumpable: (on: boolean) => check('prctl(PR_SET_DUMPABLE)', fn.prctl(PR_SET_DUMPABLE, on ? 1 : 0, 0, 0, 0)),
+  dumpable: () => check('prctl(PR_GET_DUMPABLE)', fn.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)),
   rewind: (fd: number) => check('lseek', Number(fn.lseek(fd, 0, 0))),
   /** Writes at an offset without moving the file position; bytes written or -errno. */
   pwrite: (fd: number, buf: Buffer, offset: number) => ret(fn.pwrite(fd, buf, buf.length, offset)),

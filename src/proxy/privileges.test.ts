@@ -70,6 +70,24 @@ describe('privilege drop', () => {
     }
   });
 
+  it('starts accepting only once it runs as the configured user, so no client is served by root', async () => {
+    assert.equal(process.getuid?.(), 0, 'this test needs root (CI runs as root)');
+    const nobody = Number((await run('id', ['-u', 'nobody'])).stdout.trim());
+    const backend = await echoBackend();
+    const proxy = await startProxyProcess({ backendPort: backend.port, args: ['--ktls', 'off'], config: 'user = "nobody"\ngroup = "nogroup"\n' });
+    try {
+      const logs = proxy.logs();
+      const dropped = logs.findIndex((l) => /"msg":"running as uid /.test(l));
+      const accepting = logs.findIndex((l) => /"msg":"accepting connections"/.test(l));
+      assert.ok(dropped >= 0 && accepting > dropped, `drop, then accept:\n${logs.join('\n')}`);
+      assert.equal((JSON.parse(logs[accepting]!) as { uid: number }).uid, nobody, 'the process that resumes accepting is no longer root');
+      assert.equal(await echo(proxy.port, 'first client'), 'first client');
+    } finally {
+      await proxy.stop();
+      await backend.close();
+    }
+  });
+
   it('refuses to start when the user does not exist', async () => {
     const backend = await echoBackend();
     await assert.rejects(

@@ -1,4 +1,5 @@
 // Hot reload (SIGHUP, `ironsocket reload`): new certificates, backends and listeners without exec and without touching live connections.
+import { transparentProblem } from './capabilities.js';
 import { formatHostPort } from '../config/schema.js';
 import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
 import type { Listener } from './listener.js';
@@ -26,6 +27,8 @@ const UPGRADE_ONLY = ['workers', 'adminSocket', 'ktls', 'metrics', 'user', 'grou
 export async function reloadConfig(server: ProxyServer, next: ProxyConfig, base: TlsBase): Promise<ReloadOutcome> {
   const at = new Date().toISOString();
   const current = server.deps.config;
+  const capProblem = transparentProblem(next);
+  if (capProblem) return { ok: false, at, error: capProblem };
   let served: HandshakeListener[];
   try {
     served = await prepareAll(next, base, (message, file) => server.deps.logger.warn({ file }, message));

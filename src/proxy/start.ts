@@ -15,6 +15,7 @@ import { checkListener } from '../upgrade/restore.js';
 import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
 import { startControls, type Controls } from './control.js';
 import { dropPrivileges } from './privileges.js';
+import { transparentProblem } from './capabilities.js';
 import { restartFromStore } from '../fdstore/restart.js';
 import { FdStore, LISTENER_FDNAME, connectionFdName } from '../systemd/fd-store.js';
 import { fdStoreFor, passedDescriptors, serviceNotes } from './systemd.js';
@@ -65,6 +66,8 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   if (config.ktls === 'require' && !probe.available) {
     throw new StartupError(`--ktls require: this kernel cannot take TLS sessions: ${probe.reason}`, 'KTLS_REQUIRED');
   }
+  const capProblem = transparentProblem(config);
+  if (capProblem) throw new StartupError(capProblem, 'PRIVILEGES');
   const kernelSuites = new Set(config.ktls === 'off' ? [] : [...support.ciphers['TLSv1.2'], ...support.ciphers['TLSv1.3']]);
   // Offer only what can be carried after the handshake: with `require`, what the kernel accepted.
   const offered = config.ktls === 'require' ? SUITES.filter((s) => kernelSuites.has(s.name)) : SUITES;
@@ -151,7 +154,6 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   if (passed.connections.size > 0) resumeStored(server, passed.connections, store);
   if (passed.storedListeners && !store) leaveStore(log, []); // fd_store turned off since the last run
   await server.started; // every worker thread is up: ready means ready
-  server.resumeAccepting();
 
   let controls: Controls;
   try {
@@ -170,6 +172,9 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     poller.close();
     throw new StartupError((e as Error).message, 'PRIVILEGES');
   }
+  // Only now: no client is ever served by a process that has not dropped root yet.
+  log.info({ uid: process.getuid!(), gid: process.getgid!() }, 'accepting connections');
+  server.resumeAccepting();
   const address = server.listeners[0]!.address;
   for (const [i, l] of server.listeners.entries()) {
     const s = server.served[i]!;

@@ -10,6 +10,8 @@ import type { StatusSnapshot } from '../proxy/types.js';
 const run = promisify(execFile);
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const CLI = path.join(ROOT, 'dist/cli/main.js');
+/** Test-only CLI entry that honours IRONSOCKET_FAULT_EXEC_PATH and IRONSOCKET_FAULT_BRIDGE (src/testkit/fault-entry.ts). */
+export const FAULT_CLI = path.join(ROOT, 'dist/testkit/fault-entry.js');
 
 export function tempDir(prefix: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `ironsocket-${prefix}-`));
@@ -58,6 +60,8 @@ export interface ProxyOptions {
   activateNames?: string[];
   /** Run `ironsocket keeper` (which runs the proxy as its child) instead of `ironsocket run`: `pid` is the keeper's. */
   keeper?: boolean;
+  /** The CLI script to run instead of CLI, e.g. FAULT_CLI for injected upgrade faults. */
+  entry?: string;
 }
 
 /** Pids whose parent is `pid` (zombies included): what a process has left running or uncollected. */
@@ -102,7 +106,7 @@ export async function makeCert(dir: string, kind: 'ec' | 'rsa'): Promise<{ certF
 export async function startProxyProcess(opts: ProxyOptions): Promise<RunningProxy> {
   const dir = tempDir('proxy');
   const adminSocket = path.join(dir, 'admin.sock');
-  const args = [CLI, opts.keeper ? 'keeper' : 'run', '--admin-socket', adminSocket];
+  const args = [opts.entry ?? CLI, opts.keeper ? 'keeper' : 'run', '--admin-socket', adminSocket];
   if (!opts.noListenFlags) args.push('--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${opts.backendPort}`);
   if (opts.cert) args.push('--cert', opts.cert.certFile, '--key', opts.cert.keyFile);
   if (opts.config !== undefined) {

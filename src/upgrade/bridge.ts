@@ -4,15 +4,16 @@ import { sys } from '../kernel/libc.js';
 import { RelayLoop, type Control } from '../relay/loop.js';
 import type { ClosedElsewhere } from '../relay/protocol.js';
 import { LINK_PROTOCOL, Link } from './link.js';
+import { upgradeHooks } from './hooks.js';
 import { wipeCarried } from './restore.js';
 
 /** The proxy passes its end of the link as fd 3 (a seqpacket socket); nothing secret is in argv or env. */
 const LINK_FD = 3;
 
+// Before any connection (and its keys) arrives: spawned by exec, the bridge starts dumpable.
+sys.setDumpable(false);
 process.title = 'ironsocket-bridge';
-
-// Fault injection for tests only: a bridge that dies before taking anything.
-if (process.env.IRONSOCKET_FAULT_BRIDGE === 'exit') process.exit(70);
+upgradeHooks.bridgeStarted?.();
 
 const log = createLogger('info').child({ bridge: process.pid });
 const closed: ClosedElsewhere[] = [];

@@ -6,6 +6,7 @@ import { FdChannel } from '../kernel/fdpass.js';
 import { SOCK_SEQPACKET, SOCK_STREAM, sys } from '../kernel/libc.js';
 import type { CarriedPair } from '../relay/protocol.js';
 import { Link } from './link.js';
+import { STATE_SEALS, encodeTagged, readStateMemfd, writeStateMemfd } from './state.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 
@@ -89,9 +90,10 @@ describe('the bridge link', () => {
   it('refuses a batch whose memfd is not a batch, without leaking the connection fds', () => {
     const [a, b] = sys.socketpair(SOCK_SEQPACKET);
     const [x, y] = sys.socketpair(SOCK_STREAM);
-    const memfd = sys.memfdCreate('not-a-batch');
+    const memfd = sys.memfdCreateSealable('not-a-batch');
     try {
       sys.write(memfd, Buffer.from('garbage'), 7);
+      sys.addSeals(memfd, STATE_SEALS);
       const before = openFds();
       const header = { op: 'adopt', count: 1, frozenAt: 0, idleTimeoutMs: 0 };
       assert.equal(new FdChannel(a).send(Buffer.from(JSON.stringify(header)), [memfd, x, y]), 0);
@@ -101,6 +103,55 @@ describe('the bridge link', () => {
       assert.equal(openFds(), before);
     } finally {
       for (const fd of [a, b, x, y, memfd]) sys.close(fd);
+    }
+  });
+
+  it('sends a batch in a memfd sealed against writing, growing, shrinking and unsealing', () => {
+    const [a, b] = sys.socketpair(SOCK_SEQPACKET);
+    const [x, y] = sys.socketpair(SOCK_STREAM);
+    try {
+      assert.equal(new Link(a).sendBatch({ op: 'adopt', count: 1, frozenAt: 0, idleTimeoutMs: 0 }, [carried('c1', x, y)]), undefined);
+      const m = new FdChannel(b).receive();
+      assert.equal(m.kind, 'message');
+      const fds = m.kind === 'message' ? m.fds : [];
+      assert.equal(fds.length, 3);
+      assert.equal(sys.getSeals(fds[0]!), STATE_SEALS);
+      assert.equal(sys.ftruncate(fds[0]!, 0) < 0, true, 'a sealed memfd cannot be emptied or changed');
+      for (const fd of fds) sys.close(fd);
+    } finally {
+      for (const fd of [a, b, x, y]) sys.close(fd);
+    }
+  });
+
+  it('refuses a well-formed batch whose memfd is not sealed, without leaking the connection fds', () => {
+    const [a, b] = sys.socketpair(SOCK_SEQPACKET);
+    const [x, y] = sys.socketpair(SOCK_STREAM);
+    const memfd = sys.memfdCreateSealable('unsealed');
+    try {
+      const body = encodeTagged('IRONSOCKET-BATCH-1\n', { pairs: [carried('c1', -1, -1)], closed: [] });
+      sys.write(memfd, body, body.length);
+      const before = openFds();
+      const header = { op: 'adopt', count: 1, frozenAt: 0, idleTimeoutMs: 0 };
+      assert.equal(new FdChannel(a).send(Buffer.from(JSON.stringify(header)), [memfd, x, y]), 0);
+      const ev = new Link(b).receive();
+      assert.equal(ev.kind, 'closed');
+      assert.match(ev.kind === 'closed' ? ev.reason : '', /not sealed/);
+      assert.equal(openFds(), before);
+    } finally {
+      for (const fd of [a, b, x, y, memfd]) sys.close(fd);
+    }
+  });
+
+  it('seals the hand-off memfd it writes, reads it back, and refuses an unsealed one', () => {
+    const sealed = writeStateMemfd(Buffer.from('hand-off'));
+    assert.equal(sys.getSeals(sealed), STATE_SEALS);
+    assert.equal(readStateMemfd(sealed).toString(), 'hand-off');
+    const plain = sys.memfdCreateSealable('unsealed-handoff');
+    try {
+      sys.write(plain, Buffer.from('hand-off'), 8);
+      assert.throws(() => readStateMemfd(plain), /not sealed/);
+    } finally {
+      sys.close(plain);
     }
   });
 

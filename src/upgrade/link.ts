@@ -4,8 +4,12 @@ import { errnoName, sys } from '../kernel/libc.js';
 import type { CarriedPair, ClosedElsewhere } from '../relay/protocol.js';
 import { decodeTagged, encodeTagged, readStateMemfd, writeStateMemfd } from './state.js';
 
-/** Bumped whenever a message changes: an image and a bridge from different releases must agree. */
-export const LINK_PROTOCOL = 1;
+/**
+ * Bumped whenever a message changes: an image and a bridge from different releases must agree. 2: batch
+ * memfds (and the hand-off memfd across exec) are sealed, and an unsealed one is refused, so an image of
+ * protocol 1 refuses to upgrade in place to this code (restart once instead).
+ */
+export const LINK_PROTOCOL = 2;
 
 /** Connections per batch: each batch pauses only its own connections, for about one batch's worth of work. */
 export const BATCH = 8;

@@ -1,5 +1,5 @@
 // The hand-off state an upgrade carries across exec, and its binary encoding in an anonymous memfd (never on disk).
-import { EAGAIN, EINTR, errnoName, sys } from '../kernel/libc.js';
+import { EAGAIN, EINTR, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, errnoName, sys } from '../kernel/libc.js';
 import type { KernelProbe } from '../kernel/probe.js';
 import { ownedCopy } from '../relay/protocol.js';
 
@@ -104,25 +104,51 @@ export function decodeTagged<T>(magic: string, buf: Buffer): T {
 export const encodeState = (state: HandoffState): Buffer => encodeTagged(STATE_MAGIC, state);
 export const decodeState = (buf: Buffer): HandoffState => decodeTagged<HandoffState>(STATE_MAGIC, buf);
 
-/** Writes encoded data into a new memfd and rewinds it; returns the fd (close-on-exec still set). */
+/**
+ * Seals on every state memfd (the hand-off across exec, a batch to or from the bridge) before it leaves its
+ * writer: nobody holding it can write, grow, shrink it, or take the seals off. Its receiver refuses one without.
+ */
+export const STATE_SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+
+/** Throws unless fd is a memfd carrying every seal in `want`; the caller still owns (and closes) fd. */
+export function requireSeals(fd: number, want: number, what: string): void {
+  let seals: number;
+  try {
+    seals = sys.getSeals(fd);
+  } catch (e) {
+    throw new Error(`${what} fd ${fd} is not a sealable memfd (${(e as Error).message}); refused`);
+  }
+  if ((seals & want) !== want) throw new Error(`${what} fd ${fd} is not sealed (seals 0x${seals.toString(16)}, need 0x${want.toString(16)}); refused`);
+}
+
+/** Writes encoded data into a new memfd, seals it (STATE_SEALS) and rewinds it; returns the fd (close-on-exec still set). */
 export function writeStateMemfd(encoded: Buffer): number {
-  const fd = sys.memfdCreate('ironsocket-handoff');
-  let o = 0;
-  while (o < encoded.length) {
-    const w = sys.write(fd, encoded.subarray(o), encoded.length - o);
-    if (w === -EINTR) continue;
-    if (w < 0) {
-      sys.close(fd);
-      throw new Error(`writing hand-off state: ${errnoName(-w)}`);
+  const fd = sys.memfdCreateSealable('ironsocket-handoff');
+  try {
+    let o = 0;
+    while (o < encoded.length) {
+      const w = sys.write(fd, encoded.subarray(o), encoded.length - o);
+      if (w === -EINTR) continue;
+      if (w < 0) throw new Error(`writing hand-off state: ${errnoName(-w)}`);
+      o += w;
     }
-    o += w;
+    sys.addSeals(fd, STATE_SEALS);
+  } catch (e) {
+    sys.close(fd);
+    throw e;
   }
   sys.rewind(fd);
   return fd;
 }
 
-/** Reads a whole memfd (from the start), empties it and closes it. The returned Buffer holds secrets. */
+/**
+ * Reads a whole sealed memfd (from the start) and closes it; refuses (throws, fd left open) one that is not
+ * sealed. The returned Buffer holds secrets: the caller zeroes it. A sealed memfd cannot be emptied
+ * (ftruncate fails); its pages are freed when its last descriptor closes: the writer closed its own once it
+ * sent the batch (or it was this very descriptor, across exec), so this close frees them.
+ */
 export function readStateMemfd(fd: number): Buffer {
+  requireSeals(fd, STATE_SEALS, 'state memfd');
   sys.rewind(fd);
   const parts: Buffer[] = [];
   const chunk = Buffer.alloc(1 << 16);
@@ -134,7 +160,6 @@ export function readStateMemfd(fd: number): Buffer {
     parts.push(Buffer.from(chunk.subarray(0, r)));
   }
   chunk.fill(0);
-  sys.ftruncate(fd, 0); // frees (and so discards) the pages that held secrets
   sys.close(fd);
   const all = Buffer.concat(parts);
   for (const p of parts) p.fill(0);

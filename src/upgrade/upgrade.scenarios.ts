@@ -9,7 +9,7 @@ import { readTlsStat } from '../kernel/probe.js';
 import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
 import { echoBackend, type Backend } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
-import { CLI, childProcesses, eventually, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
+import { CLI, FAULT_CLI, childProcesses, eventually, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
 
 const run = promisify(execFile);
 
@@ -145,7 +145,12 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
   });
 
   test(`when execve itself fails the old image resumes every relay and accepting, and reports the failure (${mode} mode)`, async () => {
-    const proxy = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode), env: { IRONSOCKET_FAULT_EXEC_PATH: '/nonexistent/node' } });
+    const proxy = await startProxyProcess({
+      backendPort: echo.port,
+      args: modeArgs(mode),
+      entry: FAULT_CLI,
+      env: { IRONSOCKET_FAULT_EXEC_PATH: '/nonexistent/node' },
+    });
     const open: EchoStream[] = [];
     try {
       const s = await echoStream(proxy.port, `execfail-${mode}`, 1024, 20);
@@ -169,7 +174,7 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
   });
 
   test(`an upgrade bridge that dies before taking any connection fails the upgrade and the proxy keeps serving (${mode} mode)`, async () => {
-    const proxy = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode), env: { IRONSOCKET_FAULT_BRIDGE: 'exit' } });
+    const proxy = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode), entry: FAULT_CLI, env: { IRONSOCKET_FAULT_BRIDGE: 'exit' } });
     const open: EchoStream[] = [];
     try {
       const s = await echoStream(proxy.port, `bridgefail-${mode}`, 1024, 20);

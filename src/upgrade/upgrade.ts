@@ -6,6 +6,7 @@ import { promisify } from 'node:util';
 import { SOCK_SEQPACKET, errnoName, sys } from '../kernel/libc.js';
 import type { ProxyServer, UpgradeRecord } from '../proxy/server.js';
 import type { Migrated } from '../relay/relay.js';
+import { upgradeHooks } from './hooks.js';
 import { HANDOFF_ENV, stallWatchdog } from './resume.js';
 import { encodeState, writeStateMemfd, type HandoffState } from './state.js';
 
@@ -56,7 +57,7 @@ interface Bridge {
 function startBridge(): Bridge {
   const [mine, theirs] = sys.socketpair(SOCK_SEQPACKET);
   try {
-    const entry = fileURLToPath(new URL('./bridge.js', import.meta.url));
+    const entry = upgradeHooks.bridgeEntry ?? fileURLToPath(new URL('./bridge.js', import.meta.url));
     const child = spawn(process.execPath, [...process.execArgv, entry], { stdio: ['ignore', 'inherit', 'inherit', theirs] });
     const bridge: Bridge = { linkFd: mine, child };
     child.on('error', (e) => (bridge.exit = e.message));
@@ -186,8 +187,7 @@ function execWithState(server: ProxyServer, attempt: string, bridge: Bridge, mig
     for (const fd of [memfd, ...stdio, ...carried]) sys.setCloexec(fd, false);
     server.deps.logger.info({ generation: state.generation, listeners: state.listeners.length, bridge: state.bridge.pid }, 'exec');
     const env = Object.entries({ ...process.env, [HANDOFF_ENV]: String(memfd) }).map(([k, v]) => `${k}=${v ?? ''}`);
-    // Fault injection for tests only: exec a path that does not exist to prove the old image resumes.
-    const path = process.env.IRONSOCKET_FAULT_EXEC_PATH || process.execPath;
+    const path = upgradeHooks.execPath ?? process.execPath;
     const errno = sys.execve(path, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], env);
     return `execve(${path}) failed: ${errnoName(errno)}`;
   } catch (e) {

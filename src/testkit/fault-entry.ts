@@ -1,0 +1,14 @@
+#!/usr/bin/env node
+// Test-only CLI entry: installs the upgrade's fault hooks from IRONSOCKET_FAULT_* variables, then runs the real CLI (the shipped entry reads no such variable).
+import { fileURLToPath } from 'node:url';
+import { upgradeHooks } from '../upgrade/hooks.js';
+
+/** exec this path instead of node: the exec fails and the old image must resume. */
+const execPath = process.env.IRONSOCKET_FAULT_EXEC_PATH;
+if (execPath) upgradeHooks.execPath = execPath;
+/** "exit": the bridge dies before taking anything; "hold:MS": it holds still that long once non-dumpable. */
+if (process.env.IRONSOCKET_FAULT_BRIDGE) upgradeHooks.bridgeEntry = fileURLToPath(new URL('./fault-bridge.js', import.meta.url));
+
+await import('../cli/main.js');
+
+export {};

@@ -1,0 +1,11 @@
+// Test seams of the upgrade (faults to inject): nothing in the shipped code sets them, only src/testkit/fault-entry.ts.
+export interface UpgradeHooks {
+  /** The binary to exec instead of node (a path that does not exist proves the old image resumes). */
+  execPath?: string;
+  /** The bridge's entry script instead of upgrade/bridge.js (the testkit's, which installs bridgeStarted). */
+  bridgeEntry?: string;
+  /** Runs in the bridge once it is non-dumpable, before it takes anything (a bridge that dies, or holds still). */
+  bridgeStarted?: () => void;
+}
+
+export const upgradeHooks: UpgradeHooks = {};
