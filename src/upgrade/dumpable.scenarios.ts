@@ -43,22 +43,26 @@ export function dumpableScenarios(mode: Mode): void {
     fs.chmodSync(dir, 0o755);
     const cert = await makeCert(dir, 'ec');
     fs.chmodSync(cert.keyFile, 0o644); // the upgraded image re-reads it as nobody
+    // As /run/ironsocket: a directory only root can create (its parent is root's, 0755), which the drop hands to
+    // nobody; root's CLI trusts a proxy of another uid only there (src/admin/client.ts).
+    const adminSocket = `${dir}/ironsocket/admin.sock`;
     // The test-only entry holds the bridge still for 4 s once it is up, long enough to look at it.
     const proxy = await startProxyProcess({
       backendPort: echo().port,
       cert,
-      args: modeArgs(mode),
+      args: [...modeArgs(mode), '--admin-socket', adminSocket],
       config: 'user = "nobody"\ngroup = "nogroup"\n',
       entry: FAULT_CLI,
       env: { IRONSOCKET_FAULT_BRIDGE: 'hold:4000' },
     });
+    fs.chmodSync(proxy.dir, 0o755); // the upgraded image re-reads its config file there as nobody
     const open: EchoStream[] = [];
     try {
       assert.deepEqual(uids(proxy.pid), [nobody, nobody, nobody, nobody]);
       assert.equal(memOwner(proxy.pid), 0, 'before the upgrade: /proc/PID/mem is root-owned (non-dumpable)');
       open.push(await echoStream(proxy.port, `dumpable-${mode}`, 1024, 20));
 
-      const upgrading = run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket, '--timeout', '300']);
+      const upgrading = run(process.execPath, [CLI, 'upgrade', '--admin-socket', adminSocket, '--timeout', '300']);
       // The bridge names itself once it has made itself non-dumpable, and then holds still.
       let bridge = 0;
       await eventually(
