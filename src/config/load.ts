@@ -55,8 +55,15 @@ export const DEFAULTS = {
   idleTimeoutMs: 0,
   backendRetryMs: 10_000,
   maxConnections: 10_000,
+  /** Handshakes in progress per source: far above what a NAT'ed office has at once, far below a flood. */
+  maxHandshakesPerSource: 64,
   logLevel: 'info',
 } as const satisfies Partial<ProxyConfig> & { listen: object; backend: object };
+
+/** Unset max_connections_per_source: a tenth of max_connections, so no one source (IPv4 address, IPv6 /64) can fill the proxy. */
+export function perSourceDefault(maxConnections: number): number {
+  return Math.ceil(maxConnections / 10);
+}
 
 /** $XDG_RUNTIME_DIR/ironsocket/admin.sock, /run/ironsocket/admin.sock as root, else $TMPDIR/ironsocket-UID/admin.sock. */
 export function defaultAdminSocketPath(env: NodeJS.ProcessEnv = process.env): string {
@@ -241,6 +248,8 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
     backendRetryMs: file.timeouts?.backend_retry ?? DEFAULTS.backendRetryMs,
     idleTimeoutMs: file.timeouts?.idle ?? DEFAULTS.idleTimeoutMs,
     maxConnections: file.limits?.max_connections ?? DEFAULTS.maxConnections,
+    maxConnectionsPerSource: file.limits?.max_connections_per_source ?? perSourceDefault(file.limits?.max_connections ?? DEFAULTS.maxConnections),
+    maxHandshakesPerSource: file.limits?.max_handshakes_per_source ?? DEFAULTS.maxHandshakesPerSource,
     logLevel,
     workers,
     fdStore: opts.flags.fdStore === true || file.fd_store === true,
