@@ -94,6 +94,12 @@ async function sourcesDrainToZero(): Promise<void> {
   assert.equal(st.counters.handshakes_in_progress, 0);
 }
 
+test('the start banner shows the connection limits and the idle policy', async () => {
+  await eventually(() => proxy.stderr().includes('to change:'), 10_000, 'the banner');
+  assert.match(proxy.stderr(), /\n {2}limits {9}12 connections; per source \(IPv4 address, IPv6 \/64\): 6 connections, 3 in handshake\n/);
+  assert.match(proxy.stderr(), /\n {2}idle timeout {3}none: idle connections stay open \(websockets, databases\); set \[timeouts\] idle to close them\n/);
+});
+
 test('one source opening idle TLS connections past max_connections_per_source is reset, while another source is served promptly', async () => {
   const bad = '127.0.0.3';
   const held: tls.TLSSocket[] = [];

@@ -40,6 +40,9 @@ export function sourceOf(sockaddr: Buffer): string | undefined {
 export function sourceOfClient(client: string): string | undefined {
   const ep = parseHostPort(client, true);
   if ('error' in ep) return undefined;
+  // encodeSockaddr cannot take an IPv4-mapped address written with dots (as decodeSockaddr writes one).
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ep.host);
+  if (mapped) return mapped[1];
   try {
     return sourceOf(encodeSockaddr(ep));
   } catch {
@@ -117,7 +120,6 @@ export class SourceCounts {
     this.bySource.set(source, c);
   }
 }
-
 
 /**
  * Log lines about rejected connections, for one limit: the first NOTES_UNLIMITED of each NOTE_WINDOW_MS,

@@ -192,7 +192,10 @@ export class ProxyServer {
     this.count(`rejected_per_source_${limit}`);
     const c = this.sources.count(source);
     const config = this.deps.config;
-    const max = limit === 'connections' ? `max_connections_per_source (${config.maxConnectionsPerSource})` : `max_handshakes_per_source (${config.maxHandshakesPerSource})`;
+    const max =
+      limit === 'connections'
+        ? `max_connections_per_source (${config.maxConnectionsPerSource})`
+        : `max_handshakes_per_source (${config.maxHandshakesPerSource})`;
     this.rejections[limit].note(`rejected a connection from ${source}: at ${max}; it has ${c.connections} open, ${c.handshakes} in handshake`);
   }
 
