@@ -123,7 +123,7 @@ describe('ironsocket command line', () => {
     assert.equal(
       r.stdout,
       'config OK\n' +
-        'limits: 10000 connections; per source (IPv4 address, IPv6 /64): 1000 connections, 64 in handshake\n' +
+        'limits: 10000 connections; per source (IPv4 address, IPv6 /64): 1000 connections, 256 in handshake\n' +
         'idle timeout: none: idle connections stay open (websockets, databases); set [timeouts] idle to close them\n',
     );
   });

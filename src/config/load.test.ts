@@ -52,7 +52,7 @@ describe('loadConfig', () => {
     assert.equal(c.idleTimeoutMs, 0);
     assert.equal(c.maxConnections, 10_000);
     assert.equal(c.maxConnectionsPerSource, 1000);
-    assert.equal(c.maxHandshakesPerSource, 64);
+    assert.equal(c.maxHandshakesPerSource, 256);
     assert.equal(c.logLevel, 'info');
     assert.equal(c.workers, availableParallelism());
     assert.deepEqual(l.certs, [
@@ -150,9 +150,10 @@ level = "debug"
     ]);
   });
 
-  it('takes a tenth of max_connections per source when max_connections_per_source is unset, and 0 as no limit', async () => {
-    const derived = await loadConfig({ file: await writeConfig('per-source.toml', '[limits]\nmax_connections = 50\n'), flags: {}, env });
-    assert.deepEqual([derived.maxConnections, derived.maxConnectionsPerSource, derived.maxHandshakesPerSource], [50, 5, 64]);
+  it('takes a tenth of max_connections per source when max_connections_per_source is unset (at least 64, at most half), and 0 as no limit', async () => {
+    const perSource = async (max: number) =>
+      (await loadConfig({ file: await writeConfig(`per-source-${max}.toml`, `[limits]\nmax_connections = ${max}\n`), flags: {}, env })).maxConnectionsPerSource;
+    assert.deepEqual(await Promise.all([100_000, 10_000, 1000, 50, 2, 1].map(perSource)), [10_000, 1000, 100, 25, 1, 1]);
     const off = await loadConfig({
       file: await writeConfig('per-source-off.toml', '[limits]\nmax_connections_per_source = 0\nmax_handshakes_per_source = 0\n'),
       flags: {},

@@ -55,14 +55,18 @@ export const DEFAULTS = {
   idleTimeoutMs: 0,
   backendRetryMs: 10_000,
   maxConnections: 10_000,
-  /** Handshakes in progress per source: far above what a NAT'ed office has at once, far below a flood. */
-  maxHandshakesPerSource: 64,
+  /** Handshakes in progress per source: far above what a NAT'ed crowd (or a test opening 200 at once) has in handshake at once, a small part of max_connections. */
+  maxHandshakesPerSource: 256,
   logLevel: 'info',
 } as const satisfies Partial<ProxyConfig> & { listen: object; backend: object };
 
-/** Unset max_connections_per_source: a tenth of max_connections, so no one source (IPv4 address, IPv6 /64) can fill the proxy. */
+/**
+ * Unset max_connections_per_source: a tenth of max_connections, but at least 64 (a browser opens 6 per
+ * host, a NAT'ed office a few dozen), and never more than half of max_connections, so that no one source
+ * (IPv4 address, IPv6 /64) can fill the proxy.
+ */
 export function perSourceDefault(maxConnections: number): number {
-  return Math.ceil(maxConnections / 10);
+  return Math.min(Math.max(Math.ceil(maxConnections / 10), 64), Math.ceil(maxConnections / 2));
 }
 
 /** $XDG_RUNTIME_DIR/ironsocket/admin.sock, /run/ironsocket/admin.sock as root, else $TMPDIR/ironsocket-UID/admin.sock. */

@@ -211,6 +211,8 @@ test('connections carried across an in-place upgrade still count against their s
     assert.ok(typeof s !== 'string', `connection ${i + 1}: ${String(s)}`);
     s.on('error', () => {});
     held.push(s);
+    s.write('x'); // relayed before the next one (not still counted in handshake)
+    await new Promise((r) => s.once('data', r));
   }
   try {
     const { stdout } = await run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket, '--timeout', '120']);
