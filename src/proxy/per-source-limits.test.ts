@@ -1,8 +1,10 @@
 // One source flooding the proxy (idle TLS connections, handshakes that never finish) is held to its per-source limits while others are served.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
@@ -230,6 +232,30 @@ test('connections carried across an in-place upgrade still count against their s
     // The carried connections still relay.
     held[0]!.write('after');
     assert.equal((await new Promise<Buffer>((r) => held[0]!.once('data', r))).toString(), 'after');
+  } finally {
+    for (const s of held) s.destroy();
+  }
+  await sourcesDrainToZero();
+});
+
+test('a reload applies new per-source limits to the next connections', async () => {
+  const file = path.join(proxy.dir, 'ironsocket.toml');
+  fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace(`max_connections_per_source = ${PER_SOURCE}`, 'max_connections_per_source = 2'));
+  const { stdout } = await run(process.execPath, [CLI, 'reload', '--admin-socket', proxy.adminSocket]);
+  assert.equal((JSON.parse(stdout) as { ok: boolean }).ok, true, stdout);
+  assert.equal((await proxy.status()).limits?.maxConnectionsPerSource, 2);
+  const from = '127.0.0.7';
+  const held: tls.TLSSocket[] = [];
+  try {
+    for (let i = 0; i < 2; i++) {
+      const s = await tlsFrom(from);
+      assert.ok(typeof s !== 'string', `connection ${i + 1}: ${String(s)}`);
+      s.on('error', () => {});
+      held.push(s);
+      s.write('x');
+      await new Promise((r) => s.once('data', r));
+    }
+    assert.equal(await tlsFrom(from), 'reset', 'a third from the same source');
   } finally {
     for (const s of held) s.destroy();
   }
