@@ -64,7 +64,13 @@ function pattern(i, offset, len) {
 const pct = (xs, p) => xs.slice().sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
 
 const echo = await echoBackend();
-const proxy = await startProxyProcess({ backendPort: echo.port, args: ['--ktls', opt.ktls], nice: Number(opt['proxy-nice']) });
+// All the clients come from one address: no per-source limits.
+const proxy = await startProxyProcess({
+  backendPort: echo.port,
+  args: ['--ktls', opt.ktls],
+  nice: Number(opt['proxy-nice']),
+  config: '[limits]\nmax_connections_per_source = 0\nmax_handshakes_per_source = 0\n',
+});
 const conns = [];
 for (let i = 0; i < N; i += 50) conns.push(...(await Promise.all(Array.from({ length: Math.min(50, N - i) }, (_, j) => open(proxy.port, i + j)))));
 const mode = (await proxy.status()).connections[0]?.mode;

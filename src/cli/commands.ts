@@ -13,6 +13,7 @@ import { transparentProblem } from '../proxy/capabilities.js';
 import type { ProxyConfig } from '../proxy/types.js';
 import { parseCli, usage, UsageError, type Command } from './args.js';
 import { formatStatus, StatusSnapshotSchema } from './status.js';
+import { limitsLines } from './limits-text.js';
 
 /** What `startProxy` (src/proxy/start.ts) must resolve with. */
 export interface ProxyHandle {
@@ -91,6 +92,7 @@ function banner(r: ResolvedConfig, ktls: string): string[] {
     }
   }
   lines.push(`${pad('kTLS')}${ktls.split('\n').join('\n' + cont)} (policy ${c.ktls})`);
+  for (const [label, text] of limitsLines(c)) lines.push(`${pad(label)}${text}`);
   lines.push(`${pad('admin socket')}${c.adminSocket} (ironsocket status --admin-socket ${c.adminSocket})`);
   lines.push(`${pad('config')}${r.file ?? 'none (defaults and flags)'}`);
   const keylogFile = keylogFileFromEnv();
@@ -191,6 +193,7 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
     // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.
     await import('../proxy/start.js');
     process.stdout.write('config OK\n');
+    for (const [label, text] of limitsLines(r.config)) process.stdout.write(`${label}: ${text}\n`);
     for (const w of warnings.values()) process.stdout.write(`warning: ${w}\n`);
     if (r.certSource !== 'configured') {
       process.stdout.write(`note: no cert/key configured; run will use the self-signed localhost certificate in ${defaultCertificatePaths().certFile}\n`);

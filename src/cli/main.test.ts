@@ -120,7 +120,26 @@ describe('ironsocket command line', () => {
     await writeFile(file, `listen = "[::1]:9443"\ncert = ${JSON.stringify(pair.certFile)}\nkey = ${JSON.stringify(pair.keyFile)}\n`);
     const r = await cli('check', '--config', file);
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(r.stdout, 'config OK\n');
+    assert.equal(
+      r.stdout,
+      'config OK\n' +
+        'limits: 10000 connections; per source (IPv4 address, IPv6 /64): 1000 connections, 256 in handshake\n' +
+        'idle timeout: none: idle connections stay open (websockets, databases); set [timeouts] idle to close them\n',
+    );
+  });
+
+  it('check prints the configured connection limits and idle timeout', async () => {
+    const pair = await ensureDefaultCertificate({ IRONSOCKET_STATE_DIR: join(dir, 'pair') });
+    const file = join(dir, 'limits.toml');
+    await writeFile(
+      file,
+      `cert = ${JSON.stringify(pair.certFile)}\nkey = ${JSON.stringify(pair.keyFile)}\n` +
+        '[timeouts]\nidle = "1h30m"\n[limits]\nmax_connections = 500\nmax_connections_per_source = 0\nmax_handshakes_per_source = 16\n',
+    );
+    const r = await cli('check', '--config', file);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^limits: 500 connections; per source \(IPv4 address, IPv6 \/64\): no limit on connections, 16 in handshake$/m);
+    assert.match(r.stdout, /^idle timeout: 1h30m: a connection with no traffic either way for that long is closed$/m);
   });
 
   it('check lists every problem and exits 1', async () => {

@@ -57,6 +57,16 @@ export const StatusSnapshotSchema = z.object({
     .optional(),
   lastReload: z.object({ ok: z.boolean(), at: z.string(), error: z.string().optional(), needsUpgrade: z.array(z.string()).optional() }).optional(),
   memory: z.object({ rssKiB: z.number(), relayHeapKiB: z.array(z.number()) }).optional(),
+  limits: z
+    .object({
+      maxConnections: z.number(),
+      maxConnectionsPerSource: z.number(),
+      maxHandshakesPerSource: z.number(),
+      idleTimeoutMs: z.number(),
+      sources: z.number(),
+      busiest: z.array(z.object({ source: z.string(), connections: z.number(), handshakes: z.number() })),
+    })
+    .optional(),
 });
 
 export type StatusView = z.output<typeof StatusSnapshotSchema>;
@@ -133,6 +143,17 @@ export function formatStatus(s: StatusView, now: number = Date.now()): string {
   if (s.memory) {
     const heaps = s.memory.relayHeapKiB.map((k) => formatBytes(k * 1024)).join(', ');
     out.push(`memory: ${formatBytes(s.memory.rssKiB * 1024)} resident; JavaScript heap in use per relay worker: ${heaps || 'n/a'}`);
+  }
+
+  const lim = s.limits;
+  if (lim) {
+    const per = (n: number) => (n === 0 ? 'no limit' : String(n));
+    const idle = lim.idleTimeoutMs === 0 ? 'none' : formatDuration(lim.idleTimeoutMs);
+    const top = lim.busiest.map((b) => `${b.source} (${b.connections} open, ${b.handshakes} in handshake)`).join(', ');
+    out.push(
+      `limits: ${lim.maxConnections} connections; per source: ${per(lim.maxConnectionsPerSource)} connections, ${per(lim.maxHandshakesPerSource)} in handshake; idle timeout ${idle}`,
+      `  sources now: ${lim.sources}${top ? `; busiest: ${top}` : ''}`,
+    );
   }
 
   out.push('', 'Listeners:');

@@ -51,6 +51,8 @@ describe('loadConfig', () => {
     assert.equal(c.backendConnectTimeoutMs, 5_000);
     assert.equal(c.idleTimeoutMs, 0);
     assert.equal(c.maxConnections, 10_000);
+    assert.equal(c.maxConnectionsPerSource, 1000);
+    assert.equal(c.maxHandshakesPerSource, 256);
     assert.equal(c.logLevel, 'info');
     assert.equal(c.workers, availableParallelism());
     assert.deepEqual(l.certs, [
@@ -74,6 +76,8 @@ backend_connect = "2s"
 idle = "5m"
 [limits]
 max_connections = 42
+max_connections_per_source = 7
+max_handshakes_per_source = 0
 [log]
 level = "debug"
 `,
@@ -100,6 +104,8 @@ level = "debug"
       backendRetryMs: 10_000,
       idleTimeoutMs: 300_000,
       maxConnections: 42,
+      maxConnectionsPerSource: 7,
+      maxHandshakesPerSource: 0,
       logLevel: 'debug',
       workers: 3,
       fdStore: false,
@@ -141,6 +147,30 @@ level = "debug"
       '--backend: expected "HOST:PORT", got "nope"',
       '--ktls: expected one of "auto", "require", "off", got "sometimes"',
       '--workers: expected a number of at least 1, got 0',
+    ]);
+  });
+
+  it('takes a tenth of max_connections per source when max_connections_per_source is unset (at least 64, at most half), and 0 as no limit', async () => {
+    const perSource = async (max: number) =>
+      (await loadConfig({ file: await writeConfig(`per-source-${max}.toml`, `[limits]\nmax_connections = ${max}\n`), flags: {}, env })).maxConnectionsPerSource;
+    assert.deepEqual(await Promise.all([100_000, 10_000, 1000, 50, 2, 1].map(perSource)), [10_000, 1000, 100, 25, 1, 1]);
+    const off = await loadConfig({
+      file: await writeConfig('per-source-off.toml', '[limits]\nmax_connections_per_source = 0\nmax_handshakes_per_source = 0\n'),
+      flags: {},
+      env,
+    });
+    assert.deepEqual([off.maxConnectionsPerSource, off.maxHandshakesPerSource], [0, 0]);
+  });
+
+  it('rejects per-source limits that are not whole numbers of at least 0', async () => {
+    const file = await writeConfig('per-source-bad.toml', '[limits]\nmax_connections_per_source = -1\nmax_handshakes_per_source = 2.5\n');
+    assert.deepEqual(await configProblems(loadConfig({ file, flags: {}, env })), [
+      `${file}: limits.max_connections_per_source: expected a number of at least 0 (0: no limit), got -1`,
+      `${file}: limits.max_handshakes_per_source: expected a whole number, got 2.5`,
+    ]);
+    const text = await writeConfig('per-source-text.toml', '[limits]\nmax_handshakes_per_source = "64"\n');
+    assert.deepEqual(await configProblems(loadConfig({ file: text, flags: {}, env })), [
+      `${text}: limits.max_handshakes_per_source: expected a whole number, got "64"`,
     ]);
   });
 

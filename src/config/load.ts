@@ -56,8 +56,19 @@ export const DEFAULTS = {
   idleTimeoutMs: 0,
   backendRetryMs: 10_000,
   maxConnections: 10_000,
+  /** Handshakes in progress per source: far above what a NAT'ed crowd (or a test opening 200 at once) has in handshake at once, a small part of max_connections. */
+  maxHandshakesPerSource: 256,
   logLevel: 'info',
 } as const satisfies Partial<ProxyConfig> & { listen: object; backend: object };
+
+/**
+ * Unset max_connections_per_source: a tenth of max_connections, but at least 64 (a browser opens 6 per
+ * host, a NAT'ed office a few dozen), and never more than half of max_connections, so that no one source
+ * (IPv4 address, IPv6 /64) can fill the proxy.
+ */
+export function perSourceDefault(maxConnections: number): number {
+  return Math.min(Math.max(Math.ceil(maxConnections / 10), 64), Math.ceil(maxConnections / 2));
+}
 
 /** $XDG_RUNTIME_DIR/ironsocket/admin.sock, /run/ironsocket/admin.sock as root, else ~/.local/state/ironsocket/admin.sock. */
 export { defaultAdminSocketPath };
@@ -243,6 +254,8 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
     backendRetryMs: file.timeouts?.backend_retry ?? DEFAULTS.backendRetryMs,
     idleTimeoutMs: file.timeouts?.idle ?? DEFAULTS.idleTimeoutMs,
     maxConnections: file.limits?.max_connections ?? DEFAULTS.maxConnections,
+    maxConnectionsPerSource: file.limits?.max_connections_per_source ?? perSourceDefault(file.limits?.max_connections ?? DEFAULTS.maxConnections),
+    maxHandshakesPerSource: file.limits?.max_handshakes_per_source ?? DEFAULTS.maxHandshakesPerSource,
     logLevel,
     workers,
     fdStore: opts.flags.fdStore === true || file.fd_store === true,

@@ -108,6 +108,7 @@ export const fields = {
   idle: durationSchema(true),
   backendRetry: durationSchema(false),
   maxConnections: z.int({ error: 'expected a whole number' }).min(1, { error: 'expected a number of at least 1' }),
+  maxPerSource: z.int({ error: 'expected a whole number' }).min(0, { error: 'expected a number of at least 0 (0: no limit)' }),
   logLevel: z.enum(LOG_LEVELS),
   // Flags arrive as strings; the file gives numbers.
   workers: z.preprocess(
@@ -178,7 +179,13 @@ export const FileSchema = z.strictObject({
       backend_retry: fields.backendRetry.optional(),
     })
     .optional(),
-  limits: z.strictObject({ max_connections: fields.maxConnections.optional() }).optional(),
+  limits: z
+    .strictObject({
+      max_connections: fields.maxConnections.optional(),
+      max_connections_per_source: fields.maxPerSource.optional(),
+      max_handshakes_per_source: fields.maxPerSource.optional(),
+    })
+    .optional(),
   log: z.strictObject({ level: fields.logLevel.optional() }).optional(),
   metrics: z.strictObject({ listen: fields.listen }).optional(),
 });

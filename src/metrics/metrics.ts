@@ -4,6 +4,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { HandshakeError } from '../handshake/session.js';
 import type { BackendError } from '../proxy/backend.js';
 import type { ConnectionMode } from '../proxy/types.js';
+import type { SourceLimit } from '../proxy/per-source.js';
 import type { CloseCause } from '../relay/protocol.js';
 import { TLS_STAT_PATH, readTlsStat } from './tls-stat.js';
 
@@ -13,6 +14,8 @@ export interface MetricsSnapshot {
   /** Current connections by mode. */
   live: { kernel: number; user: number };
   handshakesInProgress: number;
+  /** Sources (IPv4 address, IPv6 /64) with at least one open connection. */
+  sources?: number;
   /** Totals: closed connections + live ones. */
   bytes: { in: number; out: number };
   upgrade?: { generation: number; lastStallMs?: number; lastMoved?: number; lastOk?: boolean };
@@ -69,6 +72,8 @@ const FAILED_PREFIX = 'handshake_failed_';
 const BACKEND_PREFIX = 'backend_';
 const CONNECTIONS_PREFIX = 'connections_';
 const CLOSED_PREFIX = 'closed_';
+const REJECTED_PREFIX = 'rejected_per_source_';
+const SOURCE_LIMITS = Object.keys({ connections: 1, handshakes: 1 } satisfies Record<SourceLimit, 1>);
 
 /** Whether a counter feeds one of the dedicated families below (everything else is exported generically). */
 function isMapped(name: string): boolean {
@@ -76,6 +81,7 @@ function isMapped(name: string): boolean {
   if (name.startsWith(FAILED_PREFIX)) return true;
   if (name.startsWith(BACKEND_PREFIX)) return BACKEND_REASONS.includes(name.slice(BACKEND_PREFIX.length));
   if (name.startsWith(CLOSED_PREFIX)) return CLOSE_CAUSES.includes(name.slice(CLOSED_PREFIX.length));
+  if (name.startsWith(REJECTED_PREFIX)) return SOURCE_LIMITS.includes(name.slice(REJECTED_PREFIX.length));
   return name.startsWith(CONNECTIONS_PREFIX) && (MODES as string[]).includes(name.slice(CONNECTIONS_PREFIX.length));
 }
 
@@ -165,6 +171,14 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
     ['cause'],
     (s) => CLOSE_CAUSES.map((cause) => [{ cause }, count(s, CLOSED_PREFIX + cause)]),
   );
+  family(
+    'counter',
+    'ironsocket_rejected_per_source_total',
+    'Connections closed at accept, before any TLS work, because their source (IPv4 address, IPv6 /64) was at a per-source limit: connections (max_connections_per_source) or handshakes (max_handshakes_per_source).',
+    ['limit'],
+    (s) => SOURCE_LIMITS.map((limit) => [{ limit }, count(s, REJECTED_PREFIX + limit)]),
+  );
+  family('gauge', 'ironsocket_sources', 'Client sources (IPv4 address, IPv6 /64) holding at least one open connection.', [], (s) => one(s.sources));
   family(
     'counter',
     'ironsocket_bytes_total',

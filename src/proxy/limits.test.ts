@@ -15,7 +15,11 @@ const dir = tempDir('limits');
 before(async () => {
   echo = await echoBackend();
   const config = path.join(dir, 'ironsocket.toml');
-  fs.writeFileSync(config, '[timeouts]\nhandshake = "400ms"\nidle = "700ms"\n\n[limits]\nmax_connections = 2\n');
+  // Every client here comes from 127.0.0.1: no per-source limit (per-source-limits.test.ts has those).
+  fs.writeFileSync(
+    config,
+    '[timeouts]\nhandshake = "400ms"\nidle = "700ms"\n\n[limits]\nmax_connections = 2\nmax_connections_per_source = 0\nmax_handshakes_per_source = 0\n',
+  );
   proxy = await startProxyProcess({ backendPort: echo.port, args: ['--config', config] });
 });
 

@@ -73,6 +73,8 @@ export async function reloadConfig(server: ProxyServer, next: ProxyConfig, base:
     backendRetryMs: next.backendRetryMs,
     idleTimeoutMs: next.idleTimeoutMs,
     maxConnections: next.maxConnections,
+    maxConnectionsPerSource: next.maxConnectionsPerSource,
+    maxHandshakesPerSource: next.maxHandshakesPerSource,
   } satisfies Partial<ProxyConfig>);
   server.deps.relay.configure({ idleTimeoutMs: next.idleTimeoutMs });
   server.serve(bound);

@@ -9,13 +9,17 @@ import type { MetricsSnapshot } from '../metrics/metrics.js';
 import type { PairInfo } from '../relay/pair.js';
 import type { Relay } from '../relay/relay.js';
 import type { LiveConnection } from './connection.js';
-import { sys } from '../kernel/libc.js';
+import { SOL_SOCKET, SO_LINGER, sys } from '../kernel/libc.js';
+import { RejectionNotes, SourceCounts, sourceOf, sourceOfClient, type SourceLimit } from './per-source.js';
 import { LISTENER_FDNAME, connectionFdName, type FdStore } from '../systemd/fd-store.js';
 import { Handshakers, type HandshakerInit, type ReloadTimeouts } from './handshakers.js';
 import { Listener } from './listener.js';
 import type { KtlsSupport, ProxyConfig, StatusSnapshot, UpgradeRecord } from './types.js';
 
 export type { UpgradeRecord } from './types.js';
+
+/** struct linger { l_onoff = 1; l_linger = 0 }: close() resets the connection. */
+const LINGER_ABORT = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 export interface ServerDeps {
   config: ProxyConfig;
@@ -38,6 +42,10 @@ export class ProxyServer {
   readonly live = new Map<string, LiveConnection>();
   /** Accepted connections still in handshake or backend connect (in a handshake worker). */
   readonly inFlight = new Set<string>();
+  /** Open connections per source address (IPv4) or /64 (IPv6), for the per-source limits. */
+  readonly sources = new SourceCounts();
+  /** Bounds the log lines about rejected connections (per limit), whatever the flood. */
+  private readonly rejections: Record<SourceLimit, RejectionNotes>;
   /** Bound sockets, in the order of `config.listeners` (a connection carries its listener's index). */
   readonly listeners: Listener[] = [];
   /** What each listener serves, for status (same order). */
@@ -54,10 +62,13 @@ export class ProxyServer {
 
   constructor(readonly deps: ServerDeps) {
     const { relay, logger: log } = deps;
+    const warn = (limit: SourceLimit) => new RejectionNotes((line) => log.warn({ limit }, line));
+    this.rejections = { connections: warn('connections'), handshakes: warn('handshakes') };
     relay.on('closed', (m) => {
       // The bridge cannot reach the store (NotifyAccess=main): what ended there leaves it now.
       if (m.elsewhere) this.unstore(connectionFdName(m.id));
       this.live.delete(m.id);
+      this.sources.closed(m.id);
       this.count('connections_closed');
       this.count(`closed_${m.cause}`);
       // Bytes of closed connections; live ones are added at scrape time (metricsSnapshot).
@@ -74,12 +85,14 @@ export class ProxyServer {
       {
         established: (m) => {
           this.inFlight.delete(m.info.id);
+          this.sources.established(m.info.id);
           this.live.set(m.info.id, m.info);
           this.count(`connections_${m.info.mode}`);
           relay.add(m.info, m.clientFd, m.backendFd, m.user);
         },
         gone: (id) => {
           this.inFlight.delete(id);
+          this.sources.closed(id);
           this.recheckCapacity();
         },
         count: (name) => this.count(name),
@@ -154,14 +167,36 @@ export class ProxyServer {
   }
 
   private accept(fd: number, listener: number): void {
+    this.count('connections_accepted');
+    // The address the proxy knows (and tells a backend in a PROXY header): the TCP peer.
+    const peer = sys.getpeername(fd);
+    const source = peer ? sourceOf(peer) : undefined;
+    const config = this.deps.config;
+    const limits = { connections: config.maxConnectionsPerSource, handshakes: config.maxHandshakesPerSource };
+    const over = source === undefined ? undefined : this.sources.over(source, limits);
+    if (over) return this.reject(fd, source!, over);
     const id = `c${this.nextId++}`;
     this.inFlight.add(id);
-    this.count('connections_accepted');
+    if (source !== undefined) this.sources.opened(id, source);
     this.handshakers.dispatch(fd, id, listener);
     if (this.atCapacity()) {
       this.deps.logger.warn(`at max_connections (${this.deps.config.maxConnections}); new clients wait in the backlog`);
       for (const l of this.listeners) l.pause();
     }
+  }
+
+  /** Closes a connection over a per-source limit at once, before any TLS work: with RST (no TIME_WAIT here under a flood). */
+  private reject(fd: number, source: string, limit: SourceLimit): void {
+    sys.setsockopt(fd, SOL_SOCKET, SO_LINGER, LINGER_ABORT);
+    sys.close(fd);
+    this.count(`rejected_per_source_${limit}`);
+    const c = this.sources.count(source);
+    const config = this.deps.config;
+    const max =
+      limit === 'connections'
+        ? `max_connections_per_source (${config.maxConnectionsPerSource})`
+        : `max_handshakes_per_source (${config.maxHandshakesPerSource})`;
+    this.rejections[limit].note(`rejected a connection from ${source}: at ${max}; it has ${c.connections} open, ${c.handshakes} in handshake`);
   }
 
   /** Stops taking connections off the backlog; the listening sockets stay open so the kernel keeps queueing. */
@@ -193,7 +228,12 @@ export class ProxyServer {
 
   /** Records connections the relay worker already took over from a previous image. */
   adoptRelayed(infos: PairInfo[]): void {
-    for (const info of infos) this.live.set(info.id, { ...info });
+    for (const info of infos) {
+      this.live.set(info.id, { ...info });
+      // Carried connections count against their source in this image as they did in the last.
+      const source = sourceOfClient(info.client);
+      if (source !== undefined) this.sources.adopted(info.id, source);
+    }
   }
 
   async status(): Promise<StatusSnapshot & { generation: number; lastUpgrade?: UpgradeRecord }> {
@@ -241,6 +281,14 @@ export class ProxyServer {
       })),
       memory: { rssKiB: Math.round(process.memoryUsage.rss() / 1024), relayHeapKiB: this.deps.relay.heapUsed().map((b) => Math.round(b / 1024)) },
       counters: { ...this.counters, connections_live: this.live.size, handshakes_in_progress: this.inFlight.size, relay_stats_unavailable: relayed ? 0 : 1 },
+      limits: {
+        maxConnections: this.deps.config.maxConnections,
+        maxConnectionsPerSource: this.deps.config.maxConnectionsPerSource,
+        maxHandshakesPerSource: this.deps.config.maxHandshakesPerSource,
+        idleTimeoutMs: this.deps.config.idleTimeoutMs,
+        sources: this.sources.sources,
+        busiest: this.sources.busiest(5),
+      },
     };
   }
 
@@ -260,6 +308,7 @@ export class ProxyServer {
       counters: { ...this.counters },
       live,
       handshakesInProgress: this.inFlight.size,
+      sources: this.sources.sources,
       bytes,
       upgrade: { generation: this.generation, lastStallMs: u?.stallMs, lastMoved: u?.moved, lastOk: u?.ok },
       listeners: this.listeners.length,

@@ -55,6 +55,10 @@ export interface ProxyConfig {
   /** 0 disables the idle timeout. */
   idleTimeoutMs: number;
   maxConnections: number;
+  /** Open connections (in handshake or relayed) one source may hold: an IPv4 address, an IPv6 /64; 0 = no limit. */
+  maxConnectionsPerSource: number;
+  /** Connections one source may have in handshake at once; 0 = no limit. */
+  maxHandshakesPerSource: number;
   /** Handshake worker threads, and as many relay worker threads; default: one per CPU. */
   workers: number;
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
@@ -132,8 +136,23 @@ export interface StatusSnapshot {
   lastUpgrade?: UpgradeRecord;
   /** The outcome of the last configuration reload (SIGHUP, `ironsocket reload`). */
   lastReload?: { ok: boolean; at: string; error?: string; listeners?: string[]; needsUpgrade?: string[] };
+  /** The connection limits in force, and the sources (IPv4 address, IPv6 /64) holding connections now. */
+  limits?: LimitsStatus;
   /** KiB: the process's resident memory, and the JavaScript heap in use on each relay worker thread (index = worker). */
   memory?: { rssKiB: number; relayHeapKiB: number[] };
+}
+
+export interface LimitsStatus {
+  maxConnections: number;
+  /** 0: no limit. */
+  maxConnectionsPerSource: number;
+  maxHandshakesPerSource: number;
+  /** 0: idle connections are never closed. */
+  idleTimeoutMs: number;
+  /** Sources with at least one open connection. */
+  sources: number;
+  /** The sources with the most open connections (at most 5). */
+  busiest: Array<{ source: string; connections: number; handshakes: number }>;
 }
 
 /** The outcome of the last in-place upgrade, as status reports it. */
