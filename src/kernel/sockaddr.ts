@@ -28,24 +28,18 @@ export function encodeSockaddr(ep: Endpoint): Buffer {
 }
 
 function ipv6Bytes(host: string): Buffer {
-  const sl = new net.SocketAddress({ address: host, family: 'ipv6' });
-  const parts = sl.address.split('::');
+  let addr = new net.SocketAddress({ address: host, family: 'ipv6' }).address;
+  // An IPv4 tail (::ffff:1.2.3.4) is two groups: write it as such before counting groups.
+  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(addr);
+  if (v4) {
+    const o = v4.slice(1).map(Number);
+    addr = addr.slice(0, v4.index) + `${((o[0]! << 8) | o[1]!).toString(16)}:${((o[2]! << 8) | o[3]!).toString(16)}`;
+  }
+  const parts = addr.split('::');
   const head = parts[0] ? parts[0].split(':') : [];
   const tail = parts.length > 1 && parts[1] ? parts[1].split(':') : [];
+  const groups = [...head, ...Array<string>(parts.length > 1 ? 8 - head.length - tail.length : 0).fill('0'), ...tail];
   const out = Buffer.alloc(16);
-  const groups: string[] = [];
-  for (const g of head) groups.push(g);
-  const fill = 8 - head.length - tail.length;
-  for (let i = 0; i < fill && parts.length > 1; i++) groups.push('0');
-  for (const g of tail) groups.push(g);
-  const last = groups[groups.length - 1];
-  if (last && last.includes('.')) {
-    // IPv4-mapped tail such as ::ffff:1.2.3.4
-    groups.pop();
-    const o = last.split('.').map(Number);
-    groups.push(((o[0]! << 8) | o[1]!).toString(16), ((o[2]! << 8) | o[3]!).toString(16));
-    while (groups.length < 8) groups.splice(groups.length - 2, 0, '0');
-  }
   groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
   return out;
 }
