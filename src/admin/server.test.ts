@@ -7,7 +7,7 @@ import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { StatusSnapshot } from '../proxy/types.js';
+import type { StatusSnapshot } from '../core/types.js';
 import { AdminError, adminRequest } from './client.js';
 import { startAdminServer, type AdminHandlers } from './server.js';
 

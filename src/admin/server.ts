@@ -9,8 +9,8 @@ import { lstat, mkdir, stat, chmod, unlink } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import * as z from 'zod';
-import type { StatusSnapshot } from '../proxy/types.js';
-import type { Logger } from './log.js';
+import type { StatusSnapshot } from '../core/types.js';
+import type { Logger } from '../core/log.js';
 import { peerUid } from './peer-cred.js';
 
 export type AdminHandler = (args: Record<string, unknown>) => unknown;

@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { adminRequest, AdminError } from '../admin/client.js';
-import { createLogger, type Logger } from '../admin/log.js';
+import { createLogger, type Logger } from '../core/log.js';
 import { defaultCertificatePaths } from '../config/default-cert.js';
 import { keyPermissionWarning } from '../config/key-permissions.js';
 import { KEYLOG_ENV, keylogFileFromEnv, keylogFileProblem, keylogWarning } from '../handshake/keylog-file.js';
@@ -10,7 +10,7 @@ import { checkCrlFile } from '../config/crl.js';
 import { checkCaFile, checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
 import { ConfigError, formatHostPort } from '../config/schema.js';
 import { transparentProblem } from '../proxy/capabilities.js';
-import type { ProxyConfig } from '../proxy/types.js';
+import type { ProxyConfig } from '../core/types.js';
 import { parseCli, usage, UsageError, type Command } from './args.js';
 import { formatStatus, StatusSnapshotSchema } from './status.js';
 import { limitsLines } from './limits-text.js';

@@ -1,5 +1,5 @@
 // The connection limits and idle policy in words, as `ironsocket check` and the start banner print them.
-import type { ProxyConfig } from '../proxy/types.js';
+import type { ProxyConfig } from '../core/types.js';
 import { formatDuration } from './status.js';
 
 type Limits = Pick<ProxyConfig, 'maxConnections' | 'maxConnectionsPerSource' | 'maxHandshakesPerSource' | 'idleTimeoutMs'>;

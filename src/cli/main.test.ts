@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
 import { ensureDefaultCertificate } from '../config/default-cert.js';
-import type { StatusSnapshot } from '../proxy/types.js';
+import type { StatusSnapshot } from '../core/types.js';
 
 const MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
 let dir: string;

@@ -1,7 +1,7 @@
 // Checks the human-readable status report and its size/duration formatting.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { StatusSnapshot } from '../proxy/types.js';
+import type { StatusSnapshot } from '../core/types.js';
 import { formatBytes, formatDuration, formatStatus, StatusSnapshotSchema } from './status.js';
 
 const NOW = Date.parse('2026-01-01T12:00:00Z');

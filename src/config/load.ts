@@ -5,7 +5,7 @@ import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { parse as parseToml, TomlError } from 'smol-toml';
-import type { ListenerConfig, ProxyConfig } from '../proxy/types.js';
+import type { ListenerConfig, ProxyConfig } from '../core/types.js';
 import { defaultAdminSocketPath } from './admin-socket-path.js';
 import { defaultCertificatePaths, ensureDefaultCertificate } from './default-cert.js';
 import type * as z from 'zod';

@@ -1,7 +1,7 @@
 // Defines what a valid config value is (TOML file and CLI flags alike) and turns zod issues into precise messages.
 import { isIPv4, isIPv6 } from 'node:net';
 import * as z from 'zod';
-import type { KtlsPolicy, ProxyConfig } from '../proxy/types.js';
+import type { KtlsPolicy, ProxyConfig } from '../core/types.js';
 
 export type LogLevel = ProxyConfig['logLevel'];
 export interface HostPort {

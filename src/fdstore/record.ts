@@ -1,7 +1,7 @@
 // The memfd deposited in the fd store with each connection: which descriptor is which, and the relay state a restart needs (never a key).
 import fs from 'node:fs';
 import { EINTR, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, errnoName, sys } from '../kernel/libc.js';
-import type { PairInfo, PairSnapshot } from '../relay/pair.js';
+import type { PairInfo, PairSnapshot } from '../core/connection.js';
 
 /** The memfd's name, as /proc/self/fd shows it ("/memfd:ironsocket-conn (deleted)"): how a restart tells it from the sockets. */
 export const RECORD_MEMFD_NAME = 'ironsocket-conn';

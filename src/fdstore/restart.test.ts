@@ -2,16 +2,16 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
-import { createLogger } from '../admin/log.js';
+import { createLogger } from '../core/log.js';
 import { AF_INET, EAGAIN, SOCK_CLOEXEC, SOCK_STREAM, sys } from '../kernel/libc.js';
 import { Poller } from '../kernel/poller.js';
 import { decodeSockaddr, encodeSockaddr, formatEndpoint } from '../kernel/sockaddr.js';
-import type { PairInfo } from '../relay/pair.js';
 import { FdStore } from '../systemd/fd-store.js';
 import { eventually } from '../testkit/proxy-process.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
 import { pipeInode, writeRecord } from './record.js';
 import { identify, restartFromStore } from './restart.js';
+import type { PairInfo } from '../core/connection.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 const none = { clientEof: false, backendShut: false, backendEof: false, clientShut: false, closeNotifySent: false };

@@ -1,18 +1,18 @@
 // After a crash: sorts out what the fd store handed back for each connection, resumes kernel-mode ones as an upgrade would, and closes the rest cleanly.
-import type { Logger } from '../admin/log.js';
+import type { Logger } from '../core/log.js';
 import { sys } from '../kernel/libc.js';
 import { TlsRecordIo } from '../kernel/ktls.js';
 import type { Poller } from '../kernel/poller.js';
 import { decodeSockaddr, formatEndpoint } from '../kernel/sockaddr.js';
 import { lingeringClose } from '../proxy/linger.js';
 import { KernelClient } from '../relay/kernel-client.js';
-import type { PairInfo } from '../relay/pair.js';
 import type { Pipe } from '../relay/pipes.js';
 import type { CarriedPair } from '../relay/protocol.js';
 import type { StoredFds } from '../relay/stored-pairs.js';
 import { connectionIdOf, connectionNumber, type FdStore } from '../systemd/fd-store.js';
 import { checkPair, rejectPair } from '../upgrade/restore.js';
 import { describeFd, isRecordMemfd, readRecord, type ConnectionRecord } from './record.js';
+import type { PairInfo } from '../core/connection.js';
 
 /** One connection's descriptors, each known for what it is. */
 export interface FoundConnection {

@@ -1,7 +1,7 @@
 // `ironsocket keeper`: systemd's part on a host without it — runs the proxy with an fd store, and restarts it after a crash with the stored descriptors.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import type { Logger } from '../admin/log.js';
+import type { Logger } from '../core/log.js';
 import { EPOLLIN, Poller } from '../kernel/poller.js';
 import { NotifyStore } from './notify-store.js';
 

@@ -3,10 +3,10 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { HandshakeError } from '../handshake/session.js';
 import type { BackendError } from '../proxy/backend.js';
-import type { ConnectionMode } from '../proxy/types.js';
+import type { ConnectionMode } from '../core/types.js';
 import type { SourceLimit } from '../proxy/per-source.js';
-import type { CloseCause } from '../relay/protocol.js';
 import { TLS_STAT_PATH, readTlsStat } from './tls-stat.js';
+import type { CloseCause } from '../core/connection.js';
 
 export interface MetricsSnapshot {
   /** Monotonic since the first image (carried across upgrades). */

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { createLogger } from '../admin/log.js';
+import { createLogger } from '../core/log.js';
 import { parsePromText } from '../testkit/prom-text.js';
 import { createMetrics, type MetricsSnapshot } from './metrics.js';
 import { startMetricsServer, type MetricsServer } from './server.js';

@@ -4,7 +4,7 @@ import { EPOLLOUT, type Poller } from '../kernel/poller.js';
 import { decodeSockaddr, type Endpoint } from '../kernel/sockaddr.js';
 import type { ClientCertificate } from '../handshake/session.js';
 import { encodeProxyV1, encodeProxyV2, type ProxyHeaderInfo } from './proxy-protocol.js';
-import type { ProxyProtocolVersion } from './types.js';
+import type { ProxyProtocolVersion } from '../core/types.js';
 
 export interface PreambleFacts {
   clientFd: number;

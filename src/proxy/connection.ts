@@ -1,5 +1,5 @@
 // One client's path through the proxy: handshake → backend → kernel TLS install → relay, with a reason logged for every exit.
-import type { Logger } from '../admin/log.js';
+import type { Logger } from '../core/log.js';
 import { handshake, HandshakeError, type EstablishedSession } from '../handshake/session.js';
 import type { CertSelector } from '../handshake/sni.js';
 import { KtlsInstallError, installKtls } from '../kernel/ktls.js';
@@ -8,14 +8,14 @@ import type { Poller } from '../kernel/poller.js';
 import { decodeSockaddr, formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import { Alert, RecordProtection } from '../record/aead.js';
 import { NoteLimiter } from '../relay/budget.js';
-import type { PairInfo } from '../relay/pair.js';
 import type { Relay } from '../relay/relay.js';
-import { ownedCopy, type UserState } from '../relay/protocol.js';
+import { ownedCopy } from '../relay/protocol.js';
 import { BackendError, connectBackend } from './backend.js';
 import type { BackendPool } from './backend-pool.js';
 import { buildPreamble, writeAll } from './backend-preamble.js';
 import { lingeringClose } from './linger.js';
-import type { KtlsPolicy, ProxyProtocolVersion } from './types.js';
+import type { KtlsPolicy, ProxyProtocolVersion } from '../core/types.js';
+import type { PairInfo, UserState } from '../core/connection.js';
 
 /** A listener as one handshake worker runs it: its SNI table, ALPN list, client auth and backend pools. */
 export interface ListenerRuntime {

@@ -1,6 +1,6 @@
 // The operator's handles on a running proxy: signals (SIGUSR2 upgrade, SIGHUP reload) and the admin socket's commands.
 import crypto from 'node:crypto';
-import type { Logger } from '../admin/log.js';
+import type { Logger } from '../core/log.js';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
 import { createMetrics } from '../metrics/metrics.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/server.js';
@@ -9,7 +9,7 @@ import type { TlsBase } from './listener-setup.js';
 import { reloadConfig, type ReloadOutcome } from './reload.js';
 import type { ProxyServer } from './server.js';
 import type { ServiceNotes } from './systemd.js';
-import type { ProxyConfig } from './types.js';
+import type { ProxyConfig } from '../core/types.js';
 
 export interface ControlOptions {
   server: ProxyServer;

@@ -1,6 +1,6 @@
 // Handshake worker entry: runs TLS handshakes (OpenSSL via node:tls) on its own thread and hands established connections back.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
-import { createLogger } from '../admin/log.js';
+import { createLogger } from '../core/log.js';
 import { openKeylogFile } from '../handshake/keylog-file.js';
 import { Poller } from '../kernel/poller.js';
 import { keyBuffers } from '../relay/protocol.js';

@@ -1,11 +1,10 @@
 // Main-thread side of the handshake workers: accepted fds go to the least busy one; established connections come back.
 import { Worker } from 'node:worker_threads';
-import type { LogLevel } from '../admin/log.js';
-import type { PairInfo } from '../relay/pair.js';
+import type { LogLevel } from '../core/log.js';
 import { WORKER_RESOURCE_LIMITS } from '../relay/shard.js';
-import type { UserState } from '../relay/protocol.js';
 import { wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
-import type { KtlsPolicy } from './types.js';
+import type { KtlsPolicy } from '../core/types.js';
+import type { PairInfo, UserState } from '../core/connection.js';
 
 export interface HandshakerInit {
   /** Indexed as the server's listeners: a connection names the one that accepted it. */

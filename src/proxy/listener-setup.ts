@@ -7,7 +7,7 @@ import { readCrlFile } from '../config/crl.js';
 import { keyPermissionWarning } from '../config/key-permissions.js';
 import { CertSelector, certificateNames } from '../handshake/sni.js';
 import type { Endpoint } from '../kernel/sockaddr.js';
-import type { HostPort, ListenerConfig, ProxyProtocolVersion } from './types.js';
+import type { HostPort, ListenerConfig, ProxyProtocolVersion } from '../core/types.js';
 
 /** One SNI entry: every pair serving the same names shares a context (e.g. an ECDSA and an RSA chain for one site). */
 export interface CertGroup {

@@ -4,7 +4,7 @@ import { formatHostPort } from '../config/schema.js';
 import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
 import type { Listener } from './listener.js';
 import type { ProxyServer } from './server.js';
-import type { ProxyConfig } from './types.js';
+import type { ProxyConfig } from '../core/types.js';
 
 export interface ReloadOutcome {
   ok: boolean;

@@ -1,12 +1,11 @@
 // The running proxy's state: listeners, in-progress handshakes, live connections and counters, with the hooks an upgrade needs.
-import type { Logger } from '../admin/log.js';
+import type { Logger } from '../core/log.js';
 import type { Poller } from '../kernel/poller.js';
 import type { KernelProbe } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import type { HandshakeListener } from './listener-setup.js';
 import type { ReloadOutcome } from './reload.js';
 import type { MetricsSnapshot } from '../metrics/metrics.js';
-import type { PairInfo } from '../relay/pair.js';
 import type { Relay } from '../relay/relay.js';
 import type { LiveConnection } from './connection.js';
 import { SOL_SOCKET, SO_LINGER, sys } from '../kernel/libc.js';
@@ -14,9 +13,10 @@ import { RejectionNotes, SourceCounts, sourceOf, sourceOfClient, type SourceLimi
 import { LISTENER_FDNAME, connectionFdName, type FdStore } from '../systemd/fd-store.js';
 import { Handshakers, type HandshakerInit, type ReloadTimeouts } from './handshakers.js';
 import { Listener } from './listener.js';
-import type { KtlsSupport, ProxyConfig, StatusSnapshot, UpgradeRecord } from './types.js';
+import type { KtlsSupport, ProxyConfig, StatusSnapshot, UpgradeRecord } from '../core/types.js';
+import type { PairInfo } from '../core/connection.js';
 
-export type { UpgradeRecord } from './types.js';
+export type { UpgradeRecord } from '../core/types.js';
 
 /** struct linger { l_onoff = 1; l_linger = 0 }: close() resets the connection. */
 const LINGER_ABORT = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);

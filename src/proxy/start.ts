@@ -1,6 +1,6 @@
 // Starts the proxy — fresh, or continuing a previous image's connections after exec — and serves the admin socket.
 import crypto from 'node:crypto';
-import type { Logger } from '../admin/log.js';
+import type { Logger } from '../core/log.js';
 import { KEYLOG_ENV, keylogFileFromEnv, keylogWarning, openKeylogFile } from '../handshake/keylog-file.js';
 import { overwriteFreedMemory, sys } from '../kernel/libc.js';
 import { Poller } from '../kernel/poller.js';
@@ -21,7 +21,7 @@ import { FdStore, LISTENER_FDNAME, connectionFdName } from '../systemd/fd-store.
 import { fdStoreFor, passedDescriptors, serviceNotes } from './systemd.js';
 import type { Listener } from './listener.js';
 import { ProxyServer } from './server.js';
-import type { KtlsSupport, ProxyConfig } from './types.js';
+import type { KtlsSupport, ProxyConfig } from '../core/types.js';
 
 export interface ProxyHandle {
   close(): Promise<void>;

@@ -1,5 +1,5 @@
 // Ties the running proxy to systemd: readiness, reload and stop notifications, socket-activated listeners and what the fd store hands back.
-import type { Logger } from '../admin/log.js';
+import type { Logger } from '../core/log.js';
 import { sys } from '../kernel/libc.js';
 import { FdStore, LISTENER_FDNAME, connectionIdOf } from '../systemd/fd-store.js';
 import { describeSocket, listenFds, unsetListenEnv, type SocketDescription } from '../systemd/listen-fds.js';

@@ -8,11 +8,12 @@ import { suiteByName } from '../record/suites.js';
 import { KernelClient } from './kernel-client.js';
 import { LingeringCloses } from './lingering.js';
 import type { FdStore } from '../systemd/fd-store.js';
-import { Pair, type OwnPipes, type PairHost, type PairInfo, type PairSnapshot } from './pair.js';
-import { ownedCopy, type CarriedPair, type FromWorker, type ToWorker, type UserState } from './protocol.js';
+import { Pair, type OwnPipes, type PairHost } from './pair.js';
+import { ownedCopy, type CarriedPair, type FromWorker, type ToWorker } from './protocol.js';
 import { PipePool } from './pipes.js';
 import { StoredPairs, type StoredFds } from './stored-pairs.js';
 import { UserClient } from './user-client.js';
+import type { PairInfo, PairSnapshot, UserState } from '../core/connection.js';
 
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;

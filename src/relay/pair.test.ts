@@ -7,8 +7,9 @@ import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
 import { ALERT, type ClientRead, type ClientSide } from './client-side.js';
 import { PlainSplicingClient } from '../testkit/splicing-client.js';
 import { NON_DATA_BURST, NON_DATA_PER_SECOND, NOTES_UNLIMITED, NonDataAllowance, TURN_BYTES, TURN_READS } from './budget.js';
-import { Pair, type PairHost, type PairInfo } from './pair.js';
+import { Pair, type PairHost } from './pair.js';
 import { PipePool } from './pipes.js';
+import type { PairInfo } from '../core/connection.js';
 
 const SO_SNDBUF = 7;
 const SO_RCVBUF = 8;

@@ -4,26 +4,10 @@ import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
 import { ALERT, type ClientRead, type ClientSide } from './client-side.js';
 import { NON_DATA_BURST, NON_DATA_PER_SECOND, NonDataAllowance, NoteLimiter, TURN_BYTES, TURN_READS } from './budget.js';
 import { PipePool, type Pipe, type PipeLoad } from './pipes.js';
-import type { CloseCause } from './protocol.js';
+import type { CloseCause, PairInfo, PairSnapshot } from '../core/connection.js';
 
 /** Bytes one splice moves at most: a default pipe's capacity. */
 const PIPE_CHUNK = 64 * 1024;
-
-export interface PairInfo {
-  id: string;
-  client: string;
-  backend: string;
-  version: 'TLSv1.2' | 'TLSv1.3';
-  cipher: string;
-  mode: 'kernel' | 'user';
-  startedAt: number;
-  /** The listener that accepted it (its name). */
-  listener?: string;
-  sni?: string;
-  alpn?: string;
-  /** The verified client certificate's subject (mTLS). */
-  clientSubject?: string;
-}
 
 export interface PairHost {
   /** Sets the epoll interest of an fd. */
@@ -52,16 +36,6 @@ export interface OwnPipes {
 interface Pending {
   buf: Buffer;
   off: number;
-}
-
-/** Everything about a pair except its fds and client record state: what an upgrade carries. */
-export interface PairSnapshot {
-  info: PairInfo;
-  bytesIn: number;
-  bytesOut: number;
-  c2b?: Uint8Array;
-  b2c?: Uint8Array;
-  flags: { clientEof: boolean; backendShut: boolean; backendEof: boolean; clientShut: boolean; closeNotifySent: boolean };
 }
 
 export class Pair {

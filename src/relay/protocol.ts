@@ -1,6 +1,6 @@
 // Messages between the main thread and the relay worker (structured-clone safe: no keys ever cross here for kernel mode).
-import type { PairInfo, PairSnapshot } from './pair.js';
 import type { StoredFds } from './stored-pairs.js';
+import type { CloseCause, PairInfo, PairSnapshot, UserState } from '../core/connection.js';
 
 export interface WorkerInit {
   /** eventfd the main thread writes to after posting, to wake epoll_wait. */
@@ -8,20 +8,6 @@ export interface WorkerInit {
   idleTimeoutMs: number;
   /** NOTIFY_SOCKET of the fd store to deposit connections in (fd_store on), else none. */
   fdStore?: string;
-}
-
-/** Record state for a `user`-mode connection (the only case where keys cross to the worker, in memory). */
-export interface UserState {
-  suite: string;
-  version: 'TLSv1.2' | 'TLSv1.3';
-  tx: { key: Uint8Array; iv: Uint8Array; seq: bigint };
-  rx: { key: Uint8Array; iv: Uint8Array; seq: bigint };
-  secrets?: { client: Uint8Array; server: Uint8Array };
-  inbox?: Uint8Array;
-  plain?: Uint8Array;
-  out?: Uint8Array;
-  /** A post-handshake message received in part. */
-  handshake?: Uint8Array;
 }
 
 /**
@@ -70,26 +56,6 @@ export interface PairStats {
   /** Which relay worker reported it (set by the main-thread pool). */
   worker?: number;
 }
-
-/**
- * Why a relayed connection ended, counted as `closed_<cause>`: completed (both sides closed in order),
- * client_truncated (TCP FIN without close_notify), client_alert (the client sent a fatal alert), protocol_error
- * (the client broke TLS after the handshake and got an alert: bad record, renegotiation, ...), client_error /
- * backend_error (that socket failed: reset, ...), idle_timeout, shutdown, restore_failed (an upgrade, or a restart
- * from the fd store, could not restore it), not_resumable (found in the fd store after a crash, but in user mode: its
- * record state died with the process).
- */
-export type CloseCause =
-  | 'completed'
-  | 'client_truncated'
-  | 'client_alert'
-  | 'protocol_error'
-  | 'client_error'
-  | 'backend_error'
-  | 'idle_timeout'
-  | 'shutdown'
-  | 'restore_failed'
-  | 'not_resumable';
 
 /** A connection that ended while another process (the upgrade bridge) was relaying it. */
 export interface ClosedElsewhere {

@@ -2,9 +2,9 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
-import type { PairInfo, PairSnapshot } from './pair.js';
 import type { StoredFds } from './stored-pairs.js';
-import { keyBuffers, type FromWorker, type PairStats, type Reclaimed, type ToWorker, type UserState, type WorkerInit } from './protocol.js';
+import { keyBuffers, type FromWorker, type PairStats, type Reclaimed, type ToWorker, type WorkerInit } from './protocol.js';
+import type { PairInfo, PairSnapshot, UserState } from '../core/connection.js';
 
 export interface RelayEvents {
   closed: [msg: Extract<FromWorker, { op: 'closed' }>];

@@ -10,9 +10,10 @@ import { NotifyStore } from '../keeper/notify-store.js';
 import { FdStore } from '../systemd/fd-store.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
 import { PlainSplicingClient } from '../testkit/splicing-client.js';
-import { Pair, type PairHost, type PairInfo } from './pair.js';
+import { Pair, type PairHost } from './pair.js';
 import { PipePool } from './pipes.js';
 import { StoredPairs } from './stored-pairs.js';
+import type { PairInfo } from '../core/connection.js';
 
 const SO_SNDBUF = 7;
 const SO_RCVBUF = 8;

@@ -3,8 +3,9 @@ import { SHUT_RDWR, sys } from '../kernel/libc.js';
 import { markMoving, pipeInode, updateFlags, writeRecord } from '../fdstore/record.js';
 import { connectionFdName, type FdStore } from '../systemd/fd-store.js';
 import { NotifyError } from '../systemd/notify.js';
-import type { OwnPipes, PairInfo, PairSnapshot } from './pair.js';
+import type { OwnPipes } from './pair.js';
 import { PipePool, type Pipe } from './pipes.js';
+import type { PairInfo, PairSnapshot } from '../core/connection.js';
 
 /** What a connection in the store has here besides its sockets: the record memfd, and (kernel mode) its own pipes. */
 export interface StoredFds {

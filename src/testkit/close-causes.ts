@@ -1,7 +1,7 @@
 // Tests assert why a connection ended through the proxy's closed_<cause> counters, not only its log line.
 import assert from 'node:assert/strict';
-import type { CloseCause } from '../relay/protocol.js';
 import { eventually, type RunningProxy } from './proxy-process.js';
+import type { CloseCause } from '../core/connection.js';
 
 /** Waits until `closed_<cause>` is one more than in `before` (a status snapshot's counters), and exactly one. */
 export async function countedAs(p: RunningProxy, before: Record<string, number>, cause: CloseCause): Promise<void> {

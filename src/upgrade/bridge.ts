@@ -1,5 +1,5 @@
 // The upgrade bridge: a short-lived process that relays every live connection while the proxy execs its new code, then hands them back.
-import { createLogger } from '../admin/log.js';
+import { createLogger } from '../core/log.js';
 import { sys } from '../kernel/libc.js';
 import { RelayLoop, type Control } from '../relay/loop.js';
 import type { ClosedElsewhere } from '../relay/protocol.js';

@@ -1,4 +1,4 @@
-// Shared shapes passed between the proxy core, the admin socket and the CLI.
+// Shared shapes passed between the edge, the runtime, the admin socket, metrics and the CLI (config, status, upgrade outcome).
 
 export type KtlsPolicy = 'auto' | 'require' | 'off';
 

@@ -1,6 +1,6 @@
 // One place that builds the process logger: JSON lines on stdout, secrets redacted.
 import { pino } from 'pino';
-import type { ProxyConfig } from '../proxy/types.js';
+import type { ProxyConfig } from './types.js';
 
 export type Logger = pino.Logger;
 export type LogLevel = ProxyConfig['logLevel'];

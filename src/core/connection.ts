@@ -1,0 +1,61 @@
+// The shared shape of one relayed connection (identity, record state, how it ended): used from the edge to the fd store.
+
+export interface PairInfo {
+  id: string;
+  client: string;
+  backend: string;
+  version: 'TLSv1.2' | 'TLSv1.3';
+  cipher: string;
+  mode: 'kernel' | 'user';
+  startedAt: number;
+  /** The listener that accepted it (its name). */
+  listener?: string;
+  sni?: string;
+  alpn?: string;
+  /** The verified client certificate's subject (mTLS). */
+  clientSubject?: string;
+}
+
+/** Everything about a pair except its fds and client record state: what an upgrade carries. */
+export interface PairSnapshot {
+  info: PairInfo;
+  bytesIn: number;
+  bytesOut: number;
+  c2b?: Uint8Array;
+  b2c?: Uint8Array;
+  flags: { clientEof: boolean; backendShut: boolean; backendEof: boolean; clientShut: boolean; closeNotifySent: boolean };
+}
+
+/** Record state for a `user`-mode connection (the only case where keys cross to the worker, in memory). */
+export interface UserState {
+  suite: string;
+  version: 'TLSv1.2' | 'TLSv1.3';
+  tx: { key: Uint8Array; iv: Uint8Array; seq: bigint };
+  rx: { key: Uint8Array; iv: Uint8Array; seq: bigint };
+  secrets?: { client: Uint8Array; server: Uint8Array };
+  inbox?: Uint8Array;
+  plain?: Uint8Array;
+  out?: Uint8Array;
+  /** A post-handshake message received in part. */
+  handshake?: Uint8Array;
+}
+
+/**
+ * Why a relayed connection ended, counted as `closed_<cause>`: completed (both sides closed in order),
+ * client_truncated (TCP FIN without close_notify), client_alert (the client sent a fatal alert), protocol_error
+ * (the client broke TLS after the handshake and got an alert: bad record, renegotiation, ...), client_error /
+ * backend_error (that socket failed: reset, ...), idle_timeout, shutdown, restore_failed (an upgrade, or a restart
+ * from the fd store, could not restore it), not_resumable (found in the fd store after a crash, but in user mode: its
+ * record state died with the process).
+ */
+export type CloseCause =
+  | 'completed'
+  | 'client_truncated'
+  | 'client_alert'
+  | 'protocol_error'
+  | 'client_error'
+  | 'backend_error'
+  | 'idle_timeout'
+  | 'shutdown'
+  | 'restore_failed'
+  | 'not_resumable';
