@@ -304,7 +304,7 @@ async function main(argv: string[]): Promise<number> {
       return reload(cmd);
     case 'keeper': {
       await nonDumpable();
-      const { keep } = await import('../keeper/keeper.js');
+      const { keep } = await import('../service/keeper.js');
       process.exit(await keep({ runArgs: cmd.runArgs, log: createLogger('info').child({ keeper: process.pid }) }));
     }
   }

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
-import { LISTENER_FDNAME } from '../systemd/fd-store.js';
+import { LISTENER_FDNAME } from '../service/fd-store.js';
 import { halfCloseBackend, streamChunk } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
 import { laneWithEchoBackend } from '../testkit/lane.js';

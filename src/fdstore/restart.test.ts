@@ -6,7 +6,7 @@ import { createLogger } from '../core/log.js';
 import { AF_INET, EAGAIN, SOCK_CLOEXEC, SOCK_STREAM, sys } from '../kernel/libc.js';
 import { Poller } from '../kernel/poller.js';
 import { decodeSockaddr, encodeSockaddr, formatEndpoint } from '../kernel/sockaddr.js';
-import { FdStore } from '../systemd/fd-store.js';
+import { FdStore } from '../service/fd-store.js';
 import { eventually } from '../testkit/proxy-process.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
 import { pipeInode, writeRecord } from './record.js';

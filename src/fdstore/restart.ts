@@ -9,7 +9,7 @@ import { KernelClient } from '../relay/kernel-client.js';
 import type { Pipe } from '../relay/pipes.js';
 import type { CarriedPair } from '../relay/protocol.js';
 import type { StoredFds } from '../relay/stored-pairs.js';
-import { connectionIdOf, connectionNumber, type FdStore } from '../systemd/fd-store.js';
+import { connectionIdOf, connectionNumber, type FdStore } from '../service/fd-store.js';
 import { checkPair, rejectPair } from '../upgrade/restore.js';
 import { describeFd, isRecordMemfd, readRecord, type ConnectionRecord } from './record.js';
 import type { PairInfo } from '../core/connection.js';

@@ -8,7 +8,7 @@ import { upgradeInPlace } from '../upgrade/upgrade.js';
 import type { TlsBase } from './listener-setup.js';
 import { reloadConfig, type ReloadOutcome } from './reload.js';
 import type { ProxyServer } from './server.js';
-import type { ServiceNotes } from './systemd.js';
+import type { ServiceNotes } from '../service/systemd.js';
 import type { ProxyConfig } from '../core/types.js';
 
 export interface ControlOptions {

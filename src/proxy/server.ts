@@ -10,7 +10,7 @@ import type { Relay } from '../relay/relay.js';
 import type { LiveConnection } from './connection.js';
 import { SOL_SOCKET, SO_LINGER, sys } from '../kernel/libc.js';
 import { RejectionNotes, SourceCounts, sourceOf, sourceOfClient, type SourceLimit } from './per-source.js';
-import { LISTENER_FDNAME, connectionFdName, type FdStore } from '../systemd/fd-store.js';
+import { LISTENER_FDNAME, connectionFdName, type FdStore } from '../service/fd-store.js';
 import { Handshakers, type HandshakerInit, type ReloadTimeouts } from './handshakers.js';
 import { Listener } from './listener.js';
 import type { KtlsSupport, ProxyConfig, StatusSnapshot, UpgradeRecord } from '../core/types.js';

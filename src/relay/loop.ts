@@ -7,7 +7,7 @@ import { EPOLLIN, EPOLL_EVENT_SIZE, decodeEvent, encodeEvent } from '../kernel/p
 import { suiteByName } from '../record/suites.js';
 import { KernelClient } from './kernel-client.js';
 import { LingeringCloses } from './lingering.js';
-import type { FdStore } from '../systemd/fd-store.js';
+import type { FdStore } from '../service/fd-store.js';
 import { Pair, type OwnPipes, type PairHost } from './pair.js';
 import { ownedCopy, type CarriedPair, type FromWorker, type ToWorker } from './protocol.js';
 import { PipePool } from './pipes.js';

@@ -1,8 +1,8 @@
 // A relay loop's side of the fd store: deposits each connection it starts relaying, keeps its record current, and takes it out before closing.
 import { SHUT_RDWR, sys } from '../kernel/libc.js';
 import { markMoving, pipeInode, updateFlags, writeRecord } from '../fdstore/record.js';
-import { connectionFdName, type FdStore } from '../systemd/fd-store.js';
-import { NotifyError } from '../systemd/notify.js';
+import { connectionFdName, type FdStore } from '../service/fd-store.js';
+import { NotifyError } from '../service/notify.js';
 import type { OwnPipes } from './pair.js';
 import { PipePool, type Pipe } from './pipes.js';
 import type { PairInfo, PairSnapshot } from '../core/connection.js';

@@ -1,9 +1,9 @@
 // Test support: a fake systemd notify socket that records every sd_notify datagram, and keeps a file descriptor store as systemd does.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { sys } from '../kernel/libc.js';
-import { NotifyStore, type HandBack, type NotifyMessage } from '../keeper/notify-store.js';
+import { NotifyStore, type HandBack, type NotifyMessage } from '../service/notify-store.js';
 
-export type { NotifyMessage } from '../keeper/notify-store.js';
+export type { NotifyMessage } from '../service/notify-store.js';
 
 /**
  * A NotifyStore read in the background, recording every message. Give `address` to the process

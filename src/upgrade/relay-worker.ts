@@ -1,7 +1,7 @@
 // Relay worker entry: the relay loop plus upgrades — moving connections to the upgrade bridge and taking them back.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { RelayLoop, portControl } from '../relay/loop.js';
-import { FdStore } from '../systemd/fd-store.js';
+import { FdStore } from '../service/fd-store.js';
 import type { WorkerInit } from '../relay/protocol.js';
 import { Link } from './link.js';
 import { migrate, reclaim } from './transfer.js';

@@ -1,9 +1,9 @@
 // Ties the running proxy to systemd: readiness, reload and stop notifications, socket-activated listeners and what the fd store hands back.
 import type { Logger } from '../core/log.js';
 import { sys } from '../kernel/libc.js';
-import { FdStore, LISTENER_FDNAME, connectionIdOf } from '../systemd/fd-store.js';
-import { describeSocket, listenFds, unsetListenEnv, type SocketDescription } from '../systemd/listen-fds.js';
-import { SystemdNotifier } from '../systemd/notify.js';
+import { FdStore, LISTENER_FDNAME, connectionIdOf } from './fd-store.js';
+import { describeSocket, listenFds, unsetListenEnv, type SocketDescription } from './listen-fds.js';
+import { SystemdNotifier } from './notify.js';
 
 /** What the proxy tells its service manager; every call is a no-op without NOTIFY_SOCKET and never throws. */
 export interface ServiceNotes {
