@@ -4,7 +4,7 @@ import type { Logger } from '../core/log.js';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
 import { createMetrics } from '../metrics/metrics.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/server.js';
-import { upgradeInPlace } from '../upgrade/upgrade.js';
+import { upgradeInPlace } from '../carry/upgrade.js';
 import type { TlsBase } from './listener-setup.js';
 import { reloadConfig, type ReloadOutcome } from './reload.js';
 import type { ProxyServer } from './server.js';

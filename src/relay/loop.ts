@@ -11,7 +11,7 @@ import type { FdStore } from '../service/fd-store.js';
 import { Pair, type OwnPipes, type PairHost } from './pair.js';
 import { ownedCopy, type CarriedPair, type FromWorker, type ToWorker } from './protocol.js';
 import { PipePool } from './pipes.js';
-import { StoredPairs, type StoredFds } from './stored-pairs.js';
+import { StoredPairs, type StoredFds } from '../carry/stored-pairs.js';
 import { UserClient } from './user-client.js';
 import type { PairInfo, PairSnapshot, UserState } from '../core/connection.js';
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Test-only CLI entry: installs the upgrade's fault hooks from IRONSOCKET_FAULT_* variables, then runs the real CLI (the shipped entry reads no such variable).
 import { fileURLToPath } from 'node:url';
-import { upgradeHooks } from '../upgrade/hooks.js';
+import { upgradeHooks } from '../carry/hooks.js';
 
 /** exec this path instead of node: the exec fails and the old image must resume. */
 const execPath = process.env.IRONSOCKET_FAULT_EXEC_PATH;

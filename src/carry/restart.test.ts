@@ -9,7 +9,7 @@ import { decodeSockaddr, encodeSockaddr, formatEndpoint } from '../kernel/sockad
 import { FdStore } from '../service/fd-store.js';
 import { eventually } from '../testkit/proxy-process.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
-import { pipeInode, writeRecord } from './record.js';
+import { pipeInode, writeRecord } from './fd-store-record.js';
 import { identify, restartFromStore } from './restart.js';
 import type { PairInfo } from '../core/connection.js';
 

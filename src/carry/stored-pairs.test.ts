@@ -5,13 +5,13 @@ import fs from 'node:fs';
 import { test } from 'node:test';
 import { SHUT_WR, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, sys } from '../kernel/libc.js';
 import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
-import { readRecord } from '../fdstore/record.js';
+import { readRecord } from './fd-store-record.js';
 import { NotifyStore } from '../service/notify-store.js';
 import { FdStore } from '../service/fd-store.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
 import { PlainSplicingClient } from '../testkit/splicing-client.js';
-import { Pair, type PairHost } from './pair.js';
-import { PipePool } from './pipes.js';
+import { Pair, type PairHost } from '../relay/pair.js';
+import { PipePool } from '../relay/pipes.js';
 import { StoredPairs } from './stored-pairs.js';
 import type { PairInfo } from '../core/connection.js';
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import { sys } from '../kernel/libc.js';
-import { RECORD_SEALS, decodeFlags, encodeFlags, isRecordMemfd, markMoving, pipeInode, readRecord, updateFlags, writeRecord } from './record.js';
+import { RECORD_SEALS, decodeFlags, encodeFlags, isRecordMemfd, markMoving, pipeInode, readRecord, updateFlags, writeRecord } from './fd-store-record.js';
 import type { PairInfo } from '../core/connection.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;

@@ -1,10 +1,10 @@
 // A relay loop's side of the fd store: deposits each connection it starts relaying, keeps its record current, and takes it out before closing.
 import { SHUT_RDWR, sys } from '../kernel/libc.js';
-import { markMoving, pipeInode, updateFlags, writeRecord } from '../fdstore/record.js';
+import { markMoving, pipeInode, updateFlags, writeRecord } from './fd-store-record.js';
 import { connectionFdName, type FdStore } from '../service/fd-store.js';
 import { NotifyError } from '../service/notify.js';
-import type { OwnPipes } from './pair.js';
-import { PipePool, type Pipe } from './pipes.js';
+import type { OwnPipes } from '../relay/pair.js';
+import { PipePool, type Pipe } from '../relay/pipes.js';
 import type { PairInfo, PairSnapshot } from '../core/connection.js';
 
 /** What a connection in the store has here besides its sockets: the record memfd, and (kernel mode) its own pipes. */

@@ -2,7 +2,7 @@
 export interface UpgradeHooks {
   /** The binary to exec instead of node (a path that does not exist proves the old image resumes). */
   execPath?: string;
-  /** The bridge's entry script instead of upgrade/bridge.js (the testkit's, which installs bridgeStarted). */
+  /** The bridge's entry script instead of carry/bridge.js (the testkit's, which installs bridgeStarted). */
   bridgeEntry?: string;
   /** Runs in the bridge once it is non-dumpable, before it takes anything (a bridge that dies, or holds still). */
   bridgeStarted?: () => void;

@@ -8,10 +8,10 @@ import { lingeringClose } from '../proxy/linger.js';
 import { KernelClient } from '../relay/kernel-client.js';
 import type { Pipe } from '../relay/pipes.js';
 import type { CarriedPair } from '../relay/protocol.js';
-import type { StoredFds } from '../relay/stored-pairs.js';
+import type { StoredFds } from './stored-pairs.js';
 import { connectionIdOf, connectionNumber, type FdStore } from '../service/fd-store.js';
-import { checkPair, rejectPair } from '../upgrade/restore.js';
-import { describeFd, isRecordMemfd, readRecord, type ConnectionRecord } from './record.js';
+import { checkPair, rejectPair } from './restore.js';
+import { describeFd, isRecordMemfd, readRecord, type ConnectionRecord } from './fd-store-record.js';
 import type { PairInfo } from '../core/connection.js';
 
 /** One connection's descriptors, each known for what it is. */
