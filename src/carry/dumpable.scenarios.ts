@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
-import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
+import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
 import { laneWithEchoBackend } from '../testkit/lane.js';
 import { CLI, FAULT_CLI, childProcesses, eventually, makeCert, startProxyProcess, tempDir } from '../testkit/proxy-process.js';

@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { test } from 'node:test';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
-import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
+import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
 import { LISTENER_FDNAME } from '../service/fd-store.js';
 import { halfCloseBackend, streamChunk } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';

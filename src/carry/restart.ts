@@ -4,7 +4,7 @@ import { sys } from '../kernel/libc.js';
 import { TlsRecordIo } from '../kernel/ktls.js';
 import type { Poller } from '../kernel/poller.js';
 import { decodeSockaddr, formatEndpoint } from '../kernel/sockaddr.js';
-import { lingeringClose } from '../proxy/linger.js';
+import { lingeringClose } from '../edge/linger.js';
 import { KernelClient } from '../relay/kernel-client.js';
 import type { Pipe } from '../relay/pipes.js';
 import type { CarriedPair } from '../relay/protocol.js';

@@ -8,7 +8,7 @@ import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { KeylogCollector } from '../handshake/keylog.js';
 import { readTlsStat } from '../kernel/probe.js';
-import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
+import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
 import { deriveDirectionKeys } from '../record/keys.js';
 import { suiteByName } from '../record/suites.js';
 import { echoBackend, halfCloseBackend, streamChunk, type Backend } from '../testkit/backends.js';

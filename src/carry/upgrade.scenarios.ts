@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import { readTlsStat } from '../kernel/probe.js';
-import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
+import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
 import { echoBackend, type Backend } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
 import { CLI, FAULT_CLI, childProcesses, eventually, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';

@@ -4,7 +4,7 @@ import crypto from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { SOCK_SEQPACKET, errnoName, sys } from '../kernel/libc.js';
-import type { ProxyServer, UpgradeRecord } from '../proxy/server.js';
+import type { ProxyServer, UpgradeRecord } from '../runtime/server.js';
 import type { Migrated } from '../relay/relay.js';
 import { upgradeHooks } from './hooks.js';
 import { HANDOFF_ENV, stallWatchdog } from './resume.js';

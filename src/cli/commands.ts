@@ -9,13 +9,13 @@ import { KEYLOG_ENV, keylogFileFromEnv, keylogFileProblem, keylogWarning } from 
 import { checkCrlFile } from '../config/crl.js';
 import { checkCaFile, checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
 import { ConfigError, formatHostPort } from '../config/schema.js';
-import { transparentProblem } from '../proxy/capabilities.js';
+import { transparentProblem } from '../runtime/capabilities.js';
 import type { ProxyConfig } from '../core/types.js';
 import { parseCli, usage, UsageError, type Command } from './args.js';
 import { formatStatus, StatusSnapshotSchema } from './status.js';
 import { limitsLines } from './limits-text.js';
 
-/** What `startProxy` (src/proxy/start.ts) must resolve with. */
+/** What `startProxy` (src/runtime/start.ts) must resolve with. */
 export interface ProxyHandle {
   /** Stops accepting, finishes or drops connections, releases the admin socket. */
   close(): Promise<void>;
@@ -124,7 +124,7 @@ async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
     debug = isDebug(resolved.config.logLevel);
     logger = createLogger(resolved.config.logLevel);
     // Loaded lazily so `status`, `check` and `--help` never load the proxy (and its native bindings).
-    const { startProxy } = await import('../proxy/start.js');
+    const { startProxy } = await import('../runtime/start.js');
     const start: StartProxy = startProxy;
     // A reload reads the same file with the same flags; the default certificate is reused, never regenerated.
     const reloadConfig = async () => (await resolveConfig({ file: cmd.config, flags: cmd.flags })).config;
@@ -191,7 +191,7 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
     if (capProblem) problems.push(capProblem);
     if (problems.length > 0) throw new ConfigError(problems);
     // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.
-    await import('../proxy/start.js');
+    await import('../runtime/start.js');
     process.stdout.write('config OK\n');
     for (const [label, text] of limitsLines(r.config)) process.stdout.write(`${label}: ${text}\n`);
     for (const w of warnings.values()) process.stdout.write(`warning: ${w}\n`);

@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { issue, makeCa, makeCrl, type Ca, type Pair } from '../testkit/pki.js';
 import { CLI, tempDir } from '../testkit/proxy-process.js';
-import { prepareListener, ListenerSetupError } from '../proxy/listener-setup.js';
+import { prepareListener, ListenerSetupError } from '../edge/listener-setup.js';
 import type { ListenerConfig } from '../core/types.js';
 import { caCertificates, checkCrls, parseCrlFile, readCrlFile } from './crl.js';
 import { resolveConfig } from './load.js';

@@ -2,9 +2,9 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { HandshakeError } from '../handshake/session.js';
-import type { BackendError } from '../proxy/backend.js';
+import type { BackendError } from '../edge/backend.js';
 import type { ConnectionMode } from '../core/types.js';
-import type { SourceLimit } from '../proxy/per-source.js';
+import type { SourceLimit } from '../edge/per-source.js';
 import { TLS_STAT_PATH, readTlsStat } from './tls-stat.js';
 import type { CloseCause } from '../core/connection.js';
 

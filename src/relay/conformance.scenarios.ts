@@ -1,7 +1,7 @@
 // After the handshake, each record-layer case gets the answer OpenSSL (and so HAProxy) gives: the alert, or going on; in both modes.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
+import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
 import type { ScriptOptions, ScriptedClient } from '../testkit/scripted-client.js';
 import { scriptedProxy } from '../testkit/scripted-proxy.js';
 import { ALERT } from './client-side.js';

@@ -1,7 +1,7 @@
 // One client flooding records without data after the handshake is cut off after a bounded allowance, with bounded log lines, while others are served.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
+import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
 import { eventually } from '../testkit/proxy-process.js';
 import type { ScriptOptions, ScriptedClient } from '../testkit/scripted-client.js';
 import { scriptedProxy } from '../testkit/scripted-proxy.js';

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import tls from 'node:tls';
-import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
+import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
 import { streamBackend } from '../testkit/backends.js';
 import { startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
 import { streamThrough } from '../testkit/stream-client.js';

@@ -7,7 +7,7 @@ import { readTlsStat } from '../kernel/probe.js';
 import { echoBackend, streamBackend, streamChunk, type Backend } from '../testkit/backends.js';
 import { eventually, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
 import { streamThrough } from '../testkit/stream-client.js';
-import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
+import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
 
 export function streamScenarios(mode: Mode): void {
   let backend: Awaited<ReturnType<typeof streamBackend>>;

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import tls from 'node:tls';
-import { modeArgs, type Mode } from '../proxy/real-clients.scenarios.js';
+import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
 import { laneWithEchoBackend } from '../testkit/lane.js';
 import { eventually, startProxyProcess } from '../testkit/proxy-process.js';

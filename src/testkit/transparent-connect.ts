@@ -3,7 +3,7 @@
 import { sys } from '../kernel/libc.js';
 import { EPOLLIN, Poller } from '../kernel/poller.js';
 import { decodeSockaddr } from '../kernel/sockaddr.js';
-import { BackendError, connectBackend } from '../proxy/backend.js';
+import { BackendError, connectBackend } from '../edge/backend.js';
 
 const [host, port, sourceHost] = process.argv.slice(2);
 if (!host || !port) {

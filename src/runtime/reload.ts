@@ -1,8 +1,8 @@
 // Hot reload (SIGHUP, `ironsocket reload`): new certificates, backends and listeners without exec and without touching live connections.
 import { transparentProblem } from './capabilities.js';
 import { formatHostPort } from '../config/schema.js';
-import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
-import type { Listener } from './listener.js';
+import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from '../edge/listener-setup.js';
+import type { Listener } from '../edge/listener.js';
 import type { ProxyServer } from './server.js';
 import type { ProxyConfig } from '../core/types.js';
 

@@ -5,7 +5,7 @@ import { startAdminServer, type AdminServer } from '../admin/server.js';
 import { createMetrics } from '../metrics/metrics.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/server.js';
 import { upgradeInPlace } from '../carry/upgrade.js';
-import type { TlsBase } from './listener-setup.js';
+import type { TlsBase } from '../edge/listener-setup.js';
 import { reloadConfig, type ReloadOutcome } from './reload.js';
 import type { ProxyServer } from './server.js';
 import type { ServiceNotes } from '../service/systemd.js';

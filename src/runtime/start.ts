@@ -12,14 +12,14 @@ import type { Reclaimed } from '../relay/protocol.js';
 import { RELAY_WORKER, resumeFromBridge, takeHandoff } from '../carry/resume.js';
 import type { HandoffState } from '../carry/state.js';
 import { checkListener } from '../carry/restore.js';
-import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
+import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from '../edge/listener-setup.js';
 import { startControls, type Controls } from './control.js';
 import { dropPrivileges } from './privileges.js';
 import { transparentProblem } from './capabilities.js';
 import { restartFromStore } from '../carry/restart.js';
 import { FdStore, LISTENER_FDNAME, connectionFdName } from '../service/fd-store.js';
 import { fdStoreFor, passedDescriptors, serviceNotes } from '../service/systemd.js';
-import type { Listener } from './listener.js';
+import type { Listener } from '../edge/listener.js';
 import { ProxyServer } from './server.js';
 import type { KtlsSupport, ProxyConfig } from '../core/types.js';
 

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import { adminRequest } from '../admin/client.js';
-import { PP2 } from './proxy-protocol.js';
+import { PP2 } from '../edge/proxy-protocol.js';
 import type { ConnectionStatus } from '../core/types.js';
 import { issue, makeCa, type Ca, type Pair } from '../testkit/pki.js';
 import { execFile } from 'node:child_process';
