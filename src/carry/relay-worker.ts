@@ -4,10 +4,15 @@ import { RelayLoop, portControl } from '../relay/loop.js';
 import { FdStore } from '../service/fd-store.js';
 import type { WorkerInit } from '../relay/protocol.js';
 import { Link } from './link.js';
+import { StoredPairs } from './stored-pairs.js';
 import { migrate, reclaim } from './transfer.js';
 
 const init = workerData as WorkerInit;
-const loop = new RelayLoop(portControl(parentPort as MessagePort, init.wakeFd), init.idleTimeoutMs, init.fdStore ? FdStore.at(init.fdStore) : undefined);
+const loop = new RelayLoop(
+  portControl(parentPort as MessagePort, init.wakeFd),
+  init.idleTimeoutMs,
+  init.fdStore ? (log) => new StoredPairs(FdStore.at(init.fdStore!), log) : undefined,
+);
 
 const progress = () => loop.send({ op: 'transfer-progress' });
 

@@ -1,19 +1,12 @@
-// A relay loop's side of the fd store: deposits each connection it starts relaying, keeps its record current, and takes it out before closing.
+// A relay loop's side of the fd store (its ConnectionKeeper): deposits each connection it starts relaying, keeps its record current, and takes it out before closing.
 import { SHUT_RDWR, sys } from '../kernel/libc.js';
 import { markMoving, pipeInode, updateFlags, writeRecord } from './fd-store-record.js';
 import { connectionFdName, type FdStore } from '../service/fd-store.js';
 import { NotifyError } from '../service/notify.js';
 import type { OwnPipes } from '../relay/pair.js';
+import type { ConnectionKeeper, KeeperLog, StoredFds } from '../relay/keeper.js';
 import { PipePool, type Pipe } from '../relay/pipes.js';
 import type { PairInfo, PairSnapshot } from '../core/connection.js';
-
-/** What a connection in the store has here besides its sockets: the record memfd, and (kernel mode) its own pipes. */
-export interface StoredFds {
-  memfd: number;
-  pipes?: { c2b: Pipe; b2c: Pipe };
-}
-
-type Log = (level: 'info' | 'warn' | 'debug', id: string, msg: string) => void;
 
 const NO_FLAGS: PairSnapshot['flags'] = { clientEof: false, backendShut: false, backendEof: false, clientShut: false, closeNotifySent: false };
 
@@ -39,12 +32,12 @@ interface Queued {
  * deposit is merely unprotected, and one waiting for its removal has its sockets shut down, so its
  * peers see the close although the store still holds duplicates.
  */
-export class StoredPairs {
+export class StoredPairs implements ConnectionKeeper {
   private readonly queue: Queued[] = [];
 
   constructor(
     private readonly store: FdStore,
-    private readonly log: Log,
+    private readonly log: KeeperLog,
   ) {}
 
   /** How many store messages wait for room in the manager's queue. */

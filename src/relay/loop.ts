@@ -7,11 +7,10 @@ import { EPOLLIN, EPOLL_EVENT_SIZE, decodeEvent, encodeEvent } from '../kernel/p
 import { suiteByName } from '../record/suites.js';
 import { KernelClient } from './kernel-client.js';
 import { LingeringCloses } from './lingering.js';
-import type { FdStore } from '../service/fd-store.js';
 import { Pair, type OwnPipes, type PairHost } from './pair.js';
 import { ownedCopy, type CarriedPair, type FromWorker, type ToWorker } from './protocol.js';
 import { PipePool } from './pipes.js';
-import { StoredPairs, type StoredFds } from '../carry/stored-pairs.js';
+import type { ConnectionKeeper, KeeperLog, StoredFds } from './keeper.js';
 import { UserClient } from './user-client.js';
 import type { PairInfo, PairSnapshot, UserState } from '../core/connection.js';
 
@@ -80,7 +79,7 @@ export class RelayLoop {
   private running = true;
   private readonly host: PairHost;
   /** With the fd store: deposits and removals, and each stored connection's record and pipes, by id. */
-  private readonly stored: StoredPairs | undefined;
+  private readonly stored: ConnectionKeeper | undefined;
   private readonly storedFds = new Map<string, StoredFds>();
   /** Clients closed after our fatal alert, given a moment to read it. */
   private readonly lingering: LingeringCloses = new LingeringCloses(this);
@@ -88,10 +87,11 @@ export class RelayLoop {
   constructor(
     private readonly control: Control,
     private idleTimeoutMs: number,
-    store?: FdStore,
+    /** With the fd store: the keeper of this loop's connections there (carry/stored-pairs.ts), given the loop's log. */
+    keeper?: (log: KeeperLog) => ConnectionKeeper,
   ) {
-    const log = (level: 'info' | 'warn' | 'debug', id: string, msg: string) => this.send({ op: 'log', level, id, msg });
-    this.stored = store && new StoredPairs(store, log);
+    const log: KeeperLog = (level, id, msg) => this.send({ op: 'log', level, id, msg });
+    this.stored = keeper?.(log);
     if (this.stored) this.onTick(() => (this.stored!.flush(), true));
     if (control.wakeFd >= 0) sys.epollCtl(this.ep, EPOLL_CTL_ADD, control.wakeFd, encodeEvent(this.ev, 0x001, control.wakeFd));
     const { ep, ev, registered, byFd, pairs } = this;
