@@ -167,3 +167,15 @@ export interface UpgradeRecord {
   /** Connections that ended on their own while the upgrade bridge held them. */
   closedDuringUpgrade?: number;
 }
+
+/** What a hot reload (SIGHUP, `ironsocket reload`) did: status shows the last one. */
+export interface ReloadOutcome {
+  ok: boolean;
+  at: string;
+  /** Why nothing changed (bad file, certificate that does not load, address that cannot be bound). */
+  error?: string;
+  /** The listeners served after the reload, by name. */
+  listeners?: string[];
+  /** Settings that changed in the file but only take effect with an upgrade (`ironsocket upgrade`). */
+  needsUpgrade?: string[];
+}

@@ -6,10 +6,10 @@ import { createMetrics } from '../metrics/metrics.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/server.js';
 import { upgradeInPlace } from '../carry/upgrade.js';
 import type { TlsBase } from '../edge/listener-setup.js';
-import { reloadConfig, type ReloadOutcome } from './reload.js';
+import { reloadConfig } from './reload.js';
 import type { ProxyServer } from './server.js';
 import type { ServiceNotes } from '../service/systemd.js';
-import type { ProxyConfig } from '../core/types.js';
+import type { ProxyConfig, ReloadOutcome } from '../core/types.js';
 
 export interface ControlOptions {
   server: ProxyServer;

@@ -3,18 +3,22 @@ import { transparentProblem } from './capabilities.js';
 import { formatHostPort } from '../config/schema.js';
 import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from '../edge/listener-setup.js';
 import type { Listener } from '../edge/listener.js';
-import type { ProxyServer } from './server.js';
-import type { ProxyConfig } from '../core/types.js';
+import type { ProxyConfig, ReloadOutcome } from '../core/types.js';
+import type { Logger } from '../core/log.js';
+import type { Endpoint } from '../kernel/sockaddr.js';
+import type { Relay } from '../relay/relay.js';
+import type { ReloadTimeouts } from '../edge/handshakers.js';
 
-export interface ReloadOutcome {
-  ok: boolean;
-  at: string;
-  /** Why nothing changed (bad file, certificate that does not load, address that cannot be bound). */
-  error?: string;
-  /** The listeners served after the reload, by name. */
-  listeners?: string[];
-  /** Settings that changed in the file but only take effect with an upgrade (`ironsocket upgrade`). */
-  needsUpgrade?: string[];
+/** What a reload needs of the running server, nothing more (runtime/server.ts's ProxyServer is one). */
+export interface ReloadTarget {
+  readonly deps: { readonly config: ProxyConfig; readonly logger: Logger; readonly relay: Pick<Relay, 'configure'> };
+  /** Bound sockets, in the order of `config.listeners`. */
+  readonly listeners: readonly Listener[];
+  /** What each listener serves (replaced by a reload). */
+  served: HandshakeListener[];
+  bind(at: Endpoint): Listener;
+  reloadHandshakes(served: HandshakeListener[], timeouts: ReloadTimeouts): Promise<void>;
+  serve(bound: Listener[]): void;
 }
 
 /** Settings a running image cannot change in place; an in-place upgrade re-reads them. */
@@ -24,7 +28,7 @@ const UPGRADE_ONLY = ['workers', 'adminSocket', 'ktls', 'metrics', 'user', 'grou
  * Applies `next` to the running server. Everything is checked and every new address bound before
  * anything changes; on any failure the old configuration keeps running untouched.
  */
-export async function reloadConfig(server: ProxyServer, next: ProxyConfig, base: TlsBase): Promise<ReloadOutcome> {
+export async function reloadConfig(server: ReloadTarget, next: ProxyConfig, base: TlsBase): Promise<ReloadOutcome> {
   const at = new Date().toISOString();
   const current = server.deps.config;
   const capProblem = transparentProblem(next);

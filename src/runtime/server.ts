@@ -4,7 +4,6 @@ import type { Poller } from '../kernel/poller.js';
 import type { KernelProbe } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import type { HandshakeListener } from '../edge/listener-setup.js';
-import type { ReloadOutcome } from './reload.js';
 import type { MetricsSnapshot } from '../metrics/metrics.js';
 import type { Relay } from '../relay/relay.js';
 import type { LiveConnection } from '../edge/connection.js';
@@ -13,7 +12,7 @@ import { RejectionNotes, SourceCounts, sourceOf, sourceOfClient, type SourceLimi
 import { LISTENER_FDNAME, connectionFdName, type FdStore } from '../service/fd-store.js';
 import { Handshakers, type HandshakerInit, type ReloadTimeouts } from '../edge/handshakers.js';
 import { Listener } from '../edge/listener.js';
-import type { KtlsSupport, ProxyConfig, StatusSnapshot, UpgradeRecord } from '../core/types.js';
+import type { KtlsSupport, ProxyConfig, ReloadOutcome, StatusSnapshot, UpgradeRecord } from '../core/types.js';
 import type { PairInfo } from '../core/connection.js';
 
 export type { UpgradeRecord } from '../core/types.js';
