@@ -4,8 +4,10 @@ import crypto from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { SOCK_SEQPACKET, errnoName, sys } from '../kernel/libc.js';
-import type { ProxyServer, UpgradeRecord } from '../runtime/server.js';
-import type { Migrated } from '../relay/relay.js';
+import type { UpgradeRecord } from '../core/types.js';
+import type { Logger } from '../core/log.js';
+import type { KernelProbe } from '../kernel/probe.js';
+import type { Migrated, Relay } from '../relay/relay.js';
 import { upgradeHooks } from './hooks.js';
 import { HANDOFF_ENV, stallWatchdog } from './resume.js';
 import { encodeState, writeStateMemfd, type HandoffState } from './state.js';
@@ -71,6 +73,30 @@ function startBridge(): Bridge {
   }
 }
 
+/** What an upgrade needs of the running server, nothing more (runtime/server.ts's ProxyServer is one). */
+export interface UpgradeHost {
+  readonly deps: {
+    readonly logger: Logger;
+    readonly relay: Relay;
+    readonly config: { readonly idleTimeoutMs: number };
+    readonly probe: KernelProbe;
+    /** Present when the fd store is on. */
+    readonly store?: unknown;
+  };
+  readonly generation: number;
+  readonly startedAt: string;
+  readonly counters: Readonly<Record<string, number>>;
+  readonly nextId: number;
+  /** The bound listening sockets, carried across exec. */
+  readonly listeners: readonly { readonly fd: number; readonly address: string }[];
+  lastUpgrade: UpgradeRecord | undefined;
+  count(name: string): void;
+  pauseAccepting(): void;
+  resumeAccepting(): void;
+  /** Waits up to `boundMs` for handshakes in progress, then closes the rest; resolves with how many it closed. */
+  settleHandshakes(boundMs: number): Promise<number>;
+}
+
 const PREFLIGHT_TIMEOUT_MS = 180_000;
 
 let busy = false;
@@ -79,7 +105,7 @@ let busy = false;
  * Upgrades in place. Returns only when the upgrade did not happen — refused by pre-flight, or exec
  * failed — after everything has resumed; on success this process image is replaced.
  */
-export async function upgradeInPlace(server: ProxyServer, opts: UpgradeOptions, attempt = crypto.randomBytes(6).toString('hex')): Promise<UpgradeRecord> {
+export async function upgradeInPlace(server: UpgradeHost, opts: UpgradeOptions, attempt = crypto.randomBytes(6).toString('hex')): Promise<UpgradeRecord> {
   const log = server.deps.logger.child({ upgrade: attempt });
   const relay = server.deps.relay;
   const fail = (error: string): UpgradeRecord => {
@@ -139,7 +165,7 @@ function exited(bridge: Bridge, ms: number): Promise<void> {
 }
 
 /** Takes the connections back from the bridge into this image (the upgrade is not happening). */
-async function takeBack(server: ProxyServer, bridge: Bridge, moved: number, log: ProxyServer['deps']['logger'], timeoutMs: number): Promise<void> {
+async function takeBack(server: UpgradeHost, bridge: Bridge, moved: number, log: Logger, timeoutMs: number): Promise<void> {
   if (bridge.exit === undefined) {
     const disarm = stallWatchdog(server.deps.relay, timeoutMs, () => bridge.child.kill('SIGKILL'));
     const r = await server.deps.relay.reclaim(bridge.linkFd, moved);
@@ -151,7 +177,7 @@ async function takeBack(server: ProxyServer, bridge: Bridge, moved: number, log:
 }
 
 /** Writes the state, clears close-on-exec on exactly the carried fds, and execs. Returns only on failure. */
-function execWithState(server: ProxyServer, attempt: string, bridge: Bridge, migrated: Migrated): string {
+function execWithState(server: UpgradeHost, attempt: string, bridge: Bridge, migrated: Migrated): string {
   const state: HandoffState = {
     generation: server.generation + 1,
     attempt,
