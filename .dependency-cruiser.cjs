@@ -18,6 +18,13 @@ module.exports = {
       to: { path: '^src/', pathNot: '^src/core/' },
     },
     {
+      name: 'shipped-code-not-to-tests',
+      severity: 'error',
+      comment: 'Nothing shipped imports a test or src/testkit (so the folder check can leave tests out: they sit above everything).',
+      from: { path: '^src/', pathNot: '^src/testkit/|[.](test|scenarios|ktls-test)[.]ts$' },
+      to: { path: '^src/testkit/|[.](test|scenarios|ktls-test)[.]ts$' },
+    },
+    {
       name: 'not-to-unresolvable',
       severity: 'error',
       comment: 'An import that resolves to nothing (a moved file) is a mistake.',

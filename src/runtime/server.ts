@@ -15,8 +15,6 @@ import { Listener } from '../edge/listener.js';
 import type { KtlsSupport, ProxyConfig, ReloadOutcome, StatusSnapshot, UpgradeRecord } from '../core/types.js';
 import type { PairInfo } from '../core/connection.js';
 
-export type { UpgradeRecord } from '../core/types.js';
-
 /** struct linger { l_onoff = 1; l_linger = 0 }: close() resets the connection. */
 const LINGER_ABORT = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
