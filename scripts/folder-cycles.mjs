@@ -61,17 +61,28 @@ export function folderCycles(graph) {
   return out;
 }
 
-/** For a cycle, the file-level imports that make its folder edges (so the report says what to change). */
+/**
+ * For a cycle, its folder edges with the file imports behind each: the edge with the fewest imports is usually the one
+ * against the flow, so edges of up to 3 imports list them.
+ */
 function edgesWithin(modules, scc) {
   const inside = new Set(scc);
-  const lines = [];
+  const edges = new Map();
   for (const mod of modules) {
     const from = folderOf(mod.source);
     if (!inside.has(from)) continue;
     for (const dep of mod.dependencies ?? []) {
       const to = folderOf(dep.resolved);
-      if (to && to !== from && inside.has(to)) lines.push(`    ${mod.source} → ${dep.resolved}`);
+      if (!to || to === from || !inside.has(to)) continue;
+      const key = `${from} → ${to}`;
+      if (!edges.has(key)) edges.set(key, []);
+      edges.get(key).push(`${mod.source} → ${dep.resolved}`);
     }
+  }
+  const lines = [];
+  for (const [key, files] of [...edges].sort((a, b) => a[1].length - b[1].length || a[0].localeCompare(b[0]))) {
+    lines.push(`    ${key} (${files.length} import${files.length === 1 ? '' : 's'})`);
+    if (files.length <= 3) for (const f of files) lines.push(`        ${f}`);
   }
   return lines;
 }
