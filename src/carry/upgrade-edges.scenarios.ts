@@ -7,12 +7,12 @@ import { after, before, test } from 'node:test';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { KeylogCollector } from '../handshake/keylog.js';
-import { readTlsStat } from '../kernel/probe.js';
 import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
 import { deriveDirectionKeys } from '../record/keys.js';
 import { suiteByName } from '../record/suites.js';
 import { echoBackend, halfCloseBackend, streamChunk, type Backend } from '../testkit/backends.js';
 import { CLI, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
+import { assertLaneKernel } from '../testkit/lane.js';
 
 const run = promisify(execFile);
 
@@ -47,7 +47,7 @@ export function upgradeEdgeScenarios(mode: Mode): void {
   let echo: Backend;
   let proxy: RunningProxy;
   before(async () => {
-    if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
+    assertLaneKernel(mode);
     echo = await echoBackend();
     proxy = await startProxyProcess({ backendPort: echo.port, args: modeArgs(mode) });
   });

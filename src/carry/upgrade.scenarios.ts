@@ -5,11 +5,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
-import { readTlsStat } from '../kernel/probe.js';
 import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
 import { echoBackend, type Backend } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
 import { CLI, FAULT_CLI, childProcesses, eventually, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
+import { assertLaneKernel } from '../testkit/lane.js';
 
 const run = promisify(execFile);
 
@@ -35,7 +35,7 @@ async function upgradeCli(proxy: RunningProxy): Promise<{ code: number; outcome?
 export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: number }): void {
   let echo: Backend;
   before(async () => {
-    if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
+    assertLaneKernel(mode);
     echo = await echoBackend();
   });
   after(async () => {

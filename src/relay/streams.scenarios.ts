@@ -3,18 +3,18 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
 import tls from 'node:tls';
-import { readTlsStat } from '../kernel/probe.js';
 import { echoBackend, streamBackend, streamChunk, type Backend } from '../testkit/backends.js';
 import { eventually, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
 import { streamThrough } from '../testkit/stream-client.js';
 import { modeArgs, type Mode } from '../scenarios/real-clients.scenarios.js';
+import { assertLaneKernel } from '../testkit/lane.js';
 
 export function streamScenarios(mode: Mode): void {
   let backend: Awaited<ReturnType<typeof streamBackend>>;
   let proxy: RunningProxy;
 
   before(async () => {
-    if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
+    assertLaneKernel(mode);
     backend = await streamBackend();
     // 200 handshakes at once on one slow guest CPU can take longer than the default 10 s handshake
     // timeout, which would end a client with a bare EOF: these tests are about bytes, not timeouts.

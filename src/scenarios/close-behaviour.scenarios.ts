@@ -8,7 +8,6 @@ import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import tls from 'node:tls';
 import { KeylogCollector } from '../handshake/keylog.js';
-import { readTlsStat } from '../kernel/probe.js';
 import { RecordProtection, type OpenedRecord } from '../record/aead.js';
 import { tls13TrafficKeys } from '../record/keys.js';
 import { suiteByName } from '../record/suites.js';
@@ -16,6 +15,7 @@ import { scriptedBackend, streamChunk } from '../testkit/backends.js';
 import { countedAs } from '../testkit/close-causes.js';
 import { modeArgs, type Mode } from './real-clients.scenarios.js';
 import { eventually, makeCert, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
+import { assertLaneKernel } from '../testkit/lane.js';
 
 const dir = tempDir('close');
 const T = { timeout: 180_000 }; // per test: the guest is slow, but nothing here may hang
@@ -145,7 +145,7 @@ async function cleanAndServing(p: RunningProxy, baseline: number): Promise<void>
 export function closeBehaviourScenarios(m: Mode): void {
   mode = m;
   before(async () => {
-    if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
+    assertLaneKernel(mode);
     cert = await makeCert(dir, 'ec');
   });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -7,12 +7,12 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import tls from 'node:tls';
 import { ClientHelloGatherer, offersEarlyData } from '../handshake/hello.js';
-import { readTlsStat } from '../kernel/probe.js';
 import { streamChunk } from '../testkit/backends.js';
 import { makeCert, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
 import { echo } from '../testkit/tls-echo.js';
 import { earlyDataSession, recordTap, waitForOutput } from '../testkit/zero-rtt.js';
 import { modeArgs, type Mode } from './real-clients.scenarios.js';
+import { assertLaneKernel } from '../testkit/lane.js';
 
 /** s_client cuts what it sends, early data included, into records of this many bytes. */
 const FRAGMENT = 512;
@@ -56,7 +56,7 @@ export function earlyDataScenarios(mode: Mode): void {
   let tap: Awaited<ReturnType<typeof recordTap>>;
 
   before(async () => {
-    if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
+    assertLaneKernel(mode);
     cert = await makeCert(dir, 'ec');
     session = await earlyDataSession(dir, cert);
     fs.writeFileSync(path.join(dir, 'early.txt'), early);

@@ -7,12 +7,12 @@ import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import tls from 'node:tls';
-import { readTlsStat } from '../kernel/probe.js';
 import { scriptedBackend } from '../testkit/backends.js';
 import { countedAs } from '../testkit/close-causes.js';
 import { eventually, startProxyProcess, type RunningProxy } from '../testkit/proxy-process.js';
 import { echo } from '../testkit/tls-echo.js';
 import { modeArgs, type Mode } from './real-clients.scenarios.js';
+import { assertLaneKernel } from '../testkit/lane.js';
 
 /** Inside the kTLS lane's User-Mode Linux guest (1 CPU, Node ~10x slower) every time limit is 10x. */
 const SLOW = process.env.IRONSOCKET_KTLS_LANE === 'uml' ? 10 : 1;
@@ -70,7 +70,7 @@ async function warmUp(proxy: RunningProxy): Promise<void> {
 export function faultScenarios(m: Mode): void {
   mode = m;
   before(() => {
-    if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
+    assertLaneKernel(mode);
   });
 
   describe(`a backend that misbehaves mid-stream (${mode} mode)`, () => {

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { readTlsStat } from '../kernel/probe.js';
 import { echoBackend, exactEchoBackend, httpBackend, streamChunk, type Backend } from '../testkit/backends.js';
 import { makeCert, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
+import { assertLaneKernel } from '../testkit/lane.js';
 
 const run = promisify(execFile);
 
@@ -36,7 +37,7 @@ export function realClientScenarios(mode: Mode, policy?: 'auto'): void {
   let echo: Backend;
 
   before(async () => {
-    if (mode === 'kernel') assert.ok(readTlsStat(), 'this lane needs a kernel with TLS (/proc/net/tls_stat)');
+    assertLaneKernel(mode);
     echo = await echoBackend();
     for (const kind of ['ec', 'rsa'] as const) {
       proxies[kind] = await startProxyProcess({ backendPort: echo.port, cert: await makeCert(dir, kind), args: args() });
