@@ -11,6 +11,7 @@ import type { Migrated, Relay } from '../relay/relay.js';
 import { upgradeHooks } from './hooks.js';
 import { HANDOFF_ENV, stallWatchdog } from './resume.js';
 import { encodeState, writeStateMemfd, type HandoffState } from './state.js';
+import type { CounterName } from '../core/counters.js';
 
 const run = promisify(execFile);
 
@@ -90,7 +91,7 @@ export interface UpgradeHost {
   /** The bound listening sockets, carried across exec. */
   readonly listeners: readonly { readonly fd: number; readonly address: string }[];
   lastUpgrade: UpgradeRecord | undefined;
-  count(name: string): void;
+  count(name: CounterName): void;
   pauseAccepting(): void;
   resumeAccepting(): void;
   /** Waits up to `boundMs` for handshakes in progress, then closes the rest; resolves with how many it closed. */

@@ -22,11 +22,12 @@ import {
 } from '../kernel/libc.js';
 import { EPOLLOUT, type Poller } from '../kernel/poller.js';
 import { encodeSockaddr, formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
+import type { BackendFailure } from '../core/counters.js';
 
 export class BackendError extends Error {
   constructor(
     message: string,
-    readonly reason: 'refused' | 'timeout' | 'unreachable' | 'error',
+    readonly reason: BackendFailure,
   ) {
     super(message);
   }

@@ -16,6 +16,7 @@ import { buildPreamble, writeAll } from './backend-preamble.js';
 import { lingeringClose } from './linger.js';
 import type { KtlsPolicy, ProxyProtocolVersion } from '../core/types.js';
 import type { PairInfo, UserState } from '../core/connection.js';
+import { counter, type ClientCertRefusal, type CounterName } from '../core/counters.js';
 
 /** A listener as one handshake worker runs it: its SNI table, ALPN list, client auth and backend pools. */
 export interface ListenerRuntime {
@@ -41,7 +42,7 @@ export interface ConnectionContext {
   kernelSuites: Set<string>;
   handshakeTimeoutMs: number;
   backendConnectTimeoutMs: number;
-  count(name: string): void;
+  count(name: CounterName): void;
   /** Aborted when an upgrade cannot wait for this connection's handshake. */
   signalFor(id: string): AbortSignal | undefined;
   /** A connection reached the relay. */
@@ -77,7 +78,7 @@ const CERT_ALERT = {
 } as const;
 
 /** Why a client certificate is refused (a counter suffix and a log line), and the alert that says so; undefined when acceptable. */
-function refuseClientCert(listener: ListenerRuntime, s: EstablishedSession): { reason: string; alert: number; message: string } | undefined {
+function refuseClientCert(listener: ListenerRuntime, s: EstablishedSession): { reason: ClientCertRefusal; alert: number; message: string } | undefined {
   if (!listener.clientAuth) return undefined;
   const c = s.clientCert;
   if (!c) {
@@ -116,7 +117,7 @@ async function connectSomeBackend(ctx: ConnectionContext, listener: ListenerRunt
       return { backendFd, backend: ep };
     } catch (e) {
       last = e instanceof BackendError ? e : new BackendError(String(e), 'error');
-      ctx.count(`backend_${last.reason}`);
+      ctx.count(counter.backendFailed(last.reason));
       if (ctx.signalFor(id)?.aborted) break;
       pool.failed(ep);
     }
@@ -163,13 +164,13 @@ export async function serveConnection(ctx: ConnectionContext, listener: Listener
       });
     } catch (e) {
       const he = e instanceof HandshakeError ? e : new HandshakeError(String(e), 'internal');
-      ctx.count(`handshake_failed_${he.reason}`);
+      ctx.count(counter.handshakeFailed(he.reason));
       log.warn({ reason: he.reason }, he.message);
       return;
     }
     const refused = refuseClientCert(listener, session);
     if (refused) {
-      ctx.count(`handshake_failed_${refused.reason}`);
+      ctx.count(counter.handshakeFailed(refused.reason));
       userspaceAlert(fd, session, refused.alert);
       const notes = (listener.certNotes ??= new Map());
       if (!notes.has(refused.reason)) notes.set(refused.reason, new NoteLimiter());

@@ -8,6 +8,7 @@ import { BackendPool } from './backend-pool.js';
 import { serveConnection, type ConnectionContext, type ListenerRuntime } from './connection.js';
 import { certSelector, wipeListeners, type HandshakeListener } from './listener-setup.js';
 import type { FromHandshaker, HandshakerInit, ToHandshaker } from './handshakers.js';
+import type { CounterName } from '../core/counters.js';
 
 const init = workerData as HandshakerInit;
 const port = parentPort as MessagePort;
@@ -15,7 +16,7 @@ const poller = new Poller(init.inlinePoll === true);
 const aborts = new Map<string, AbortController>();
 const post = (m: FromHandshaker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
 /** Counter increments not yet sent: they go with the next `established` or `gone` (see FromHandshaker). */
-let counts: string[] = [];
+let counts: CounterName[] = [];
 const takeCounts = () => {
   const c = counts;
   counts = [];

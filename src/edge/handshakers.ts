@@ -5,6 +5,7 @@ import { WORKER_RESOURCE_LIMITS } from '../relay/shard.js';
 import { wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
 import type { KtlsPolicy } from '../core/types.js';
 import type { PairInfo, UserState } from '../core/connection.js';
+import type { CounterName } from '../core/counters.js';
 
 export interface HandshakerInit {
   /** Indexed as the server's listeners: a connection names the one that accepted it. */
@@ -36,13 +37,13 @@ export type ToHandshaker =
  */
 export type FromHandshaker =
   | { op: 'ready' }
-  | { op: 'established'; info: PairInfo; clientFd: number; backendFd: number; user?: UserState; counts: string[] }
-  | { op: 'gone'; id: string; counts: string[] };
+  | { op: 'established'; info: PairInfo; clientFd: number; backendFd: number; user?: UserState; counts: CounterName[] }
+  | { op: 'gone'; id: string; counts: CounterName[] };
 
 export interface HandshakerEvents {
   established(m: Extract<FromHandshaker, { op: 'established' }>): void;
   gone(id: string): void;
-  count(name: string): void;
+  count(name: CounterName): void;
   error(e: Error): void;
 }
 

@@ -3,9 +3,9 @@ import { AF_INET, AF_INET6 } from '../kernel/libc.js';
 import { encodeSockaddr } from '../kernel/sockaddr.js';
 import { parseHostPort } from '../config/schema.js';
 import { NOTE_WINDOW_MS, NOTES_UNLIMITED } from '../relay/budget.js';
+import type { SourceLimit } from '../core/counters.js';
 
 /** Which per-source limit a connection ran into (a counter suffix and a metric label). */
-export type SourceLimit = 'connections' | 'handshakes';
 
 /** 0 = unlimited. */
 export interface SourceLimits {

@@ -8,6 +8,7 @@ import type { Poller } from '../kernel/poller.js';
 import { KeylogCollector } from './keylog.js';
 import { ClientHelloGatherer, offersEarlyData, parseHello } from './hello.js';
 import { RawRecordSocket, RawSocketError, RECORD_HEADER } from './raw-socket.js';
+import type { HandshakeFailure } from '../core/counters.js';
 
 const CCS = 20;
 const APPDATA = 23;
@@ -45,7 +46,7 @@ export interface ClientCertificate {
 export class HandshakeError extends Error {
   constructor(
     message: string,
-    readonly reason: 'timeout' | 'client-closed' | 'io' | 'malformed' | 'tls' | 'unsupported-suite' | 'internal' | 'aborted',
+    readonly reason: HandshakeFailure,
   ) {
     super(message);
   }

@@ -1,12 +1,19 @@
 // Prometheus metrics derived at scrape time from the proxy's carried counters, so every series continues across in-place upgrades.
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { HandshakeError } from '../handshake/session.js';
-import type { BackendError } from '../edge/backend.js';
-import type { ConnectionMode } from '../core/types.js';
-import type { SourceLimit } from '../edge/per-source.js';
+import {
+  BACKEND_FAILURES,
+  CLIENT_CERT_REFUSALS,
+  CLOSE_CAUSES,
+  CONNECTION_MODES,
+  HANDSHAKE_FAILURES,
+  PLAIN_COUNTERS,
+  SOURCE_LIMITS,
+  counter,
+  type CounterName,
+  type PlainCounter,
+} from '../core/counters.js';
 import { TLS_STAT_PATH, readTlsStat } from './tls-stat.js';
-import type { CloseCause } from '../core/connection.js';
 
 export interface MetricsSnapshot {
   /** Monotonic since the first image (carried across upgrades). */
@@ -29,34 +36,8 @@ export interface Metrics {
   contentType: string;
 }
 
-// The `satisfies` clauses make the compiler fail when a reason or mode is added to (or removed from) the proxy's types.
-const HANDSHAKE_REASONS = Object.keys({
-  timeout: 1,
-  'client-closed': 1,
-  io: 1,
-  malformed: 1,
-  tls: 1,
-  'unsupported-suite': 1,
-  internal: 1,
-  aborted: 1,
-} satisfies Record<HandshakeError['reason'], 1>);
-const BACKEND_REASONS = Object.keys({ refused: 1, timeout: 1, unreachable: 1, error: 1 } satisfies Record<BackendError['reason'], 1>);
-const CLOSE_CAUSES = Object.keys({
-  completed: 1,
-  client_truncated: 1,
-  client_alert: 1,
-  protocol_error: 1,
-  client_error: 1,
-  backend_error: 1,
-  idle_timeout: 1,
-  shutdown: 1,
-  restore_failed: 1,
-  not_resumable: 1,
-} satisfies Record<CloseCause, 1>);
-const MODES = Object.keys({ kernel: 1, user: 1 } satisfies Record<ConnectionMode, 1>) as ConnectionMode[];
-
-/** Counters exported one-to-one as `ironsocket_<name>_total`, with their help text. */
-const PLAIN: Record<string, string> = {
+/** Help text of the counters exported one-to-one as `ironsocket_<name>_total` (every one of PLAIN_COUNTERS). */
+const PLAIN: Record<PlainCounter, string> = {
   connections_accepted: 'Client connections taken off the listening sockets.',
   connections_closed: 'Relayed connections that have ended.',
   early_data_refused:
@@ -68,22 +49,26 @@ const PLAIN: Record<string, string> = {
   upgrade_restore_failed: 'Connections an upgrade carried but the new image could not restore.',
   fd_store_resumed: 'Kernel-mode connections resumed from the systemd fd store after the proxy crashed or was killed.',
 };
+/**
+ * The one family read by prefix: a handshake failure counted under a reason this image does not know (an image of
+ * another version counted it, and the counters came across an upgrade) still lands in it.
+ */
 const FAILED_PREFIX = 'handshake_failed_';
-const BACKEND_PREFIX = 'backend_';
-const CONNECTIONS_PREFIX = 'connections_';
-const CLOSED_PREFIX = 'closed_';
-const REJECTED_PREFIX = 'rejected_per_source_';
-const SOURCE_LIMITS = Object.keys({ connections: 1, handshakes: 1 } satisfies Record<SourceLimit, 1>);
+const isHandshakeFailed = (name: string): boolean => name.startsWith(FAILED_PREFIX);
 
-/** Whether a counter feeds one of the dedicated families below (everything else is exported generically). */
-function isMapped(name: string): boolean {
-  if (name in PLAIN || name === 'handshakes_ok' || name === 'bytes_in' || name === 'bytes_out') return true;
-  if (name.startsWith(FAILED_PREFIX)) return true;
-  if (name.startsWith(BACKEND_PREFIX)) return BACKEND_REASONS.includes(name.slice(BACKEND_PREFIX.length));
-  if (name.startsWith(CLOSED_PREFIX)) return CLOSE_CAUSES.includes(name.slice(CLOSED_PREFIX.length));
-  if (name.startsWith(REJECTED_PREFIX)) return SOURCE_LIMITS.includes(name.slice(REJECTED_PREFIX.length));
-  return name.startsWith(CONNECTIONS_PREFIX) && (MODES as string[]).includes(name.slice(CONNECTIONS_PREFIX.length));
-}
+/** The counters that feed one of the dedicated families below, by name (everything else is exported generically). */
+const MAPPED = new Set<string>([
+  ...PLAIN_COUNTERS,
+  'handshakes_ok',
+  'bytes_in',
+  'bytes_out',
+  ...[...HANDSHAKE_FAILURES, ...CLIENT_CERT_REFUSALS].map(counter.handshakeFailed),
+  ...BACKEND_FAILURES.map(counter.backendFailed),
+  ...CLOSE_CAUSES.map(counter.closed),
+  ...SOURCE_LIMITS.map(counter.rejectedPerSource),
+  ...CONNECTION_MODES.map(counter.connections),
+] satisfies CounterName[]);
+const isMapped = (name: string): boolean => MAPPED.has(name) || isHandshakeFailed(name);
 
 type Series = Array<[labels: Record<string, string>, value: number]>;
 
@@ -133,13 +118,13 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
     });
   }
   const one = (value: number | undefined): Series => (value === undefined ? [] : [[{}, value]]);
-  const count = (s: MetricsSnapshot, name: string): number => s.counters[name] ?? 0;
+  const count = (s: MetricsSnapshot, name: CounterName): number => s.counters[name] ?? 0;
 
   family('gauge', 'ironsocket_connections', 'Relayed connections open now, by TLS record mode (kernel: kTLS, user: records in userspace).', ['mode'], (s) =>
-    MODES.map((mode) => [{ mode }, s.live[mode]]),
+    CONNECTION_MODES.map((mode) => [{ mode }, s.live[mode]]),
   );
   family('counter', 'ironsocket_connections_total', 'Connections that reached the relay since the first image, by TLS record mode.', ['mode'], (s) =>
-    MODES.filter((mode) => CONNECTIONS_PREFIX + mode in s.counters).map((mode) => [{ mode }, count(s, CONNECTIONS_PREFIX + mode)]),
+    CONNECTION_MODES.filter((mode) => counter.connections(mode) in s.counters).map((mode) => [{ mode }, count(s, counter.connections(mode))]),
   );
   family('gauge', 'ironsocket_handshakes_in_progress', 'Accepted connections still in their TLS handshake or backend connect.', [], (s) =>
     one(s.handshakesInProgress),
@@ -151,32 +136,33 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
     ['result'],
     (s) => [
       [{ result: 'ok' }, count(s, 'handshakes_ok')],
-      [{ result: 'failed' }, Object.keys(s.counters).reduce((n, k) => (k.startsWith(FAILED_PREFIX) ? n + count(s, k) : n), 0)],
+      [{ result: 'failed' }, Object.keys(s.counters).reduce((n, k) => (isHandshakeFailed(k) ? n + (s.counters[k] ?? 0) : n), 0)],
     ],
   );
   family('counter', 'ironsocket_handshakes_failed_total', 'TLS handshakes that failed since the first image, by reason.', ['reason'], (s) => {
-    const reasons = new Set([
-      ...HANDSHAKE_REASONS,
-      ...Object.keys(s.counters).flatMap((k) => (k.startsWith(FAILED_PREFIX) ? [k.slice(FAILED_PREFIX.length)] : [])),
+    const reasons = new Set<string>([
+      ...HANDSHAKE_FAILURES,
+      ...Object.keys(s.counters).flatMap((k) => (isHandshakeFailed(k) ? [k.slice(FAILED_PREFIX.length)] : [])),
     ]);
-    return [...reasons].map((reason) => [{ reason }, count(s, FAILED_PREFIX + reason)]);
+    return [...reasons].map((reason) => [{ reason }, s.counters[FAILED_PREFIX + reason] ?? 0]);
   });
+
   family('counter', 'ironsocket_backend_errors_total', 'Backend connects that failed after a successful handshake, by reason.', ['reason'], (s) =>
-    BACKEND_REASONS.map((reason) => [{ reason }, count(s, BACKEND_PREFIX + reason)]),
+    BACKEND_FAILURES.map((reason) => [{ reason }, count(s, counter.backendFailed(reason))]),
   );
   family(
     'counter',
     'ironsocket_connections_closed_by_cause_total',
     'Relayed connections that have ended, by why: completed, client_truncated, client_alert, protocol_error, client_error, backend_error, idle_timeout, shutdown, restore_failed, not_resumable.',
     ['cause'],
-    (s) => CLOSE_CAUSES.map((cause) => [{ cause }, count(s, CLOSED_PREFIX + cause)]),
+    (s) => CLOSE_CAUSES.map((cause) => [{ cause }, count(s, counter.closed(cause))]),
   );
   family(
     'counter',
     'ironsocket_rejected_per_source_total',
     'Connections closed at accept, before any TLS work, because their source (IPv4 address, IPv6 /64) was at a per-source limit: connections (max_connections_per_source) or handshakes (max_handshakes_per_source).',
     ['limit'],
-    (s) => SOURCE_LIMITS.map((limit) => [{ limit }, count(s, REJECTED_PREFIX + limit)]),
+    (s) => SOURCE_LIMITS.map((limit) => [{ limit }, count(s, counter.rejectedPerSource(limit))]),
   );
   family('gauge', 'ironsocket_sources', 'Client sources (IPv4 address, IPv6 /64) holding at least one open connection.', [], (s) => one(s.sources));
   family(
@@ -189,8 +175,8 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
       [{ direction: 'out' }, s.bytes.out],
     ],
   );
-  for (const [name, help] of Object.entries(PLAIN))
-    family('counter', `ironsocket_${name}_total`, `${help} Counted since the first image (carried across upgrades).`, [], (s) => one(count(s, name)));
+  for (const name of PLAIN_COUNTERS)
+    family('counter', `ironsocket_${name}_total`, `${PLAIN[name]} Counted since the first image (carried across upgrades).`, [], (s) => one(count(s, name)));
   family('gauge', 'ironsocket_listeners', 'Listening sockets the proxy accepts on.', [], (s) => one(s.listeners));
   family('gauge', 'ironsocket_generation', 'Process image generation: 1 for the first, +1 per in-place upgrade.', [], (s) => one(s.upgrade?.generation));
   family('gauge', 'ironsocket_upgrade_last_stall_seconds', 'How long relayed connections were paused during the last in-place upgrade.', [], (s) =>
@@ -221,7 +207,7 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
       const name = genericName(raw);
       if (isMapped(raw) || registry.getSingleMetric(name)) continue;
       family('counter', name, `Proxy counter "${raw}" since the first image (no dedicated metric).`, [], (s) =>
-        one(Object.keys(s.counters).reduce((n, k) => (!isMapped(k) && genericName(k) === name ? n + count(s, k) : n), 0)),
+        one(Object.keys(s.counters).reduce((n, k) => (!isMapped(k) && genericName(k) === name ? n + (s.counters[k] ?? 0) : n), 0)),
       );
     }
   }

@@ -8,12 +8,13 @@ import type { MetricsSnapshot } from '../metrics/metrics.js';
 import type { Relay } from '../relay/relay.js';
 import type { LiveConnection } from '../edge/connection.js';
 import { SOL_SOCKET, SO_LINGER, sys } from '../kernel/libc.js';
-import { RejectionNotes, SourceCounts, sourceOf, sourceOfClient, type SourceLimit } from '../edge/per-source.js';
+import { RejectionNotes, SourceCounts, sourceOf, sourceOfClient } from '../edge/per-source.js';
 import { LISTENER_FDNAME, connectionFdName, type FdStore } from '../service/fd-store.js';
 import { Handshakers, type HandshakerInit, type ReloadTimeouts } from '../edge/handshakers.js';
 import { Listener } from '../edge/listener.js';
 import type { KtlsSupport, ProxyConfig, ReloadOutcome, StatusSnapshot, UpgradeRecord } from '../core/types.js';
 import type { PairInfo } from '../core/connection.js';
+import { counter, type CounterName, type SourceLimit } from '../core/counters.js';
 
 /** struct linger { l_onoff = 1; l_linger = 0 }: close() resets the connection. */
 const LINGER_ABORT = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
@@ -67,7 +68,7 @@ export class ProxyServer {
       this.live.delete(m.id);
       this.sources.closed(m.id);
       this.count('connections_closed');
-      this.count(`closed_${m.cause}`);
+      this.count(counter.closed(m.cause));
       // Bytes of closed connections; live ones are added at scrape time (metricsSnapshot).
       this.count('bytes_in', m.bytesIn);
       this.count('bytes_out', m.bytesOut);
@@ -84,7 +85,7 @@ export class ProxyServer {
           this.inFlight.delete(m.info.id);
           this.sources.established(m.info.id);
           this.live.set(m.info.id, m.info);
-          this.count(`connections_${m.info.mode}`);
+          this.count(counter.connections(m.info.mode));
           relay.add(m.info, m.clientFd, m.backendFd, m.user);
         },
         gone: (id) => {
@@ -123,7 +124,7 @@ export class ProxyServer {
     }
   }
 
-  count(name: string, by = 1): void {
+  count(name: CounterName, by = 1): void {
     this.counters[name] = (this.counters[name] ?? 0) + by;
   }
 
@@ -186,7 +187,7 @@ export class ProxyServer {
   private reject(fd: number, source: string, limit: SourceLimit): void {
     sys.setsockopt(fd, SOL_SOCKET, SO_LINGER, LINGER_ABORT);
     sys.close(fd);
-    this.count(`rejected_per_source_${limit}`);
+    this.count(counter.rejectedPerSource(limit));
     const c = this.sources.count(source);
     const config = this.deps.config;
     const max =

@@ -22,6 +22,7 @@ import { fdStoreFor, passedDescriptors, serviceNotes } from '../service/systemd.
 import type { Listener } from '../edge/listener.js';
 import { ProxyServer } from './server.js';
 import type { KtlsSupport, ProxyConfig } from '../core/types.js';
+import { counter } from '../core/counters.js';
 
 export interface ProxyHandle {
   close(): Promise<void>;
@@ -237,7 +238,7 @@ function resumeStored(server: ProxyServer, groups: Map<string, number[]>, store:
   ] as const) {
     if (n === 0) continue;
     server.count('connections_closed', n);
-    server.count(`closed_${cause}`, n);
+    server.count(counter.closed(cause), n);
   }
   log.info(
     { resumed: r.resumed.length, notResumable: r.notResumable.length, failed: r.failed.length },
