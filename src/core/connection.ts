@@ -26,6 +26,34 @@ export interface PairSnapshot {
   flags: { clientEof: boolean; backendShut: boolean; backendEof: boolean; clientShut: boolean; closeNotifySent: boolean };
 }
 
+/** Half-close progress of one connection, per direction; each only moves forward (in memory: Pair keeps this). */
+export interface HalfClose {
+  /** Client → backend: `eof` once the client's close_notify is read (or reading it given up), `shut` once FIN went to the backend. */
+  up: 'open' | 'eof' | 'shut';
+  /** Backend → client: `eof` once the backend's FIN is read, `notified` once close_notify went to the client, `shut` once FIN did. */
+  down: 'open' | 'eof' | 'notified' | 'shut';
+}
+
+/** The half-close state as it is carried (upgrade hand-off, fd-store record): five flags, unchanged on the wire. */
+export type HalfCloseFlags = PairSnapshot['flags'];
+
+export function halfCloseOf(f: HalfCloseFlags): HalfClose {
+  return {
+    up: f.backendShut ? 'shut' : f.clientEof ? 'eof' : 'open',
+    down: f.clientShut ? 'shut' : f.closeNotifySent ? 'notified' : f.backendEof ? 'eof' : 'open',
+  };
+}
+
+export function halfCloseFlags(h: HalfClose): HalfCloseFlags {
+  return {
+    clientEof: h.up !== 'open',
+    backendShut: h.up === 'shut',
+    backendEof: h.down !== 'open',
+    clientShut: h.down === 'shut',
+    closeNotifySent: h.down === 'notified' || h.down === 'shut',
+  };
+}
+
 /** Record state for a `user`-mode connection (the only case where keys cross to the worker, in memory). */
 export interface UserState {
   suite: string;

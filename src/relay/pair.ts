@@ -4,7 +4,7 @@ import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
 import { ALERT, type ClientRead, type ClientSide } from './client-side.js';
 import { NON_DATA_BURST, NON_DATA_PER_SECOND, NonDataAllowance, NoteLimiter, TURN_BYTES, TURN_READS } from './budget.js';
 import { PipePool, type Pipe, type PipeLoad } from './pipes.js';
-import type { CloseCause, PairInfo, PairSnapshot } from '../core/connection.js';
+import { halfCloseFlags, halfCloseOf, type CloseCause, type HalfClose, type PairInfo, type PairSnapshot } from '../core/connection.js';
 
 /** Bytes one splice moves at most: a default pipe's capacity. */
 const PIPE_CHUNK = 64 * 1024;
@@ -47,11 +47,8 @@ export class Pair {
   /** The same, when the bytes wait in a pipe (spliced). At most one of c2b / c2bPipe is set. */
   private c2bPipe: PipeLoad | undefined;
   private b2cPipe: PipeLoad | undefined;
-  private clientEof = false; // client sent close_notify (or we gave up reading it)
-  private backendShut = false; // we sent FIN to the backend
-  private backendEof = false;
-  private clientShut = false; // we sent close_notify + FIN to the client
-  private closeNotifySent = false;
+  /** How far each direction has closed (up: client → backend, down: backend → client). */
+  private half: HalfClose = { up: 'open', down: 'open' };
   private done = false;
   private cEvents = -1;
   private bEvents = -1;
@@ -74,7 +71,7 @@ export class Pair {
       this.bytesOut = restored.bytesOut;
       if (restored.c2b?.length) this.c2b = { buf: Buffer.from(restored.c2b), off: 0 };
       if (restored.b2c?.length) this.b2c = { buf: Buffer.from(restored.b2c), off: 0 };
-      Object.assign(this, restored.flags);
+      this.half = halfCloseOf(restored.flags);
     }
     if (own?.held?.c2b && !this.c2b) this.c2bPipe = { pipe: own.c2b, len: own.held.c2b };
     if (own?.held?.b2c && !this.b2c) this.b2cPipe = { pipe: own.b2c, len: own.held.b2c };
@@ -119,13 +116,7 @@ export class Pair {
 
   /** The half-close state. */
   get flags(): PairSnapshot['flags'] {
-    return {
-      clientEof: this.clientEof,
-      backendShut: this.backendShut,
-      backendEof: this.backendEof,
-      clientShut: this.clientShut,
-      closeNotifySent: this.closeNotifySent,
-    };
+    return halfCloseFlags(this.half);
   }
 
   /** Registers interest; call once after both fds are in the poller. */
@@ -155,7 +146,7 @@ export class Pair {
     const splicing = this.splicing;
     const until = this.bytesIn + TURN_BYTES;
     let reads = 0;
-    while (!this.done && !this.clientEof && !this.c2bHeld && !this.client.inputPaused) {
+    while (!this.done && this.half.up === 'open' && !this.c2bHeld && !this.client.inputPaused) {
       // Every read counts, with data or without: records that carry nothing cost the same turn.
       if ((this.bytesIn >= until || reads++ >= TURN_READS) && !this.client.bufferedInput) return;
       let r: ClientRead;
@@ -198,7 +189,7 @@ export class Pair {
         }
         case 'close_notify':
           this.host.log('debug', this.info.id, 'client sent close_notify; half-closing the backend');
-          this.clientEof = true;
+          this.half.up = 'eof';
           return;
         case 'eof':
           return this.finish('client closed TCP without close_notify (truncation)', 'warn', 'client_truncated');
@@ -212,7 +203,7 @@ export class Pair {
   private readBackend(scratch: Buffer): void {
     const splicing = this.splicing;
     const until = this.bytesOut + TURN_BYTES;
-    while (!this.done && !this.backendEof && !this.b2cHeld && this.bytesOut < until) {
+    while (!this.done && this.half.down === 'open' && !this.b2cHeld && this.bytesOut < until) {
       const pipe = splicing ? this.takePipe('b2c') : undefined;
       const r = pipe ? sys.splice(this.backendFd, pipe.w, PIPE_CHUNK) : sys.recv(this.backendFd, scratch, scratch.length);
       if (pipe && r <= 0) this.givePipe(pipe);
@@ -223,7 +214,7 @@ export class Pair {
       }
       if (r === 0) {
         this.host.log('debug', this.info.id, 'backend closed its side; sending close_notify to the client');
-        this.backendEof = true;
+        this.half.down = 'eof';
         return;
       }
       this.bytesOut += r;
@@ -289,21 +280,21 @@ export class Pair {
   /** Applies half-closes once their direction is drained, closes when both are done, and sets interest. */
   private progress(): void {
     if (this.done) return;
-    if (this.clientEof && !this.c2bHeld && !this.backendShut) {
-      this.backendShut = true;
+    if (this.half.up === 'eof' && !this.c2bHeld) {
+      this.half.up = 'shut';
       sys.shutdown(this.backendFd, SHUT_WR);
     }
-    if (this.backendEof && !this.b2cHeld && !this.closeNotifySent) {
-      this.closeNotifySent = true;
+    if (this.half.down === 'eof' && !this.b2cHeld) {
+      this.half.down = 'notified';
       this.client.closeNotify();
     }
-    if (this.closeNotifySent && !this.clientShut && !this.client.pendingOutput) {
-      this.clientShut = true;
+    if (this.half.down === 'notified' && !this.client.pendingOutput) {
+      this.half.down = 'shut';
       sys.shutdown(this.client.fd, SHUT_WR);
     }
-    if (this.backendShut && this.clientShut) return this.finish('both sides closed', 'info', 'completed');
-    const c = (!this.clientEof && !this.c2bHeld && !this.client.inputPaused ? EPOLLIN : 0) | (this.b2cHeld || this.client.pendingOutput ? EPOLLOUT : 0);
-    const b = (!this.backendEof && !this.b2cHeld ? EPOLLIN : 0) | (this.c2bHeld ? EPOLLOUT : 0);
+    if (this.half.up === 'shut' && this.half.down === 'shut') return this.finish('both sides closed', 'info', 'completed');
+    const c = (this.half.up === 'open' && !this.c2bHeld && !this.client.inputPaused ? EPOLLIN : 0) | (this.b2cHeld || this.client.pendingOutput ? EPOLLOUT : 0);
+    const b = (this.half.down === 'open' && !this.b2cHeld ? EPOLLIN : 0) | (this.c2bHeld ? EPOLLOUT : 0);
     if (c !== this.cEvents) this.host.interest(this.client.fd, (this.cEvents = c));
     if (b !== this.bEvents) this.host.interest(this.backendFd, (this.bEvents = b));
     if (this.host.flagsChanged && this.flagKey() !== this.lastFlags) {
@@ -313,7 +304,7 @@ export class Pair {
   }
 
   private flagKey(): string {
-    return `${+this.clientEof}${+this.backendShut}${+this.backendEof}${+this.clientShut}${+this.closeNotifySent}`;
+    return `${this.half.up}/${this.half.down}`;
   }
 
   /** Lets go of the connection without closing anything (it moves to another loop); wipes the client's keys. */
