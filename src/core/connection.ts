@@ -69,6 +69,12 @@ export interface UserState {
 }
 
 /**
+ * Who protects a connection's client-side TLS records: the kernel (kTLS), or this process with the record state it
+ * holds. A user-mode connection without its record state cannot be written down.
+ */
+export type ClientRecords = { mode: 'kernel' } | { mode: 'user'; state: UserState };
+
+/**
  * Why a relayed connection ended, counted as `closed_<cause>`: completed (both sides closed in order),
  * client_truncated (TCP FIN without close_notify), client_alert (the client sent a fatal alert), protocol_error
  * (the client broke TLS after the handshake and got an alert: bad record, renegotiation, ...), client_error /

@@ -15,7 +15,7 @@ import type { BackendPool } from './backend-pool.js';
 import { buildPreamble, writeAll } from './backend-preamble.js';
 import { lingeringClose } from './linger.js';
 import type { KtlsPolicy, ProxyProtocolVersion } from '../core/types.js';
-import type { PairInfo, UserState } from '../core/connection.js';
+import type { ClientRecords, PairInfo, UserState } from '../core/connection.js';
 import { counter, type ClientCertRefusal, type CounterName } from '../core/counters.js';
 
 /** A listener as one handshake worker runs it: its SNI table, ALPN list, client auth and backend pools. */
@@ -231,7 +231,7 @@ export async function serveConnection(ctx: ConnectionContext, listener: Listener
         mode = 'user';
       }
     }
-    const user = mode === 'user' ? userState(session) : undefined;
+    const records: ClientRecords = mode === 'user' ? { mode, state: userState(session) } : { mode };
     const live: LiveConnection = {
       id,
       client,
@@ -262,7 +262,7 @@ export async function serveConnection(ctx: ConnectionContext, listener: Listener
     session.wipe();
     session = undefined;
     ctx.established(live);
-    ctx.relay.add(live, fd, backendFd, user);
+    ctx.relay.add(live, fd, backendFd, records);
     fd = -1;
     backendFd = -1;
   } finally {

@@ -67,9 +67,9 @@ const ctx: ConnectionContext = {
       }
     : undefined,
   relay: {
-    add(info, clientFd, backendFd, user) {
+    add(info, clientFd, backendFd, records) {
       // Keys move, they are not copied: the buffers become the main thread's.
-      post({ op: 'established', info, clientFd, backendFd, user, counts: takeCounts() }, keyBuffers(user));
+      post({ op: 'established', info, clientFd, backendFd, records, counts: takeCounts() }, keyBuffers(records));
     },
   },
 };

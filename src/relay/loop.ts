@@ -8,11 +8,11 @@ import { suiteByName } from '../record/suites.js';
 import { KernelClient } from './kernel-client.js';
 import { LingeringCloses } from './lingering.js';
 import { Pair, type OwnPipes, type PairHost } from './pair.js';
-import { ownedCopy, type CarriedPair, type FromWorker, type ToWorker } from './protocol.js';
+import { carriedRecords, ownedCopy, type CarriedPair, type FromWorker, type ToWorker } from './protocol.js';
 import { PipePool } from './pipes.js';
 import type { ConnectionKeeper, KeeperLog, StoredFds } from './keeper.js';
 import { UserClient } from './user-client.js';
-import type { PairInfo, PairSnapshot, UserState } from '../core/connection.js';
+import type { ClientRecords, PairInfo, PairSnapshot, UserState } from '../core/connection.js';
 
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
@@ -146,7 +146,7 @@ export class RelayLoop {
    * Starts relaying one connection: new, carried from elsewhere with its snapshot, or (`stored`)
    * found in the fd store after a restart. With the fd store, a new or carried one is deposited.
    */
-  add(info: PairInfo, clientFd: number, backendFd: number, user?: UserState, restored?: PairSnapshot, stored?: StoredFds): void {
+  add(info: PairInfo, clientFd: number, backendFd: number, records: ClientRecords, restored?: PairSnapshot, stored?: StoredFds): void {
     let own: OwnPipes | undefined;
     if (this.stored && stored) {
       own = this.stored.adopted(stored);
@@ -161,7 +161,7 @@ export class RelayLoop {
     } else if (stored) {
       throw new Error(`relay loop: connection ${info.id} comes from the fd store, but this loop has none`);
     }
-    const client = user ? userClient(clientFd, user) : new KernelClient(clientFd, this.io, info.version);
+    const client = records.mode === 'user' ? userClient(clientFd, records.state) : new KernelClient(clientFd, this.io, info.version);
     const pair = new Pair(info, client, backendFd, this.host, restored, own);
     this.pairs.set(info.id, pair);
     this.byFd.set(clientFd, { pair, side: 'client' });
@@ -171,7 +171,7 @@ export class RelayLoop {
 
   /** Takes over a connection that another loop detached. */
   adopt(c: CarriedPair): void {
-    this.add(c.pair.info, c.clientFd, c.backendFd, c.user, c.pair);
+    this.add(c.pair.info, c.clientFd, c.backendFd, carriedRecords(c), c.pair);
   }
 
   /**
@@ -273,7 +273,7 @@ export class RelayLoop {
   private handle(msg: ToWorker): void {
     switch (msg.op) {
       case 'add':
-        this.add(msg.info, msg.clientFd, msg.backendFd, msg.user, msg.restored, msg.stored);
+        this.add(msg.info, msg.clientFd, msg.backendFd, msg.records, msg.restored, msg.stored);
         break;
       case 'configure':
         this.configure(msg.idleTimeoutMs);

@@ -1,6 +1,6 @@
 // Messages between the main thread and the relay worker (structured-clone safe: no keys ever cross here for kernel mode).
 import type { StoredFds } from './keeper.js';
-import type { CloseCause, PairInfo, PairSnapshot, UserState } from '../core/connection.js';
+import type { ClientRecords, CloseCause, PairInfo, PairSnapshot, UserState } from '../core/connection.js';
 
 export interface WorkerInit {
   /** eventfd the main thread writes to after posting, to wake epoll_wait. */
@@ -22,8 +22,9 @@ export function ownedCopy(bytes: Uint8Array): Uint8Array {
 }
 
 /** The buffers holding a user-mode connection's keys, to transfer (move, not copy) with postMessage. */
-export function keyBuffers(user: UserState | undefined): ArrayBuffer[] {
-  if (!user) return [];
+export function keyBuffers(records: ClientRecords): ArrayBuffer[] {
+  if (records.mode !== 'user') return [];
+  const user = records.state;
   const keys = [user.tx.key, user.tx.iv, user.rx.key, user.rx.iv, user.secrets?.client, user.secrets?.server];
   // Only arrays that own their whole buffer: transferring a shared one would take others' bytes along.
   const own = keys.filter((k): k is Uint8Array => k !== undefined && k.byteOffset === 0 && k.byteLength === k.buffer.byteLength);
@@ -38,8 +39,13 @@ export interface CarriedPair {
   user?: UserState;
 }
 
+/** A carried connection's client side: user mode when it carries record state (the carried form keeps it beside the pair). */
+export function carriedRecords(c: CarriedPair): ClientRecords {
+  return c.user ? { mode: 'user', state: c.user } : { mode: 'kernel' };
+}
+
 export type ToWorker =
-  | { op: 'add'; info: PairInfo; clientFd: number; backendFd: number; user?: UserState; restored?: PairSnapshot; stored?: StoredFds }
+  | { op: 'add'; info: PairInfo; clientFd: number; backendFd: number; records: ClientRecords; restored?: PairSnapshot; stored?: StoredFds }
   /** Move every connection to the upgrade bridge on the other end of linkFd, batch by batch. */
   | { op: 'migrate'; seq: number; linkFd: number; idleTimeoutMs: number; bridgeReady: boolean }
   /** Take up to `max` connections back from the upgrade bridge. */

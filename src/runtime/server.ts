@@ -86,7 +86,7 @@ export class ProxyServer {
           this.sources.established(m.info.id);
           this.live.set(m.info.id, m.info);
           this.count(counter.connections(m.info.mode));
-          relay.add(m.info, m.clientFd, m.backendFd, m.user);
+          relay.add(m.info, m.clientFd, m.backendFd, m.records);
         },
         gone: (id) => {
           this.inFlight.delete(id);

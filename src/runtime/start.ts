@@ -225,7 +225,7 @@ function resumeStored(server: ProxyServer, groups: Map<string, number[]>, store:
   const r = restartFromStore(groups, {
     store: cleanup,
     resume: store !== undefined,
-    adopt: (info, clientFd, backendFd, carried, stored) => server.deps.relay.add(info, clientFd, backendFd, undefined, carried.pair, stored),
+    adopt: (info, clientFd, backendFd, carried, stored) => server.deps.relay.add(info, clientFd, backendFd, { mode: 'kernel' }, carried.pair, stored),
     poller: server.deps.poller,
     log,
   });
