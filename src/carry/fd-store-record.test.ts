@@ -4,11 +4,11 @@ import fs from 'node:fs';
 import { test } from 'node:test';
 import { sys } from '../kernel/libc.js';
 import { RECORD_SEALS, decodeFlags, encodeFlags, isRecordMemfd, markMoving, pipeInode, readRecord, updateFlags, writeRecord } from './fd-store-record.js';
-import type { PairInfo } from '../core/connection.js';
+import type { ConnectionInfo } from '../core/connection.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 
-const info: PairInfo = {
+const info: ConnectionInfo = {
   id: 'c7',
   client: '127.0.0.1:40000',
   backend: '127.0.0.1:8080',

@@ -1,7 +1,7 @@
 // The memfd deposited in the fd store with each connection: which descriptor is which, and the relay state a restart needs (never a key).
 import fs from 'node:fs';
 import { EINTR, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, errnoName, sys } from '../kernel/libc.js';
-import type { PairInfo, PairSnapshot } from '../core/connection.js';
+import type { ConnectionInfo, HalfCloseFlags } from '../core/connection.js';
 
 /** The memfd's name, as /proc/self/fd shows it ("/memfd:ironsocket-conn (deleted)"): how a restart tells it from the sockets. */
 export const RECORD_MEMFD_NAME = 'ironsocket-conn';
@@ -21,24 +21,23 @@ export const RECORD_SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW;
 /** A record is a few hundred bytes; anything much larger is not one of ours. */
 const MAX_RECORD_BYTES = 64 * 1024;
 
-export type PairFlags = PairSnapshot['flags'];
-const FLAG_BITS: (keyof PairFlags)[] = ['clientEof', 'backendShut', 'backendEof', 'clientShut', 'closeNotifySent'];
+const FLAG_BITS: (keyof HalfCloseFlags)[] = ['clientEof', 'backendShut', 'backendEof', 'clientShut', 'closeNotifySent'];
 
 /** What the memfd says about its connection. Pipes are named by inode: the store may hand descriptors back in any order. */
-export interface ConnectionRecord {
-  info: PairInfo;
+export interface StoredConnection {
+  info: ConnectionInfo;
   /** The inodes of the connection's own splice pipes (kernel mode), client→backend and backend→client. */
   pipes?: { c2b: number; b2c: number };
-  flags: PairFlags;
+  flags: HalfCloseFlags;
   /** The connection was moving through an in-place upgrade (bytes the bridge held are not in the store). */
   moving?: boolean;
 }
 
-export function encodeFlags(f: PairFlags): number {
+export function encodeFlags(f: HalfCloseFlags): number {
   return FLAG_BITS.reduce((bits, name, i) => (f[name] ? bits | (1 << i) : bits), 0);
 }
 
-export function decodeFlags(bits: number): PairFlags {
+export function decodeFlags(bits: number): HalfCloseFlags {
   const f = { clientEof: false, backendShut: false, backendEof: false, clientShut: false, closeNotifySent: false };
   FLAG_BITS.forEach((name, i) => (f[name] = (bits & (1 << i)) !== 0));
   return f;
@@ -64,7 +63,7 @@ export function isRecordMemfd(fd: number): boolean {
 }
 
 /** A new memfd (close-on-exec) holding the record; the caller deposits it and keeps it to update the flags. */
-export function writeRecord(r: ConnectionRecord): number {
+export function writeRecord(r: StoredConnection): number {
   const json = Buffer.from(JSON.stringify({ info: r.info, pipes: r.pipes }));
   const out = Buffer.alloc(JSON_AT + json.length);
   MAGIC.copy(out, 0);
@@ -88,7 +87,7 @@ export function writeRecord(r: ConnectionRecord): number {
 }
 
 /** Rewrites the half-close state in place (the store holds the same file, so it sees the change). Returns -errno on failure. */
-export function updateFlags(fd: number, f: PairFlags): number {
+export function updateFlags(fd: number, f: HalfCloseFlags): number {
   const r = sys.pwrite(fd, Buffer.of(encodeFlags(f)), FLAGS_AT);
   return r < 0 ? r : 0;
 }
@@ -100,7 +99,7 @@ export function markMoving(fd: number): number {
 }
 
 /** Reads a record back; throws an Error saying what is wrong with a descriptor that is not a well-formed record. */
-export function readRecord(fd: number): ConnectionRecord {
+export function readRecord(fd: number): StoredConnection {
   let seals: number;
   try {
     seals = sys.getSeals(fd);
@@ -122,7 +121,7 @@ export function readRecord(fd: number): ConnectionRecord {
   if (got < JSON_AT || !buf.subarray(0, MAGIC.length).equals(MAGIC)) throw new Error(`fd ${fd} is not an Iron Socket connection record`);
   const len = buf.readUInt32LE(LENGTH_AT);
   if (JSON_AT + len !== got) throw new Error(`connection record fd ${fd} is truncated (${got} bytes, header says ${JSON_AT + len})`);
-  let body: { info?: PairInfo; pipes?: { c2b: number; b2c: number } };
+  let body: { info?: ConnectionInfo; pipes?: { c2b: number; b2c: number } };
   try {
     body = JSON.parse(buf.subarray(JSON_AT, got).toString('utf8'));
   } catch (e) {

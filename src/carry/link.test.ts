@@ -4,13 +4,13 @@ import fs from 'node:fs';
 import { describe, it } from 'node:test';
 import { FdChannel } from '../kernel/fdpass.js';
 import { SOCK_SEQPACKET, SOCK_STREAM, sys } from '../kernel/libc.js';
-import type { CarriedPair } from '../relay/protocol.js';
+import type { CarriedConnection } from '../relay/protocol.js';
 import { Link } from './link.js';
 import { STATE_SEALS, encodeTagged, readStateMemfd, writeStateMemfd } from './state.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 
-function carried(id: string, clientFd: number, backendFd: number): CarriedPair {
+function carried(id: string, clientFd: number, backendFd: number): CarriedConnection {
   return {
     clientFd,
     backendFd,

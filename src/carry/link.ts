@@ -1,7 +1,7 @@
 // The bridge link: messages, and batches of live connections with their fds, between an image and the upgrade bridge.
 import { FdChannel, MAX_FDS_PER_MESSAGE } from '../kernel/fdpass.js';
 import { errnoName, sys } from '../kernel/libc.js';
-import type { CarriedPair, ClosedElsewhere } from '../relay/protocol.js';
+import type { CarriedConnection, ClosedElsewhere } from '../relay/protocol.js';
 import { decodeTagged, encodeTagged, readStateMemfd, writeStateMemfd } from './state.js';
 
 /**
@@ -28,14 +28,14 @@ export type LinkHeader =
 
 /** What a batch's memfd holds besides the fds. */
 interface BatchBody {
-  pairs: CarriedPair[];
+  pairs: CarriedConnection[];
   closed: ClosedElsewhere[];
 }
 
 const BATCH_MAGIC = 'IRONSOCKET-BATCH-1\n';
 
 export type LinkEvent =
-  { kind: 'message'; header: LinkHeader; pairs: CarriedPair[]; closed: ClosedElsewhere[] } | { kind: 'again' } | { kind: 'closed'; reason: string };
+  { kind: 'message'; header: LinkHeader; pairs: CarriedConnection[]; closed: ClosedElsewhere[] } | { kind: 'again' } | { kind: 'closed'; reason: string };
 
 export class Link {
   private readonly channel: FdChannel;
@@ -54,7 +54,7 @@ export class Link {
    * Sends a header with connections: their state in a memfd, their fds alongside. On success the
    * fds are in flight (the caller closes its copies); on failure they are still the caller's.
    */
-  sendBatch(header: LinkHeader, pairs: CarriedPair[], closed: ClosedElsewhere[] = []): string | undefined {
+  sendBatch(header: LinkHeader, pairs: CarriedConnection[], closed: ClosedElsewhere[] = []): string | undefined {
     const body: BatchBody = { pairs, closed };
     const encoded = encodeTagged(BATCH_MAGIC, body);
     let memfd: number;

@@ -11,7 +11,7 @@ import { eventually } from '../testkit/proxy-process.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
 import { pipeInode, writeRecord } from './fd-store-record.js';
 import { identify, restartFromStore } from './restart.js';
-import type { PairInfo } from '../core/connection.js';
+import type { ConnectionInfo } from '../core/connection.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 const none = { clientEof: false, backendShut: false, backendEof: false, clientShut: false, closeNotifySent: false };
@@ -38,7 +38,7 @@ const peer = (fd: number) => formatEndpoint(decodeSockaddr(sys.getpeername(fd)!)
 function storedConnection(id: string, mode: 'kernel' | 'user') {
   const client = tcpPair();
   const backend = tcpPair();
-  const info: PairInfo = {
+  const info: ConnectionInfo = {
     id,
     client: peer(client.near),
     backend: peer(backend.near),

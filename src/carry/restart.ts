@@ -7,18 +7,18 @@ import { decodeSockaddr, formatEndpoint } from '../kernel/sockaddr.js';
 import { lingeringClose } from '../edge/linger.js';
 import { KernelClient } from '../relay/kernel-client.js';
 import type { Pipe } from '../relay/pipes.js';
-import type { CarriedPair } from '../relay/protocol.js';
+import type { CarriedConnection } from '../relay/protocol.js';
 import type { StoredFds } from '../relay/keeper.js';
 import { connectionIdOf, connectionNumber, type FdStore } from '../service/fd-store.js';
 import { checkPair, rejectPair } from './restore.js';
-import { describeFd, isRecordMemfd, readRecord, type ConnectionRecord } from './fd-store-record.js';
-import type { PairInfo } from '../core/connection.js';
+import { describeFd, isRecordMemfd, readRecord, type StoredConnection } from './fd-store-record.js';
+import type { ConnectionInfo } from '../core/connection.js';
 
 /** One connection's descriptors, each known for what it is. */
 export interface FoundConnection {
   name: string;
-  record: ConnectionRecord;
-  carried: CarriedPair;
+  record: StoredConnection;
+  carried: CarriedConnection;
   stored: StoredFds;
 }
 
@@ -49,7 +49,7 @@ export function identify(name: string, fds: number[]): FoundConnection | Unusabl
   if (!id) return unusable(`${JSON.stringify(name)} is not a connection's store name`);
   const memfds = fds.filter(isRecordMemfd);
   if (memfds.length !== 1) return unusable(`${memfds.length} connection records among its ${fds.length} descriptors (want 1)`);
-  let record: ConnectionRecord;
+  let record: StoredConnection;
   try {
     record = readRecord(memfds[0]!);
   } catch (e) {
@@ -79,15 +79,15 @@ export function identify(name: string, fds: number[]): FoundConnection | Unusabl
   }
   const known = new Set([memfds[0]!, clientFd, backendFd, ...(pipes ? [pipes.c2b.r, pipes.c2b.w, pipes.b2c.r, pipes.b2c.w] : [])]);
   if (known.size !== fds.length) return unusable(`${fds.length - known.size} descriptor(s) its record does not account for`);
-  const carried: CarriedPair = { clientFd, backendFd, pair: { info, bytesIn: 0, bytesOut: 0, flags: record.flags } };
+  const carried: CarriedConnection = { clientFd, backendFd, pair: { info, bytesIn: 0, bytesOut: 0, flags: record.flags } };
   return { name, record, carried, stored: { memfd: memfds[0]!, pipes } };
 }
 
 export interface StoreRestart {
   /** Kernel-mode connections verified and handed to the relay. */
-  resumed: PairInfo[];
+  resumed: ConnectionInfo[];
   /** User-mode connections (their record state died with the process), closed. */
-  notResumable: PairInfo[];
+  notResumable: ConnectionInfo[];
   /** Entries that could not be verified or made sense of, closed. */
   failed: { id: string; reason: string }[];
   /** The highest connection number seen: new connections are numbered after it. */
@@ -100,7 +100,7 @@ export interface StoreRestartDeps {
   /** False when fd_store is now off: everything found is closed instead of resumed. */
   resume: boolean;
   /** Takes over a verified connection (Relay.add). */
-  adopt(info: PairInfo, clientFd: number, backendFd: number, carried: CarriedPair, stored: StoredFds): void;
+  adopt(info: ConnectionInfo, clientFd: number, backendFd: number, carried: CarriedConnection, stored: StoredFds): void;
   poller: Poller;
   log: Logger;
 }

@@ -4,7 +4,7 @@ import { TCP_ULP, TlsRecordIo, RECORD_ALERT } from '../kernel/ktls.js';
 import { decodeSockaddr, formatEndpoint } from '../kernel/sockaddr.js';
 import { RecordProtection } from '../record/aead.js';
 import { suiteByName } from '../record/suites.js';
-import type { CarriedPair } from '../relay/protocol.js';
+import type { CarriedConnection } from '../relay/protocol.js';
 import type { CarriedListener } from './state.js';
 
 const SO_ACCEPTCONN = 30;
@@ -44,7 +44,7 @@ function ulpOf(fd: number): string {
 }
 
 /** Returns why this carried connection cannot be adopted, or undefined when every fd checks out. */
-export function checkPair(p: CarriedPair): string | undefined {
+export function checkPair(p: CarriedConnection): string | undefined {
   const info = p.pair.info;
   const bad = checkConnected(p.clientFd, info.client, 'client') ?? checkConnected(p.backendFd, info.backend, 'backend');
   if (bad) return bad;
@@ -56,7 +56,7 @@ export function checkPair(p: CarriedPair): string | undefined {
 }
 
 /** Closes a connection that could not be restored: a fatal alert where the state allows, then both fds. */
-export function rejectPair(p: CarriedPair, io: TlsRecordIo): void {
+export function rejectPair(p: CarriedConnection, io: TlsRecordIo): void {
   try {
     if (p.pair.info.mode === 'kernel' && ulpOf(p.clientFd) === 'tls') {
       io.sendRecord(p.clientFd, RECORD_ALERT, Buffer.from([2, ALERT_INTERNAL_ERROR]));
@@ -83,7 +83,7 @@ export function rejectPair(p: CarriedPair, io: TlsRecordIo): void {
 }
 
 /** Zeroes every key and secret carried for user-mode connections. */
-export function wipeCarried(pairs: CarriedPair[]): void {
+export function wipeCarried(pairs: CarriedConnection[]): void {
   for (const p of pairs) {
     const u = p.user;
     if (!u) continue;

@@ -13,12 +13,12 @@ import { PlainSplicingClient } from '../testkit/splicing-client.js';
 import { Pair, type PairHost } from '../relay/pair.js';
 import { PipePool } from '../relay/pipes.js';
 import { StoredPairs } from './stored-pairs.js';
-import type { PairInfo } from '../core/connection.js';
+import type { ConnectionInfo } from '../core/connection.js';
 
 const SO_SNDBUF = 7;
 const SO_RCVBUF = 8;
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
-const info: PairInfo = { id: 'c9', client: 'a', backend: 'b', version: 'TLSv1.3', cipher: 'x', mode: 'kernel', startedAt: 0 };
+const info: ConnectionInfo = { id: 'c9', client: 'a', backend: 'b', version: 'TLSv1.3', cipher: 'x', mode: 'kernel', startedAt: 0 };
 
 /** Client and backend socket pairs; the backend's buffers small, so bytes park in the c2b pipe. */
 function sockets() {

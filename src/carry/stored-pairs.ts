@@ -6,9 +6,9 @@ import { NotifyError } from '../service/notify.js';
 import type { OwnPipes } from '../relay/pair.js';
 import type { ConnectionKeeper, KeeperLog, StoredFds } from '../relay/keeper.js';
 import { PipePool, type Pipe } from '../relay/pipes.js';
-import type { PairInfo, PairSnapshot } from '../core/connection.js';
+import type { ConnectionInfo, ConnectionSnapshot } from '../core/connection.js';
 
-const NO_FLAGS: PairSnapshot['flags'] = { clientEof: false, backendShut: false, backendEof: false, clientShut: false, closeNotifySent: false };
+const NO_FLAGS: ConnectionSnapshot['flags'] = { clientEof: false, backendShut: false, backendEof: false, clientShut: false, closeNotifySent: false };
 
 function closeFds(s: StoredFds): void {
   sys.close(s.memfd);
@@ -99,11 +99,11 @@ export class StoredPairs implements ConnectionKeeper {
    * Returns undefined when the store would not take it: the connection then runs unprotected.
    */
   deposit(
-    info: PairInfo,
+    info: ConnectionInfo,
     clientFd: number,
     backendFd: number,
-    restored?: PairSnapshot,
-  ): { fds: StoredFds; own?: OwnPipes; restored?: PairSnapshot } | undefined {
+    restored?: ConnectionSnapshot,
+  ): { fds: StoredFds; own?: OwnPipes; restored?: ConnectionSnapshot } | undefined {
     const name = connectionFdName(info.id);
     let fds: StoredFds | undefined;
     try {
@@ -132,7 +132,7 @@ export class StoredPairs implements ConnectionKeeper {
   }
 
   /** Writes the connection's new half-close state into its record. */
-  flags(id: string, fds: StoredFds, flags: PairSnapshot['flags']): void {
+  flags(id: string, fds: StoredFds, flags: ConnectionSnapshot['flags']): void {
     const r = updateFlags(fds.memfd, flags);
     if (r < 0) this.log('warn', id, `cannot update its fd store record (errno ${-r})`);
   }
@@ -173,7 +173,7 @@ function pipe(): Pipe {
   return { r, w };
 }
 
-function writeRecordOrClose(info: PairInfo, pipes: StoredFds['pipes'], flags: PairSnapshot['flags']): number {
+function writeRecordOrClose(info: ConnectionInfo, pipes: StoredFds['pipes'], flags: ConnectionSnapshot['flags']): number {
   try {
     return writeRecord({ info, flags, pipes: pipes && { c2b: pipeInode(pipes.c2b.r)!, b2c: pipeInode(pipes.b2c.r)! } });
   } catch (e) {
@@ -183,7 +183,7 @@ function writeRecordOrClose(info: PairInfo, pipes: StoredFds['pipes'], flags: Pa
 }
 
 /** Moves bytes an upgrade carried in buffers into the connection's own pipes; what does not fit stays buffered. */
-function carryIntoPipes(pipes: { c2b: Pipe; b2c: Pipe }, restored: PairSnapshot | undefined): { own: OwnPipes; restored?: PairSnapshot } {
+function carryIntoPipes(pipes: { c2b: Pipe; b2c: Pipe }, restored: ConnectionSnapshot | undefined): { own: OwnPipes; restored?: ConnectionSnapshot } {
   const held = { c2b: 0, b2c: 0 };
   if (!restored) return { own: { ...pipes, held } };
   const rest = { ...restored };

@@ -1,7 +1,7 @@
 // Moves live connections between a relay loop and the upgrade bridge in small batches, so each one pauses only for its batch.
 import { sys } from '../kernel/libc.js';
 import type { RelayLoop } from '../relay/loop.js';
-import type { CarriedPair, Reclaimed } from '../relay/protocol.js';
+import type { CarriedConnection, Reclaimed } from '../relay/protocol.js';
 import type { Migrated } from '../relay/relay.js';
 import { BATCH, LINK_PROTOCOL, type Link, type LinkEvent } from './link.js';
 import { checkPair, rejectPair, wipeCarried } from './restore.js';
@@ -25,7 +25,7 @@ function watchLink(
 }
 
 /** Closes this side's copies of fds that are now in flight to (or held by) the other process. */
-function closeOurCopies(batch: CarriedPair[]): void {
+function closeOurCopies(batch: CarriedConnection[]): void {
   for (const p of batch) {
     sys.close(p.clientFd);
     sys.close(p.backendFd);

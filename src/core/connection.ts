@@ -1,6 +1,6 @@
 // The shared shape of one relayed connection (identity, record state, how it ended): used from the edge to the fd store.
 
-export interface PairInfo {
+export interface ConnectionInfo {
   id: string;
   client: string;
   backend: string;
@@ -17,8 +17,8 @@ export interface PairInfo {
 }
 
 /** Everything about a pair except its fds and client record state: what an upgrade carries. */
-export interface PairSnapshot {
-  info: PairInfo;
+export interface ConnectionSnapshot {
+  info: ConnectionInfo;
   bytesIn: number;
   bytesOut: number;
   c2b?: Uint8Array;
@@ -35,7 +35,7 @@ export interface HalfClose {
 }
 
 /** The half-close state as it is carried (upgrade hand-off, fd-store record): five flags, unchanged on the wire. */
-export type HalfCloseFlags = PairSnapshot['flags'];
+export type HalfCloseFlags = ConnectionSnapshot['flags'];
 
 export function halfCloseOf(f: HalfCloseFlags): HalfClose {
   return {

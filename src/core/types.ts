@@ -1,5 +1,7 @@
 // Shared shapes passed between the edge, the runtime, the admin socket, metrics and the CLI (config, status, upgrade outcome).
 
+import type { ConnectionInfo } from './connection.js';
+
 export type KtlsPolicy = 'auto' | 'require' | 'off';
 
 export interface HostPort {
@@ -88,13 +90,8 @@ export interface KtlsSupport {
   rekey: boolean;
 }
 
-export interface ConnectionStatus {
-  id: string;
-  client: string;
-  backend: string;
-  version: TlsVersionName;
-  cipher: string;
-  mode: ConnectionMode;
+/** One relayed connection as status reports it: its ConnectionInfo, with its age instead of its start, and its bytes. */
+export interface ConnectionStatus extends Omit<ConnectionInfo, 'startedAt'> {
   /** Plaintext bytes received from the client (and sent to the backend). */
   bytesIn: number;
   /** Plaintext bytes received from the backend (and sent to the client). */
@@ -102,10 +99,6 @@ export interface ConnectionStatus {
   ageMs: number;
   /** The relay worker carrying it (0-based), when it answered. */
   worker?: number;
-  listener?: string;
-  sni?: string;
-  alpn?: string;
-  clientSubject?: string;
 }
 
 export interface ListenerStatus {

@@ -15,7 +15,7 @@ import type { BackendPool } from './backend-pool.js';
 import { buildPreamble, writeAll } from './backend-preamble.js';
 import { lingeringClose } from './linger.js';
 import type { KtlsPolicy, ProxyProtocolVersion } from '../core/types.js';
-import type { ClientRecords, PairInfo, UserState } from '../core/connection.js';
+import type { ClientRecords, ConnectionInfo, UserState } from '../core/connection.js';
 import { counter, type ClientCertRefusal, type CounterName } from '../core/counters.js';
 
 /** A listener as one handshake worker runs it: its SNI table, ALPN list, client auth and backend pools. */
@@ -46,15 +46,12 @@ export interface ConnectionContext {
   /** Aborted when an upgrade cannot wait for this connection's handshake. */
   signalFor(id: string): AbortSignal | undefined;
   /** A connection reached the relay. */
-  established(c: LiveConnection): void;
+  established(c: ConnectionInfo): void;
   /** A connection that never reached the relay is gone. */
   gone(id: string): void;
   /** Appends each handshake's key log lines to the IRONSOCKET_KEYLOG_FILE file; unset (the default), nothing is logged. */
   keylog?: (line: Buffer) => void;
 }
-
-/** A connection handed to the relay: what status reports about it. */
-export type LiveConnection = PairInfo;
 
 /** Sends a fatal alert protected with the session's TX keys (the kernel does not have them yet). */
 function userspaceAlert(fd: number, s: EstablishedSession, desc: number): void {
@@ -232,7 +229,7 @@ export async function serveConnection(ctx: ConnectionContext, listener: Listener
       }
     }
     const records: ClientRecords = mode === 'user' ? { mode, state: userState(session) } : { mode };
-    const live: LiveConnection = {
+    const live: ConnectionInfo = {
       id,
       client,
       backend: formatEndpoint(backend),

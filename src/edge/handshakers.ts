@@ -4,7 +4,7 @@ import type { LogLevel } from '../core/log.js';
 import { WORKER_RESOURCE_LIMITS } from '../relay/shard.js';
 import { wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
 import type { KtlsPolicy } from '../core/types.js';
-import type { ClientRecords, PairInfo } from '../core/connection.js';
+import type { ClientRecords, ConnectionInfo } from '../core/connection.js';
 import type { CounterName } from '../core/counters.js';
 
 export interface HandshakerInit {
@@ -37,7 +37,7 @@ export type ToHandshaker =
  */
 export type FromHandshaker =
   | { op: 'ready' }
-  | { op: 'established'; info: PairInfo; clientFd: number; backendFd: number; records: ClientRecords; counts: CounterName[] }
+  | { op: 'established'; info: ConnectionInfo; clientFd: number; backendFd: number; records: ClientRecords; counts: CounterName[] }
   | { op: 'gone'; id: string; counts: CounterName[] };
 
 export interface HandshakerEvents {

@@ -1,5 +1,5 @@
 // The hook through which a relay loop keeps its connections outside the process (the fd store): carry/stored-pairs.ts implements it.
-import type { PairInfo, PairSnapshot } from '../core/connection.js';
+import type { ConnectionInfo, ConnectionSnapshot } from '../core/connection.js';
 import type { OwnPipes } from './pair.js';
 import type { Pipe } from './pipes.js';
 
@@ -21,15 +21,15 @@ export interface ConnectionKeeper {
   flush(wait?: boolean): boolean;
   /** Deposits a new or carried connection; undefined when it runs unprotected. */
   deposit(
-    info: PairInfo,
+    info: ConnectionInfo,
     clientFd: number,
     backendFd: number,
-    restored?: PairSnapshot,
-  ): { fds: StoredFds; own?: OwnPipes; restored?: PairSnapshot } | undefined;
+    restored?: ConnectionSnapshot,
+  ): { fds: StoredFds; own?: OwnPipes; restored?: ConnectionSnapshot } | undefined;
   /** A connection found in the store after a restart: its own pipes, with the bytes in flight in them. */
   adopted(fds: StoredFds): OwnPipes | undefined;
   /** The connection's half-close state has changed. */
-  flags(id: string, fds: StoredFds, flags: PairSnapshot['flags']): void;
+  flags(id: string, fds: StoredFds, flags: ConnectionSnapshot['flags']): void;
   /** Takes the connection out before its sockets close (shutting `sockets` down when that cannot go at once). */
   remove(id: string, fds: StoredFds, sockets: number[]): void;
   /** The connection leaves for another process: close our copies only. */

@@ -8,11 +8,11 @@ import { suiteByName } from '../record/suites.js';
 import { KernelClient } from './kernel-client.js';
 import { LingeringCloses } from './lingering.js';
 import { Pair, type OwnPipes, type PairHost } from './pair.js';
-import { carriedRecords, ownedCopy, type CarriedPair, type FromWorker, type ToWorker } from './protocol.js';
+import { carriedRecords, ownedCopy, type CarriedConnection, type FromWorker, type ToWorker } from './protocol.js';
 import { PipePool } from './pipes.js';
 import type { ConnectionKeeper, KeeperLog, StoredFds } from './keeper.js';
 import { UserClient } from './user-client.js';
-import type { ClientRecords, PairInfo, PairSnapshot, UserState } from '../core/connection.js';
+import type { ClientRecords, ConnectionInfo, ConnectionSnapshot, UserState } from '../core/connection.js';
 
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
@@ -146,7 +146,7 @@ export class RelayLoop {
    * Starts relaying one connection: new, carried from elsewhere with its snapshot, or (`stored`)
    * found in the fd store after a restart. With the fd store, a new or carried one is deposited.
    */
-  add(info: PairInfo, clientFd: number, backendFd: number, records: ClientRecords, restored?: PairSnapshot, stored?: StoredFds): void {
+  add(info: ConnectionInfo, clientFd: number, backendFd: number, records: ClientRecords, restored?: ConnectionSnapshot, stored?: StoredFds): void {
     let own: OwnPipes | undefined;
     if (this.stored && stored) {
       own = this.stored.adopted(stored);
@@ -170,7 +170,7 @@ export class RelayLoop {
   }
 
   /** Takes over a connection that another loop detached. */
-  adopt(c: CarriedPair): void {
+  adopt(c: CarriedConnection): void {
     this.add(c.pair.info, c.clientFd, c.backendFd, carriedRecords(c), c.pair);
   }
 
@@ -178,8 +178,8 @@ export class RelayLoop {
    * Stops relaying up to `max` connections at a clean point and returns their whole state (keys
    * included for user mode). Their fds leave this loop's epoll but stay open: the caller owns them.
    */
-  detach(max: number): CarriedPair[] {
-    const out: CarriedPair[] = [];
+  detach(max: number): CarriedConnection[] {
+    const out: CarriedConnection[] = [];
     for (const p of this.pairs.values()) {
       if (out.length >= max) break;
       const user = p.client instanceof UserClient ? p.client.snapshot() : undefined;

@@ -9,12 +9,12 @@ import { PlainSplicingClient } from '../testkit/splicing-client.js';
 import { NON_DATA_BURST, NON_DATA_PER_SECOND, NOTES_UNLIMITED, NonDataAllowance, TURN_BYTES, TURN_READS } from './budget.js';
 import { Pair, type PairHost } from './pair.js';
 import { PipePool } from './pipes.js';
-import type { PairInfo } from '../core/connection.js';
+import type { ConnectionInfo } from '../core/connection.js';
 
 const SO_SNDBUF = 7;
 const SO_RCVBUF = 8;
 
-const info: PairInfo = { id: 't', client: 'a', backend: 'b', version: 'TLSv1.3', cipher: 'x', mode: 'kernel', startedAt: 0 };
+const info: ConnectionInfo = { id: 't', client: 'a', backend: 'b', version: 'TLSv1.3', cipher: 'x', mode: 'kernel', startedAt: 0 };
 
 function rig(bufBytes?: number, clientBufBytes?: number) {
   const [clientApp, clientProxy] = sys.socketpair(SOCK_STREAM | SOCK_NONBLOCK);

@@ -4,7 +4,7 @@ import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
 import { ALERT, type ClientRead, type ClientSide } from './client-side.js';
 import { NON_DATA_BURST, NON_DATA_PER_SECOND, NonDataAllowance, NoteLimiter, TURN_BYTES, TURN_READS } from './budget.js';
 import { PipePool, type Pipe, type PipeLoad } from './pipes.js';
-import { halfCloseFlags, halfCloseOf, type CloseCause, type HalfClose, type PairInfo, type PairSnapshot } from '../core/connection.js';
+import { halfCloseFlags, halfCloseOf, type CloseCause, type HalfClose, type ConnectionInfo, type ConnectionSnapshot } from '../core/connection.js';
 
 /** Bytes one splice moves at most: a default pipe's capacity. */
 const PIPE_CHUNK = 64 * 1024;
@@ -58,12 +58,12 @@ export class Pair {
   private readonly notes = new NoteLimiter();
 
   constructor(
-    readonly info: PairInfo,
+    readonly info: ConnectionInfo,
     readonly client: ClientSide,
     readonly backendFd: number,
     private readonly host: PairHost,
     /** State carried over from a previous process image. */
-    restored?: PairSnapshot,
+    restored?: ConnectionSnapshot,
     private readonly own?: OwnPipes,
   ) {
     if (restored) {
@@ -101,7 +101,7 @@ export class Pair {
   }
 
   /** The state an upgrade must carry (call only while the loop is stopped). Bytes parked in pipes move into buffers. */
-  snapshot(): PairSnapshot {
+  snapshot(): ConnectionSnapshot {
     const out = (load: PipeLoad) => {
       const bytes = PipePool.readOut(load);
       this.givePipe(load.pipe);
@@ -115,7 +115,7 @@ export class Pair {
   }
 
   /** The half-close state. */
-  get flags(): PairSnapshot['flags'] {
+  get flags(): ConnectionSnapshot['flags'] {
     return halfCloseFlags(this.half);
   }
 

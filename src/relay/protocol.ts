@@ -1,6 +1,6 @@
 // Messages between the main thread and the relay worker (structured-clone safe: no keys ever cross here for kernel mode).
 import type { StoredFds } from './keeper.js';
-import type { ClientRecords, CloseCause, PairInfo, PairSnapshot, UserState } from '../core/connection.js';
+import type { ClientRecords, CloseCause, ConnectionInfo, ConnectionSnapshot, UserState } from '../core/connection.js';
 
 export interface WorkerInit {
   /** eventfd the main thread writes to after posting, to wake epoll_wait. */
@@ -32,20 +32,20 @@ export function keyBuffers(records: ClientRecords): ArrayBuffer[] {
 }
 
 /** One connection as an upgrade carries it: fds, relay state, and (user mode) record state. */
-export interface CarriedPair {
+export interface CarriedConnection {
   clientFd: number;
   backendFd: number;
-  pair: PairSnapshot;
+  pair: ConnectionSnapshot;
   user?: UserState;
 }
 
 /** A carried connection's client side: user mode when it carries record state (the carried form keeps it beside the pair). */
-export function carriedRecords(c: CarriedPair): ClientRecords {
+export function carriedRecords(c: CarriedConnection): ClientRecords {
   return c.user ? { mode: 'user', state: c.user } : { mode: 'kernel' };
 }
 
 export type ToWorker =
-  | { op: 'add'; info: PairInfo; clientFd: number; backendFd: number; records: ClientRecords; restored?: PairSnapshot; stored?: StoredFds }
+  | { op: 'add'; info: ConnectionInfo; clientFd: number; backendFd: number; records: ClientRecords; restored?: ConnectionSnapshot; stored?: StoredFds }
   /** Move every connection to the upgrade bridge on the other end of linkFd, batch by batch. */
   | { op: 'migrate'; seq: number; linkFd: number; idleTimeoutMs: number; bridgeReady: boolean }
   /** Take up to `max` connections back from the upgrade bridge. */
@@ -77,7 +77,7 @@ export interface Reclaimed {
   error?: string;
   /** The bridge has nothing left (it exits now). */
   bridgeDone: boolean;
-  connections: PairInfo[];
+  connections: ConnectionInfo[];
   failed: { id: string; reason: string }[];
   closed: ClosedElsewhere[];
   /** The largest pause one connection saw moving into the bridge, and out of it (ms). */

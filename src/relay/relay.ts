@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events';
 import type { StoredFds } from './keeper.js';
 import type { PairStats, Reclaimed } from './protocol.js';
 import { Shard, type RelayEvents } from './shard.js';
-import type { ClientRecords, PairInfo, PairSnapshot } from '../core/connection.js';
+import type { ClientRecords, ConnectionInfo, ConnectionSnapshot } from '../core/connection.js';
 
 export interface Migrated {
   moved: number;
@@ -51,7 +51,7 @@ export class Relay extends EventEmitter<RelayEvents> {
   }
 
   /** Hands a connection to the shard relaying the fewest; from here on it owns (and closes) both fds. */
-  add(info: PairInfo, clientFd: number, backendFd: number, records: ClientRecords, restored?: PairSnapshot, stored?: StoredFds): void {
+  add(info: ConnectionInfo, clientFd: number, backendFd: number, records: ClientRecords, restored?: ConnectionSnapshot, stored?: StoredFds): void {
     let best = this.shards[0]!;
     for (const s of this.shards) if (s.connections < best.connections) best = s;
     best.add(info, clientFd, backendFd, records, restored, stored);

@@ -4,7 +4,7 @@ import { Worker } from 'node:worker_threads';
 import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
 import type { StoredFds } from './keeper.js';
 import { keyBuffers, type FromWorker, type PairStats, type Reclaimed, type ToWorker, type WorkerInit } from './protocol.js';
-import type { ClientRecords, PairInfo, PairSnapshot } from '../core/connection.js';
+import type { ClientRecords, ConnectionInfo, ConnectionSnapshot } from '../core/connection.js';
 
 export interface RelayEvents {
   closed: [msg: Extract<FromWorker, { op: 'closed' }>];
@@ -118,7 +118,7 @@ export class Shard extends EventEmitter<RelayEvents> {
   }
 
   /** Gives the worker both fds (and a stored connection's record and pipes); from here on it owns (and closes) them. */
-  add(info: PairInfo, clientFd: number, backendFd: number, records: ClientRecords, restored?: PairSnapshot, stored?: StoredFds): void {
+  add(info: ConnectionInfo, clientFd: number, backendFd: number, records: ClientRecords, restored?: ConnectionSnapshot, stored?: StoredFds): void {
     this.live++;
     // Keys move to the worker rather than being copied (this thread keeps no trace of them).
     this.post({ op: 'add', info, clientFd, backendFd, records, restored, stored }, keyBuffers(records));

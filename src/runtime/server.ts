@@ -6,14 +6,13 @@ import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import type { HandshakeListener } from '../edge/listener-setup.js';
 import type { MetricsSnapshot } from '../metrics/metrics.js';
 import type { Relay } from '../relay/relay.js';
-import type { LiveConnection } from '../edge/connection.js';
 import { SOL_SOCKET, SO_LINGER, sys } from '../kernel/libc.js';
 import { RejectionNotes, SourceCounts, sourceOf, sourceOfClient } from '../edge/per-source.js';
 import { LISTENER_FDNAME, connectionFdName, type FdStore } from '../service/fd-store.js';
 import { Handshakers, type HandshakerInit, type ReloadTimeouts } from '../edge/handshakers.js';
 import { Listener } from '../edge/listener.js';
 import type { KtlsSupport, ProxyConfig, ReloadOutcome, StatusSnapshot, UpgradeRecord } from '../core/types.js';
-import type { PairInfo } from '../core/connection.js';
+import type { ConnectionInfo } from '../core/connection.js';
 import { counter, type CounterName, type SourceLimit } from '../core/counters.js';
 
 /** struct linger { l_onoff = 1; l_linger = 0 }: close() resets the connection. */
@@ -37,7 +36,7 @@ export interface ServerDeps {
 
 export class ProxyServer {
   readonly counters: Record<string, number> = {};
-  readonly live = new Map<string, LiveConnection>();
+  readonly live = new Map<string, ConnectionInfo>();
   /** Accepted connections still in handshake or backend connect (in a handshake worker). */
   readonly inFlight = new Set<string>();
   /** Open connections per source address (IPv4) or /64 (IPv6), for the per-source limits. */
@@ -225,7 +224,7 @@ export class ProxyServer {
   }
 
   /** Records connections the relay worker already took over from a previous image. */
-  adoptRelayed(infos: PairInfo[]): void {
+  adoptRelayed(infos: ConnectionInfo[]): void {
     for (const info of infos) {
       this.live.set(info.id, { ...info });
       // Carried connections count against their source in this image as they did in the last.
