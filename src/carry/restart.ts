@@ -8,7 +8,7 @@ import { lingeringClose } from '../edge/linger.js';
 import { KernelClient } from '../relay/kernel-client.js';
 import type { Pipe } from '../relay/pipes.js';
 import type { CarriedConnection } from '../relay/protocol.js';
-import type { StoredFds } from '../relay/keeper.js';
+import type { StoredFds } from '../relay/store-hook.js';
 import { connectionIdOf, connectionNumber, type FdStore } from '../service/fd-store.js';
 import { checkPair, rejectPair } from './restore.js';
 import { describeFd, isRecordMemfd, readRecord, type StoredConnection } from './fd-store-record.js';

@@ -1,10 +1,10 @@
-// A relay loop's side of the fd store (its ConnectionKeeper): deposits each connection it starts relaying, keeps its record current, and takes it out before closing.
+// A relay loop's side of the fd store (its StoreHook): deposits each connection it starts relaying, keeps its record current, and takes it out before closing.
 import { SHUT_RDWR, sys } from '../kernel/libc.js';
 import { markMoving, pipeInode, updateFlags, writeRecord } from './fd-store-record.js';
 import { connectionFdName, type FdStore } from '../service/fd-store.js';
 import { NotifyError } from '../service/notify.js';
 import type { OwnPipes } from '../relay/pair.js';
-import type { ConnectionKeeper, KeeperLog, StoredFds } from '../relay/keeper.js';
+import type { StoreHook, StoreHookLog, StoredFds } from '../relay/store-hook.js';
 import { PipePool, type Pipe } from '../relay/pipes.js';
 import type { ConnectionInfo, ConnectionSnapshot } from '../core/connection.js';
 
@@ -32,12 +32,12 @@ interface Queued {
  * deposit is merely unprotected, and one waiting for its removal has its sockets shut down, so its
  * peers see the close although the store still holds duplicates.
  */
-export class StoredPairs implements ConnectionKeeper {
+export class StoredPairs implements StoreHook {
   private readonly queue: Queued[] = [];
 
   constructor(
     private readonly store: FdStore,
-    private readonly log: KeeperLog,
+    private readonly log: StoreHookLog,
   ) {}
 
   /** How many store messages wait for room in the manager's queue. */

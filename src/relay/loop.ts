@@ -10,7 +10,7 @@ import { LingeringCloses } from './lingering.js';
 import { Pair, type OwnPipes, type PairHost } from './pair.js';
 import { carriedRecords, ownedCopy, type CarriedConnection, type FromWorker, type ToWorker } from './protocol.js';
 import { PipePool } from './pipes.js';
-import type { ConnectionKeeper, KeeperLog, StoredFds } from './keeper.js';
+import type { StoreHook, StoreHookLog, StoredFds } from './store-hook.js';
 import { UserClient } from './user-client.js';
 import type { ClientRecords, ConnectionInfo, ConnectionSnapshot, UserState } from '../core/connection.js';
 
@@ -79,7 +79,7 @@ export class RelayLoop {
   private running = true;
   private readonly host: PairHost;
   /** With the fd store: deposits and removals, and each stored connection's record and pipes, by id. */
-  private readonly stored: ConnectionKeeper | undefined;
+  private readonly stored: StoreHook | undefined;
   private readonly storedFds = new Map<string, StoredFds>();
   /** Clients closed after our fatal alert, given a moment to read it. */
   private readonly lingering: LingeringCloses = new LingeringCloses(this);
@@ -87,11 +87,11 @@ export class RelayLoop {
   constructor(
     private readonly control: Control,
     private idleTimeoutMs: number,
-    /** With the fd store: the keeper of this loop's connections there (carry/stored-pairs.ts), given the loop's log. */
-    keeper?: (log: KeeperLog) => ConnectionKeeper,
+    /** With the fd store: the hook that keeps this loop's connections there (carry/stored-pairs.ts), given the loop's log. */
+    storeHook?: (log: StoreHookLog) => StoreHook,
   ) {
-    const log: KeeperLog = (level, id, msg) => this.send({ op: 'log', level, id, msg });
-    this.stored = keeper?.(log);
+    const log: StoreHookLog = (level, id, msg) => this.send({ op: 'log', level, id, msg });
+    this.stored = storeHook?.(log);
     if (this.stored) this.onTick(() => (this.stored!.flush(), true));
     if (control.wakeFd >= 0) sys.epollCtl(this.ep, EPOLL_CTL_ADD, control.wakeFd, encodeEvent(this.ev, 0x001, control.wakeFd));
     const { ep, ev, registered, byFd, pairs } = this;

@@ -1,5 +1,5 @@
 // Messages between the main thread and the relay worker (structured-clone safe: no keys ever cross here for kernel mode).
-import type { StoredFds } from './keeper.js';
+import type { StoredFds } from './store-hook.js';
 import type { ClientRecords, CloseCause, ConnectionInfo, ConnectionSnapshot, UserState } from '../core/connection.js';
 
 export interface WorkerInit {

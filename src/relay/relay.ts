@@ -1,6 +1,6 @@
 // The data plane as the rest of the proxy sees it: several relay workers (shards), new connections to the least loaded one.
 import { EventEmitter } from 'node:events';
-import type { StoredFds } from './keeper.js';
+import type { StoredFds } from './store-hook.js';
 import type { PairStats, Reclaimed } from './protocol.js';
 import { Shard, type RelayEvents } from './shard.js';
 import type { ClientRecords, ConnectionInfo, ConnectionSnapshot } from '../core/connection.js';

@@ -2,7 +2,7 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
-import type { StoredFds } from './keeper.js';
+import type { StoredFds } from './store-hook.js';
 import { keyBuffers, type FromWorker, type PairStats, type Reclaimed, type ToWorker, type WorkerInit } from './protocol.js';
 import type { ClientRecords, ConnectionInfo, ConnectionSnapshot } from '../core/connection.js';
 

@@ -9,14 +9,14 @@ export interface StoredFds {
   pipes?: { c2b: Pipe; b2c: Pipe };
 }
 
-export type KeeperLog = (level: 'info' | 'warn' | 'debug', id: string, msg: string) => void;
+export type StoreHookLog = (level: 'info' | 'warn' | 'debug', id: string, msg: string) => void;
 
 /**
  * Told of every change to a relay loop's connections, so that a copy kept elsewhere stays current: a connection
  * deposited as it starts, its half-close state as it changes, taken out before it closes, released when it moves
  * to another process. The relay never names the store behind it.
  */
-export interface ConnectionKeeper {
+export interface StoreHook {
   /** Sends what waits (with `wait`, blocking within a bound); returns whether nothing waits. */
   flush(wait?: boolean): boolean;
   /** Deposits a new or carried connection; undefined when it runs unprotected. */
