@@ -90,7 +90,8 @@ export interface UpgradeHost {
   readonly nextId: number;
   /** The bound listening sockets, carried across exec. */
   readonly listeners: readonly { readonly fd: number; readonly address: string }[];
-  lastUpgrade: UpgradeRecord | undefined;
+  /** The outcome of this attempt, when it did not happen (status and metrics report it). */
+  recordUpgrade(r: UpgradeRecord): void;
   count(name: CounterName): void;
   pauseAccepting(): void;
   resumeAccepting(): void;
@@ -111,7 +112,7 @@ export async function upgradeInPlace(server: UpgradeHost, opts: UpgradeOptions, 
   const relay = server.deps.relay;
   const fail = (error: string): UpgradeRecord => {
     const r: UpgradeRecord = { attempt, ok: false, at: new Date().toISOString(), error };
-    server.lastUpgrade = r;
+    server.recordUpgrade(r);
     server.count('upgrades_failed');
     log.error({ err: error }, `upgrade failed: ${error}`);
     opts.onFailure?.(r);

@@ -63,7 +63,7 @@ export async function startControls(opts: ControlOptions): Promise<Controls> {
         outcome = { ok: false, at: new Date().toISOString(), error: (e as Error).message };
       }
       server.count(outcome.ok ? 'reloads' : 'reloads_failed');
-      server.lastReload = outcome;
+      server.recordReload(outcome);
       if (outcome.ok) {
         log.info({ listeners: outcome.listeners, needsUpgrade: outcome.needsUpgrade }, 'reloaded: new connections use the new configuration');
         if (outcome.needsUpgrade?.length)

@@ -14,8 +14,8 @@ export interface ReloadTarget {
   readonly deps: { readonly config: ProxyConfig; readonly logger: Logger; readonly relay: Pick<Relay, 'configure'> };
   /** Bound sockets, in the order of `config.listeners`. */
   readonly listeners: readonly Listener[];
-  /** What each listener serves (replaced by a reload). */
-  served: HandshakeListener[];
+  /** What each listener serves from now on. */
+  setServed(served: HandshakeListener[]): void;
   bind(at: Endpoint): Listener;
   reloadHandshakes(served: HandshakeListener[], timeouts: ReloadTimeouts): Promise<void>;
   serve(bound: Listener[]): void;
@@ -68,7 +68,7 @@ export async function reloadConfig(server: ReloadTarget, next: ProxyConfig, base
     backendRetryMs: next.backendRetryMs,
   });
   wipeListeners(served);
-  server.served = served;
+  server.setServed(served);
   const needsUpgrade = UPGRADE_ONLY.filter((k) => JSON.stringify(current[k]) !== JSON.stringify(next[k]));
   Object.assign(current, {
     listeners: next.listeners,

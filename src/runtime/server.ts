@@ -45,13 +45,12 @@ export class ProxyServer {
   private readonly rejections: Record<SourceLimit, RejectionNotes>;
   /** Bound sockets, in the order of `config.listeners` (a connection carries its listener's index). */
   readonly listeners: Listener[] = [];
-  /** What each listener serves, for status (same order). */
-  served: HandshakeListener[] = [];
-  generation = 1;
-  startedAt = new Date().toISOString();
-  nextId = 1;
-  lastUpgrade: UpgradeRecord | undefined;
-  lastReload: ReloadOutcome | undefined;
+  /** What each listener serves, for status (same order): set by start and by reload. */
+  private servedNow: HandshakeListener[] = [];
+  /** Which image this is, since when the proxy runs, the next connection id: continued across an upgrade's exec. */
+  private identity = { generation: 1, startedAt: new Date().toISOString(), nextId: 1 };
+  private upgradeOutcome: UpgradeRecord | undefined;
+  private reloadOutcome: ReloadOutcome | undefined;
   private accepting = true;
   private readonly handshakers: Handshakers;
   /** Resolves once every handshake and relay worker has loaded. */
@@ -98,6 +97,55 @@ export class ProxyServer {
       deps.staggerWorkers ? relay.started : undefined,
     );
     this.started = Promise.all([relay.started, this.handshakers.started]).then(() => undefined);
+  }
+
+  get served(): readonly HandshakeListener[] {
+    return this.servedNow;
+  }
+
+  /** What each listener serves from now on (at start, and on a reload). */
+  setServed(served: HandshakeListener[]): void {
+    this.servedNow = served;
+  }
+
+  get generation(): number {
+    return this.identity.generation;
+  }
+
+  get startedAt(): string {
+    return this.identity.startedAt;
+  }
+
+  get nextId(): number {
+    return this.identity.nextId;
+  }
+
+  /** Continues the previous image's identity after an upgrade's exec: generation, start time, connection ids, counters. */
+  continueFrom(previous: { generation: number; startedAt: string; nextId: number; counters: Record<string, number> }): void {
+    this.identity = { generation: previous.generation, startedAt: previous.startedAt, nextId: previous.nextId };
+    Object.assign(this.counters, previous.counters);
+  }
+
+  /** New connection ids start after `highest` (the largest id the fd store handed back after a crash). */
+  idsAfter(highest: number): void {
+    this.identity.nextId = Math.max(this.identity.nextId, highest + 1);
+  }
+
+  get lastUpgrade(): UpgradeRecord | undefined {
+    return this.upgradeOutcome;
+  }
+
+  /** The outcome of the last upgrade attempt (status and metrics report it). */
+  recordUpgrade(r: UpgradeRecord): void {
+    this.upgradeOutcome = r;
+  }
+
+  get lastReload(): ReloadOutcome | undefined {
+    return this.reloadOutcome;
+  }
+
+  recordReload(outcome: ReloadOutcome): void {
+    this.reloadOutcome = outcome;
   }
 
   /** Takes an entry out of the fd store (a failure is logged: the entry's peer will not see its close). */
@@ -172,7 +220,7 @@ export class ProxyServer {
     const limits = { connections: config.maxConnectionsPerSource, handshakes: config.maxHandshakesPerSource };
     const over = source === undefined ? undefined : this.sources.over(source, limits);
     if (over) return this.reject(fd, source!, over);
-    const id = `c${this.nextId++}`;
+    const id = `c${this.identity.nextId++}`;
     this.inFlight.add(id);
     if (source !== undefined) this.sources.opened(id, source);
     this.handshakers.dispatch(fd, id, listener);

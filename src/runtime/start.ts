@@ -106,10 +106,10 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   };
   const server = new ProxyServer({ config, logger: log, poller, relay, handshake, staggerWorkers: stagger, probe, support, kernelSuites, store });
   wipeListeners(served); // the handshake workers have their copies
-  server.served = served;
+  server.setServed(served);
   server.pauseAccepting();
 
-  if (handoff) continueFrom(server, handoff);
+  if (handoff) server.continueFrom(handoff);
   const notes = serviceNotes(log);
   // Sockets to adopt rather than bind: the previous image's (after an upgrade), or systemd's (socket activation, fd store).
   const carried = [...(handoff?.listeners ?? [])];
@@ -230,7 +230,7 @@ function resumeStored(server: ProxyServer, groups: Map<string, number[]>, store:
     log,
   });
   server.adoptRelayed(r.resumed);
-  server.nextId = Math.max(server.nextId, r.highestId + 1);
+  server.idsAfter(r.highestId);
   server.count('fd_store_resumed', r.resumed.length);
   for (const [cause, n] of [
     ['not_resumable', r.notResumable.length],
@@ -269,14 +269,6 @@ function storeForCleanup(log: Logger): FdStore | undefined {
   }
 }
 
-/** Continues the previous image's identity: generation, start time, connection ids, counters. */
-function continueFrom(server: ProxyServer, h: HandoffState): void {
-  server.generation = h.generation;
-  server.startedAt = h.startedAt;
-  server.nextId = h.nextId;
-  Object.assign(server.counters, h.counters);
-}
-
 /** Records the upgrade's outcome once the connections are back: status, counters, one log line. */
 function recordUpgrade(server: ProxyServer, h: HandoffState, r: Reclaimed): void {
   const log = server.deps.logger;
@@ -285,7 +277,7 @@ function recordUpgrade(server: ProxyServer, h: HandoffState, r: Reclaimed): void
   server.adoptRelayed(r.connections);
   if (r.failed.length) server.count('upgrade_restore_failed', r.failed.length);
   const breakdown = { intoBridge: Math.max(h.intoBridgeMs, r.intoBridgeMs), outOfBridge: r.outOfBridgeMs, bridgeHeldMs: Date.now() - h.execAt };
-  server.lastUpgrade = {
+  const u = {
     attempt: h.attempt,
     ok: true,
     at: new Date().toISOString(),
@@ -294,7 +286,7 @@ function recordUpgrade(server: ProxyServer, h: HandoffState, r: Reclaimed): void
     closedDuringUpgrade: r.closed.length,
     stallMs: Math.max(breakdown.intoBridge, breakdown.outOfBridge),
   };
-  const u = server.lastUpgrade;
+  server.recordUpgrade(u);
   log.info(
     {
       generation: server.generation,
