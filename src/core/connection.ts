@@ -1,5 +1,6 @@
-// The shared shape of one relayed connection (identity, record state, how it ended): used from the edge to the fd store.
+// One relayed connection, one name per part (info, snapshot, record state and mode, half-close, close cause): shared from the edge to the fd store.
 
+/** A relayed connection's identity: who, what and since when (status, logs, the upgrade and the fd-store record carry it). */
 export interface ConnectionInfo {
   id: string;
   client: string;
@@ -16,7 +17,7 @@ export interface ConnectionInfo {
   clientSubject?: string;
 }
 
-/** Everything about a pair except its fds and client record state: what an upgrade carries. */
+/** Everything about a connection's relaying except its fds and client record state: what an upgrade carries. */
 export interface ConnectionSnapshot {
   info: ConnectionInfo;
   bytesIn: number;
