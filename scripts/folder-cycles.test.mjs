@@ -23,7 +23,7 @@ test('no cycle in a layered graph', () => {
 test('tests and the test kit sit above everything: their imports make no folder edge', () => {
   assert.equal(folderOf('src/relay/streams.scenarios.ts'), null);
   assert.equal(folderOf('src/relay/pair.test.ts'), null);
-  assert.equal(folderOf('src/carry/upgrade.ktls-test.ts'), null);
+  assert.equal(folderOf('src/kernel/probe.ktls-test.ts'), null);
   assert.equal(folderOf('src/testkit/backends.ts'), null);
   assert.equal(folderOf('src/relay/pair.ts'), 'relay');
   const modules = [mod('src/relay/pair.test.ts', 'src/testkit/backends.ts'), mod('src/testkit/backends.ts', 'src/relay/pair.ts'), mod('src/relay/pair.ts')];

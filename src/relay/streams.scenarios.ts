@@ -1,4 +1,4 @@
-// Bulk and concurrent verified streams, and data that rides with the client's Finished; run per mode by the .test/.ktls-test files.
+// Bulk and concurrent verified streams, and data that rides with the client's Finished; run per lane (src/testkit/lanes.ts).
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, test } from 'node:test';

@@ -1,4 +1,4 @@
-// TLS 1.3 0-RTT early data from a real client (openssl s_client) is refused; run per mode by early-data.test.ts and .ktls-test.ts.
+// TLS 1.3 0-RTT early data from a real client (openssl s_client) is refused; run per lane (src/testkit/lanes.ts).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';

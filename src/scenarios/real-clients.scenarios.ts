@@ -1,4 +1,4 @@
-// Real clients (openssl s_client, curl, node:tls) through `ironsocket run` for every suite; run per mode by the .test/.ktls-test files.
+// Real clients (openssl s_client, curl, node:tls) through `ironsocket run` for every suite; run per lane (src/testkit/lanes.ts).
 import { execFile, spawn } from 'node:child_process';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';

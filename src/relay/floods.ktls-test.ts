@@ -1,4 +1,0 @@
-// kTLS lane: a client flooding empty records is cut off exactly as in user mode.
-import { floodScenarios } from './floods.scenarios.js';
-
-floodScenarios('kernel');
