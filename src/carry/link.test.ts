@@ -6,7 +6,8 @@ import { FdChannel } from '../kernel/fdpass.js';
 import { SOCK_SEQPACKET, SOCK_STREAM, sys } from '../kernel/libc.js';
 import type { CarriedConnection } from '../relay/protocol.js';
 import { Link } from './link.js';
-import { STATE_SEALS, encodeTagged, readStateMemfd, writeStateMemfd } from './state.js';
+import { encodeTagged } from './codec.js';
+import { STATE_SEALS, readStateMemfd, writeStateMemfd } from './state.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 

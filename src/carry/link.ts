@@ -2,7 +2,8 @@
 import { FdChannel, MAX_FDS_PER_MESSAGE } from '../kernel/fdpass.js';
 import { errnoName, sys } from '../kernel/libc.js';
 import type { CarriedConnection, ClosedElsewhere } from '../relay/protocol.js';
-import { decodeTagged, encodeTagged, readStateMemfd, writeStateMemfd } from './state.js';
+import { decodeTagged, encodeTagged } from './codec.js';
+import { readStateMemfd, writeStateMemfd } from './state.js';
 
 /**
  * Bumped whenever a message changes: an image and a bridge from different releases must agree. 2: batch

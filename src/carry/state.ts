@@ -1,7 +1,7 @@
 // The hand-off state an upgrade carries across exec, and its binary encoding in an anonymous memfd (never on disk).
 import { EAGAIN, EINTR, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, errnoName, sys } from '../kernel/libc.js';
 import type { KernelProbe } from '../kernel/probe.js';
-import { ownedCopy } from '../relay/protocol.js';
+import { decodeTagged, encodeTagged } from './codec.js';
 
 export interface CarriedListener {
   fd: number;
@@ -33,73 +33,6 @@ export interface HandoffState {
 }
 
 const STATE_MAGIC = 'IRONSOCKET-HANDOFF-2\n';
-
-/**
- * Encodes `value` as MAGIC | u32 json length | json | blobs. Byte arrays (keys, buffered bytes) are
- * stored as blobs referenced from the JSON as {"$b": index}, and bigints as {"$n": "digits"}, so no
- * secret ever becomes a JS string. The returned Buffer may hold secrets: wipe it after use.
- */
-export function encodeTagged(magic: string, value: unknown): Buffer {
-  const blobs: Uint8Array[] = [];
-  // Look at the raw value (`this[k]`): Buffer.toJSON would otherwise turn bytes into a number array.
-  const json = JSON.stringify(value, function (this: Record<string, unknown>, k: string, v: unknown) {
-    const raw = this[k];
-    if (raw instanceof Uint8Array) return { $b: blobs.push(raw) - 1 };
-    if (typeof raw === 'bigint') return { $n: raw.toString() };
-    return v;
-  });
-  const head = Buffer.from(json, 'utf8');
-  const tag = Buffer.from(magic);
-  const size = tag.length + 4 + head.length + blobs.reduce((n, b) => n + 4 + b.length, 0);
-  const out = Buffer.alloc(size);
-  let o = tag.copy(out, 0);
-  o = out.writeUInt32LE(head.length, o);
-  o += head.copy(out, o);
-  for (const b of blobs) {
-    o = out.writeUInt32LE(b.length, o);
-    out.set(b, o);
-    o += b.length;
-  }
-  return out;
-}
-
-/** Replaces {"$b"} and {"$n"} markers in place (a walk is much cheaper than a JSON.parse reviver). */
-function revive(v: unknown, blobs: Uint8Array[]): unknown {
-  if (v === null || typeof v !== 'object') return v;
-  if (Array.isArray(v)) {
-    for (let i = 0; i < v.length; i++) v[i] = revive(v[i], blobs);
-    return v;
-  }
-  const o = v as Record<string, unknown>;
-  if (typeof o.$b === 'number') {
-    const b = blobs[o.$b];
-    if (!b) throw new Error('hand-off state: dangling blob reference');
-    return b;
-  }
-  if (typeof o.$n === 'string') return BigInt(o.$n);
-  for (const k in o) o[k] = revive(o[k], blobs);
-  return o;
-}
-
-export function decodeTagged<T>(magic: string, buf: Buffer): T {
-  const tag = Buffer.from(magic);
-  if (buf.length < tag.length + 4 || !buf.subarray(0, tag.length).equals(tag)) throw new Error(`hand-off data: not ${JSON.stringify(magic.trim())}`);
-  let o = tag.length;
-  const jsonLen = buf.readUInt32LE(o);
-  o += 4;
-  if (o + jsonLen > buf.length) throw new Error('hand-off data: truncated');
-  const json = buf.subarray(o, o + jsonLen).toString('utf8');
-  o += jsonLen;
-  const blobs: Uint8Array[] = [];
-  while (o < buf.length) {
-    const n = buf.readUInt32LE(o);
-    o += 4;
-    if (o + n > buf.length) throw new Error('hand-off data: truncated blob');
-    blobs.push(ownedCopy(buf.subarray(o, o + n)));
-    o += n;
-  }
-  return revive(JSON.parse(json), blobs) as T;
-}
 
 export const encodeState = (state: HandoffState): Buffer => encodeTagged(STATE_MAGIC, state);
 export const decodeState = (buf: Buffer): HandoffState => decodeTagged<HandoffState>(STATE_MAGIC, buf);
