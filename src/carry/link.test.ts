@@ -5,8 +5,7 @@ import { describe, it } from 'node:test';
 import { FdChannel } from '../kernel/fdpass.js';
 import { SOCK_SEQPACKET, SOCK_STREAM, sys } from '../kernel/libc.js';
 import type { CarriedConnection } from '../relay/protocol.js';
-import { Link } from './link.js';
-import { encodeTagged } from './codec.js';
+import { Link, encodeBatch } from './link.js';
 import { STATE_SEALS, readStateMemfd, writeStateMemfd } from './state.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
@@ -129,7 +128,7 @@ describe('the bridge link', () => {
     const [x, y] = sys.socketpair(SOCK_STREAM);
     const memfd = sys.memfdCreateSealable('unsealed');
     try {
-      const body = encodeTagged('IRONSOCKET-BATCH-1\n', { pairs: [carried('c1', -1, -1)], closed: [] });
+      const body = encodeBatch([carried('c1', -1, -1)], []);
       sys.write(memfd, body, body.length);
       const before = openFds();
       const header = { op: 'adopt', count: 1, frozenAt: 0, idleTimeoutMs: 0 };

@@ -2,15 +2,16 @@
 import { FdChannel, MAX_FDS_PER_MESSAGE } from '../kernel/fdpass.js';
 import { errnoName, sys } from '../kernel/libc.js';
 import type { CarriedConnection, ClosedElsewhere } from '../relay/protocol.js';
-import { decodeTagged, encodeTagged } from './codec.js';
+import { decodeConnection, decodeTagged, encodeConnection, encodeTagged } from './codec.js';
 import { readStateMemfd, writeStateMemfd } from './state.js';
 
 /**
  * Bumped whenever a message changes: an image and a bridge from different releases must agree. 2: batch
  * memfds (and the hand-off memfd across exec) are sealed, and an unsealed one is refused, so an image of
- * protocol 1 refuses to upgrade in place to this code (restart once instead).
+ * protocol 1 refuses to upgrade in place to this code (restart once instead). 3: a batch holds one codec frame
+ * per connection (codec.ts, the frame the fd-store record is made of).
  */
-export const LINK_PROTOCOL = 2;
+export const LINK_PROTOCOL = 3;
 
 /** Connections per batch: each batch pauses only its own connections, for about one batch's worth of work. */
 export const BATCH = 8;
@@ -27,13 +28,38 @@ export type LinkHeader =
   /** bridge → image: here they are; `more` is false on the last batch (the bridge then exits). */
   | { op: 'returned'; count: number; frozenAt: number; more: boolean; intoBridgeMs: number };
 
-/** What a batch's memfd holds besides the fds. */
+/** What a batch's memfd holds besides the fds: one frame per connection (its fds are the message's, in order). */
 interface BatchBody {
-  pairs: CarriedConnection[];
+  connections: Uint8Array[];
   closed: ClosedElsewhere[];
 }
 
-const BATCH_MAGIC = 'IRONSOCKET-BATCH-1\n';
+const BATCH_MAGIC = 'IRONSOCKET-BATCH-2\n';
+
+/** A batch memfd's content. It holds the keys of user-mode connections: the caller zeroes it after use. */
+export function encodeBatch(pairs: CarriedConnection[], closed: ClosedElsewhere[]): Buffer {
+  const connections = pairs.map((p) => encodeConnection({ pair: p.pair, user: p.user }, 'exec'));
+  try {
+    return encodeTagged(BATCH_MAGIC, { connections, closed } satisfies BatchBody);
+  } finally {
+    for (const f of connections) f.fill(0);
+  }
+}
+
+/** Reads a batch memfd's content; the connections' fds are still to be filled in (-1). */
+function decodeBatch(raw: Buffer): { pairs: CarriedConnection[]; closed: ClosedElsewhere[] } {
+  const body = decodeTagged<BatchBody>(BATCH_MAGIC, raw);
+  try {
+    if (!Array.isArray(body.connections) || !body.connections.every((f) => f instanceof Uint8Array)) throw new Error('batch: no connection frames');
+    const pairs = body.connections.map((f, i): CarriedConnection => {
+      const frame = decodeConnection(Buffer.from(f.buffer, f.byteOffset, f.byteLength), 'exec', `batch connection ${i + 1}`);
+      return { clientFd: -1, backendFd: -1, pair: frame.pair, ...(frame.user ? { user: frame.user } : {}) };
+    });
+    return { pairs, closed: body.closed ?? [] };
+  } finally {
+    if (Array.isArray(body.connections)) for (const f of body.connections) if (f instanceof Uint8Array) f.fill(0);
+  }
+}
 
 export type LinkEvent =
   { kind: 'message'; header: LinkHeader; pairs: CarriedConnection[]; closed: ClosedElsewhere[] } | { kind: 'again' } | { kind: 'closed'; reason: string };
@@ -56,15 +82,15 @@ export class Link {
    * fds are in flight (the caller closes its copies); on failure they are still the caller's.
    */
   sendBatch(header: LinkHeader, pairs: CarriedConnection[], closed: ClosedElsewhere[] = []): string | undefined {
-    const body: BatchBody = { pairs, closed };
-    const encoded = encodeTagged(BATCH_MAGIC, body);
+    let encoded: Buffer | undefined;
     let memfd: number;
     try {
+      encoded = encodeBatch(pairs, closed);
       memfd = writeStateMemfd(encoded);
     } catch (e) {
       return (e as Error).message;
     } finally {
-      encoded.fill(0);
+      encoded?.fill(0);
     }
     try {
       const fds = [memfd, ...pairs.flatMap((p) => [p.clientFd, p.backendFd])];
@@ -96,12 +122,12 @@ export class Link {
       return m.fds.length ? closeAll(`unexpected descriptors with "${String(header.op)}"`) : { kind: 'message', header, pairs: [], closed: [] };
     }
     if (m.fds.length !== 1 + 2 * header.count) return closeAll(`"${header.op}" of ${header.count} connection(s) came with ${m.fds.length} descriptor(s)`);
-    let body: BatchBody;
+    let body: { pairs: CarriedConnection[]; closed: ClosedElsewhere[] };
     let raw: Buffer | undefined;
     try {
       raw = readStateMemfd(m.fds[0]!); // closes the memfd
       from = 1;
-      body = decodeTagged<BatchBody>(BATCH_MAGIC, raw);
+      body = decodeBatch(raw);
     } catch (e) {
       return closeAll((e as Error).message);
     } finally {
