@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { echoBackend } from '../testkit/backends.js';
 import { startAdminServer } from './server.js';
+import { runCli } from '../testkit/proxy-process.js';
 
 const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 const SOCKET_PATH_MODULE = fileURLToPath(new URL('../config/admin-socket-path.js', import.meta.url));
@@ -47,28 +48,7 @@ async function fakeServer(uid: number, socket: string): Promise<ChildProcess & {
   return child;
 }
 
-/** Runs the CLI (as root, or as `uid`) and resolves with its exit code and output. */
-function cli(args: string[], opts: { uid?: number; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const env = opts.env ?? process.env;
-    const command =
-      opts.uid === undefined
-        ? [process.execPath, CLI, ...args]
-        : ['setpriv', `--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', process.execPath, CLI, ...args];
-    const child = spawn(command[0]!, command.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    // A proxy that starts (no refusal) would run for good: stop it, so the test fails instead of hanging.
-    const t = setTimeout(() => child.kill(), 30_000);
-    child.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const cli = runCli;
 
 describe('the CLI talks only to a proxy run by root or by its own user', () => {
   it('refuses a socket served by another user in a directory that user made in /tmp, and sends it nothing (status, reload, upgrade)', async () => {

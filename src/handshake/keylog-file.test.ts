@@ -1,6 +1,6 @@
 // The key log file (IRONSOCKET_KEYLOG_FILE) is written only when it is ours alone: no symlink, no other owner, no group/other access.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,8 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { echoBackend } from '../testkit/backends.js';
 import { keylogFileProblem, openKeylogFile } from './keylog-file.js';
+import { runCli } from '../testkit/proxy-process.js';
 
-const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 const MODULE = fileURLToPath(new URL('./keylog-file.js', import.meta.url));
 const NOBODY = 65534;
 const LINE = Buffer.from(`CLIENT_RANDOM ${'ab'.repeat(32)} ${'cd'.repeat(48)}\n`);
@@ -94,22 +94,7 @@ describe('opening the key log file', () => {
   });
 });
 
-function cli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    // A proxy that starts (no refusal) would run for good: stop it, so the test fails instead of hanging.
-    const t = setTimeout(() => child.kill(), 30_000);
-    child.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const cli = (args: string[], env: NodeJS.ProcessEnv) => runCli(args, { env });
 
 describe('a refused key log file at the command line', () => {
   it('`ironsocket run` refuses to start and says why, rather than running without the key log it was asked for', async () => {

@@ -219,3 +219,27 @@ export async function eventually(fn: () => boolean | Promise<boolean>, timeoutMs
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/**
+ * Runs the CLI (as root, or as `uid` via setpriv) and resolves with its exit code and output. A command that does
+ * not end (a proxy that starts instead of refusing) is stopped after 30 s, so the test fails instead of hanging.
+ */
+export function runCli(args: string[], opts: { uid?: number; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const command =
+      opts.uid === undefined
+        ? [process.execPath, CLI, ...args]
+        : ['setpriv', `--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', process.execPath, CLI, ...args];
+    const child = spawn(command[0]!, command.slice(1), { env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    const t = setTimeout(() => child.kill(), 30_000);
+    child.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
