@@ -76,6 +76,15 @@ export interface UserState {
 export type ClientRecords = { mode: 'kernel' } | { mode: 'user'; state: UserState };
 
 /**
+ * The relay's one check that a connection's label (`info.mode`: status, logs, the fd-store record) says who really
+ * protects its records; every way into the relay (edge, upgrade, crash restore, another loop) passes here.
+ */
+export function agreeingMode(info: ConnectionInfo, records: ClientRecords): ClientRecords {
+  if (info.mode !== records.mode) throw new Error(`connection ${info.id}: labelled ${info.mode} mode but its records are in ${records.mode} mode`);
+  return records;
+}
+
+/**
  * Why a relayed connection ended, counted as `closed_<cause>`: completed (both sides closed in order),
  * client_truncated (TCP FIN without close_notify), client_alert (the client sent a fatal alert), protocol_error
  * (the client broke TLS after the handshake and got an alert: bad record, renegotiation, ...), client_error /

@@ -49,12 +49,8 @@ const PLAIN: Record<PlainCounter, string> = {
   upgrade_restore_failed: 'Connections an upgrade carried but the new image could not restore.',
   fd_store_resumed: 'Kernel-mode connections resumed from the systemd fd store after the proxy crashed or was killed.',
 };
-/**
- * The one family read by prefix: a handshake failure counted under a reason this image does not know (an image of
- * another version counted it, and the counters came across an upgrade) still lands in it.
- */
-const FAILED_PREFIX = 'handshake_failed_';
-const isHandshakeFailed = (name: string): boolean => name.startsWith(FAILED_PREFIX);
+/** Every reason a handshake fails for, each counted as its own `handshake_failed_<reason>` (no name is parsed back). */
+const FAILURE_REASONS = [...HANDSHAKE_FAILURES, ...CLIENT_CERT_REFUSALS];
 
 /** The counters that feed one of the dedicated families below, by name (everything else is exported generically). */
 const MAPPED = new Set<string>([
@@ -62,13 +58,13 @@ const MAPPED = new Set<string>([
   'handshakes_ok',
   'bytes_in',
   'bytes_out',
-  ...[...HANDSHAKE_FAILURES, ...CLIENT_CERT_REFUSALS].map(counter.handshakeFailed),
+  ...FAILURE_REASONS.map(counter.handshakeFailed),
   ...BACKEND_FAILURES.map(counter.backendFailed),
   ...CLOSE_CAUSES.map(counter.closed),
   ...SOURCE_LIMITS.map(counter.rejectedPerSource),
   ...CONNECTION_MODES.map(counter.connections),
 ] satisfies CounterName[]);
-const isMapped = (name: string): boolean => MAPPED.has(name) || isHandshakeFailed(name);
+const isMapped = (name: string): boolean => MAPPED.has(name);
 
 type Series = Array<[labels: Record<string, string>, value: number]>;
 
@@ -136,15 +132,11 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
     ['result'],
     (s) => [
       [{ result: 'ok' }, count(s, 'handshakes_ok')],
-      [{ result: 'failed' }, Object.keys(s.counters).reduce((n, k) => (isHandshakeFailed(k) ? n + (s.counters[k] ?? 0) : n), 0)],
+      [{ result: 'failed' }, FAILURE_REASONS.reduce((n, reason) => n + count(s, counter.handshakeFailed(reason)), 0)],
     ],
   );
   family('counter', 'ironsocket_handshakes_failed_total', 'TLS handshakes that failed since the first image, by reason.', ['reason'], (s) => {
-    const reasons = new Set<string>([
-      ...HANDSHAKE_FAILURES,
-      ...Object.keys(s.counters).flatMap((k) => (isHandshakeFailed(k) ? [k.slice(FAILED_PREFIX.length)] : [])),
-    ]);
-    return [...reasons].map((reason) => [{ reason }, s.counters[FAILED_PREFIX + reason] ?? 0]);
+    return FAILURE_REASONS.map((reason) => [{ reason }, count(s, counter.handshakeFailed(reason))]);
   });
 
   family('counter', 'ironsocket_backend_errors_total', 'Backend connects that failed after a successful handshake, by reason.', ['reason'], (s) =>
