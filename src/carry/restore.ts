@@ -27,9 +27,14 @@ export function checkListener(l: CarriedListener): string | undefined {
   return undefined;
 }
 
+/**
+ * Whether `fd` is a stream socket connected to `expectPeer`, or was: a connection that ends while it is carried is
+ * still ours (its peer's reset, or its FIN after ours, leaves the socket in TCP_CLOSE with its last bytes to read,
+ * and the relay ends it as it would have). A socket that never connected, or is connected elsewhere, is not.
+ */
 function checkConnected(fd: number, expectPeer: string, what: string): string | undefined {
   if (socketType(fd) !== SOCK_STREAM) return `${what} fd ${fd} is not a stream socket`;
-  const peer = sys.getpeername(fd);
+  const peer = sys.peerOf(fd);
   if (!peer) return `${what} fd ${fd} is not connected`;
   const got = formatEndpoint(decodeSockaddr(peer));
   if (got !== expectPeer) return `${what} fd ${fd} is connected to ${got}, expected ${expectPeer}`;

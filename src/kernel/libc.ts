@@ -24,6 +24,7 @@ export const SO_TYPE = 3;
 export const SO_SNDTIMEO = 21;
 export const SO_ACCEPTCONN = 30;
 export const SO_DOMAIN = 39;
+export const SO_PEERNAME = 28;
 export const CLOCK_MONOTONIC = 1;
 export const IPPROTO_TCP = 6;
 export const TCP_NODELAY = 1;
@@ -179,6 +180,23 @@ export const sys = {
     const len = [128];
     if (fn.getpeername(fd, b, len) < 0) return undefined;
     return b.subarray(0, len[0]);
+  },
+  /**
+   * The address a TCP socket is connected to, or was. getpeername says ENOTCONN once the socket is in TCP_CLOSE: after
+   * a reset, and after a peer's FIN that answers ours (a timewait socket takes over the connection), even while the
+   * last bytes and the FIN are still queued to be read. SO_PEERNAME still answers then. Undefined for a socket that
+   * never connected, or one that is not IPv4/IPv6.
+   */
+  peerOf: (fd: number): Buffer | undefined => {
+    const d = Buffer.alloc(4);
+    if (fn.getsockopt(fd, SOL_SOCKET, SO_DOMAIN, d, [4]) < 0) return undefined;
+    const domain = d.readInt32LE(0);
+    // The kernel refuses (EINVAL) a buffer longer than the address: ask for exactly sockaddr_in or sockaddr_in6.
+    const len = domain === AF_INET ? 16 : domain === AF_INET6 ? 28 : 0;
+    if (!len) return undefined;
+    const b = Buffer.alloc(len);
+    const got = [len];
+    return fn.getsockopt(fd, SOL_SOCKET, SO_PEERNAME, b, got) < 0 || got[0] !== len ? undefined : b;
   },
   close: (fd: number) => ret(fn.close(fd)),
   shutdown: (fd: number, how: number) => ret(fn.shutdown(fd, how)),
