@@ -57,6 +57,10 @@ loop.watch(LINK_FD, () => {
     if (ev.kind === 'closed') return orphaned(ev.reason);
     const h = ev.header;
     if (h.op === 'adopt') {
+      upgradeHooks.bridgeBatch?.(
+        'adopt',
+        ev.pairs.map((p) => p.pair.info.client),
+      );
       loop.configure(h.idleTimeoutMs);
       for (const p of ev.pairs) loop.adopt(p);
       wipeCarried(ev.pairs);
@@ -68,6 +72,11 @@ loop.watch(LINK_FD, () => {
       const frozenAt = Date.now();
       const batch = loop.detach(h.max);
       const more = loop.size > 0;
+      if (batch.length)
+        upgradeHooks.bridgeBatch?.(
+          'return',
+          batch.map((p) => p.pair.info.client),
+        );
       const err = link.sendBatch({ op: 'returned', count: batch.length, frozenAt, more, intoBridgeMs }, batch, closed.splice(0));
       if (err) {
         for (const p of batch) loop.adopt(p);

@@ -6,6 +6,12 @@ export interface UpgradeHooks {
   bridgeEntry?: string;
   /** Runs in the bridge once it is non-dumpable, before it takes anything (a bridge that dies, or holds still). */
   bridgeStarted?: () => void;
+  /**
+   * Runs in the bridge with a batch's clients (`info.client`) while nobody relays them: a batch received, before it
+   * is adopted ('adopt'), and a batch detached, before it is sent back ('return'). Holding still there widens the
+   * window in which connections end while they are carried.
+   */
+  bridgeBatch?: (moment: 'adopt' | 'return', clients: string[]) => void;
 }
 
 export const upgradeHooks: UpgradeHooks = {};

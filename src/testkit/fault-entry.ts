@@ -6,7 +6,7 @@ import { upgradeHooks } from '../carry/hooks.js';
 /** exec this path instead of node: the exec fails and the old image must resume. */
 const execPath = process.env.IRONSOCKET_FAULT_EXEC_PATH;
 if (execPath) upgradeHooks.execPath = execPath;
-/** "exit": the bridge dies before taking anything; "hold:MS": it holds still that long once non-dumpable. */
+/** "exit": the bridge dies before taking anything; "hold:MS": it holds still that long once non-dumpable; "gate:DIR": it holds at each batch until told to go on (testkit/fault-bridge.ts). */
 if (process.env.IRONSOCKET_FAULT_BRIDGE) upgradeHooks.bridgeEntry = fileURLToPath(new URL('./fault-bridge.js', import.meta.url));
 
 await import('../cli/main.js');
