@@ -91,16 +91,25 @@ export class Relay extends EventEmitter<RelayEvents> {
     await this.started;
     const all: Reclaimed = { connections: [], failed: [], closed: [], intoBridgeMs: 0, outOfBridgeMs: 0, bridgeDone: false };
     const share = Math.ceil(expected / this.shards.length);
-    for (let i = 0; i < this.shards.length && !all.bridgeDone && !all.error; i++) {
-      const r = await this.shards[i]!.reclaim(linkFd, i === this.shards.length - 1 ? Number.MAX_SAFE_INTEGER : share);
-      all.connections.push(...r.connections);
-      all.failed.push(...r.failed);
-      all.closed.push(...r.closed);
-      all.intoBridgeMs = Math.max(all.intoBridgeMs, r.intoBridgeMs);
-      all.outOfBridgeMs = Math.max(all.outOfBridgeMs, r.outOfBridgeMs);
-      all.bridgeDone = r.bridgeDone;
-      if (r.error) all.error = r.error;
+    // A connection back in one shard can end while the next shard is still taking its share back: it is not live.
+    const ended = new Set<string>();
+    const noteEnd = (m: { id: string }) => ended.add(m.id);
+    this.on('closed', noteEnd);
+    try {
+      for (let i = 0; i < this.shards.length && !all.bridgeDone && !all.error; i++) {
+        const r = await this.shards[i]!.reclaim(linkFd, i === this.shards.length - 1 ? Number.MAX_SAFE_INTEGER : share);
+        all.connections.push(...r.connections);
+        all.failed.push(...r.failed);
+        all.closed.push(...r.closed);
+        all.intoBridgeMs = Math.max(all.intoBridgeMs, r.intoBridgeMs);
+        all.outOfBridgeMs = Math.max(all.outOfBridgeMs, r.outOfBridgeMs);
+        all.bridgeDone = r.bridgeDone;
+        if (r.error) all.error = r.error;
+      }
+    } finally {
+      this.off('closed', noteEnd);
     }
+    all.connections = all.connections.filter((c) => !ended.has(c.id));
     return all;
   }
 
