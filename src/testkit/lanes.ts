@@ -56,6 +56,20 @@ export const LANES: LaneEntry[] = [
     kernel: lane('kTLS lane: in-place upgrades carrying kernel-TLS connections across exec (the TLS state travels with the fd).', 'kernel', kernelPace),
   },
   {
+    name: 'carry/bridge-window',
+    run: 'bridgeWindowScenarios',
+    user: lane('Native lane: connections ending while the upgrade bridge holds them, going in or coming back (userspace records).', 'user', {
+      upgrades: 20,
+      conversations: 24,
+      waitMs: 30_000,
+    }),
+    kernel: lane('kTLS lane: connections ending while the upgrade bridge holds them, going in or coming back (kernel-TLS connections).', 'kernel', {
+      upgrades: 5,
+      conversations: 24,
+      waitMs: 120_000,
+    }),
+  },
+  {
     name: 'carry/upgrade-edges',
     run: 'upgradeEdgeScenarios',
     user: lane('Native lane: upgrade edge cases with userspace-record connections.', 'user'),

@@ -15,6 +15,8 @@ export interface ScriptOptions {
   ciphers?: string;
   /** TLS 1.2: send our Finished as one record per byte (16 records). */
   splitFinished?: boolean;
+  /** Keep our side open after the server's FIN (as a client that still has its close_notify to send); default: end it. */
+  allowHalfOpen?: boolean;
 }
 
 export type ServerRecord = { type: number; plaintext: Buffer };
@@ -53,7 +55,7 @@ const CCS = 20;
 
 /** Connects to `port`, completes a handshake with node:tls, and hands back the connection speaking raw records. */
 export async function scriptedClient(port: number, opts: ScriptOptions): Promise<ScriptedClient> {
-  const sock = net.connect(port, '127.0.0.1');
+  const sock = net.connect({ port, host: '127.0.0.1', allowHalfOpen: opts.allowHalfOpen ?? false });
   sock.setNoDelay(true);
   await once(sock, 'connect');
   const keylog = new KeylogCollector();
