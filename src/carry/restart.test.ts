@@ -3,12 +3,12 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import { createLogger } from '../core/log.js';
-import { AF_INET, EAGAIN, SOCK_CLOEXEC, SOCK_STREAM, sys } from '../kernel/libc.js';
+import { EAGAIN, SHUT_WR, sys } from '../kernel/libc.js';
 import { Poller } from '../kernel/poller.js';
-import { decodeSockaddr, encodeSockaddr, formatEndpoint } from '../kernel/sockaddr.js';
 import { FdStore } from '../service/fd-store.js';
 import { eventually } from '../testkit/proxy-process.js';
 import { FakeNotifySocket } from '../testkit/notify-socket.js';
+import { TCP_CLOSE, awaitTcpState, peerName, resetClose, tcpPair } from '../testkit/tcp-pair.js';
 import { pipeInode, writeRecord } from './fd-store-record.js';
 import { identify, restartFromStore } from './restart.js';
 import type { ConnectionInfo } from '../core/connection.js';
@@ -16,32 +16,14 @@ import type { ConnectionInfo } from '../core/connection.js';
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 const none = { clientEof: false, backendShut: false, backendEof: false, clientShut: false, closeNotifySent: false };
 
-/** A connected TCP pair on loopback: `near` is the proxy's socket, `far` the peer's. */
-function tcpPair(): { near: number; far: number } {
-  const l = sys.socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC);
-  try {
-    sys.bind(l, encodeSockaddr({ host: '127.0.0.1', port: 0 }));
-    sys.listen(l, 4);
-    const far = sys.socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC);
-    assert.equal(sys.connect(far, sys.getsockname(l)), 0);
-    const near = sys.accept4(l, SOCK_CLOEXEC);
-    assert.ok(near > 0);
-    return { near, far };
-  } finally {
-    sys.close(l);
-  }
-}
-
-const peer = (fd: number) => formatEndpoint(decodeSockaddr(sys.getpeername(fd)!));
-
 /** One stored connection as a proxy would have deposited it, and the far ends to watch. */
 function storedConnection(id: string, mode: 'kernel' | 'user') {
   const client = tcpPair();
   const backend = tcpPair();
   const info: ConnectionInfo = {
     id,
-    client: peer(client.near),
-    backend: peer(backend.near),
+    client: peerName(client.near),
+    backend: peerName(backend.near),
     version: 'TLSv1.3',
     cipher: 'TLS_AES_128_GCM_SHA256',
     mode,
@@ -72,6 +54,24 @@ test('a stored connection is told apart whatever order its descriptors come back
     for (const fd of [...s.fds, ...s.farEnds]) sys.close(fd);
   }
   assert.equal(openFds(), before);
+});
+
+test('a stored connection is still told apart once its backend has answered the half-close and closed, and its client reset, while the proxy was down', () => {
+  const s = storedConnection('c9', 'kernel');
+  try {
+    sys.shutdown(s.backend.near, SHUT_WR); // the client's close_notify, passed on before the crash
+    sys.send(s.backend.far, Buffer.from('last bytes'), 10);
+    sys.close(s.backend.far);
+    resetClose(s.client.far);
+    awaitTcpState(s.backend.near, TCP_CLOSE);
+    awaitTcpState(s.client.near, TCP_CLOSE);
+    const found = identify('conn-c9', s.fds);
+    assert.ok(!('reason' in found), 'reason' in found ? found.reason : '');
+    assert.equal(found.carried.clientFd, s.client.near);
+    assert.equal(found.carried.backendFd, s.backend.near);
+  } finally {
+    for (const fd of s.fds) sys.close(fd);
+  }
 });
 
 test('an entry that is not exactly one connection is refused with the reason', () => {

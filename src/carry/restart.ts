@@ -29,9 +29,10 @@ export interface Unusable {
   fds: number[];
 }
 
+/** The address the socket is or was connected to (one the peer closed or reset while the proxy was down is still ours). */
 function peerOf(fd: number): string | undefined {
   try {
-    const peer = sys.getpeername(fd);
+    const peer = sys.peerOf(fd);
     return peer ? formatEndpoint(decodeSockaddr(peer)) : undefined;
   } catch {
     return undefined;
