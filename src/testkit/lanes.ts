@@ -64,7 +64,7 @@ export const LANES: LaneEntry[] = [
       waitMs: 30_000,
     }),
     kernel: lane('kTLS lane: connections ending while the upgrade bridge holds them, going in or coming back (kernel-TLS connections).', 'kernel', {
-      upgrades: 5,
+      upgrades: 6,
       conversations: 24,
       waitMs: 120_000,
     }),
