@@ -2,7 +2,7 @@
 import { createLogger } from '../core/log.js';
 import { sys } from '../kernel/libc.js';
 import { RelayLoop, type Control } from '../relay/loop.js';
-import type { ClosedElsewhere } from '../relay/protocol.js';
+import type { CarriedConnection, ClosedElsewhere } from '../relay/protocol.js';
 import { LINK_PROTOCOL, Link } from './link.js';
 import { upgradeHooks } from './hooks.js';
 import { wipeCarried } from './restore.js';
@@ -37,6 +37,9 @@ const link = new Link(LINK_FD);
 const loop = new RelayLoop(control, 0);
 let intoBridgeMs = 0;
 
+/** A batch's clients, as the test seam names them. */
+const clientsOf = (batch: CarriedConnection[]) => batch.map((p) => p.pair.info.client);
+
 /** The image went away without taking its connections back: keep relaying them until they end. */
 function orphaned(reason: string): void {
   loop.unwatch(LINK_FD);
@@ -57,10 +60,7 @@ loop.watch(LINK_FD, () => {
     if (ev.kind === 'closed') return orphaned(ev.reason);
     const h = ev.header;
     if (h.op === 'adopt') {
-      upgradeHooks.bridgeBatch?.(
-        'adopt',
-        ev.pairs.map((p) => p.pair.info.client),
-      );
+      upgradeHooks.bridgeBatch?.('adopt', clientsOf(ev.pairs));
       loop.configure(h.idleTimeoutMs);
       for (const p of ev.pairs) loop.adopt(p);
       wipeCarried(ev.pairs);
@@ -72,11 +72,7 @@ loop.watch(LINK_FD, () => {
       const frozenAt = Date.now();
       const batch = loop.detach(h.max);
       const more = loop.size > 0;
-      if (batch.length)
-        upgradeHooks.bridgeBatch?.(
-          'return',
-          batch.map((p) => p.pair.info.client),
-        );
+      if (batch.length) upgradeHooks.bridgeBatch?.('return', clientsOf(batch));
       const err = link.sendBatch({ op: 'returned', count: batch.length, frozenAt, more, intoBridgeMs }, batch, closed.splice(0));
       if (err) {
         for (const p of batch) loop.adopt(p);
