@@ -42,7 +42,7 @@ export function sessionTicketScenarios(mode: Mode): void {
     return v;
   }
 
-  test(`the ticket of the first connection after start resumes on both handshake workers, and tickets from before ${UPGRADES} in-place upgrades resume on both after each (TLS 1.3 and 1.2, ${mode} mode)`, async (t) => {
+  test(`the ticket of the first connection after start (and after each upgrade) resumes on both handshake workers, and tickets from before ${UPGRADES} in-place upgrades resume on both after each (TLS 1.3 and 1.2, ${mode} mode)`, async (t) => {
     const proxy = await start();
     try {
       // The very first connection, and its ticket used at once: before, the second worker had keys of its own.
@@ -57,6 +57,10 @@ export function sessionTicketScenarios(mode: Mode): void {
       for (let k = 1; k <= UPGRADES; k++) {
         assert.equal((await upgrade(proxy)).generation, k + 1);
         for (const version of VERSIONS) {
+          // The first connection after the upgrade: its ticket resumes on the other worker at once.
+          const fresh = await visitProxy(proxy, version);
+          assert.equal(fresh.logged.resumed, false);
+          await resumesOn(proxy, 1, version, fresh.sessions[0]!, `${version} first ticket after upgrade ${k}`);
           for (const w of [0, 1] as const) {
             await resumesOn(proxy, w, version, first[version], `${version} after upgrade ${k}`);
             attempts++;
