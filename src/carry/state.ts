@@ -2,6 +2,7 @@
 import { EAGAIN, EINTR, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, errnoName, sys } from '../kernel/libc.js';
 import type { KernelProbe } from '../kernel/probe.js';
 import { decodeTagged, encodeTagged } from './codec.js';
+import type { CarriedTickets } from '../edge/session-tickets.js';
 
 export interface CarriedListener {
   fd: number;
@@ -30,6 +31,8 @@ export interface HandoffState {
   nextId: number;
   /** Whether the previous image kept its connections in systemd's fd store (they keep their ids, so their entries stay valid). */
   fdStore?: boolean;
+  /** The session ticket keys (a blob: never a string), so that every ticket issued before the upgrade resumes after it. */
+  tickets?: CarriedTickets;
 }
 
 const STATE_MAGIC = 'IRONSOCKET-HANDOFF-2\n';

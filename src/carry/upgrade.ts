@@ -12,6 +12,7 @@ import { upgradeHooks } from './hooks.js';
 import { HANDOFF_ENV, stallWatchdog } from './resume.js';
 import { encodeState, writeStateMemfd, type HandoffState } from './state.js';
 import type { CounterName } from '../core/counters.js';
+import type { CarriedTickets } from '../edge/session-tickets.js';
 
 const run = promisify(execFile);
 
@@ -92,6 +93,8 @@ export interface UpgradeHost {
   readonly listeners: readonly { readonly fd: number; readonly address: string }[];
   /** The outcome of this attempt, when it did not happen (status and metrics report it). */
   recordUpgrade(r: UpgradeRecord): void;
+  /** A copy of the session ticket keys, for the new image (zeroed here once encoded). */
+  carryTickets(): CarriedTickets;
   count(name: CounterName): void;
   pauseAccepting(): void;
   resumeAccepting(): void;
@@ -193,6 +196,7 @@ function execWithState(server: UpgradeHost, attempt: string, bridge: Bridge, mig
     bridge: { linkFd: bridge.linkFd, pid: bridge.child.pid ?? -1 },
     nextId: server.nextId,
     fdStore: server.deps.store !== undefined,
+    tickets: server.carryTickets(),
   };
   let memfd = -1;
   state.execAt = Date.now();
@@ -206,7 +210,12 @@ function execWithState(server: UpgradeHost, attempt: string, bridge: Bridge, mig
     }
   });
   try {
-    const encoded = encodeState(state);
+    let encoded: Buffer;
+    try {
+      encoded = encodeState(state);
+    } finally {
+      state.tickets?.keys.fill(0);
+    }
     try {
       memfd = writeStateMemfd(encoded);
     } finally {

@@ -7,6 +7,7 @@ import { defaultCertificatePaths } from '../config/default-cert.js';
 import { keyPermissionWarning } from '../config/key-permissions.js';
 import { KEYLOG_ENV, keylogFileFromEnv, keylogFileProblem, keylogWarning } from '../handshake/keylog-file.js';
 import { checkCrlFile } from '../config/crl.js';
+import { checkTicketKeyFile } from '../config/ticket-key-file.js';
 import { checkCaFile, checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
 import { ConfigError, formatHostPort } from '../config/schema.js';
 import { transparentProblem } from '../runtime/capabilities.js';
@@ -179,6 +180,13 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
         problems.push(...crl.problems.map((p) => where + p));
         if (crl.warnings.length > 0) warnings.set(`${l.name} ${l.clientAuth.crlFile}`, where + crl.warnings.join('; '));
       }
+    }
+    // The session ticket key file is read as run and reload read it (HAProxy's format, 48-byte keys, at least 3).
+    const ticketFile = r.config.sessionTickets.keyFile;
+    if (ticketFile !== undefined) {
+      const t = await checkTicketKeyFile(ticketFile);
+      problems.push(...t.problems);
+      if (t.warning) warnings.set(ticketFile, t.warning);
     }
     // The key log debug switch: `run` refuses a file that is not ours alone, so check says so too (and warns when it is on).
     const keylogFile = keylogFileFromEnv();

@@ -102,6 +102,33 @@ describe('formatStatus', () => {
     assert.doesNotMatch(formatStatus(SNAPSHOT, NOW), /^memory:/m);
   });
 
+  it('says where the session ticket keys come from, how long a ticket lives, and how many handshakes resumed', () => {
+    const generated = formatStatus(
+      {
+        ...SNAPSHOT,
+        tickets: {
+          source: 'generated',
+          keys: 3,
+          names: ['0a0b0c0d', '01020304', 'a0b0c0d0'],
+          encrypt: 1,
+          lifetimeS: 7200,
+          rotateEveryS: 7200,
+          rotatedAt: '2026-01-01T11:00:00.000Z',
+        },
+        counters: { handshakes_full: 30, handshakes_resumed: 90 },
+      },
+      NOW,
+    );
+    assert.match(generated, /^session tickets: 3 keys generated in memory, rotated every 2h00m \(last 2026-01-01T11:00:00.000Z\); a ticket lives 2h00m$/m);
+    assert.match(generated, /^handshakes: 30 full, 90 resumed from a ticket \(75% resumed\)$/m);
+    const file = formatStatus(
+      { ...SNAPSHOT, tickets: { source: 'key_file', keyFile: '/etc/ironsocket/tickets.keys', keys: 3, names: [], encrypt: 1, lifetimeS: 600 } },
+      NOW,
+    );
+    assert.match(file, /^session tickets: 3 keys from \/etc\/ironsocket\/tickets.keys \(key 2 encrypts, all decrypt\); a ticket lives 10m00s$/m);
+    assert.doesNotMatch(file, /^handshakes:/m);
+  });
+
   it('accepts a StatusSnapshot through its schema', () => {
     assert.ok(StatusSnapshotSchema.safeParse(SNAPSHOT).success);
     assert.ok(!StatusSnapshotSchema.safeParse({ pid: 1 }).success);

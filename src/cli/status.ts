@@ -57,6 +57,18 @@ export const StatusSnapshotSchema = z.object({
     .optional(),
   lastReload: z.object({ ok: z.boolean(), at: z.string(), error: z.string().optional(), needsUpgrade: z.array(z.string()).optional() }).optional(),
   memory: z.object({ rssKiB: z.number(), relayHeapKiB: z.array(z.number()) }).optional(),
+  tickets: z
+    .object({
+      source: z.string(),
+      keyFile: z.string().optional(),
+      keys: z.number(),
+      names: z.array(z.string()).optional(),
+      encrypt: z.number(),
+      lifetimeS: z.number(),
+      rotateEveryS: z.number().optional(),
+      rotatedAt: z.string().optional(),
+    })
+    .optional(),
   limits: z
     .object({
       maxConnections: z.number(),
@@ -107,6 +119,23 @@ export function table(header: string[], rows: string[][], right: Set<number> = n
   return [line(header), ...rows.map(line)];
 }
 
+/** Session tickets: where the keys come from and how long a ticket lives; how many handshakes resumed from one. */
+function ticketLines(s: StatusView): string[] {
+  const out: string[] = [];
+  const t = s.tickets;
+  if (t) {
+    const from =
+      t.source === 'key_file'
+        ? `${t.keys} keys from ${t.keyFile ?? 'the key file'} (key ${t.encrypt + 1} encrypts, all decrypt)`
+        : `${t.keys} keys generated in memory, rotated every ${formatDuration((t.rotateEveryS ?? 0) * 1000)}${t.rotatedAt ? ` (last ${t.rotatedAt})` : ''}`;
+    out.push(`session tickets: ${from}; a ticket lives ${formatDuration(t.lifetimeS * 1000)}`);
+  }
+  const full = s.counters.handshakes_full ?? 0;
+  const resumed = s.counters.handshakes_resumed ?? 0;
+  if (full + resumed > 0) out.push(`handshakes: ${full} full, ${resumed} resumed from a ticket (${Math.round((100 * resumed) / (full + resumed))}% resumed)`);
+  return out;
+}
+
 /** The full human-readable report: header, kTLS, listeners, connections table, counters. */
 export function formatStatus(s: StatusView, now: number = Date.now()): string {
   const out: string[] = [];
@@ -144,6 +173,8 @@ export function formatStatus(s: StatusView, now: number = Date.now()): string {
     const heaps = s.memory.relayHeapKiB.map((k) => formatBytes(k * 1024)).join(', ');
     out.push(`memory: ${formatBytes(s.memory.rssKiB * 1024)} resident; JavaScript heap in use per relay worker: ${heaps || 'n/a'}`);
   }
+
+  out.push(...ticketLines(s));
 
   const lim = s.limits;
   if (lim) {

@@ -1,11 +1,12 @@
-// Private key files must be readable by the proxy's user alone: says so (a warning, not a refusal) when others can read one.
+// Private key and session ticket key files must be readable by the proxy's user alone: says so (a warning, not a refusal) when others can read one.
 import { stat } from 'node:fs/promises';
 
 /**
  * The warning for a private key file that its group or other users may read (any of mode 0o077), else
- * undefined. The mode is the target's when the path is a symlink: that is what other users can open.
+ * undefined. The mode is the target's when the path is a symlink: that is what other users can open. `what` names the
+ * kind of file in the message.
  */
-export async function keyPermissionWarning(file: string): Promise<string | undefined> {
+export async function keyPermissionWarning(file: string, what = 'private key'): Promise<string | undefined> {
   let mode: number;
   try {
     mode = (await stat(file)).mode & 0o777;
@@ -14,5 +15,5 @@ export async function keyPermissionWarning(file: string): Promise<string | undef
   }
   if ((mode & 0o077) === 0) return undefined;
   const octal = mode.toString(8).padStart(4, '0');
-  return `private key ${file} has mode ${octal}: its group or other users can read it; run chmod 600 ${file}`;
+  return `${what} ${file} has mode ${octal}: its group or other users can read it; run chmod 600 ${file}`;
 }

@@ -80,6 +80,9 @@ max_connections_per_source = 7
 max_handshakes_per_source = 0
 [log]
 level = "debug"
+[session_tickets]
+lifetime = "30m"
+key_file = "tickets.keys"
 `,
     );
     const c = await loadConfig({ file, flags: {}, env });
@@ -109,6 +112,7 @@ level = "debug"
       logLevel: 'debug',
       workers: 3,
       fdStore: false,
+      sessionTickets: { rotateEveryMs: 7_200_000, lifetimeMs: 1_800_000, keyFile: join(dir, 'tickets.keys') },
     });
   });
 

@@ -5,7 +5,7 @@ import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { parse as parseToml, TomlError } from 'smol-toml';
-import type { ListenerConfig, ProxyConfig } from '../core/types.js';
+import type { ListenerConfig, ProxyConfig, SessionTicketConfig } from '../core/types.js';
 import { defaultAdminSocketPath } from './admin-socket-path.js';
 import { defaultCertificatePaths, ensureDefaultCertificate } from './default-cert.js';
 import type * as z from 'zod';
@@ -59,7 +59,9 @@ export const DEFAULTS = {
   /** Handshakes in progress per source: far above what a NAT'ed crowd (or a test opening 200 at once) has in handshake at once, a small part of max_connections. */
   maxHandshakesPerSource: 256,
   logLevel: 'info',
-} as const satisfies Partial<ProxyConfig> & { listen: object; backend: object };
+  /** A fresh ticket key every 2 hours; a ticket lives as long (OpenSSL's default session timeout, too). */
+  ticketRotateEveryMs: 2 * 3_600_000,
+} as const satisfies Partial<ProxyConfig> & { listen: object; backend: object; ticketRotateEveryMs: number };
 
 /**
  * Unset max_connections_per_source: a tenth of max_connections, but at least 64 (a browser opens 6 per
@@ -229,6 +231,7 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
     const where = adminFlag !== undefined ? '--admin-socket' : file.admin_socket !== undefined ? `${src}: admin_socket` : 'admin socket (default path)';
     problems.push(`${where}: expected a Unix socket path of at most ${MAX_UNIX_PATH_BYTES} bytes, got ${JSON.stringify(adminSocket)} (${adminBytes} bytes)`);
   }
+  const sessionTickets = ticketSettings(file, src, fileDir, problems);
   if (problems.length > 0) throw new ConfigError(problems);
 
   let certSource: CertSource = 'configured';
@@ -259,11 +262,32 @@ export async function resolveConfig(opts: LoadOptions): Promise<ResolvedConfig> 
     logLevel,
     workers,
     fdStore: opts.flags.fdStore === true || file.fd_store === true,
+    sessionTickets,
     ...(file.metrics ? { metrics: file.metrics.listen } : {}),
     ...(file.user ? { user: file.user } : {}),
     ...(file.group ? { group: file.group } : {}),
   };
   return { config, certSource, file: opts.file };
+}
+
+/** TLS 1.3 caps a ticket's lifetime at 7 days (RFC 8446 §4.6.1). */
+const MAX_TICKET_LIFETIME_MS = 7 * 86_400_000;
+
+/** [session_tickets] with its defaults; pushes a problem for settings that cannot work together. */
+function ticketSettings(file: FileConfig, src: string, fileDir: string, problems: string[]): SessionTicketConfig {
+  const t = file.session_tickets ?? {};
+  const at = (key: string) => `${src ? `${src}: ` : ''}session_tickets.${key}`;
+  const keyFile = t.key_file !== undefined ? resolve(fileDir, t.key_file) : undefined;
+  const rotateEveryMs = t.rotate_every ?? DEFAULTS.ticketRotateEveryMs;
+  const lifetimeMs = t.lifetime ?? (keyFile ? DEFAULTS.ticketRotateEveryMs : rotateEveryMs);
+  if (keyFile !== undefined && t.rotate_every !== undefined)
+    problems.push(`${at('rotate_every')}: not with key_file: the keys of a key file are rotated by editing it and reloading (ironsocket reload)`);
+  if (keyFile === undefined && lifetimeMs > rotateEveryMs)
+    problems.push(
+      `${at('lifetime')}: expected at most rotate_every (${rotateEveryMs / 1000}s): a ticket is accepted under the current and the previous key only, so one that lived longer would not resume`,
+    );
+  if (lifetimeMs > MAX_TICKET_LIFETIME_MS) problems.push(`${at('lifetime')}: expected at most 7d (TLS 1.3 caps a ticket's lifetime at 7 days)`);
+  return { rotateEveryMs, lifetimeMs, ...(keyFile !== undefined ? { keyFile } : {}) };
 }
 
 /** Resolves the proxy configuration: flags override the config file, which overrides the defaults. */

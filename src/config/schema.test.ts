@@ -70,7 +70,7 @@ describe('file schema messages', () => {
     const p = problems({ lisen: 'x', log: { lvl: 'info' } });
     assert.ok(
       p.includes(
-        'config.toml: lisen: unknown key (allowed here: listen, backend, backends, cert, key, certs, alpn, route, client_auth, proxy_protocol, transparent, listener, ktls, admin_socket, workers, user, group, fd_store, timeouts, limits, log, metrics)',
+        'config.toml: lisen: unknown key (allowed here: listen, backend, backends, cert, key, certs, alpn, route, client_auth, proxy_protocol, transparent, listener, ktls, admin_socket, workers, user, group, fd_store, timeouts, limits, log, metrics, session_tickets)',
       ),
       p.join('\n'),
     );

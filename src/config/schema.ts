@@ -110,6 +110,8 @@ export const fields = {
   maxConnections: z.int({ error: 'expected a whole number' }).min(1, { error: 'expected a number of at least 1' }),
   maxPerSource: z.int({ error: 'expected a whole number' }).min(0, { error: 'expected a number of at least 0 (0: no limit)' }),
   logLevel: z.enum(LOG_LEVELS),
+  /** session_tickets.rotate_every and .lifetime: whole seconds (OpenSSL's session timeout), never 0. */
+  ticketDuration: durationSchema(false).refine((ms) => ms >= 1000, { error: 'expected a duration of at least 1s' }),
   // Flags arrive as strings; the file gives numbers.
   workers: z.preprocess(
     (v) => (typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v),
@@ -188,6 +190,13 @@ export const FileSchema = z.strictObject({
     .optional(),
   log: z.strictObject({ level: fields.logLevel.optional() }).optional(),
   metrics: z.strictObject({ listen: fields.listen }).optional(),
+  session_tickets: z
+    .strictObject({
+      rotate_every: fields.ticketDuration.optional(),
+      lifetime: fields.ticketDuration.optional(),
+      key_file: pathSchema.optional(),
+    })
+    .optional(),
 });
 export type FileListener = z.output<z.ZodObject<typeof listenerFields>> & { name?: string };
 export type FileConfig = z.output<typeof FileSchema>;

@@ -10,6 +10,10 @@ export type HandshakeFailure = (typeof HANDSHAKE_FAILURES)[number];
 export const CLIENT_CERT_REFUSALS = ['client_cert_missing', 'client_cert_revoked', 'client_cert_untrusted'] as const;
 export type ClientCertRefusal = (typeof CLIENT_CERT_REFUSALS)[number];
 
+/** How a successful handshake went: a full one, or one resumed from a session ticket. */
+export const HANDSHAKE_KINDS = ['full', 'resumed'] as const;
+export type HandshakeKind = (typeof HANDSHAKE_KINDS)[number];
+
 /** Why a backend connect failed (BackendError's reasons). */
 export const BACKEND_FAILURES = ['refused', 'timeout', 'unreachable', 'error'] as const;
 export type BackendFailure = (typeof BACKEND_FAILURES)[number];
@@ -46,6 +50,7 @@ export const PLAIN_COUNTERS = [
   'upgrades_failed',
   'upgrade_restore_failed',
   'fd_store_resumed',
+  'handshakes_ticket_unknown',
 ] as const;
 export type PlainCounter = (typeof PLAIN_COUNTERS)[number];
 
@@ -53,6 +58,7 @@ export type PlainCounter = (typeof PLAIN_COUNTERS)[number];
 export type CounterName =
   | PlainCounter
   | 'handshakes_ok'
+  | `handshakes_${HandshakeKind}`
   | 'bytes_in'
   | 'bytes_out'
   | 'reloads'
@@ -66,6 +72,7 @@ export type CounterName =
 
 /** The names of the labelled counters, by label value. */
 export const counter = {
+  handshakeKind: (kind: HandshakeKind) => `handshakes_${kind}` as const,
   handshakeFailed: (reason: HandshakeFailure | ClientCertRefusal) => `handshake_failed_${reason}` as const,
   backendFailed: (reason: BackendFailure) => `backend_${reason}` as const,
   connections: (mode: ConnectionMode) => `connections_${mode}` as const,

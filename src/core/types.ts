@@ -74,6 +74,18 @@ export interface ProxyConfig {
    * kernel-mode connections survive a crash of the proxy. Needs NOTIFY_SOCKET; ignored (with a warning) without it.
    */
   fdStore: boolean;
+  /** TLS session tickets: one set of keys for the whole process (every handshake worker), carried across upgrades. */
+  sessionTickets: SessionTicketConfig;
+}
+
+/** [session_tickets]: where the ticket keys come from and how long a ticket is good for. */
+export interface SessionTicketConfig {
+  /** A new key every this often (generated in memory); unused with `keyFile`, whose keys the operator rotates. */
+  rotateEveryMs: number;
+  /** How long a ticket resumes (the lifetime hint clients get); at most rotateEveryMs when keys rotate here. */
+  lifetimeMs: number;
+  /** HAProxy's tls-ticket-keys format: the last 3 keys are used, the penultimate encrypts. */
+  keyFile?: string;
 }
 
 export type TlsVersionName = 'TLSv1.2' | 'TLSv1.3';
@@ -131,8 +143,23 @@ export interface StatusSnapshot {
   lastReload?: { ok: boolean; at: string; error?: string; listeners?: string[]; needsUpgrade?: string[] };
   /** The connection limits in force, and the sources (IPv4 address, IPv6 /64) holding connections now. */
   limits?: LimitsStatus;
+  /** The session ticket keys in use: where they come from, their names' first bytes (never a key), lifetime, rotation. */
+  tickets?: TicketStatus;
   /** KiB: the process's resident memory, and the JavaScript heap in use on each relay worker thread (index = worker). */
   memory?: { rssKiB: number; relayHeapKiB: number[] };
+}
+
+/** What status shows of the session ticket keys: never a key, only what they are and the first bytes of each name (names travel in the clear). */
+export interface TicketStatus {
+  source: 'generated' | 'key_file';
+  keyFile?: string;
+  keys: number;
+  /** Hex of the first 4 bytes of each key's name, oldest first; `encrypt` indexes it. */
+  names: string[];
+  encrypt: number;
+  lifetimeS: number;
+  rotateEveryS?: number;
+  rotatedAt?: string;
 }
 
 export interface LimitsStatus {

@@ -37,6 +37,8 @@ export interface ConnectionContext {
   poller: Poller;
   relay: Pick<Relay, 'add'>;
   logger: Logger;
+  /** Which handshake worker runs this (in the `established` line). */
+  worker?: number;
   policy: KtlsPolicy;
   /** Suites (OpenSSL names) the kernel accepted at start-up. */
   kernelSuites: Set<string>;
@@ -176,6 +178,7 @@ export async function serveConnection(ctx: ConnectionContext, listener: Listener
       return;
     }
     ctx.count('handshakes_ok');
+    ctx.count(counter.handshakeKind(session.resumed ? 'resumed' : 'full'));
     let mode: 'kernel' | 'user' = ctx.policy !== 'off' && ctx.kernelSuites.has(session.suite.name) ? 'kernel' : 'user';
     let backend: Endpoint;
     try {
@@ -250,6 +253,8 @@ export async function serveConnection(ctx: ConnectionContext, listener: Listener
         backend: live.backend,
         txSeq: String(session.tx.seq),
         rxSeq: String(session.rx.seq),
+        resumed: session.resumed,
+        handshaker: ctx.worker,
         sni: session.servername,
         alpn: session.alpn,
         clientSubject: session.clientCert?.subject,

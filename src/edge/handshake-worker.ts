@@ -7,10 +7,11 @@ import { keyBuffers } from '../relay/protocol.js';
 import { BackendPool } from './backend-pool.js';
 import { serveConnection, type ConnectionContext, type ListenerRuntime } from './connection.js';
 import { certSelector, wipeListeners, type HandshakeListener } from './listener-setup.js';
-import type { FromHandshaker, HandshakerInit, ToHandshaker } from './handshakers.js';
+import { TicketKeyring } from '../handshake/ticket-keys.js';
+import type { FromHandshaker, ToHandshaker, WorkerStart } from './handshakers.js';
 import type { CounterName } from '../core/counters.js';
 
-const init = workerData as HandshakerInit;
+const init = workerData as WorkerStart;
 const port = parentPort as MessagePort;
 const poller = new Poller(init.inlinePoll === true);
 const aborts = new Map<string, AbortController>();
@@ -23,12 +24,15 @@ const takeCounts = () => {
   return c;
 };
 
+/** The process's session ticket keys, this worker's copy: every secure context issues and accepts tickets under them. */
+const tickets = new TicketKeyring(init.tickets, () => counts.push('handshakes_ticket_unknown'));
+
 /** Builds the runtime of each listener (its secure contexts hold the keys from here on), then wipes the key buffers. */
 function runtimes(ls: HandshakeListener[]): ListenerRuntime[] {
   try {
     return ls.map((l) => ({
       name: l.name,
-      selector: certSelector(l, init.tlsBase),
+      selector: certSelector(l, init.tlsBase, tickets),
       alpn: l.alpn,
       clientAuth: l.clientAuth,
       pool: new BackendPool(l.backends, init.backendRetryMs),
@@ -47,6 +51,7 @@ const keylogFile = init.keylogFile !== undefined ? openKeylogFile(init.keylogFil
 const ctx: ConnectionContext = {
   poller,
   logger: createLogger(init.logLevel),
+  worker: init.index,
   policy: init.policy,
   kernelSuites: new Set(init.kernelSuites),
   handshakeTimeoutMs: init.handshakeTimeoutMs,
@@ -92,6 +97,10 @@ port.on('message', (m: ToHandshaker) => {
       ctx.backendConnectTimeoutMs = m.timeouts.backendConnectTimeoutMs;
       listeners = runtimes(m.listeners);
       break;
+    case 'tickets':
+      // Every context reads the keyring on each ticket: handshakes from now on use the new set.
+      tickets.replace(m.set);
+      break;
     case 'abort':
       for (const a of aborts.values()) a.abort(m.reason);
       break;
@@ -99,6 +108,7 @@ port.on('message', (m: ToHandshaker) => {
       for (const a of aborts.values()) a.abort('shutting down');
       poller.close();
       keylogFile?.close();
+      tickets.wipe();
       port.close();
       break;
   }

@@ -6,6 +6,19 @@ import { wipeListeners, type HandshakeListener, type TlsBase } from './listener-
 import type { KtlsPolicy } from '../core/types.js';
 import type { ClientRecords, ConnectionInfo } from '../core/connection.js';
 import type { CounterName } from '../core/counters.js';
+import type { TicketKeySet } from '../handshake/ticket-keys.js';
+
+/** Where workers get the session ticket keys: a fresh copy per call (runtime's SessionTickets). */
+export interface TicketKeySource {
+  current(): TicketKeySet;
+}
+
+/** What one worker starts with: the shared settings, its index, and its own copy of the ticket keys (transferred). */
+export interface WorkerStart extends HandshakerInit {
+  /** Which handshake worker this is (0-based): in its log lines. */
+  index: number;
+  tickets: TicketKeySet;
+}
 
 export interface HandshakerInit {
   /** Indexed as the server's listeners: a connection names the one that accepted it. */
@@ -28,6 +41,8 @@ export type ReloadTimeouts = Pick<HandshakerInit, 'handshakeTimeoutMs' | 'backen
 export type ToHandshaker =
   | { op: 'conn'; fd: number; id: string; listener: number }
   | { op: 'reload'; listeners: HandshakeListener[]; timeouts: ReloadTimeouts }
+  /** A new set of session ticket keys (its buffer is transferred: the worker's own from now on). */
+  | { op: 'tickets'; set: TicketKeySet }
   | { op: 'abort'; reason: string }
   | { op: 'stop' };
 
@@ -60,7 +75,13 @@ export class Handshakers {
    * Starts `n` workers. With `after`, one after another once it resolves, so that their boots do not
    * pile up on the CPUs (after an upgrade's exec); without, all at once.
    */
-  constructor(n: number, init: HandshakerInit, on: HandshakerEvents, after?: Promise<void>) {
+  constructor(
+    n: number,
+    init: HandshakerInit,
+    on: HandshakerEvents,
+    private readonly tickets: TicketKeySource,
+    after?: Promise<void>,
+  ) {
     // Our own copy of the keys until every worker has its own: the caller wipes theirs.
     // Each worker's poller blocks one libuv pool thread while it waits (main's listener holds another);
     // past what the pool can spare, workers poll inline instead.
@@ -89,9 +110,26 @@ export class Handshakers {
     for (const w of this.workers) w.postMessage({ op: 'reload', listeners, timeouts } satisfies ToHandshaker);
   }
 
+  /**
+   * Gives every worker the current session ticket keys (after a rotation or a reload), each its own copy, transferred.
+   * A worker not started yet takes the current set when it starts.
+   */
+  broadcastTickets(): void {
+    for (const w of this.workers) {
+      const set = this.tickets.current();
+      w.postMessage({ op: 'tickets', set } satisfies ToHandshaker, [set.keys.buffer as ArrayBuffer]);
+    }
+  }
+
   private startWorker(init: HandshakerInit, on: HandshakerEvents): Promise<void> {
     const i = this.workers.length;
-    const w = new Worker(new URL('./handshake-worker.js', import.meta.url), { workerData: init, resourceLimits: WORKER_RESOURCE_LIMITS });
+    const tickets = this.tickets.current();
+    const workerData: WorkerStart = { ...init, index: i, tickets };
+    const w = new Worker(new URL('./handshake-worker.js', import.meta.url), {
+      workerData,
+      transferList: [tickets.keys.buffer as ArrayBuffer],
+      resourceLimits: WORKER_RESOURCE_LIMITS,
+    });
     this.workers.push(w);
     this.busy.push(0);
     w.unref();

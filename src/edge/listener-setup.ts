@@ -1,4 +1,5 @@
 // Turns a configured listener into what a handshake worker needs (certificate bytes, names, CA, resolved backends), checked up front.
+import crypto from 'node:crypto';
 import dns from 'node:dns/promises';
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -6,6 +7,7 @@ import tls from 'node:tls';
 import { readCrlFile } from '../config/crl.js';
 import { keyPermissionWarning } from '../config/key-permissions.js';
 import { CertSelector, certificateNames } from '../handshake/sni.js';
+import type { TicketKeyring } from '../handshake/ticket-keys.js';
 import type { Endpoint } from '../kernel/sockaddr.js';
 import type { HostPort, ListenerConfig, ProxyProtocolVersion } from '../core/types.js';
 
@@ -174,8 +176,27 @@ export function wipeListeners(ls: HandshakeListener[]): void {
   for (const l of ls) for (const g of l.groups) for (const k of g.keys) k.fill(0);
 }
 
-/** Builds the SNI table of one listener (in the handshake worker). */
-export function certSelector(l: HandshakeListener, base: TlsBase): CertSelector {
-  const contexts = l.groups.map((g) => ({ names: g.names, context: tls.createSecureContext({ ...base, cert: g.certs, key: g.keys, ca: l.ca, crl: l.crl }) }));
+/**
+ * The session ID context of a listener's sessions: a ticket resumes only where it matches (OpenSSL treats another as
+ * unknown). Without client certificates it is HAProxy's ("haproxy"), so that with a shared key file clients resume
+ * on either. With client certificates it is the listener's own and changes with its CA bundle, CRLs and policy: a
+ * session whose certificate another listener (or an older CA bundle or CRL) verified never resumes here.
+ */
+export function sessionIdContext(l: HandshakeListener): string {
+  if (!l.clientAuth) return 'haproxy';
+  const h = crypto.createHash('sha256').update(`ironsocket mTLS\0${l.name}\0${l.clientAuth}\0`);
+  h.update(l.ca ?? Buffer.alloc(0));
+  for (const c of l.crl ?? []) h.update(c);
+  // OpenSSL keeps at most 32 bytes (SSL_MAX_SID_CTX_LENGTH).
+  return h.digest('hex').slice(0, 32);
+}
+
+/** Builds the SNI table of one listener (in the handshake worker): every context issues and accepts tickets under `tickets`. */
+export function certSelector(l: HandshakeListener, base: TlsBase, tickets: TicketKeyring): CertSelector {
+  const sid = sessionIdContext(l);
+  const contexts = l.groups.map((g) => ({
+    names: g.names,
+    context: tickets.arm(tls.createSecureContext({ ...base, cert: g.certs, key: g.keys, ca: l.ca, crl: l.crl }), sid),
+  }));
   return new CertSelector(contexts, contexts[0]!.context);
 }

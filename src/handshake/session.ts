@@ -20,6 +20,8 @@ export interface EstablishedSession {
   suite: CipherSuite;
   servername?: string;
   alpn?: string;
+  /** Resumed from a session ticket (an abbreviated handshake): no certificate was sent, no key exchanged anew in TLS 1.2. */
+  resumed: boolean;
   /** The client's certificate, when one was requested and sent. */
   clientCert?: ClientCertificate;
   /** Keys for what we send, and the sequence number of our next record. */
@@ -269,6 +271,7 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
         suite,
         servername: typeof socket.servername === 'string' ? socket.servername : undefined,
         alpn: typeof socket.alpnProtocol === 'string' ? socket.alpnProtocol : undefined,
+        resumed: socket.isSessionReused(),
         clientCert: opts.requestCert ? clientCertificate(socket) : undefined,
         tx: { ...keys.tx, seq: BigInt(txSeq) },
         rx: { ...keys.rx, seq: BigInt(rxSeq) },

@@ -48,6 +48,8 @@ const ZEROS: Record<string, number> = {
   ironsocket_handshakes_in_progress: 0,
   'ironsocket_handshakes_total{result="ok"}': 0,
   'ironsocket_handshakes_total{result="failed"}': 0,
+  'ironsocket_handshakes_completed_total{kind="full"}': 0,
+  'ironsocket_handshakes_completed_total{kind="resumed"}': 0,
   ...Object.fromEntries(
     ['timeout', 'client-closed', 'io', 'malformed', 'tls', 'unsupported-suite', 'internal', 'aborted'].map((r) => [
       `ironsocket_handshakes_failed_total{reason="${r}"}`,
@@ -82,6 +84,7 @@ const ZEROS: Record<string, number> = {
   ironsocket_upgrades_failed_total: 0,
   ironsocket_upgrade_restore_failed_total: 0,
   ironsocket_fd_store_resumed_total: 0,
+  ironsocket_handshakes_ticket_unknown_total: 0,
   ironsocket_listeners: 0,
 };
 
@@ -95,6 +98,9 @@ describe('createMetrics', () => {
         closed_protocol_error: 3,
         closed_idle_timeout: 5,
         handshakes_ok: 35,
+        handshakes_full: 14,
+        handshakes_resumed: 21,
+        handshakes_ticket_unknown: 4,
         handshake_failed_timeout: 3,
         'handshake_failed_client-closed': 2,
         backend_refused: 4,
@@ -127,6 +133,9 @@ describe('createMetrics', () => {
       ironsocket_handshakes_in_progress: 2,
       'ironsocket_handshakes_total{result="ok"}': 35,
       'ironsocket_handshakes_total{result="failed"}': 5,
+      'ironsocket_handshakes_completed_total{kind="full"}': 14,
+      'ironsocket_handshakes_completed_total{kind="resumed"}': 21,
+      ironsocket_handshakes_ticket_unknown_total: 4,
       'ironsocket_handshakes_failed_total{reason="timeout"}': 3,
       'ironsocket_handshakes_failed_total{reason="client-closed"}': 2,
       'ironsocket_handshakes_failed_total{reason="client_cert_missing"}': 0,

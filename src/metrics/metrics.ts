@@ -7,6 +7,7 @@ import {
   CLOSE_CAUSES,
   CONNECTION_MODES,
   HANDSHAKE_FAILURES,
+  HANDSHAKE_KINDS,
   PLAIN_COUNTERS,
   SOURCE_LIMITS,
   counter,
@@ -48,6 +49,8 @@ const PLAIN: Record<PlainCounter, string> = {
   upgrades_failed: 'In-place upgrades that did not happen or failed, leaving the running image serving.',
   upgrade_restore_failed: 'Connections an upgrade carried but the new image could not restore.',
   fd_store_resumed: 'Kernel-mode connections resumed from the systemd fd store after the proxy crashed or was killed.',
+  handshakes_ticket_unknown:
+    'ClientHellos offering a session ticket under a key this proxy does not have (expired past the previous key, or from elsewhere): a full handshake followed.',
 };
 /** Every reason a handshake fails for, each counted as its own `handshake_failed_<reason>` (no name is parsed back). */
 const FAILURE_REASONS = [...HANDSHAKE_FAILURES, ...CLIENT_CERT_REFUSALS];
@@ -56,6 +59,7 @@ const FAILURE_REASONS = [...HANDSHAKE_FAILURES, ...CLIENT_CERT_REFUSALS];
 const MAPPED = new Set<string>([
   ...PLAIN_COUNTERS,
   'handshakes_ok',
+  ...HANDSHAKE_KINDS.map(counter.handshakeKind),
   'bytes_in',
   'bytes_out',
   ...FAILURE_REASONS.map(counter.handshakeFailed),
@@ -134,6 +138,13 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
       [{ result: 'ok' }, count(s, 'handshakes_ok')],
       [{ result: 'failed' }, FAILURE_REASONS.reduce((n, reason) => n + count(s, counter.handshakeFailed(reason)), 0)],
     ],
+  );
+  family(
+    'counter',
+    'ironsocket_handshakes_completed_total',
+    'Successful TLS handshakes since the first image, by kind: full, or resumed from a session ticket (their sum is ironsocket_handshakes_total{result="ok"} from the image that began counting kinds on).',
+    ['kind'],
+    (s) => HANDSHAKE_KINDS.map((kind) => [{ kind }, count(s, counter.handshakeKind(kind))]),
   );
   family('counter', 'ironsocket_handshakes_failed_total', 'TLS handshakes that failed since the first image, by reason.', ['reason'], (s) => {
     return FAILURE_REASONS.map((reason) => [{ reason }, count(s, counter.handshakeFailed(reason))]);

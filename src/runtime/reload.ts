@@ -8,10 +8,16 @@ import type { Logger } from '../core/log.js';
 import type { Endpoint } from '../kernel/sockaddr.js';
 import type { Relay } from '../relay/relay.js';
 import type { ReloadTimeouts } from '../edge/handshakers.js';
+import { discardPrepared, prepareTickets, type PreparedTickets, type SessionTickets } from '../edge/session-tickets.js';
 
 /** What a reload needs of the running server, nothing more (runtime/server.ts's ProxyServer is one). */
 export interface ReloadTarget {
-  readonly deps: { readonly config: ProxyConfig; readonly logger: Logger; readonly relay: Pick<Relay, 'configure'> };
+  readonly deps: {
+    readonly config: ProxyConfig;
+    readonly logger: Logger;
+    readonly relay: Pick<Relay, 'configure'>;
+    readonly tickets: Pick<SessionTickets, 'commit'>;
+  };
   /** Bound sockets, in the order of `config.listeners`. */
   readonly listeners: readonly Listener[];
   /** What each listener serves from now on. */
@@ -39,6 +45,15 @@ export async function reloadConfig(server: ReloadTarget, next: ProxyConfig, base
   } catch (e) {
     return { ok: false, at, error: (e as Error).message };
   }
+  // The session ticket key file is read again (the operator rotates by editing it); a bad one refuses the reload.
+  let tickets: PreparedTickets;
+  try {
+    tickets = await prepareTickets(next.sessionTickets);
+  } catch (e) {
+    wipeListeners(served);
+    return { ok: false, at, error: (e as Error).message };
+  }
+  if (tickets.warning) server.deps.logger.warn({ file: next.sessionTickets.keyFile }, tickets.warning);
   const fresh: Listener[] = [];
   const bound: Listener[] = [];
   try {
@@ -59,8 +74,11 @@ export async function reloadConfig(server: ReloadTarget, next: ProxyConfig, base
   } catch (e) {
     for (const b of fresh) b.close();
     wipeListeners(served);
+    discardPrepared(tickets);
     return { ok: false, at, error: (e as Error).message };
   }
+  // The workers get the new ticket keys first (a message each), then the new listeners, whose contexts take the new lifetime.
+  server.deps.tickets.commit(tickets);
   // Workers first: a connection accepted on a new listener must find its settings there.
   await server.reloadHandshakes(served, {
     handshakeTimeoutMs: next.handshakeTimeoutMs,
@@ -79,6 +97,7 @@ export async function reloadConfig(server: ReloadTarget, next: ProxyConfig, base
     maxConnections: next.maxConnections,
     maxConnectionsPerSource: next.maxConnectionsPerSource,
     maxHandshakesPerSource: next.maxHandshakesPerSource,
+    sessionTickets: next.sessionTickets,
   } satisfies Partial<ProxyConfig>);
   server.deps.relay.configure({ idleTimeoutMs: next.idleTimeoutMs });
   server.serve(bound);

@@ -10,6 +10,7 @@ import { SOL_SOCKET, SO_LINGER, sys } from '../kernel/libc.js';
 import { RejectionNotes, SourceCounts, sourceOf, sourceOfClient } from '../edge/per-source.js';
 import { LISTENER_FDNAME, connectionFdName, type FdStore } from '../service/fd-store.js';
 import { Handshakers, type HandshakerInit, type ReloadTimeouts } from '../edge/handshakers.js';
+import type { CarriedTickets, SessionTickets } from '../edge/session-tickets.js';
 import { Listener } from '../edge/listener.js';
 import type { KtlsSupport, ProxyConfig, ReloadOutcome, StatusSnapshot, UpgradeRecord } from '../core/types.js';
 import type { ConnectionInfo } from '../core/connection.js';
@@ -32,6 +33,8 @@ export interface ServerDeps {
   kernelSuites: Set<string>;
   /** systemd's fd store (fd_store on): listeners are kept there; the relay workers keep connections there. */
   store?: FdStore;
+  /** The process's session ticket keys: every handshake worker gets each new set. */
+  tickets: SessionTickets;
 }
 
 export class ProxyServer {
@@ -94,8 +97,13 @@ export class ProxyServer {
         count: (name) => this.count(name),
         error: (e) => log.fatal({ err: e.message }, `handshake worker failed: ${e.message}`),
       },
+      deps.tickets,
       deps.staggerWorkers ? relay.started : undefined,
     );
+    deps.tickets.onChange((why) => {
+      this.handshakers.broadcastTickets();
+      log.info({ tickets: deps.tickets.status() }, `session ticket keys ${why}: every handshake worker has the new set`);
+    });
     this.started = Promise.all([relay.started, this.handshakers.started]).then(() => undefined);
   }
 
@@ -271,6 +279,11 @@ export class ProxyServer {
     await this.handshakers.reload(served, timeouts);
   }
 
+  /** A copy of the session ticket keys for the hand-off state (the upgrade zeroes it once encoded). */
+  carryTickets(): CarriedTickets {
+    return this.deps.tickets.carry();
+  }
+
   /** Records connections the relay worker already took over from a previous image. */
   adoptRelayed(infos: ConnectionInfo[]): void {
     for (const info of infos) {
@@ -324,6 +337,7 @@ export class ProxyServer {
         alpn: c.alpn,
         clientSubject: c.clientSubject,
       })),
+      tickets: this.deps.tickets.status(),
       memory: { rssKiB: Math.round(process.memoryUsage.rss() / 1024), relayHeapKiB: this.deps.relay.heapUsed().map((b) => Math.round(b / 1024)) },
       counters: { ...this.counters, connections_live: this.live.size, handshakes_in_progress: this.inFlight.size, relay_stats_unavailable: relayed ? 0 : 1 },
       limits: {
@@ -365,6 +379,7 @@ export class ProxyServer {
     for (const l of this.listeners) l.close();
     this.handshakers.abortAll('shutting down');
     await this.handshakers.stop();
+    this.deps.tickets.stop();
     await this.deps.relay.stop();
   }
 }

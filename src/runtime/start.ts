@@ -21,6 +21,7 @@ import { FdStore, LISTENER_FDNAME, connectionFdName } from '../service/fd-store.
 import { fdStoreFor, passedDescriptors, serviceNotes } from '../service/systemd.js';
 import type { Listener } from '../edge/listener.js';
 import { ProxyServer } from './server.js';
+import { SessionTickets, prepareTickets } from '../edge/session-tickets.js';
 import type { KtlsSupport, ProxyConfig } from '../core/types.js';
 import { counter } from '../core/counters.js';
 
@@ -34,7 +35,7 @@ export interface ProxyHandle {
 export class StartupError extends Error {
   constructor(
     message: string,
-    readonly code: 'KTLS_REQUIRED' | 'LISTEN' | 'CERT' | 'ADMIN' | 'PRIVILEGES' | 'KEYLOG',
+    readonly code: 'KTLS_REQUIRED' | 'LISTEN' | 'CERT' | 'TICKETS' | 'ADMIN' | 'PRIVILEGES' | 'KEYLOG',
   ) {
     super(message);
   }
@@ -89,6 +90,17 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   } catch (e) {
     throw new StartupError((e as Error).message, 'CERT');
   }
+  // One set of session ticket keys for every worker: the key file's, else those the previous image carried, else new ones.
+  let tickets: SessionTickets;
+  try {
+    const prepared = await prepareTickets(config.sessionTickets);
+    if (prepared.warning) log.warn({ file: config.sessionTickets.keyFile }, prepared.warning);
+    tickets = new SessionTickets(prepared, handoff?.tickets);
+  } catch (e) {
+    handoff?.tickets?.keys.fill(0);
+    wipeListeners(served);
+    throw new StartupError((e as Error).message, 'TICKETS');
+  }
   const poller = new Poller();
   const stagger = handoff !== undefined;
   const store = fdStoreFor(config.fdStore, log, config.maxConnections);
@@ -104,7 +116,7 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     logLevel: config.logLevel,
     keylogFile,
   };
-  const server = new ProxyServer({ config, logger: log, poller, relay, handshake, staggerWorkers: stagger, probe, support, kernelSuites, store });
+  const server = new ProxyServer({ config, logger: log, poller, relay, handshake, staggerWorkers: stagger, probe, support, kernelSuites, store, tickets });
   wipeListeners(served); // the handshake workers have their copies
   server.setServed(served);
   server.pauseAccepting();
@@ -142,6 +154,7 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     for (const l of carried) sys.close(l.fd);
     for (const fd of activated.values()) sys.close(fd);
     poller.close();
+    tickets.stop();
     await relay.stop();
     throw new StartupError((e as Error).message, 'LISTEN');
   }

@@ -148,6 +148,12 @@ export const LANES: LaneEntry[] = [
     kernel: lane('kTLS lane: every suite through real clients with the kernel carrying the session.', 'kernel'),
   },
   {
+    name: 'scenarios/session-tickets',
+    run: 'sessionTicketScenarios',
+    user: lane('Native lane: session tickets resume on both handshake workers, across upgrades, renewed each time, over the userspace record layer.', 'user'),
+    kernel: lane('kTLS lane: session tickets resume on both handshake workers and across upgrades with the kernel carrying every resumed session.', 'kernel'),
+  },
+  {
     name: 'scenarios/secrets-memory',
     run: 'secretsMemoryScenarios',
     user: lane("User mode: a closed session's secrets and record keys do not stay in the proxy's memory.", 'user'),

@@ -1,0 +1,192 @@
+// Checks the keyring on real node:tls handshakes: which key encrypts, which decrypt, fresh tickets on resumption (TLS 1.3 and 1.2), SNI contexts, session ID contexts.
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { after, before, describe, it } from 'node:test';
+import tls from 'node:tls';
+import { makeCert, tempDir } from '../testkit/proxy-process.js';
+import { TICKET_KEY_BYTES, TicketKeyring, encryptIndex, type TicketKeySet } from './ticket-keys.js';
+
+const run = promisify(execFile);
+
+const VERSIONS = ['TLSv1.3', 'TLSv1.2'] as const;
+
+function keySet(keys: Buffer[], lifetimeS = 3600): TicketKeySet {
+  const packed = new Uint8Array(new ArrayBuffer(keys.length * TICKET_KEY_BYTES));
+  keys.forEach((k, i) => packed.set(k, i * TICKET_KEY_BYTES));
+  return { keys: packed, encrypt: encryptIndex(keys.length), lifetimeS };
+}
+
+interface Outcome {
+  resumed: boolean;
+  /** Sessions the client can resume with, newest last: from 'session' events (TLS 1.3), else the one it ended with. */
+  sessions: Buffer[];
+  /** The ticket the server sent last (its first 16 bytes name the key that encrypted it). */
+  ticket?: Buffer;
+}
+
+/** A TLS server over raw sockets (as the proxy's handshake: TLSSocket with isServer) picking a context per SNI. */
+async function server(pick: (servername: string | undefined) => tls.SecureContext) {
+  const srv = net.createServer((raw) => {
+    const s = new tls.TLSSocket(raw, { isServer: true, secureContext: pick(undefined), SNICallback: (name, cb) => cb(null, pick(name)) });
+    s.on('secure', () => s.end('ok'));
+    s.on('error', () => {});
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  const connect = (version: (typeof VERSIONS)[number], session?: Buffer, servername = 'localhost') =>
+    new Promise<Outcome>((resolve, reject) => {
+      const s = tls.connect({ port, host: '127.0.0.1', servername, rejectUnauthorized: false, minVersion: version, maxVersion: version, session });
+      const sessions: Buffer[] = [];
+      let resumed = false;
+      s.on('session', (x: Buffer) => sessions.push(x));
+      s.once('secureConnect', () => (resumed = s.isSessionReused()));
+      s.on('data', () => {});
+      s.once('end', () => {
+        // TLS 1.2: a ticket renewed during a resumption comes with no 'session' event; the session it ends with has it.
+        const ticket = s.getTLSTicket();
+        const last = s.getSession();
+        if (version === 'TLSv1.2' && last && !sessions.some((x) => x.equals(last))) sessions.push(last);
+        s.destroy();
+        resolve({ resumed, sessions, ticket });
+      });
+      s.on('error', reject);
+    });
+  return { connect, close: () => new Promise<void>((r) => srv.close(() => r())) };
+}
+
+describe('session ticket keyring', () => {
+  let dir: string;
+  let ec: { cert: Buffer; key: Buffer };
+  let rsa: { cert: Buffer; key: Buffer };
+  before(async () => {
+    dir = tempDir('ticket-keyring');
+    const [a, b] = await Promise.all([makeCert(dir, 'ec'), makeCert(dir, 'rsa')]);
+    ec = { cert: fs.readFileSync(a.certFile), key: fs.readFileSync(a.keyFile) };
+    rsa = { cert: fs.readFileSync(b.certFile), key: fs.readFileSync(b.keyFile) };
+  });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('encrypts every ticket with the penultimate key and accepts a ticket under any key of the set (TLS 1.3 and 1.2)', async () => {
+    const keys = [0, 1, 2].map(() => crypto.randomBytes(48));
+    const ring = new TicketKeyring(keySet(keys));
+    const ctx = ring.arm(tls.createSecureContext(ec), 'test');
+    const s = await server(() => ctx);
+    try {
+      for (const v of VERSIONS) {
+        const first = await s.connect(v);
+        assert.equal(first.resumed, false);
+        assert.ok(first.ticket, `${v}: a ticket`);
+        assert.deepEqual(first.ticket.subarray(0, 16), keys[1]!.subarray(0, 16), `${v}: named after the penultimate key`);
+        // The same session under another set where the key is the oldest of three: still accepted.
+        ring.replace(keySet([keys[1]!, keys[2]!, crypto.randomBytes(48)]));
+        assert.equal((await s.connect(v, first.sessions[0])).resumed, true, `${v}: resumed under the oldest key of the set`);
+        ring.replace(keySet(keys));
+      }
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('issues a fresh ticket on every resumption, which resumes in turn: TLS 1.3 a NewSessionTicket after the handshake, TLS 1.2 one in the abbreviated flight', async () => {
+    const ring = new TicketKeyring(keySet([crypto.randomBytes(48), crypto.randomBytes(48)]));
+    const ctx = ring.arm(tls.createSecureContext(ec), 'test');
+    const s = await server(() => ctx);
+    try {
+      for (const v of VERSIONS) {
+        const first = await s.connect(v);
+        const again = await s.connect(v, first.sessions[0]);
+        assert.equal(again.resumed, true, v);
+        assert.ok(again.ticket && !again.ticket.equals(first.ticket!), `${v}: the resumed handshake brought a new ticket`);
+        if (v === 'TLSv1.3') assert.equal(again.sessions.length, 1, 'TLS 1.3: one NewSessionTicket after the resumed handshake');
+        const third = await s.connect(v, again.sessions.at(-1));
+        assert.equal(third.resumed, true, `${v}: the renewed ticket resumes`);
+      }
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('does not accept a ticket whose key has left the set: a full handshake, and onUnknown hears it', async () => {
+    let unknown = 0;
+    const keys = [0, 1, 2, 3, 4].map(() => crypto.randomBytes(48));
+    const ring = new TicketKeyring(keySet(keys.slice(0, 2)), () => unknown++);
+    const ctx = ring.arm(tls.createSecureContext(ec), 'test');
+    const s = await server(() => ctx);
+    try {
+      for (const v of VERSIONS) {
+        ring.replace(keySet(keys.slice(0, 2)));
+        const t = await s.connect(v); // under keys[0], the penultimate of two
+        ring.replace(keySet(keys.slice(0, 3))); // one rotation: keys[0] is the previous key
+        assert.equal((await s.connect(v, t.sessions[0])).resumed, true, `${v}: one rotation later`);
+        ring.replace(keySet(keys.slice(1, 4))); // two: dropped
+        const before = unknown;
+        assert.equal((await s.connect(v, t.sessions[0])).resumed, false, `${v}: two rotations later`);
+        assert.equal(unknown, before + 1);
+      }
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('resumes a ticket from an SNI context on contexts built anew from the same keys (another worker, or after a reload)', async () => {
+    const keys = [crypto.randomBytes(48), crypto.randomBytes(48)];
+    const contexts = (ring: TicketKeyring) => {
+      const byName = { localhost: ring.arm(tls.createSecureContext(ec), 'test'), other: ring.arm(tls.createSecureContext(rsa), 'test') };
+      return (n: string | undefined) => (n === 'other' ? byName.other : byName.localhost);
+    };
+    const [a, b] = await Promise.all([server(contexts(new TicketKeyring(keySet(keys)))), server(contexts(new TicketKeyring(keySet(keys))))]);
+    try {
+      for (const v of VERSIONS) {
+        for (const name of ['other', 'localhost']) {
+          const t = await a.connect(v, undefined, name);
+          assert.equal((await b.connect(v, t.sessions[0], name)).resumed, true, `${v}, SNI ${name}: resumed on the other contexts`);
+        }
+      }
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it('resumes a session only where its session ID context matches, with the same keys', async () => {
+    const ring = new TicketKeyring(keySet([crypto.randomBytes(48), crypto.randomBytes(48)]));
+    const a = ring.arm(tls.createSecureContext(ec), 'listener-a');
+    const b = ring.arm(tls.createSecureContext(ec), 'listener-b');
+    const [sa, sb] = await Promise.all([server(() => a), server(() => b)]);
+    try {
+      for (const v of VERSIONS) {
+        const t = await sa.connect(v);
+        assert.equal((await sb.connect(v, t.sessions[0])).resumed, false, `${v}: not in another context`);
+        assert.equal((await sa.connect(v, t.sessions[0])).resumed, true, `${v}: in its own`);
+      }
+    } finally {
+      await Promise.all([sa.close(), sb.close()]);
+    }
+  });
+
+  it('sets the lifetime hint from the set, and zeroes the set it replaces', async () => {
+    const first = keySet([crypto.randomBytes(48), crypto.randomBytes(48)], 90);
+    const ring = new TicketKeyring(first);
+    const ctx = ring.arm(tls.createSecureContext(ec), 'test');
+    const s = await server(() => ctx);
+    try {
+      for (const v of VERSIONS) {
+        const file = path.join(dir, `session-${v}.der`);
+        fs.writeFileSync(file, (await s.connect(v)).sessions[0]!);
+        const { stdout } = await run('openssl', ['sess_id', '-inform', 'DER', '-in', file, '-noout', '-text']);
+        assert.match(stdout, /TLS session ticket lifetime hint: 90 \(seconds\)/, v);
+      }
+      ring.replace(keySet([crypto.randomBytes(48), crypto.randomBytes(48)]));
+      assert.ok(
+        first.keys.every((b) => b === 0),
+        'the old keys are zeroed',
+      );
+    } finally {
+      await s.close();
+    }
+  });
+});
