@@ -6,6 +6,8 @@ export interface UpgradeHooks {
   bridgeEntry?: string;
   /** Runs in the bridge once it is non-dumpable, before it takes anything (a bridge that dies, or holds still). */
   bridgeStarted?: () => void;
+  /** Runs just before execve, connections in the bridge (holding still here stands in for a new image slow to boot). */
+  beforeExec?: () => void;
 }
 
 export const upgradeHooks: UpgradeHooks = {};

@@ -1,4 +1,4 @@
-// In-place upgrades under load: 200 verified streams survive 5 consecutive execs; refusal, exec or bridge failure leave the proxy serving.
+// In-place upgrades under load: 200 verified streams survive 5 consecutive execs; new clients are served meanwhile; refusal, exec or bridge failure leave the proxy serving.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
@@ -30,6 +30,23 @@ async function upgradeCli(proxy: RunningProxy): Promise<{ code: number; outcome?
     const err = e as { code: number; stdout: string; stderr: string };
     return { code: err.code, outcome: err.stdout ? (JSON.parse(err.stdout) as Outcome) : undefined, stderr: err.stderr };
   }
+}
+
+/** How long the test-only entry holds the old image just before execve: the window in which only the bridge can serve. */
+const EXEC_HOLD_MS = 6000;
+
+/**
+ * Starts an upgrade (its CLI's answer is the promise returned) and, once every connection is in the bridge and the
+ * image holds still before execve, opens `n` new verified streams: they must be served (an echo back) before the
+ * image gets to exec, which it logs. Without the bridge accepting, nobody could even finish their handshakes then.
+ */
+async function clientsDuringHold(proxy: RunningProxy, n: number, seed: string): Promise<{ upgrading: ReturnType<typeof upgradeCli>; fresh: EchoStream[] }> {
+  const upgrading = upgradeCli(proxy);
+  await proxy.waitForLog(/"msg":"every connection is in the upgrade bridge"/, 120_000);
+  const fresh = await Promise.all(Array.from({ length: n }, (_, i) => echoStream(proxy.port, `${seed}-${i}`, 1024, 20)));
+  await eventually(() => fresh.every((s) => s.received() > 0), 60_000, 'an echo on every new connection');
+  assert.ok(!proxy.logs().some((l) => /"msg":"exec"/.test(l)), 'the new clients were served while the image was held before execve');
+  return { upgrading, fresh };
 }
 
 export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: number }): void {
@@ -165,6 +182,73 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       open.push(fresh);
       await new Promise((res) => setTimeout(res, 300));
       const results = await Promise.all([s.finish(), fresh.finish()]);
+      for (const x of results) assert.ok(x.ok && x.received > 0, `${x.seed}: ${x.errors.join('; ')}`);
+      await eventually(() => childProcesses(proxy.pid).length === 0, 10_000, 'the upgrade bridge to be gone');
+    } finally {
+      for (const x of open) x.abort();
+      await proxy.stop();
+    }
+  });
+
+  test(`clients that connect while the image is about to exec are handshaken and served by the bridge, then carried into the new image (${mode} mode)`, async () => {
+    const proxy = await startProxyProcess({
+      backendPort: echo.port,
+      args: modeArgs(mode),
+      entry: FAULT_CLI,
+      env: { IRONSOCKET_FAULT_EXEC_HOLD_MS: String(EXEC_HOLD_MS) },
+    });
+    const open: EchoStream[] = [];
+    try {
+      open.push(await echoStream(proxy.port, `door-old-${mode}`, 1024, 20));
+      const { upgrading, fresh } = await clientsDuringHold(proxy, 3, `door-new-${mode}`);
+      open.push(...fresh);
+      const r = await upgrading;
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.outcome?.generation, 2);
+      assert.equal(r.outcome?.moved, 4, 'the connection moved into the bridge and the three it accepted came back');
+      const later = await echoStream(proxy.port, `door-later-${mode}`, 1024, 20);
+      open.push(later);
+      const status = await proxy.status();
+      assert.equal(status.connections.length, 5);
+      assert.equal(new Set(status.connections.map((c) => c.id)).size, 5, `connection ids are unique: ${status.connections.map((c) => c.id).join(', ')}`);
+      assert.equal(status.counters.connections_accepted, 5);
+      assert.equal(status.counters.handshakes_ok, 5);
+      const results = await Promise.all(open.map((x) => x.finish()));
+      for (const x of results) assert.ok(x.ok && x.received > 0, `${x.seed}: ${x.errors.join('; ')}`);
+      await eventually(() => childProcesses(proxy.pid).length === 0, 10_000, 'the upgrade bridge to be gone');
+    } finally {
+      for (const x of open) x.abort();
+      await proxy.stop();
+    }
+  });
+
+  test(`no client the bridge accepted during an upgrade is lost when execve then fails: the old image takes them all back (${mode} mode)`, async () => {
+    const proxy = await startProxyProcess({
+      backendPort: echo.port,
+      args: modeArgs(mode),
+      entry: FAULT_CLI,
+      env: { IRONSOCKET_FAULT_EXEC_PATH: '/nonexistent/node', IRONSOCKET_FAULT_EXEC_HOLD_MS: String(EXEC_HOLD_MS) },
+    });
+    const open: EchoStream[] = [];
+    try {
+      open.push(await echoStream(proxy.port, `doorfail-old-${mode}`, 1024, 20));
+      const { upgrading, fresh } = await clientsDuringHold(proxy, 3, `doorfail-new-${mode}`);
+      open.push(...fresh);
+      const r = await upgrading;
+      assert.equal(r.code, 1);
+      assert.match(r.outcome?.error ?? '', /execve\(\/nonexistent\/node\) failed: ENOENT/);
+      const before = open.map((x) => x.received());
+      await eventually(() => open.every((x, i) => x.received() > before[i]!), 30_000, 'every stream flowing after the failed upgrade');
+      const later = await echoStream(proxy.port, `doorfail-later-${mode}`, 1024, 20);
+      open.push(later);
+      const status = await proxy.status();
+      assert.equal(status.pid, proxy.pid);
+      assert.equal((status as { generation?: number }).generation, 1);
+      assert.equal(status.connections.length, 5, 'the old image lists the three the bridge accepted');
+      assert.equal(new Set(status.connections.map((c) => c.id)).size, 5, `connection ids are unique: ${status.connections.map((c) => c.id).join(', ')}`);
+      assert.equal(status.counters.connections_accepted, 5);
+      assert.equal(status.counters.handshakes_ok, 5);
+      const results = await Promise.all(open.map((x) => x.finish()));
       for (const x of results) assert.ok(x.ok && x.received > 0, `${x.seed}: ${x.errors.join('; ')}`);
       await eventually(() => childProcesses(proxy.pid).length === 0, 10_000, 'the upgrade bridge to be gone');
     } finally {
