@@ -196,11 +196,13 @@ console.log(
 const latencyRows = [latency('ironsocket, no upgrade', newConns.quiet), latency(`ironsocket, during ${windows.length} upgrades`, newConns.during)];
 if (typeof haproxy === 'string') console.log(`haproxy: ${haproxy}`);
 else latencyRows.push(latency('haproxy, no reload', haproxy.quiet), latency(`haproxy, during ${haproxy.reloads} reloads`, haproxy.during));
+const upgrades = timelines();
+latencyRows.splice(2, 0, ...byPhase(newConns.during, upgrades));
 console.table(latencyRows);
 const failedDuring = newConns.during.filter((x) => x.error);
 if (failedDuring.length) console.log(`ironsocket new clients that failed during upgrades: ${[...new Set(failedDuring.map((x) => x.error))].join('; ')}`);
 console.log(`ironsocket new image start, ms after execve (per upgrade): ${upgradeBoot.map((b) => JSON.stringify(b)).join(' ')}`);
-console.log(`ironsocket upgrade timelines, ms after "upgrade requested" (from its log):\n${timelines().join('\n')}`);
+console.log(`ironsocket upgrade timelines, ms after "upgrade requested" (from its log):\n${upgrades.map((u) => JSON.stringify(u.marks)).join('\n')}`);
 if (warnings.length) console.log(`proxy warnings (${warnings.length}), first few:\n${warnings.slice(0, 5).join('\n')}`);
 /** Each upgrade's steps as the proxy logged them, ms after its "upgrade requested" line. */
 function timelines() {
@@ -225,7 +227,23 @@ function timelines() {
     if (String(l.msg).startsWith('upgrade requested')) out.push((cur = { t0: t, marks: {} }));
     else if (cur && steps[l.msg] && cur.marks[steps[l.msg]] === undefined) cur.marks[steps[l.msg]] = t - cur.t0;
   }
-  return out.map((u) => JSON.stringify(u.marks));
+  return out;
+}
+
+/** The new clients of the upgrade windows by the phase they started in: before the pause, paused → the new image accepts, after. */
+function byPhase(samples, upgrades) {
+  const phases = { 'old image (pre-flight, bridge start)': [], 'paused → new image accepts': [], 'new image (taking back)': [], 'after the upgrade': [] };
+  const names = Object.keys(phases);
+  for (const x of samples) {
+    const u = upgrades.filter((v) => v.t0 <= x.at).pop();
+    const m = u?.marks ?? {};
+    const paused = u && u.t0 + (m.paused ?? m.bridgeAccepts ?? Infinity);
+    const accepting = u && u.t0 + (m.accepting ?? Infinity);
+    const complete = u && u.t0 + (m.complete ?? Infinity);
+    const i = !u ? 0 : x.at < paused ? 0 : x.at < accepting ? 1 : x.at < complete ? 2 : 3;
+    phases[names[i]].push(x);
+  }
+  return Object.entries(phases).map(([name, xs]) => latency(`  ${name}`, xs));
 }
 
 /** The same N streams and new clients through HAProxy (master-worker), across its own reloads (SIGUSR2 to the master). */
