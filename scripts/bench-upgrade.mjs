@@ -1,13 +1,20 @@
-// Benchmark: the stall an in-place upgrade causes at N live connections, and the bytes lost (must be 0).
+// Benchmark: the stall an in-place upgrade causes at N live connections, the bytes lost (must be 0), and how long a new
+// client (handshake + first echo) waits during an upgrade against without one, beside HAProxy's reload in the same run.
 // Also: the share of clients whose session ticket (kept before any upgrade) resumes after each upgrade (must be 100%).
-// Usage: npm run bench:upgrade -- [--connections 1000] [--period-ms 200] [--ktls auto|off|require] [--upgrades 3] [--resume-sample 100]
+// Usage: npm run bench:upgrade -- [--connections 1000] [--period-ms 200] [--ktls auto|off|require] [--upgrades 3]
+//        [--resume-sample 100] [--new-every-ms 50] [--no-haproxy]
+import { fork } from 'node:child_process';
+import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
 import { echoBackend } from '../dist/testkit/backends.js';
-import { startProxyProcess } from '../dist/testkit/proxy-process.js';
-import { upgradeBySignal } from './bench/common.mjs';
+import { makeCert, startProxyProcess, tempDir } from '../dist/testkit/proxy-process.js';
+import { now, rpc, sleep, upgradeBySignal } from './bench/common.mjs';
+import { findBin, killAllPeers, PEERS, startPeer } from './bench/peers.mjs';
+import { peerReload } from './bench/reload.mjs';
 
 const { values: opt } = parseArgs({
   options: {
@@ -20,8 +27,11 @@ const { values: opt } = parseArgs({
     // Lower the proxy's CPU priority below this load generator's, so that the client's own CPU
     // starvation (a shared 2-core machine) is not counted as the proxy's stall.
     'proxy-nice': { type: 'string', default: '0' },
+    'new-every-ms': { type: 'string', default: '50' },
+    'no-haproxy': { type: 'boolean', default: false },
   },
 });
+const NEW_EVERY = Number(opt['new-every-ms']);
 const N = Number(opt.connections);
 const PERIOD = Number(opt['period-ms']);
 const CHUNK = 64;
@@ -96,9 +106,19 @@ async function resumedShare(port, sample) {
 
 const pct = (xs, p) => xs.slice().sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
 
+const dir = tempDir('bench-upgrade');
+const prober = fork(new URL('./bench/new-conns.mjs', import.meta.url), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+process.on('exit', () => {
+  prober.kill('SIGKILL');
+  killAllPeers();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+const probe = rpc(prober, 'new-connection prober');
+const cert = await makeCert(dir, 'ec');
 const echo = await echoBackend();
 // All the clients come from one address: no per-source limits.
 const proxy = await startProxyProcess({
+  cert,
   backendPort: echo.port,
   args: ['--ktls', opt.ktls],
   nice: Number(opt['proxy-nice']),
@@ -114,6 +134,8 @@ lag.enable();
 // The same load without an upgrade, over windows as long as an upgrade takes: the gaps this machine shows anyway.
 const baseline = [];
 const baselineLag = [];
+await probe('start', { port: proxy.port, everyMs: NEW_EVERY });
+const quietFrom = now();
 for (let k = 0; k < 2; k++) {
   for (const c of conns) c.maxGap = 0;
   await new Promise((r) => setTimeout(r, 4000));
@@ -123,15 +145,19 @@ for (let k = 0; k < 2; k++) {
 }
 // Every client kept the ticket its connection got (before any upgrade): a sample of them reconnects after each upgrade.
 const sample = conns.filter((c) => c.session).slice(0, Number(opt['resume-sample']));
+const quietTo = now();
 const rows = [];
+const windows = [];
 for (let k = 0; k < Number(opt.upgrades); k++) {
   for (const c of conns) c.maxGap = 0;
   lag.reset();
+  const from = now();
   // By signal, not `ironsocket upgrade`: forking this big client process would stall its event loop, and that
   // stall would be counted as the proxy's.
   const { after, u } = await upgradeBySignal(proxy.adminSocket, proxy.pid);
   const outcome = { ok: u.ok, pid: after.pid, generation: after.generation, moved: u.moved, stallMs: u.stallMs, error: u.error };
   await new Promise((r) => setTimeout(r, 1000));
+  windows.push({ from, to: now() });
   const gaps = conns.map((c) => c.maxGap);
   const done = proxy
     .logs()
@@ -153,6 +179,13 @@ for (let k = 0; k < Number(opt.upgrades); k++) {
     ticketsResumed: (await resumedShare(proxy.port, sample)).join('/'),
   });
 }
+await probe('stop');
+const newConns = { quiet: await probe('take', { from: quietFrom, to: quietTo }), during: [] };
+for (const w of windows) newConns.during.push(...(await probe('take', w)));
+const upgradeBoot = proxy
+  .logs()
+  .filter((l) => l.includes('"upgrade complete'))
+  .map((l) => JSON.parse(l).bootMs);
 for (const c of conns) clearInterval(c.timer);
 await new Promise((r) => setTimeout(r, 2000));
 const sent = conns.reduce((n, c) => n + c.sent, 0);
@@ -161,7 +194,10 @@ const mismatched = conns.filter((c) => c.mismatch).length;
 const errors = conns.reduce((n, c) => n + c.errors, 0);
 for (const c of conns) c.sock.destroy();
 const warnings = proxy.logs().filter((l) => /"level":(40|50|60)/.test(l));
+const proxyLogs = proxy.logs();
 await proxy.stop();
+const haproxy = opt['no-haproxy'] ? 'not run (--no-haproxy)' : await haproxyReloads().catch((e) => `failed: ${e.message}`);
+await prober.kill();
 await echo.close();
 
 console.log(
@@ -182,5 +218,106 @@ console.log(
   `session tickets from before the upgrades resumed after them: ${resumedAll} of ${tried} reconnects (${tried ? Math.round((100 * resumedAll) / tried) : 0}%; ${sample.length} clients after each upgrade)`,
 );
 console.log(`bytes sent ${sent}, echoed back ${received}, lost ${sent - received}, streams with a wrong byte ${mismatched}, client errors ${errors}`);
+const latency = (label, xs) => {
+  const ok = xs.filter((x) => x.ms !== undefined).map((x) => x.ms);
+  const sorted = ok.slice().sort((a, b) => a - b);
+  const f = (v) => (v === undefined ? '-' : Number(v.toFixed(1)));
+  return {
+    '': label,
+    clients: xs.length,
+    failed: xs.length - ok.length,
+    p50Ms: f(pct(sorted, 50)),
+    p99Ms: f(pct(sorted, 99)),
+    maxMs: f(sorted[sorted.length - 1]),
+  };
+};
+console.log(
+  `# new clients: one every ${NEW_EVERY} ms from a process of their own, each TLS 1.3 full handshake + 64 B echoed, connect to echo; "during" = from the signal to 1 s after the upgrade (reload) finished`,
+);
+const latencyRows = [latency('ironsocket, no upgrade', newConns.quiet), latency(`ironsocket, during ${windows.length} upgrades`, newConns.during)];
+if (typeof haproxy === 'string') console.log(`haproxy: ${haproxy}`);
+else latencyRows.push(latency('haproxy, no reload', haproxy.quiet), latency(`haproxy, during ${haproxy.reloads} reloads`, haproxy.during));
+const upgrades = timelines();
+latencyRows.splice(2, 0, ...byPhase(newConns.during, upgrades));
+console.table(latencyRows);
+const failedDuring = newConns.during.filter((x) => x.error);
+if (failedDuring.length) console.log(`ironsocket new clients that failed during upgrades: ${[...new Set(failedDuring.map((x) => x.error))].join('; ')}`);
+console.log(`ironsocket new image start, ms after execve (per upgrade): ${upgradeBoot.map((b) => JSON.stringify(b)).join(' ')}`);
+console.log(`ironsocket upgrade timelines, ms after "upgrade requested" (from its log):\n${upgrades.map((u) => JSON.stringify(u.marks)).join('\n')}`);
 if (warnings.length) console.log(`proxy warnings (${warnings.length}), first few:\n${warnings.slice(0, 5).join('\n')}`);
+/** Each upgrade's steps as the proxy logged them, ms after its "upgrade requested" line. */
+function timelines() {
+  const steps = {
+    'accepting paused': 'paused',
+    'the upgrade bridge accepts new clients until the new image does': 'bridgeAccepts',
+    'every connection is in the upgrade bridge': 'inBridge',
+    exec: 'exec',
+    'accepting connections': 'accepting',
+    'upgrade complete: connections resumed': 'complete',
+  };
+  const out = [];
+  let cur;
+  for (const line of proxyLogs) {
+    let l;
+    try {
+      l = JSON.parse(line);
+    } catch {
+      continue;
+    }
+    const t = Date.parse(l.time);
+    if (String(l.msg).startsWith('upgrade requested')) out.push((cur = { t0: t, marks: {} }));
+    else if (cur && steps[l.msg] && cur.marks[steps[l.msg]] === undefined) cur.marks[steps[l.msg]] = t - cur.t0;
+  }
+  return out;
+}
+
+/** The new clients of the upgrade windows by the phase they started in: before the pause, paused → the new image accepts, after. */
+function byPhase(samples, upgrades) {
+  const phases = { 'old image (pre-flight, bridge start)': [], 'paused → new image accepts': [], 'new image (taking back)': [], 'after the upgrade': [] };
+  const names = Object.keys(phases);
+  for (const x of samples) {
+    const u = upgrades.filter((v) => v.t0 <= x.at).pop();
+    const m = u?.marks ?? {};
+    const paused = u && u.t0 + (m.paused ?? m.bridgeAccepts ?? Infinity);
+    const accepting = u && u.t0 + (m.accepting ?? Infinity);
+    const complete = u && u.t0 + (m.complete ?? Infinity);
+    const i = !u ? 0 : x.at < paused ? 0 : x.at < accepting ? 1 : x.at < complete ? 2 : 3;
+    phases[names[i]].push(x);
+  }
+  return Object.entries(phases).map(([name, xs]) => latency(`  ${name}`, xs));
+}
+
+/** The same N streams and new clients through HAProxy (master-worker), across its own reloads (SIGUSR2 to the master). */
+async function haproxyReloads() {
+  const def = PEERS.find((p) => p.name === 'haproxy');
+  const bin = findBin(def);
+  if (!bin) return 'not installed';
+  const pem = path.join(dir, 'cert+key.pem');
+  fs.writeFileSync(pem, fs.readFileSync(cert.certFile, 'utf8') + fs.readFileSync(cert.keyFile, 'utf8'));
+  const peer = { name: def.name, reload: def.reload, ...(await startPeer(def, { bin, dir, backendPort: echo.port, pem })) };
+  const streams = [];
+  try {
+    for (let i = 0; i < N; i += 50) streams.push(...(await Promise.all(Array.from({ length: Math.min(50, N - i) }, (_, j) => open(peer.port, i + j)))));
+    await sleep(1000);
+    await probe('start', { port: peer.port, everyMs: NEW_EVERY });
+    const qFrom = now();
+    await sleep(8000);
+    const qTo = now();
+    const ws = [];
+    for (let k = 0; k < Number(opt.upgrades); k++) {
+      const from = now();
+      await peerReload(peer, peer.processes());
+      await sleep(1000);
+      ws.push({ from, to: now() });
+    }
+    await probe('stop');
+    const during = [];
+    for (const w of ws) during.push(...(await probe('take', w)));
+    return { quiet: await probe('take', { from: qFrom, to: qTo }), during, reloads: ws.length };
+  } finally {
+    for (const c of streams) (clearInterval(c.timer), c.sock.destroy());
+    await peer.stop();
+  }
+}
+
 process.exit(sent === received && mismatched === 0 && errors === 0 && rows.every((r) => r.ok) && resumedAll === tried ? 0 : 1);

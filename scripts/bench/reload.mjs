@@ -30,7 +30,7 @@ async function acceptedBy(peer) {
 const isIn = (procs, pid) => procs.some((p) => p.pid === pid && sameProcess(p));
 
 /** A peer's own reload: its signal, then waits until new connections land on a new process or a new listener. */
-async function peerReload(peer, before) {
+export async function peerReload(peer, before) {
   const listenBefore = socketsOn(peer.port).listen;
   peer.signal(peer.reload.signal);
   let last = 'no answer yet';

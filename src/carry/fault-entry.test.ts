@@ -9,9 +9,10 @@ import { echoBackend } from '../testkit/backends.js';
 import { CLI, ROOT, startProxyProcess } from '../testkit/proxy-process.js';
 
 const run = promisify(execFile);
-const FAULTS = { IRONSOCKET_FAULT_EXEC_PATH: '/nonexistent/node', IRONSOCKET_FAULT_BRIDGE: 'exit' };
+// A hold past the CLI's 300 s would make the upgrade time out, were it honoured.
+const FAULTS = { IRONSOCKET_FAULT_EXEC_PATH: '/nonexistent/node', IRONSOCKET_FAULT_BRIDGE: 'exit', IRONSOCKET_FAULT_EXEC_HOLD_MS: '400000' };
 
-test('the production entry ignores IRONSOCKET_FAULT_EXEC_PATH and IRONSOCKET_FAULT_BRIDGE: the upgrade execs node and its bridge works', async () => {
+test('the production entry ignores IRONSOCKET_FAULT_EXEC_PATH, IRONSOCKET_FAULT_BRIDGE and IRONSOCKET_FAULT_EXEC_HOLD_MS: the upgrade execs node at once and its bridge works', async () => {
   const backend = await echoBackend();
   const proxy = await startProxyProcess({ backendPort: backend.port, args: ['--ktls', 'off'], env: FAULTS });
   try {

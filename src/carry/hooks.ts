@@ -12,6 +12,8 @@ export interface UpgradeHooks {
    * window in which connections end while they are carried.
    */
   bridgeBatch?: (moment: 'adopt' | 'return', clients: string[]) => void;
+  /** Runs just before execve, connections in the bridge (holding still here stands in for a new image slow to boot). */
+  beforeExec?: () => void;
 }
 
 export const upgradeHooks: UpgradeHooks = {};

@@ -1,11 +1,14 @@
 // The bridge link carries connections between processes: fds and state arrive intact, and malformed batches are refused without leaking fds.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import crypto from 'node:crypto';
 import { describe, it } from 'node:test';
 import { FdChannel } from '../kernel/fdpass.js';
 import { SOCK_SEQPACKET, SOCK_STREAM, sys } from '../kernel/libc.js';
 import type { CarriedConnection } from '../relay/protocol.js';
 import { Link, encodeBatch } from './link.js';
+import { TICKET_KEY_BYTES } from '../handshake/ticket-keys.js';
+import { decodeDoorOrder, encodeDoorOrder, type DoorOrder } from './door.js';
 import { STATE_SEALS, readStateMemfd, writeStateMemfd } from './state.js';
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
@@ -68,6 +71,67 @@ describe('the bridge link', () => {
       sys.close(got.backendFd);
     } finally {
       for (const fd of [a, b, c1peer, b1peer]) sys.close(fd);
+    }
+  });
+
+  it('hands the bridge its front door: the listening sockets alongside, the order with its private key and ticket keys intact in a memfd, the key never in the message text', () => {
+    const [a, b] = sys.socketpair(SOCK_SEQPACKET);
+    const [l1, l1peer] = sys.socketpair(SOCK_STREAM); // stands in for a listening socket
+    const key = Buffer.from('-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n-----END PRIVATE KEY-----\n');
+    const order: DoorOrder = {
+      handshake: {
+        listeners: [
+          {
+            name: 'site',
+            groups: [{ names: ['example.test'], certs: [Buffer.from('cert')], keys: [Buffer.from(key)] }],
+            alpn: ['h2'],
+            backends: [{ host: '127.0.0.1', port: 8080 }],
+            routes: [],
+            proxyProtocol: 'off',
+            transparent: false,
+          },
+        ],
+        tlsBase: { minVersion: 'TLSv1.2' },
+        policy: 'auto',
+        kernelSuites: [],
+        handshakeTimeoutMs: 10_000,
+        backendConnectTimeoutMs: 5000,
+        backendRetryMs: 1000,
+        logLevel: 'info',
+      },
+      tickets: { keys: new Uint8Array(crypto.randomBytes(2 * TICKET_KEY_BYTES)), encrypt: 0, lifetimeS: 7200 },
+      limits: { maxConnections: 100, maxConnectionsPerSource: 10, maxHandshakesPerSource: 5 },
+    };
+    try {
+      const before = openFds();
+      const encoded = encodeDoorOrder(order);
+      assert.equal(new Link(a).sendServe(encoded, [l1]), undefined);
+      encoded.fill(0);
+      assert.equal(openFds(), before, 'the memfd is closed once sent');
+      const ev = new Link(b).receive();
+      assert.equal(ev.kind, 'message');
+      if (ev.kind !== 'message' || !ev.serve) return assert.fail('no serve order');
+      assert.deepEqual(ev.header, { op: 'serve', listeners: 1 });
+      assert.equal(ev.serve.listenerFds.length, 1);
+      const got = decodeDoorOrder(ev.serve.raw);
+      ev.serve.raw.fill(0);
+      assert.ok(Buffer.from(got.handshake.listeners[0]!.groups[0]!.keys[0]!).equals(key), 'the key arrives intact');
+      assert.deepEqual(got.limits, order.limits);
+      // The session ticket keys too, as bytes (a blob beside the JSON, never numbers or a string in it).
+      assert.ok(
+        got.tickets.keys instanceof Uint8Array && Buffer.from(got.tickets.keys).equals(Buffer.from(order.tickets.keys)),
+        'the ticket keys arrive intact',
+      );
+      assert.deepEqual([got.tickets.encrypt, got.tickets.lifetimeS], [0, 7200]);
+      assert.deepEqual(got.handshake.listeners[0]!.backends, [{ host: '127.0.0.1', port: 8080 }]);
+      // The received descriptor is the same socket.
+      sys.write(ev.serve.listenerFds[0]!, Buffer.from('x'), 1);
+      const buf = Buffer.alloc(1);
+      assert.equal(sys.read(l1peer, buf, 1), 1);
+      sys.close(ev.serve.listenerFds[0]!);
+      assert.equal(openFds(), before, 'nothing left open but what the test opened');
+    } finally {
+      for (const fd of [a, b, l1, l1peer]) sys.close(fd);
     }
   });
 

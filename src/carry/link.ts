@@ -9,7 +9,8 @@ import { readStateMemfd, writeStateMemfd } from './state.js';
  * Bumped whenever a message changes: an image and a bridge from different releases must agree. 2: batch
  * memfds (and the hand-off memfd across exec) are sealed, and an unsealed one is refused, so an image of
  * protocol 1 refuses to upgrade in place to this code (restart once instead). 3: a batch holds one codec frame
- * per connection (codec.ts, the frame the fd-store record is made of).
+ * per connection (codec.ts, the frame the fd-store record is made of). Still 3: `serve` and `stop-accepting` are
+ * additions an image sends only to a bridge whose `ready` says `accepts` (an image of before never sends them).
  */
 export const LINK_PROTOCOL = 3;
 
@@ -17,8 +18,18 @@ export const LINK_PROTOCOL = 3;
 export const BATCH = 8;
 
 export type LinkHeader =
-  /** bridge → image: loaded and listening. */
-  | { op: 'ready'; protocol: number; pid: number }
+  /** bridge → image: loaded and listening; `accepts`: it can take the listening sockets over while the image execs (absent: an older bridge). */
+  | { op: 'ready'; protocol: number; pid: number; accepts?: boolean }
+  /** image → bridge: accept and handshake new clients (fds: memfd with the front-door order, then the listening sockets in order). */
+  | { op: 'serve'; listeners: number }
+  /** bridge → image: its handshake worker is up; it accepts once told to. */
+  | { op: 'serving' }
+  /** image → bridge: this image has stopped accepting; accept from now on, numbering connections from `firstId`. */
+  | { op: 'accept'; firstId: number }
+  /** image → bridge: stop accepting (handshakes in progress finish and are returned with the connections). */
+  | { op: 'stop-accepting' }
+  /** bridge → image: no more accepts; `nextId` is the next connection number free, `counts` its counter increments so far. */
+  | { op: 'stopped-accepting'; nextId: number; counts: Record<string, number> }
   /** image → bridge: take these connections (fds: memfd, then client, backend per connection). */
   | { op: 'adopt'; count: number; frozenAt: number; idleTimeoutMs: number }
   /** bridge → image: relaying them now; `stallMs` is how long they were paused. */
@@ -26,7 +37,7 @@ export type LinkHeader =
   /** image → bridge: hand back up to `max` connections. */
   | { op: 'return'; max: number }
   /** bridge → image: here they are; `more` is false on the last batch (the bridge then exits). */
-  | { op: 'returned'; count: number; frozenAt: number; more: boolean; intoBridgeMs: number };
+  | { op: 'returned'; count: number; frozenAt: number; more: boolean; intoBridgeMs: number; counts?: Record<string, number> };
 
 /** What a batch's memfd holds besides the fds: one frame per connection (its fds are the message's, in order). */
 interface BatchBody {
@@ -61,8 +72,16 @@ function decodeBatch(raw: Buffer): { pairs: CarriedConnection[]; closed: ClosedE
   }
 }
 
+/** A `serve` order as it arrived: its memfd's content (holds private keys: the receiver wipes it) and the listening sockets. */
+export interface ServeOrder {
+  raw: Buffer;
+  listenerFds: number[];
+}
+
 export type LinkEvent =
-  { kind: 'message'; header: LinkHeader; pairs: CarriedConnection[]; closed: ClosedElsewhere[] } | { kind: 'again' } | { kind: 'closed'; reason: string };
+  | { kind: 'message'; header: LinkHeader; pairs: CarriedConnection[]; closed: ClosedElsewhere[]; serve?: ServeOrder }
+  | { kind: 'again' }
+  | { kind: 'closed'; reason: string };
 
 export class Link {
   private readonly channel: FdChannel;
@@ -101,6 +120,25 @@ export class Link {
     }
   }
 
+  /**
+   * Sends a `serve` order: `encoded` in a sealed memfd, the listening sockets alongside (still the caller's:
+   * the bridge gets duplicates). Returns an error message, or undefined once sent.
+   */
+  sendServe(encoded: Buffer, listenerFds: number[]): string | undefined {
+    let memfd: number;
+    try {
+      memfd = writeStateMemfd(encoded);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    try {
+      const r = this.channel.send(Buffer.from(JSON.stringify({ op: 'serve', listeners: listenerFds.length } satisfies LinkHeader)), [memfd, ...listenerFds]);
+      return r < 0 ? `bridge link: ${errnoName(-r)}` : undefined;
+    } finally {
+      sys.close(memfd);
+    }
+  }
+
   /** Reads one message, never blocking. Connections in it come with the fds that arrived. */
   receive(): LinkEvent {
     const m = this.channel.receive();
@@ -117,6 +155,15 @@ export class Link {
       header = JSON.parse(m.data.toString('utf8')) as LinkHeader;
     } catch {
       return closeAll('unreadable message');
+    }
+    if (header.op === 'serve') {
+      if (m.fds.length !== 1 + header.listeners) return closeAll(`"serve" of ${header.listeners} listener(s) came with ${m.fds.length} descriptor(s)`);
+      try {
+        const raw = readStateMemfd(m.fds[0]!); // closes the memfd
+        return { kind: 'message', header, pairs: [], closed: [], serve: { raw, listenerFds: m.fds.slice(1) } };
+      } catch (e) {
+        return closeAll((e as Error).message);
+      }
     }
     if (header.op !== 'adopt' && header.op !== 'returned') {
       return m.fds.length ? closeAll(`unexpected descriptors with "${String(header.op)}"`) : { kind: 'message', header, pairs: [], closed: [] };

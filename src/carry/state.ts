@@ -26,8 +26,11 @@ export interface HandoffState {
   counters: Record<string, number>;
   probe: KernelProbe;
   listeners: CarriedListener[];
-  /** The bridge process holding every live connection while this image execs, and our end of its link. */
-  bridge: { linkFd: number; pid: number };
+  /**
+   * The bridge process holding every live connection while this image execs, and our end of its link; `serving`:
+   * it accepts new clients meanwhile (the new image stops it before accepting itself).
+   */
+  bridge: { linkFd: number; pid: number; serving?: boolean };
   nextId: number;
   /** Whether the previous image kept its connections in systemd's fd store (they keep their ids, so their entries stay valid). */
   fdStore?: boolean;

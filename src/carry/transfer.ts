@@ -1,7 +1,7 @@
 // Moves live connections between a relay loop and the upgrade bridge in small batches, so each one pauses only for its batch.
 import { sys } from '../kernel/libc.js';
 import type { RelayLoop } from '../relay/loop.js';
-import type { CarriedConnection, Reclaimed } from '../relay/protocol.js';
+import { addCounts, type CarriedConnection, type Reclaimed } from '../relay/protocol.js';
 import type { Migrated } from '../relay/relay.js';
 import { BATCH, LINK_PROTOCOL, type Link, type LinkEvent } from './link.js';
 import { checkPair, rejectPair, wipeCarried } from './restore.js';
@@ -128,6 +128,7 @@ export function reclaim(loop: RelayLoop, link: Link, max: number, done: (r: Recl
       taken += ev.pairs.length;
       wipeCarried(ev.pairs);
       r.closed.push(...ev.closed);
+      if (h.counts) addCounts((r.counts ??= {}), h.counts);
       r.intoBridgeMs = Math.max(r.intoBridgeMs, h.intoBridgeMs);
       r.outOfBridgeMs = Math.max(r.outOfBridgeMs, Date.now() - h.frozenAt);
       progress();

@@ -1,4 +1,4 @@
-// In-place upgrades under load: 200 verified streams survive 5 consecutive execs; refusal, exec or bridge failure leave the proxy serving.
+// In-place upgrades under load: 200 verified streams survive 5 consecutive execs; new clients are served meanwhile (their session tickets good on either side); refusal, exec or bridge failure leave the proxy serving.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
@@ -10,6 +10,7 @@ import { echoBackend, type Backend } from '../testkit/backends.js';
 import { echoStream, type EchoStream } from '../testkit/echo-stream.js';
 import { CLI, FAULT_CLI, childProcesses, eventually, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
 import { assertLaneKernel } from '../testkit/lane.js';
+import { VERSIONS, visit, type TlsVersion } from '../testkit/resume.js';
 
 const run = promisify(execFile);
 
@@ -30,6 +31,23 @@ async function upgradeCli(proxy: RunningProxy): Promise<{ code: number; outcome?
     const err = e as { code: number; stdout: string; stderr: string };
     return { code: err.code, outcome: err.stdout ? (JSON.parse(err.stdout) as Outcome) : undefined, stderr: err.stderr };
   }
+}
+
+/** How long the test-only entry holds the old image just before execve: the window in which only the bridge can serve. */
+const EXEC_HOLD_MS = 6000;
+
+/**
+ * Starts an upgrade (its CLI's answer is the promise returned) and, once every connection is in the bridge and the
+ * image holds still before execve, opens `n` new verified streams: they must be served (an echo back) before the
+ * image gets to exec, which it logs. Without the bridge accepting, nobody could even finish their handshakes then.
+ */
+async function clientsDuringHold(proxy: RunningProxy, n: number, seed: string): Promise<{ upgrading: ReturnType<typeof upgradeCli>; fresh: EchoStream[] }> {
+  const upgrading = upgradeCli(proxy);
+  await proxy.waitForLog(/"msg":"every connection is in the upgrade bridge"/, 120_000);
+  const fresh = await Promise.all(Array.from({ length: n }, (_, i) => echoStream(proxy.port, `${seed}-${i}`, 1024, 20)));
+  await eventually(() => fresh.every((s) => s.received() > 0), 60_000, 'an echo on every new connection');
+  assert.ok(!proxy.logs().some((l) => /"msg":"exec"/.test(l)), 'the new clients were served while the image was held before execve');
+  return { upgrading, fresh };
 }
 
 export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: number }): void {
@@ -165,6 +183,119 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       open.push(fresh);
       await new Promise((res) => setTimeout(res, 300));
       const results = await Promise.all([s.finish(), fresh.finish()]);
+      for (const x of results) assert.ok(x.ok && x.received > 0, `${x.seed}: ${x.errors.join('; ')}`);
+      await eventually(() => childProcesses(proxy.pid).length === 0, 10_000, 'the upgrade bridge to be gone');
+    } finally {
+      for (const x of open) x.abort();
+      await proxy.stop();
+    }
+  });
+
+  test(`clients that connect while the image is about to exec are handshaken and served by the bridge, then carried into the new image (${mode} mode)`, async () => {
+    const proxy = await startProxyProcess({
+      backendPort: echo.port,
+      args: modeArgs(mode),
+      entry: FAULT_CLI,
+      env: { IRONSOCKET_FAULT_EXEC_HOLD_MS: String(EXEC_HOLD_MS) },
+    });
+    const open: EchoStream[] = [];
+    try {
+      open.push(await echoStream(proxy.port, `door-old-${mode}`, 1024, 20));
+      const { upgrading, fresh } = await clientsDuringHold(proxy, 3, `door-new-${mode}`);
+      open.push(...fresh);
+      const r = await upgrading;
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.outcome?.generation, 2);
+      assert.equal(r.outcome?.moved, 4, 'the connection moved into the bridge and the three it accepted came back');
+      const later = await echoStream(proxy.port, `door-later-${mode}`, 1024, 20);
+      open.push(later);
+      const status = await proxy.status();
+      assert.equal(status.connections.length, 5);
+      assert.equal(new Set(status.connections.map((c) => c.id)).size, 5, `connection ids are unique: ${status.connections.map((c) => c.id).join(', ')}`);
+      assert.equal(status.counters.connections_accepted, 5);
+      assert.equal(status.counters.handshakes_ok, 5);
+      const results = await Promise.all(open.map((x) => x.finish()));
+      for (const x of results) assert.ok(x.ok && x.received > 0, `${x.seed}: ${x.errors.join('; ')}`);
+      await eventually(() => childProcesses(proxy.pid).length === 0, 10_000, 'the upgrade bridge to be gone');
+    } finally {
+      for (const x of open) x.abort();
+      await proxy.stop();
+    }
+  });
+
+  test(`one set of session ticket keys across the bridge's window: a ticket from before the upgrade resumes on the bridge while the image is held before execve, and a ticket the bridge issued resumes on the new image; the bridge's handshakes are counted (TLS 1.3 and 1.2, ${mode} mode)`, async () => {
+    const proxy = await startProxyProcess({
+      backendPort: echo.port,
+      args: modeArgs(mode),
+      entry: FAULT_CLI,
+      env: { IRONSOCKET_FAULT_EXEC_HOLD_MS: String(2 * EXEC_HOLD_MS) },
+    });
+    const open: EchoStream[] = [];
+    try {
+      const first = {} as Record<TlsVersion, Buffer>;
+      for (const version of VERSIONS) {
+        const v = await visit(proxy.port, version, undefined, 1024);
+        assert.equal(v.resumed, false);
+        first[version] = v.sessions[0]!;
+      }
+      open.push(await echoStream(proxy.port, `tickets-old-${mode}`, 1024, 20));
+      const upgrading = upgradeCli(proxy);
+      await proxy.waitForLog(/"msg":"every connection is in the upgrade bridge"/, 120_000);
+      const fromBridge = {} as Record<TlsVersion, Buffer>;
+      for (const version of VERSIONS) {
+        const resumed = await visit(proxy.port, version, first[version], 1024);
+        assert.equal(resumed.resumed, true, `${version}: the ticket from before the upgrade resumes on the bridge`);
+        assert.ok(resumed.echoed, `${version}: every byte relayed after resuming on the bridge`);
+        const fresh = await visit(proxy.port, version, undefined, 1024);
+        assert.equal(fresh.resumed, false);
+        fromBridge[version] = fresh.sessions[0]!;
+      }
+      assert.ok(!proxy.logs().some((l) => /"msg":"exec"/.test(l)), 'the bridge served them while the image was held before execve');
+      const r = await upgrading;
+      assert.equal(r.code, 0, r.stderr);
+      for (const version of VERSIONS) {
+        const v = await visit(proxy.port, version, fromBridge[version], 1024);
+        assert.equal(v.resumed, true, `${version}: the ticket the bridge issued resumes on the new image`);
+        assert.ok(v.echoed, `${version}: every byte relayed after resuming on the new image`);
+      }
+      const c = (await proxy.status()).counters;
+      // Full: 2 before, the stream, 2 on the bridge; resumed: 2 on the bridge, 2 after.
+      assert.deepEqual([c.handshakes_full, c.handshakes_resumed, c.handshakes_ticket_unknown ?? 0], [5, 4, 0], "the bridge's handshakes counted in the image");
+      const results = await Promise.all(open.map((x) => x.finish()));
+      for (const x of results) assert.ok(x.ok && x.received > 0, `${x.seed}: ${x.errors.join('; ')}`);
+    } finally {
+      for (const x of open) x.abort();
+      await proxy.stop();
+    }
+  });
+
+  test(`no client the bridge accepted during an upgrade is lost when execve then fails: the old image takes them all back (${mode} mode)`, async () => {
+    const proxy = await startProxyProcess({
+      backendPort: echo.port,
+      args: modeArgs(mode),
+      entry: FAULT_CLI,
+      env: { IRONSOCKET_FAULT_EXEC_PATH: '/nonexistent/node', IRONSOCKET_FAULT_EXEC_HOLD_MS: String(EXEC_HOLD_MS) },
+    });
+    const open: EchoStream[] = [];
+    try {
+      open.push(await echoStream(proxy.port, `doorfail-old-${mode}`, 1024, 20));
+      const { upgrading, fresh } = await clientsDuringHold(proxy, 3, `doorfail-new-${mode}`);
+      open.push(...fresh);
+      const r = await upgrading;
+      assert.equal(r.code, 1);
+      assert.match(r.outcome?.error ?? '', /execve\(\/nonexistent\/node\) failed: ENOENT/);
+      const before = open.map((x) => x.received());
+      await eventually(() => open.every((x, i) => x.received() > before[i]!), 30_000, 'every stream flowing after the failed upgrade');
+      const later = await echoStream(proxy.port, `doorfail-later-${mode}`, 1024, 20);
+      open.push(later);
+      const status = await proxy.status();
+      assert.equal(status.pid, proxy.pid);
+      assert.equal((status as { generation?: number }).generation, 1);
+      assert.equal(status.connections.length, 5, 'the old image lists the three the bridge accepted');
+      assert.equal(new Set(status.connections.map((c) => c.id)).size, 5, `connection ids are unique: ${status.connections.map((c) => c.id).join(', ')}`);
+      assert.equal(status.counters.connections_accepted, 5);
+      assert.equal(status.counters.handshakes_ok, 5);
+      const results = await Promise.all(open.map((x) => x.finish()));
       for (const x of results) assert.ok(x.ok && x.received > 0, `${x.seed}: ${x.errors.join('; ')}`);
       await eventually(() => childProcesses(proxy.pid).length === 0, 10_000, 'the upgrade bridge to be gone');
     } finally {

@@ -1,4 +1,4 @@
-// In-place upgrade: pre-flight the new code, move connections to a bridge process, exec ourselves, and take them back.
+// In-place upgrade: pre-flight the new code, let a bridge process accept and hold connections, exec ourselves, and take them back.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -8,7 +8,11 @@ import type { UpgradeRecord } from '../core/types.js';
 import type { Logger } from '../core/log.js';
 import type { KernelProbe } from '../kernel/probe.js';
 import type { Migrated, Relay } from '../relay/relay.js';
+import type { ConnectionInfo } from '../core/connection.js';
+import { closeDoor, encodeDoorOrder, handOver, openDoor, type DoorOrder } from './door.js';
 import { upgradeHooks } from './hooks.js';
+import { Link } from './link.js';
+import { wipeListeners } from '../edge/listener-setup.js';
 import { HANDOFF_ENV, stallWatchdog } from './resume.js';
 import { encodeState, writeStateMemfd, type HandoffState } from './state.js';
 import type { CounterName } from '../core/counters.js';
@@ -95,7 +99,13 @@ export interface UpgradeHost {
   recordUpgrade(r: UpgradeRecord): void;
   /** A copy of the session ticket keys, for the new image (zeroed here once encoded). */
   carryTickets(): CarriedTickets;
-  count(name: CounterName): void;
+  count(name: CounterName, by?: number): void;
+  /** What the bridge needs to accept and handshake as this image does (keys included: wiped after use), or undefined if it cannot. */
+  doorOrder(): Promise<DoorOrder | undefined>;
+  /** New connection numbers start after `highest` (the bridge gave out numbers up to it). */
+  idsAfter(highest: number): void;
+  /** Records connections that came back from the bridge (those it accepted itself are new here). */
+  adoptRelayed(infos: ConnectionInfo[]): void;
   pauseAccepting(): void;
   resumeAccepting(): void;
   /** Waits up to `boundMs` for handshakes in progress, then closes the rest; resolves with how many it closed. */
@@ -103,6 +113,8 @@ export interface UpgradeHost {
 }
 
 const PREFLIGHT_TIMEOUT_MS = 180_000;
+/** How long the bridge may take to start its handshake worker before this image gives up on it accepting. */
+const SERVING_TIMEOUT_MS = 10_000;
 
 let busy = false;
 
@@ -134,24 +146,49 @@ export async function upgradeInPlace(server: UpgradeHost, opts: UpgradeOptions, 
       return fail(`cannot start the upgrade bridge: ${(e as Error).message}`);
     }
 
+    const link = new Link(bridge.linkFd);
+    const bound = opts.bridgeTimeoutMs ?? 30_000;
+    // The bridge accepts and handshakes new clients from now until the new image (or this one, if exec fails) takes over.
+    const door = await openDoor(
+      link,
+      () => doorBytes(server),
+      server.listeners.map((l) => l.fd),
+      bound,
+      SERVING_TIMEOUT_MS,
+    );
+    if (door.error) {
+      await exited(bridge, 1000);
+      bridge.child.kill('SIGKILL');
+      return fail(`starting the upgrade bridge: ${door.error}${bridge.exit ? ` (bridge ${bridge.exit})` : ''}`);
+    }
     server.pauseAccepting();
+    if (door.serving) {
+      const err = handOver(link, server.nextId);
+      if (err) {
+        bridge.child.kill('SIGKILL');
+        return fail(`starting the upgrade bridge: ${err}`);
+      }
+      log.info('the upgrade bridge accepts new clients until the new image does');
+    } else {
+      log.warn(`the upgrade bridge does not accept (${door.why}): new clients wait in the backlog until the new image accepts`);
+    }
     const aborted = await server.settleHandshakes(opts.handshakeBoundMs);
     if (aborted) log.warn({ aborted }, `closed ${aborted} handshake(s) that did not finish within ${opts.handshakeBoundMs} ms`);
     // A bridge that hangs is killed: its link then closes and the worker stops waiting for it.
     const b = bridge;
-    const bound = opts.bridgeTimeoutMs ?? 30_000;
     const disarm = stallWatchdog(relay, bound, () => b.child.kill('SIGKILL'));
-    const migrated = await relay.migrate(bridge.linkFd, server.deps.config.idleTimeoutMs);
+    const migrated = await relay.migrate(bridge.linkFd, server.deps.config.idleTimeoutMs, true);
     disarm();
     if (migrated.error) {
       await exited(bridge, 1000); // its exit status is the clearest reason
-      await takeBack(server, bridge, migrated.moved, log, bound);
+      await takeBack(server, bridge, migrated.moved, log, bound, door.serving);
       return fail(`moving connections to the upgrade bridge: ${migrated.error}${bridge.exit ? ` (bridge ${bridge.exit})` : ''}`);
     }
     log.info({ moved: migrated.moved, intoBridgeMs: migrated.intoBridgeMs }, 'every connection is in the upgrade bridge');
-    const error = execWithState(server, attempt, bridge, migrated);
+    upgradeHooks.beforeExec?.();
+    const error = execWithState(server, attempt, bridge, migrated, door.serving);
     // Still here: exec failed. Everything comes back and resumes as it was.
-    await takeBack(server, bridge, migrated.moved, log, bound);
+    await takeBack(server, bridge, migrated.moved, log, bound, door.serving);
     return fail(error);
   } finally {
     if (bridge) sys.close(bridge.linkFd);
@@ -169,20 +206,50 @@ function exited(bridge: Bridge, ms: number): Promise<void> {
   });
 }
 
-/** Takes the connections back from the bridge into this image (the upgrade is not happening). */
-async function takeBack(server: UpgradeHost, bridge: Bridge, moved: number, log: Logger, timeoutMs: number): Promise<void> {
+/** The bridge's order as bytes (the caller wipes them), its keys wiped here; undefined when the bridge cannot serve. */
+async function doorBytes(server: UpgradeHost): Promise<Buffer | undefined> {
+  const order = await server.doorOrder();
+  if (!order) return undefined;
+  try {
+    return encodeDoorOrder(order);
+  } finally {
+    wipeListeners(order.handshake.listeners);
+    order.tickets.keys.fill(0);
+  }
+}
+
+/**
+ * Takes accepting and the connections back from the bridge into this image (the upgrade is not happening): first
+ * the listening sockets (the bridge stops, this image accepts again at once), then every connection, those the
+ * bridge accepted meanwhile included.
+ */
+async function takeBack(server: UpgradeHost, bridge: Bridge, moved: number, log: Logger, timeoutMs: number, serving: boolean): Promise<void> {
   if (bridge.exit === undefined) {
+    if (serving) {
+      const door = await closeDoor(new Link(bridge.linkFd), timeoutMs);
+      if (typeof door === 'string') log.error(`stopping the upgrade bridge accepting: ${door}`);
+      else takeCounts(server, door.nextId, door.counts);
+    }
+    server.resumeAccepting();
     const disarm = stallWatchdog(server.deps.relay, timeoutMs, () => bridge.child.kill('SIGKILL'));
     const r = await server.deps.relay.reclaim(bridge.linkFd, moved);
     disarm();
     if (r.error) log.error({ err: r.error }, `taking connections back from the upgrade bridge: ${r.error}`);
+    server.adoptRelayed(r.connections);
+    takeCounts(server, 0, r.counts);
     log.info({ reclaimed: r.connections.length, closed: r.closed.length, failed: r.failed.length }, 'connections back from the upgrade bridge');
   }
   bridge.child.kill('SIGKILL'); // normally gone already: it exits after its last batch
 }
 
+/** Adds what the bridge counted for the clients it accepted; ids continue after the ones it gave out. */
+export function takeCounts(server: Pick<UpgradeHost, 'count' | 'idsAfter'>, nextId: number, counts: Record<string, number> | undefined): void {
+  if (nextId > 0) server.idsAfter(nextId - 1);
+  for (const [name, n] of Object.entries(counts ?? {})) server.count(name as CounterName, n);
+}
+
 /** Writes the state, clears close-on-exec on exactly the carried fds, and execs. Returns only on failure. */
-function execWithState(server: UpgradeHost, attempt: string, bridge: Bridge, migrated: Migrated): string {
+function execWithState(server: UpgradeHost, attempt: string, bridge: Bridge, migrated: Migrated, serving: boolean): string {
   const state: HandoffState = {
     generation: server.generation + 1,
     attempt,
@@ -193,7 +260,7 @@ function execWithState(server: UpgradeHost, attempt: string, bridge: Bridge, mig
     counters: { ...server.counters, upgrades: (server.counters.upgrades ?? 0) + 1 },
     probe: server.deps.probe,
     listeners: server.listeners.map((l) => ({ fd: l.fd, address: l.address })),
-    bridge: { linkFd: bridge.linkFd, pid: bridge.child.pid ?? -1 },
+    bridge: { linkFd: bridge.linkFd, pid: bridge.child.pid ?? -1, serving },
     nextId: server.nextId,
     fdStore: server.deps.store !== undefined,
     tickets: server.carryTickets(),

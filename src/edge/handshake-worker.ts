@@ -2,6 +2,7 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createLogger } from '../core/log.js';
 import { openKeylogFile } from '../handshake/keylog-file.js';
+import { sys } from '../kernel/libc.js';
 import { Poller } from '../kernel/poller.js';
 import { keyBuffers } from '../relay/protocol.js';
 import { BackendPool } from './backend-pool.js';
@@ -12,10 +13,14 @@ import type { FromHandshaker, ToHandshaker, WorkerStart } from './handshakers.js
 import type { CounterName } from '../core/counters.js';
 
 const init = workerData as WorkerStart;
-const port = parentPort as MessagePort;
+const port = init.reply?.port ?? (parentPort as MessagePort);
 const poller = new Poller(init.inlinePoll === true);
 const aborts = new Map<string, AbortController>();
-const post = (m: FromHandshaker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
+const one = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+const post = (m: FromHandshaker, transfer: ArrayBuffer[] = []) => {
+  port.postMessage(m, transfer);
+  if (init.reply) sys.write(init.reply.wakeFd, one, 8);
+};
 /** Counter increments not yet sent: they go with the next `established` or `gone` (see FromHandshaker). */
 let counts: CounterName[] = [];
 const takeCounts = () => {

@@ -1,5 +1,5 @@
 // Main-thread side of the handshake workers: accepted fds go to the least busy one; established connections come back.
-import { Worker } from 'node:worker_threads';
+import { Worker, type MessagePort } from 'node:worker_threads';
 import type { LogLevel } from '../core/log.js';
 import { WORKER_RESOURCE_LIMITS } from '../relay/shard.js';
 import { wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
@@ -34,7 +34,15 @@ export interface HandshakerInit {
   keylogFile?: string;
   /** Wait on epoll inline rather than on a libuv pool thread (set by the pool: more workers than pool threads to spare). */
   inlinePoll?: boolean;
+  /**
+   * Talk over this port instead of the parent port, and write to `wakeFd` (an eventfd) after each message: for a
+   * worker whose parent thread never runs its event loop (the upgrade bridge's, which waits in epoll_wait).
+   */
+  reply?: { port: MessagePort; wakeFd: number };
 }
+
+/** The handshake worker's entry module. */
+export const HANDSHAKE_WORKER = new URL('./handshake-worker.js', import.meta.url);
 
 export type ReloadTimeouts = Pick<HandshakerInit, 'handshakeTimeoutMs' | 'backendConnectTimeoutMs' | 'backendRetryMs'>;
 
@@ -125,7 +133,7 @@ export class Handshakers {
     const i = this.workers.length;
     const tickets = this.tickets.current();
     const workerData: WorkerStart = { ...init, index: i, tickets };
-    const w = new Worker(new URL('./handshake-worker.js', import.meta.url), {
+    const w = new Worker(HANDSHAKE_WORKER, {
       workerData,
       transferList: [tickets.keys.buffer as ArrayBuffer],
       resourceLimits: WORKER_RESOURCE_LIMITS,

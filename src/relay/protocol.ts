@@ -83,6 +83,13 @@ export interface Reclaimed {
   /** The largest pause one connection saw moving into the bridge, and out of it (ms). */
   intoBridgeMs: number;
   outOfBridgeMs: number;
+  /** Counter increments of the connections the bridge accepted itself (while the image exec'd), by counter name. */
+  counts?: Record<string, number>;
+}
+
+/** Adds counter increments `from` into `into`. */
+export function addCounts(into: Record<string, number>, from: Record<string, number> | undefined): void {
+  for (const [k, n] of Object.entries(from ?? {})) into[k] = (into[k] ?? 0) + n;
 }
 
 export type FromWorker =

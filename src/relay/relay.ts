@@ -1,7 +1,7 @@
 // The data plane as the rest of the proxy sees it: several relay workers (shards), new connections to the least loaded one.
 import { EventEmitter } from 'node:events';
 import type { StoredFds } from './store-hook.js';
-import type { PairStats, Reclaimed } from './protocol.js';
+import { addCounts, type PairStats, type Reclaimed } from './protocol.js';
 import { Shard, type RelayEvents } from './shard.js';
 import type { ClientRecords, ConnectionInfo, ConnectionSnapshot } from '../core/connection.js';
 
@@ -73,12 +73,15 @@ export class Relay extends EventEmitter<RelayEvents> {
     for (const s of this.shards) s.configure(opts);
   }
 
-  /** Moves every shard's connections to the upgrade bridge, one shard after another (the others keep relaying). */
-  async migrate(linkFd: number, idleTimeoutMs: number): Promise<Migrated> {
+  /**
+   * Moves every shard's connections to the upgrade bridge, one shard after another (the others keep relaying).
+   * `bridgeReady`: its `ready` was read already (else the first shard waits for it).
+   */
+  async migrate(linkFd: number, idleTimeoutMs: number, bridgeReady = false): Promise<Migrated> {
     await this.started;
     const total: Migrated = { moved: 0, intoBridgeMs: 0 };
     for (const [i, s] of this.shards.entries()) {
-      const m = await s.migrate(linkFd, idleTimeoutMs, i > 0);
+      const m = await s.migrate(linkFd, idleTimeoutMs, bridgeReady || i > 0);
       total.moved += m.moved;
       total.intoBridgeMs = Math.max(total.intoBridgeMs, m.intoBridgeMs);
       if (m.error) return { ...total, error: m.error };
@@ -101,6 +104,7 @@ export class Relay extends EventEmitter<RelayEvents> {
         all.connections.push(...r.connections);
         all.failed.push(...r.failed);
         all.closed.push(...r.closed);
+        if (r.counts) addCounts((all.counts ??= {}), r.counts);
         all.intoBridgeMs = Math.max(all.intoBridgeMs, r.intoBridgeMs);
         all.outOfBridgeMs = Math.max(all.outOfBridgeMs, r.outOfBridgeMs);
         all.bridgeDone = r.bridgeDone;

@@ -1,5 +1,6 @@
 // Starts the proxy — fresh, or continuing a previous image's connections after exec — and serves the admin socket.
 import crypto from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import type { Logger } from '../core/log.js';
 import { KEYLOG_ENV, keylogFileFromEnv, keylogWarning, openKeylogFile } from '../handshake/keylog-file.js';
 import { overwriteFreedMemory, sys } from '../kernel/libc.js';
@@ -10,6 +11,9 @@ import { SUITES } from '../record/suites.js';
 import { Relay } from '../relay/relay.js';
 import type { Reclaimed } from '../relay/protocol.js';
 import { RELAY_WORKER, resumeFromBridge, takeHandoff } from '../carry/resume.js';
+import { closeDoor } from '../carry/door.js';
+import { Link } from '../carry/link.js';
+import { takeCounts } from '../carry/upgrade.js';
 import type { HandoffState } from '../carry/state.js';
 import { checkListener } from '../carry/restore.js';
 import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from '../edge/listener-setup.js';
@@ -63,6 +67,16 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   if (!overwriteFreedMemory()) log.warn('mallopt(M_PERTURB) refused: memory OpenSSL frees keeps its bytes until reused');
   // After exec: what the previous image handed over (its connections wait in the upgrade bridge).
   const handoff = takeHandoff();
+  /** Milliseconds since the previous image called execve, at each step of this one's start (logged with the upgrade's outcome). */
+  const boot: Record<string, number> = {};
+  const mark = (step: string) => {
+    if (handoff) boot[step] = Math.round(performance.timeOrigin + performance.now() - handoff.execAt);
+  };
+  if (handoff) {
+    boot.nodeStarted = Math.round(performance.timeOrigin - handoff.execAt);
+    boot.nodeBootstrapped = Math.round(performance.timeOrigin + performance.nodeTiming.bootstrapComplete - handoff.execAt);
+    mark('startProxy');
+  }
   const probe = handoff?.probe ?? probeKernel();
   const support = ktlsSupport(probe);
   if (config.ktls === 'require' && !probe.available) {
@@ -90,6 +104,7 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   } catch (e) {
     throw new StartupError((e as Error).message, 'CERT');
   }
+  mark('certificatesLoaded');
   // One set of session ticket keys for every worker: the key file's, else those the previous image carried, else new ones.
   let tickets: SessionTickets;
   try {
@@ -158,16 +173,10 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     await relay.stop();
     throw new StartupError((e as Error).message, 'LISTEN');
   }
-  if (handoff) {
-    // Now that this image is ready, its connections come back from the bridge (which relayed them meanwhile).
-    const r = await resumeFromBridge(relay, handoff, 30_000);
-    recordUpgrade(server, handoff, r);
-    const ids = r.connections.map((c) => c.id);
-    if (handoff.fdStore && !store) leaveStore(log, ids);
-  }
   if (passed.connections.size > 0) resumeStored(server, passed.connections, store);
   if (passed.storedListeners && !store) leaveStore(log, []); // fd_store turned off since the last run
   await server.started; // every worker thread is up: ready means ready
+  mark('workersStarted');
 
   let controls: Controls;
   try {
@@ -186,9 +195,16 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     poller.close();
     throw new StartupError((e as Error).message, 'PRIVILEGES');
   }
+  if (handoff?.bridge.serving) {
+    // The bridge accepted for the previous image: it stops, and this image takes over at once.
+    const door = await closeDoor(new Link(handoff.bridge.linkFd), 30_000);
+    if (typeof door === 'string') log.error(`stopping the upgrade bridge accepting: ${door}`);
+    else takeCounts(server, door.nextId, door.counts);
+  }
   // Only now: no client is ever served by a process that has not dropped root yet.
   log.info({ uid: process.getuid!(), gid: process.getgid!() }, 'accepting connections');
   server.resumeAccepting();
+  mark('accepting');
   const address = server.listeners[0]!.address;
   for (const [i, l] of server.listeners.entries()) {
     const s = server.served[i]!;
@@ -196,6 +212,15 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
       { listener: s.name, listen: l.address, backends: s.backends.map(formatEndpoint), names: s.groups.flatMap((g) => g.names), alpn: s.alpn },
       'listening',
     );
+  }
+  if (handoff) {
+    // Now that this image is ready, its connections come back from the bridge (which relayed them meanwhile).
+    const r = await resumeFromBridge(relay, handoff, 30_000);
+    takeCounts(server, 0, r.counts);
+    mark('connectionsBack');
+    recordUpgrade(server, handoff, r, boot);
+    const ids = r.connections.map((c) => c.id);
+    if (handoff.fdStore && !store) leaveStore(log, ids);
   }
   log.info({ ktls: support, generation: server.generation }, 'ready');
   const serving = `serving ${server.listeners.length} listener(s), ${server.live.size} connection(s)`;
@@ -283,7 +308,7 @@ function storeForCleanup(log: Logger): FdStore | undefined {
 }
 
 /** Records the upgrade's outcome once the connections are back: status, counters, one log line. */
-function recordUpgrade(server: ProxyServer, h: HandoffState, r: Reclaimed): void {
+function recordUpgrade(server: ProxyServer, h: HandoffState, r: Reclaimed, bootMs: Record<string, number>): void {
   const log = server.deps.logger;
   if (r.error) log.error({ err: r.error }, `taking connections back from the upgrade bridge: ${r.error}`);
   for (const f of r.failed) log.warn({ conn: f.id }, `cannot restore connection: ${f.reason}; closed it`);
@@ -308,6 +333,7 @@ function recordUpgrade(server: ProxyServer, h: HandoffState, r: Reclaimed): void
       closedDuringUpgrade: u.closedDuringUpgrade,
       stallMs: u.stallMs,
       stallBreakdownMs: breakdown,
+      bootMs,
     },
     'upgrade complete: connections resumed',
   );
