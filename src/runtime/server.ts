@@ -3,8 +3,9 @@ import type { Logger } from '../core/log.js';
 import type { Poller } from '../kernel/poller.js';
 import type { KernelProbe } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
-import { prepareAll, type HandshakeListener } from '../edge/listener-setup.js';
+import type { HandshakeListener } from '../edge/listener-setup.js';
 import type { DoorOrder } from '../carry/door.js';
+import { doorOrderOf } from './door-order.js';
 import type { MetricsSnapshot } from '../metrics/metrics.js';
 import type { Relay } from '../relay/relay.js';
 import { SOL_SOCKET, SO_LINGER, sys } from '../kernel/libc.js';
@@ -275,31 +276,9 @@ export class ProxyServer {
     return left;
   }
 
-  /**
-   * What the upgrade bridge needs to accept and handshake as this image does while it execs: the running
-   * configuration's listeners (keys read again from their files: the caller wipes them) and limits. Undefined
-   * for a transparent listener (the bridge has no capability to connect from the client's address).
-   */
-  async doorOrder(): Promise<DoorOrder | undefined> {
-    const { config, handshake } = this.deps;
-    if (config.listeners.some((l) => l.transparent)) return undefined;
-    const listeners = await prepareAll(config, handshake.tlsBase);
-    return {
-      handshake: {
-        ...handshake,
-        listeners,
-        handshakeTimeoutMs: config.handshakeTimeoutMs,
-        backendConnectTimeoutMs: config.backendConnectTimeoutMs,
-        backendRetryMs: config.backendRetryMs,
-        inlinePoll: false,
-      },
-      tickets: this.deps.tickets.current(),
-      limits: {
-        maxConnections: config.maxConnections,
-        maxConnectionsPerSource: config.maxConnectionsPerSource,
-        maxHandshakesPerSource: config.maxHandshakesPerSource,
-      },
-    };
+  /** What the upgrade bridge needs to accept and handshake as this image does while it execs (keys: the caller wipes them). */
+  doorOrder(): Promise<DoorOrder | undefined> {
+    return doorOrderOf(this.deps.config, this.deps.handshake, this.deps.tickets);
   }
 
   /** New listener settings for every handshake worker; the caller wipes the keys in `served`. */
