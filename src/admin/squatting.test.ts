@@ -11,7 +11,6 @@ import { echoBackend } from '../testkit/backends.js';
 import { startAdminServer } from './server.js';
 import { runCli } from '../testkit/proxy-process.js';
 
-const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 const SOCKET_PATH_MODULE = fileURLToPath(new URL('../config/admin-socket-path.js', import.meta.url));
 const NOBODY = 65534;
 const OTHER = 65533; // a second unprivileged uid, without a passwd entry

@@ -1,7 +1,7 @@
 // A connection's shared shapes: half-close carried as flags and back, and a mode label that must agree with the record state.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { agreeingMode, halfCloseFlags, halfCloseOf, type ConnectionInfo, type HalfClose } from './connection.js';
+import { assertAgreeingMode, halfCloseFlags, halfCloseOf, type ConnectionInfo, type HalfClose } from './connection.js';
 
 const info = (mode: ConnectionInfo['mode']): ConnectionInfo => ({ id: 'c1', client: 'a', backend: 'b', version: 'TLSv1.3', cipher: 'x', mode, startedAt: 0 });
 const state = {
@@ -13,10 +13,10 @@ const state = {
 
 describe('a connection', () => {
   it('is relayed only when its mode label says who protects its records', () => {
-    assert.deepEqual(agreeingMode(info('kernel'), { mode: 'kernel' }), { mode: 'kernel' });
-    assert.equal(agreeingMode(info('user'), { mode: 'user', state }).mode, 'user');
-    assert.throws(() => agreeingMode(info('kernel'), { mode: 'user', state }), /labelled kernel mode but its records are in user mode/);
-    assert.throws(() => agreeingMode(info('user'), { mode: 'kernel' }), /labelled user mode but its records are in kernel mode/);
+    assert.doesNotThrow(() => assertAgreeingMode(info('kernel'), { mode: 'kernel' }));
+    assert.doesNotThrow(() => assertAgreeingMode(info('user'), { mode: 'user', state }));
+    assert.throws(() => assertAgreeingMode(info('kernel'), { mode: 'user', state }), /labelled kernel mode but its records are in user mode/);
+    assert.throws(() => assertAgreeingMode(info('user'), { mode: 'kernel' }), /labelled user mode but its records are in kernel mode/);
   });
 
   it('carries every reachable half-close state as flags and reads back the same state', () => {

@@ -79,9 +79,8 @@ export type ClientRecords = { mode: 'kernel' } | { mode: 'user'; state: UserStat
  * The relay's one check that a connection's label (`info.mode`: status, logs, the fd-store record) says who really
  * protects its records; every way into the relay (edge, upgrade, crash restore, another loop) passes here.
  */
-export function agreeingMode(info: ConnectionInfo, records: ClientRecords): ClientRecords {
+export function assertAgreeingMode(info: ConnectionInfo, records: ClientRecords): void {
   if (info.mode !== records.mode) throw new Error(`connection ${info.id}: labelled ${info.mode} mode but its records are in ${records.mode} mode`);
-  return records;
 }
 
 /**

@@ -68,7 +68,6 @@ const MAPPED = new Set<string>([
   ...SOURCE_LIMITS.map(counter.rejectedPerSource),
   ...CONNECTION_MODES.map(counter.connections),
 ] satisfies CounterName[]);
-const isMapped = (name: string): boolean => MAPPED.has(name);
 
 type Series = Array<[labels: Record<string, string>, value: number]>;
 
@@ -208,9 +207,9 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
   function registerGeneric(counters: Record<string, number>): void {
     for (const raw of Object.keys(counters)) {
       const name = genericName(raw);
-      if (isMapped(raw) || registry.getSingleMetric(name)) continue;
+      if (MAPPED.has(raw) || registry.getSingleMetric(name)) continue;
       family('counter', name, `Proxy counter "${raw}" since the first image (no dedicated metric).`, [], (s) =>
-        one(Object.keys(s.counters).reduce((n, k) => (!isMapped(k) && genericName(k) === name ? n + (s.counters[k] ?? 0) : n), 0)),
+        one(Object.keys(s.counters).reduce((n, k) => (!MAPPED.has(k) && genericName(k) === name ? n + (s.counters[k] ?? 0) : n), 0)),
       );
     }
   }

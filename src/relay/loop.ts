@@ -12,7 +12,7 @@ import { carriedRecords, ownedCopy, type CarriedConnection, type FromWorker, typ
 import { PipePool } from './pipes.js';
 import type { StoreHook, StoreHookLog, StoredFds } from './store-hook.js';
 import { UserClient } from './user-client.js';
-import { agreeingMode, type ClientRecords, type ConnectionInfo, type ConnectionSnapshot, type UserState } from '../core/connection.js';
+import { assertAgreeingMode, type ClientRecords, type ConnectionInfo, type ConnectionSnapshot, type UserState } from '../core/connection.js';
 
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
@@ -147,7 +147,7 @@ export class RelayLoop {
    * found in the fd store after a restart. With the fd store, a new or carried one is deposited.
    */
   add(info: ConnectionInfo, clientFd: number, backendFd: number, records: ClientRecords, restored?: ConnectionSnapshot, stored?: StoredFds): void {
-    const checked = agreeingMode(info, records);
+    assertAgreeingMode(info, records);
     let own: OwnPipes | undefined;
     if (this.stored && stored) {
       own = this.stored.adopted(stored);
@@ -162,7 +162,7 @@ export class RelayLoop {
     } else if (stored) {
       throw new Error(`relay loop: connection ${info.id} comes from the fd store, but this loop has none`);
     }
-    const client = checked.mode === 'user' ? userClient(clientFd, checked.state) : new KernelClient(clientFd, this.io, info.version);
+    const client = records.mode === 'user' ? userClient(clientFd, records.state) : new KernelClient(clientFd, this.io, info.version);
     const pair = new Pair(info, client, backendFd, this.host, restored, own);
     this.pairs.set(info.id, pair);
     this.byFd.set(clientFd, { pair, side: 'client' });
