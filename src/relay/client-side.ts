@@ -39,6 +39,8 @@ export interface ClientSide {
   sendAlert(desc: number): void;
   /** Whether bytes for the client (records, or a reply the socket would not take yet) are queued inside the client side. */
   readonly pendingOutput: boolean;
+  /** Whether that queued output travels in the connection's carried state (else the next image must send it again). */
+  readonly carriesOutput: boolean;
   /**
    * Reading waits until a queued reply (to a KeyUpdate, a renegotiation attempt) has gone out: a client
    * that sends without reading cannot make us queue replies without bound.

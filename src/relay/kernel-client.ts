@@ -132,12 +132,17 @@ export class KernelClient implements ClientSide {
   }
 
   closeNotify(): boolean {
-    // A reply still owed goes first if the socket takes it; otherwise it is dropped (the close matters more).
-    this.flush();
-    this.reply = undefined;
-    const r = this.io.sendRecord(this.fd, RECORD_ALERT, Buffer.from([1, ALERT.close_notify]));
-    return r >= 0;
+    // A reply still owed goes first if the socket takes it; otherwise the close_notify takes its place (the close
+    // matters more). A close_notify the socket will not take yet stays owed (pendingOutput: the FIN waits for it).
+    if (this.flush() < 0) this.reply = undefined;
+    this.reply = { type: RECORD_ALERT, payload: Buffer.from([1, ALERT.close_notify]) };
+    const r = this.flush();
+    if (r < 0 && r !== -EAGAIN) this.reply = undefined;
+    return r === 0;
   }
+
+  /** A reply still owed lives in this object only: an upgrade does not carry it (the image after it sends it again). */
+  readonly carriesOutput = false;
 
   sendAlert(desc: number): void {
     // A failed decryption leaves its error pending on the socket and every send would fail with it;

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { describe, it } from 'node:test';
-import { SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, sys } from '../kernel/libc.js';
+import { EAGAIN, SHUT_WR, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, sys } from '../kernel/libc.js';
 import { EPOLLIN, EPOLLOUT } from '../kernel/poller.js';
 import { ALERT, type ClientRead, type ClientSide } from './client-side.js';
 import { PlainSplicingClient } from '../testkit/splicing-client.js';
@@ -166,6 +166,7 @@ describe('one busy connection cannot hold its relay loop', () => {
       },
       write: (_b: Buffer, len: number) => len,
       closeNotify: () => true,
+      carriesOutput: true,
       sendAlert: () => {},
       flush: () => 0,
       wipe: () => {},
@@ -205,6 +206,7 @@ describe('records without data cost their sender, not the loop', () => {
       },
       write: (_b: Buffer, len: number) => len,
       closeNotify: () => true,
+      carriesOutput: true,
       sendAlert: (d: number) => void seen.alerts.push(d),
       flush: () => 0,
       wipe: () => {},
@@ -244,5 +246,69 @@ describe('records without data cost their sender, not the loop', () => {
     assert.equal(a.take(0), false, 'the burst is spent');
     // One per 1/rate seconds, for a minute: always allowed.
     for (let t = 1; t <= 60 * NON_DATA_PER_SECOND; t++) assert.ok(a.take((t * 1000) / NON_DATA_PER_SECOND), `record ${t}`);
+  });
+});
+
+describe('a close_notify the client socket has not taken yet', () => {
+  /** A kernel-mode-like client side whose close_notify waits in the object (not carried) until `owed` is cleared. */
+  class OwingClient implements ClientSide {
+    readonly splices = true;
+    readonly carriesOutput = false;
+    readonly bufferedInput = false;
+    owed = false;
+    private readonly plain: PlainSplicingClient;
+    constructor(readonly fd: number) {
+      this.plain = new PlainSplicingClient(fd);
+    }
+    get pendingOutput(): boolean {
+      return this.owed;
+    }
+    get inputPaused(): boolean {
+      return this.owed;
+    }
+    read(buf: Buffer): ClientRead {
+      return this.plain.read(buf);
+    }
+    spliceIn(pipeW: number, len: number): number | 'control' | ClientRead {
+      return this.plain.spliceIn(pipeW, len);
+    }
+    write(buf: Buffer, len: number): number {
+      return this.plain.write(buf, len);
+    }
+    closeNotify(): boolean {
+      this.owed = true;
+      return false;
+    }
+    sendAlert(): void {}
+    flush(): number {
+      return this.owed ? -EAGAIN : 0;
+    }
+    wipe(): void {}
+  }
+
+  it('is not reported as sent (a carry sends it again), and the FIN to the client waits for it', () => {
+    const [clientApp, clientProxy] = sys.socketpair(SOCK_STREAM | SOCK_NONBLOCK);
+    const [backendProxy, backendApp] = sys.socketpair(SOCK_STREAM | SOCK_NONBLOCK);
+    const client = new OwingClient(clientProxy);
+    const closed: string[] = [];
+    const host: PairHost = { interest: () => {}, closed: (_p, reason) => closed.push(reason), log: () => {} };
+    const pair = new Pair(info, client, backendProxy, host);
+    const scratch = Buffer.alloc(64 * 1024);
+    const probe = Buffer.alloc(16);
+    try {
+      pair.start();
+      sys.shutdown(backendApp, SHUT_WR);
+      pair.onBackend(EPOLLIN, scratch);
+      assert.equal(client.owed, true, 'the backend FIN asked for a close_notify');
+      assert.deepEqual(pair.snapshot().flags, { clientEof: false, backendShut: false, backendEof: true, clientShut: false, closeNotifySent: false });
+      assert.equal(sys.recv(clientApp, probe, probe.length), -EAGAIN, 'no FIN before the close_notify has gone');
+      client.owed = false;
+      pair.onClient(EPOLLOUT, scratch);
+      assert.equal(sys.recv(clientApp, probe, probe.length), 0, 'the FIN follows the close_notify');
+      assert.equal(pair.flags.clientShut, true);
+      assert.deepEqual(closed, []);
+    } finally {
+      for (const fd of [clientApp, clientProxy, backendProxy, backendApp]) sys.close(fd);
+    }
   });
 });

@@ -116,7 +116,9 @@ export class Pair {
 
   /** The half-close state. */
   get flags(): ConnectionSnapshot['flags'] {
-    return halfCloseFlags(this.half);
+    // A close_notify the socket has not taken yet, held where a carry loses it, is still owed: the next image sends it.
+    const owed = this.half.down === 'notified' && this.client.pendingOutput && !this.client.carriesOutput;
+    return halfCloseFlags(owed ? { up: this.half.up, down: 'eof' } : this.half);
   }
 
   /** Registers interest; call once after both fds are in the poller. */

@@ -247,6 +247,9 @@ export class UserClient implements ClientSide {
     return 0;
   }
 
+  /** Sealed records not yet sent are part of the carried state (snapshot().out). */
+  readonly carriesOutput = true;
+
   closeNotify(): boolean {
     this.queue(this.tx.seal(21, Buffer.from([1, ALERT.close_notify])));
     return this.flush() === 0;

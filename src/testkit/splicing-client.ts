@@ -6,6 +6,7 @@ import type { ClientRead, ClientSide } from '../relay/client-side.js';
 export class PlainSplicingClient implements ClientSide {
   readonly splices = true;
   readonly pendingOutput = false;
+  readonly carriesOutput = true;
   readonly bufferedInput = false;
   readonly inputPaused = false;
   constructor(readonly fd: number) {}
