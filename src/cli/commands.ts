@@ -200,6 +200,7 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
     if (problems.length > 0) throw new ConfigError(problems);
     // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.
     await import('../runtime/start.js');
+    if (r.config.metrics) await import('../metrics/metrics.js');
     process.stdout.write('config OK\n');
     for (const [label, text] of limitsLines(r.config)) process.stdout.write(`${label}: ${text}\n`);
     for (const w of warnings.values()) process.stdout.write(`warning: ${w}\n`);

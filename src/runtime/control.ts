@@ -2,7 +2,6 @@
 import crypto from 'node:crypto';
 import type { Logger } from '../core/log.js';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
-import { createMetrics } from '../metrics/metrics.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/server.js';
 import { upgradeInPlace } from '../carry/upgrade.js';
 import type { TlsBase } from '../edge/listener-setup.js';
@@ -111,6 +110,8 @@ export async function startControls(opts: ControlOptions): Promise<Controls> {
   let metrics: MetricsServer | undefined;
   if (config.metrics) {
     try {
+      // Loaded only when configured: prom-client and what it imports are a third of the files a start would read.
+      const { createMetrics } = await import('../metrics/metrics.js');
       metrics = await startMetricsServer(
         config.metrics,
         createMetrics(() => server.metricsSnapshot()),
