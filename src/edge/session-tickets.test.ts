@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { afterEach, beforeEach, describe, it, mock } from 'node:test';
+import { TicketKeyring, keyName } from '../handshake/ticket-keys.js';
 import { SessionTickets, type CarriedTickets, type PreparedTickets } from './session-tickets.js';
 
 const HOUR = 3_600_000;
@@ -128,5 +129,26 @@ describe('session ticket keys', () => {
     assert.ok(s.names.every((n) => /^[0-9a-f]{8}$/.test(n)));
     assert.equal(JSON.stringify(s).includes(Buffer.from(b.keys).toString('hex').slice(0, 20)), false);
     t.stop();
+  });
+
+  it('the bridge’s detached copy moves to the next key when the rotation is due, the key the image encrypts with after rotating', () => {
+    clock += HOUR / 2;
+    const t = new SessionTickets(generated(), undefined, now);
+    t.rotate(); // three keys, as after the first scheduled rotation
+    const d = t.detached();
+    assert.equal(d.advanceAt, clock + HOUR);
+    const bridge = new TicketKeyring(d);
+    const named = (keys: Uint8Array, i: number) => Buffer.from(keyName(keys, i)).toString('hex');
+    assert.equal(bridge.encrypting(clock), t.current().encrypt, 'until the rotation: the key the image encrypts with');
+    clock += HOUR;
+    mock.timers.tick(HOUR);
+    const after = t.current();
+    assert.equal(named(d.keys, bridge.encrypting(clock)), named(after.keys, after.encrypt), 'after it: the image’s new one');
+    assert.ok(after.keys.length / 48 === 3 && named(after.keys, 0) === named(d.keys, 1), 'and the key it left is still accepted');
+    const file = new SessionTickets({ settings: { rotateEveryMs: HOUR, lifetimeMs: HOUR, keyFile: '/k' }, file: crypto.randomBytes(3 * 48) }, undefined, now);
+    assert.equal(file.detached().advanceAt, undefined, 'a key file never rotates here: nor does its copy');
+    bridge.wipe();
+    t.stop();
+    file.stop();
   });
 });

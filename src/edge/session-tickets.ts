@@ -94,6 +94,15 @@ export class SessionTickets {
     return { keys, encrypt: this.encrypt, lifetimeS: lifetimeS(this.settings) };
   }
 
+  /**
+   * current() for a process that hears of no rotation (the upgrade bridge, for the seconds of an upgrade): generated
+   * keys move it to the next key when this set's rotation is due, so its tickets live as long as the image's.
+   */
+  detached(): TicketKeySet {
+    const set = this.current();
+    return this.source === 'generated' ? { ...set, advanceAt: this.rotatedAt + this.settings.rotateEveryMs } : set;
+  }
+
   /** A copy for the hand-off state (the caller zeroes it once encoded). */
   carry(): CarriedTickets {
     return { keys: own(this.keys), encrypt: this.encrypt, rotatedAt: this.rotatedAt, source: this.source };

@@ -16,6 +16,11 @@ export interface TicketKeySet {
   encrypt: number;
   /** Seconds a session (ticket) stays valid: OpenSSL's session timeout, the lifetime hint clients see. */
   lifetimeS: number;
+  /**
+   * For a set that will hear of no rotation (the upgrade bridge's): from this time (ms since the epoch) the next key
+   * encrypts, as it does in the image once its rotation is due, so no ticket is issued under a key about to retire.
+   */
+  advanceAt?: number;
 }
 
 /** How many keys a set holds. */
@@ -98,9 +103,15 @@ export class TicketKeyring {
     return Buffer.from(k.buffer, k.byteOffset + i * TICKET_KEY_BYTES + at, PART);
   }
 
+  /** The key that encrypts now: the set's, or the next one once its `advanceAt` has passed. */
+  encrypting(now = Date.now()): number {
+    const s = this.set;
+    return s.advanceAt !== undefined && now >= s.advanceAt ? Math.min(s.encrypt + 1, keyCount(s.keys) - 1) : s.encrypt;
+  }
+
   private answer(name: Buffer, encrypt: boolean): unknown[] {
     if (encrypt) {
-      const i = this.set.encrypt;
+      const i = this.encrypting();
       return [ENCRYPTED, this.part(i, 2 * PART), this.part(i, PART), this.part(i, 0), crypto.randomBytes(PART)];
     }
     const n = keyCount(this.set.keys);

@@ -22,7 +22,7 @@ export async function doorOrderOf(config: ProxyConfig, handshake: HandshakerInit
       backendRetryMs: config.backendRetryMs,
       inlinePoll: false,
     },
-    tickets: tickets.current(),
+    tickets: tickets.detached(),
     limits: {
       maxConnections: config.maxConnections,
       maxConnectionsPerSource: config.maxConnectionsPerSource,
