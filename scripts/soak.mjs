@@ -200,8 +200,9 @@ try {
       const { after, u } = await upgradeBySignal(proxy.adminSocket, proxy.pid, alive, UPGRADE_TIMEOUT_MS);
       Object.assign(row, { ok: u.ok, generation: after.generation, pid: after.pid, moved: u.moved, proxyStallMs: u.stallMs, error: u.error });
       if (after.pid !== proxy.pid) row.error = `pid changed from ${proxy.pid} to ${after.pid}`;
-      if (u.failedToRestore || u.closedDuringUpgrade)
-        row.error = `${u.failedToRestore ?? 0} failed to restore, ${u.closedDuringUpgrade ?? 0} closed in the bridge`;
+      // Connections may end inside the bridge (the new clients it serves mostly do): only an unclean end there is wrong.
+      if (u.failedToRestore || u.closedDuringUpgradeWithWarning)
+        row.error = `${u.failedToRestore ?? 0} failed to restore, ${u.closedDuringUpgradeWithWarning ?? 0} of ${u.closedDuringUpgrade ?? 0} closed in the bridge with a warning`;
       if (row.error) row.ok = false;
     } catch (e) {
       row.error = e.message;

@@ -89,7 +89,7 @@ export async function reloadUnderLoad(peer, clients, r, ironsocket, { streams: K
           throw peer.alive() ? e : new Error(`exited during the upgrade; its output:\n${peer.output()}`);
         });
         if (!upgrade.u.ok) throw new Error(`upgrade failed: ${upgrade.u.error}`);
-        how = `gen ${upgrade.before.generation} → ${upgrade.after.generation}, pid ${upgrade.before.pid} → ${upgrade.after.pid}, moved ${upgrade.u.moved}, failed to restore ${upgrade.u.failedToRestore ?? 0}, closed in the bridge ${upgrade.u.closedDuringUpgrade ?? 0}`;
+        how = `gen ${upgrade.before.generation} → ${upgrade.after.generation}, pid ${upgrade.before.pid} → ${upgrade.after.pid}, moved ${upgrade.u.moved}, failed to restore ${upgrade.u.failedToRestore ?? 0}, closed in the bridge ${upgrade.u.closedDuringUpgrade ?? 0} (${upgrade.u.closedDuringUpgradeWithWarning ?? 0} with a warning)`;
         r.proxyStall = upgrade.u.stallMs;
       } catch (e) {
         if (!peer.alive()) throw e;

@@ -19,6 +19,8 @@ interface Outcome {
   pid: number;
   generation: number;
   moved?: number;
+  closedDuringUpgrade?: number;
+  closedDuringUpgradeWithWarning?: number;
   stallMs?: number;
   error?: string;
 }
@@ -253,6 +255,9 @@ export function upgradeScenarios(mode: Mode, pace: { chunk: number; everyMs: num
       assert.ok(!proxy.logs().some((l) => /"msg":"exec"/.test(l)), 'the bridge served them while the image was held before execve');
       const r = await upgrading;
       assert.equal(r.code, 0, r.stderr);
+      // The bridge's own clients ended there, cleanly (close_notify both ways): counted, none with a warning.
+      assert.ok((r.outcome?.closedDuringUpgrade ?? 0) > 0, JSON.stringify(r.outcome));
+      assert.equal(r.outcome?.closedDuringUpgradeWithWarning, 0, JSON.stringify(r.outcome));
       for (const version of VERSIONS) {
         const v = await visit(proxy.port, version, fromBridge[version], 1024);
         assert.equal(v.resumed, true, `${version}: the ticket the bridge issued resumes on the new image`);

@@ -53,6 +53,7 @@ export const StatusSnapshotSchema = z.object({
       moved: z.number().optional(),
       failedToRestore: z.number().optional(),
       closedDuringUpgrade: z.number().optional(),
+      closedDuringUpgradeWithWarning: z.number().optional(),
     })
     .optional(),
   lastReload: z.object({ ok: z.boolean(), at: z.string(), error: z.string().optional(), needsUpgrade: z.array(z.string()).optional() }).optional(),

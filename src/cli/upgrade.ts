@@ -10,7 +10,16 @@ interface UpgradeAccepted {
 interface StatusWithUpgrade {
   pid: number;
   generation?: number;
-  lastUpgrade?: { attempt: string; ok: boolean; error?: string; stallMs?: number; moved?: number; failedToRestore?: number; closedDuringUpgrade?: number };
+  lastUpgrade?: {
+    attempt: string;
+    ok: boolean;
+    error?: string;
+    stallMs?: number;
+    moved?: number;
+    failedToRestore?: number;
+    closedDuringUpgrade?: number;
+    closedDuringUpgradeWithWarning?: number;
+  };
 }
 
 export interface UpgradeOutcome {
@@ -21,6 +30,7 @@ export interface UpgradeOutcome {
   stallMs?: number;
   failedToRestore?: number;
   closedDuringUpgrade?: number;
+  closedDuringUpgradeWithWarning?: number;
   error?: string;
 }
 
@@ -58,6 +68,7 @@ export async function requestUpgrade(socket: string, timeoutS: number): Promise<
       stallMs: u.stallMs,
       failedToRestore: u.failedToRestore,
       closedDuringUpgrade: u.closedDuringUpgrade,
+      closedDuringUpgradeWithWarning: u.closedDuringUpgradeWithWarning,
       error: u.error,
     };
   }

@@ -184,8 +184,10 @@ export interface UpgradeRecord {
   stallMs?: number;
   moved?: number;
   failedToRestore?: number;
-  /** Connections that ended on their own while the upgrade bridge held them. */
+  /** Connections that ended on their own while the upgrade bridge held them (new clients it served included). */
   closedDuringUpgrade?: number;
+  /** Of those, the ones whose close was logged as a warning (an error, a reset, a truncation), not a clean end. */
+  closedDuringUpgradeWithWarning?: number;
 }
 
 /** What a hot reload (SIGHUP, `ironsocket reload`) did: status shows the last one. */

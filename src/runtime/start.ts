@@ -322,6 +322,7 @@ function recordUpgrade(server: ProxyServer, h: HandoffState, r: Reclaimed, bootM
     moved: r.connections.length,
     failedToRestore: r.failed.length,
     closedDuringUpgrade: r.closed.length,
+    closedDuringUpgradeWithWarning: r.closed.filter((c) => c.level === 'warn').length,
     stallMs: Math.max(breakdown.intoBridge, breakdown.outOfBridge),
   };
   server.recordUpgrade(u);
@@ -331,6 +332,7 @@ function recordUpgrade(server: ProxyServer, h: HandoffState, r: Reclaimed, bootM
       moved: u.moved,
       failedToRestore: u.failedToRestore,
       closedDuringUpgrade: u.closedDuringUpgrade,
+      closedDuringUpgradeWithWarning: u.closedDuringUpgradeWithWarning,
       stallMs: u.stallMs,
       stallBreakdownMs: breakdown,
       bootMs,
