@@ -1,6 +1,6 @@
 // A steady stream of new clients, forked apart from the load generator so its timing is its own: every `everyMs` a new
 // TLS connection (full handshake, TLS 1.3, no resumption) sends 64 bytes and waits for their echo, then closes. Each
-// sample is when it started and how long connect → handshake → echo took; `take` returns the samples started in a window.
+// sample is when it started and how long connect → handshake → echo took (the close after it is not timed); `take` returns the samples started in a window.
 import tls from 'node:tls';
 import { now, serve } from './common.mjs';
 
@@ -17,8 +17,13 @@ function probe(port) {
   return new Promise((resolve) => {
     let got = 0;
     const s = tls.connect({ ...OPTIONS, port });
+    let settled = false;
     const done = (error) => {
-      s.destroy();
+      if (settled) return;
+      settled = true;
+      // A clean end (close_notify, then FIN) once the echo is back, so the proxies log no truncation; errors just drop.
+      if (error) s.destroy();
+      else (s.end(), s.setTimeout(TIMEOUT_MS, () => s.destroy()));
       resolve(error ? { at, error } : { at, ms: now() - at });
     };
     s.setTimeout(TIMEOUT_MS, () => done(`no echo within ${TIMEOUT_MS / 1000} s`));
