@@ -2,7 +2,7 @@
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import type { Logger } from '../core/log.js';
 import { E, EAGAIN, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET, SO_LINGER, errnoName, sys } from '../kernel/libc.js';
-import { HANDSHAKE_WORKER, type FromHandshaker, type ToHandshaker, type WorkerStart } from '../edge/handshakers.js';
+import { HANDSHAKE_WORKER, type DeferredStart, type FromHandshaker, type ToHandshaker, type WorkerStart } from '../edge/handshakers.js';
 import { wipeListeners } from '../edge/listener-setup.js';
 import { SourceCounts, sourceOf, sourceOfClient } from '../edge/per-source.js';
 import type { RelayLoop } from '../relay/loop.js';
@@ -18,6 +18,15 @@ export const BRIDGE_HANDSHAKER = -1;
 const LINGER_ABORT = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 /** After accept fails for want of descriptors or memory: how long clients are left in the backlog. */
 const BACKOFF_MS = 100;
+
+/**
+ * The bridge's handshake worker, booted before its settings exist: Node and our handshake modules load while the image
+ * runs its pre-flight (in a one-CPU guest that boot takes tens of seconds), and the door order then only arms it.
+ */
+export function bootHandshaker(): Worker {
+  const deferred: DeferredStart = { deferred: true };
+  return new Worker(HANDSHAKE_WORKER, { workerData: deferred, resourceLimits: WORKER_RESOURCE_LIMITS });
+}
 
 export interface DoorEvents {
   /** The handshake worker is up and the listening sockets are watched. */
@@ -44,13 +53,17 @@ export class BridgeDoor {
   /** Past this (once stopped), handshakes still in progress are given up: a worker that died would never report them. */
   private giveUpAt = Infinity;
 
-  /** Starts the handshake worker with `order` (whose keys it wipes once the worker has its copy); `listenerFds` become the door's. */
+  /**
+   * Arms `booted` (from bootHandshaker), or starts a handshake worker, with `order` (whose keys it wipes once the worker
+   * has its copy); `listenerFds` become the door's.
+   */
   constructor(
     private readonly loop: RelayLoop,
     private readonly order: DoorOrder,
     private readonly listenerFds: number[],
     private readonly on: DoorEvents,
     private readonly log: Logger,
+    booted?: Worker,
   ) {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
@@ -71,12 +84,10 @@ export class BridgeDoor {
       reply: { port: port2, wakeFd: this.wakeFd },
     };
     try {
-      // workerData is cloned here and now: the worker holds its own copy of the private keys from this line on.
-      this.worker = new Worker(HANDSHAKE_WORKER, {
-        workerData: init,
-        transferList: [port2, keys.buffer as ArrayBuffer],
-        resourceLimits: WORKER_RESOURCE_LIMITS,
-      });
+      // The settings are cloned here and now: the worker holds its own copy of the private keys from this line on.
+      const transferList = [port2, keys.buffer as ArrayBuffer];
+      if (booted) booted.postMessage(init, transferList);
+      this.worker = booted ?? new Worker(HANDSHAKE_WORKER, { workerData: init, transferList, resourceLimits: WORKER_RESOURCE_LIMITS });
     } catch (e) {
       keys.fill(0);
       throw e;

@@ -6,8 +6,8 @@ import type { CarriedConnection, ClosedElsewhere } from '../relay/protocol.js';
 import { LINK_PROTOCOL, Link, type ServeOrder } from './link.js';
 import { upgradeHooks } from './hooks.js';
 import { wipeCarried } from './restore.js';
-import { BridgeDoor } from './bridge-door.js';
-import { decodeDoorOrder } from './door.js';
+import { BridgeDoor, bootHandshaker } from './bridge-door.js';
+import { BRIDGE_DOOR_FLAG, decodeDoorOrder } from './door.js';
 
 /** The proxy passes its end of the link as fd 3 (a seqpacket socket); nothing secret is in argv or env. */
 const LINK_FD = 3;
@@ -41,6 +41,8 @@ const loop = new RelayLoop(control, 0);
 let intoBridgeMs = 0;
 /** New clients accepted and handshaken here while the image execs (when the image asked: `serve`). */
 let door: BridgeDoor | undefined;
+/** Its handshake worker, booting from the start when the image said it will ask us to accept. */
+const handshaker = process.argv.includes(BRIDGE_DOOR_FLAG) ? bootHandshaker() : undefined;
 /** A `return` that found nothing to return yet but handshakes in progress: answered when one ends. */
 let pendingReturn: number | undefined;
 
@@ -90,6 +92,7 @@ function openDoor(serve: ServeOrder): void {
         },
       },
       log,
+      handshaker,
     );
   } catch (e) {
     // The image waits for `serving` in vain, tells us to stop, and pauses accepting as it always did.

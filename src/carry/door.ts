@@ -16,6 +16,12 @@ export interface DoorOrder {
   limits: { maxConnections: number; maxConnectionsPerSource: number; maxHandshakesPerSource: number };
 }
 
+/** Whether the bridge can accept for these listeners: not for a transparent one (it lacks the capability to connect from the client's address). */
+export const servableByBridge = (listeners: readonly { readonly transparent?: boolean }[]): boolean => !listeners.some((l) => l.transparent);
+
+/** The bridge's argument when the image will ask it to accept: it boots its handshake worker at once (nothing secret). */
+export const BRIDGE_DOOR_FLAG = '--door';
+
 const ORDER_MAGIC = 'IRONSOCKET-DOOR-1\n';
 
 /** The order as bytes (keys as blobs, never JS strings): the caller wipes the result. */

@@ -9,7 +9,7 @@ import type { Logger } from '../core/log.js';
 import type { KernelProbe } from '../kernel/probe.js';
 import type { Migrated, Relay } from '../relay/relay.js';
 import type { ConnectionInfo } from '../core/connection.js';
-import { closeDoor, encodeDoorOrder, handOver, openDoor, type DoorOrder } from './door.js';
+import { BRIDGE_DOOR_FLAG, closeDoor, encodeDoorOrder, handOver, openDoor, type DoorOrder } from './door.js';
 import { upgradeHooks } from './hooks.js';
 import { Link } from './link.js';
 import { wipeListeners } from '../edge/listener-setup.js';
@@ -61,12 +61,14 @@ interface Bridge {
   exit?: string;
 }
 
-/** Starts the bridge (the code on disk) with its end of a seqpacket link as fd 3. */
-function startBridge(): Bridge {
+/** Starts the bridge (the code on disk) with its end of a seqpacket link as fd 3; `door`: it will be asked to accept. */
+function startBridge(door: boolean): Bridge {
   const [mine, theirs] = sys.socketpair(SOCK_SEQPACKET);
   try {
     const entry = upgradeHooks.bridgeEntry ?? fileURLToPath(new URL('./bridge.js', import.meta.url));
-    const child = spawn(process.execPath, [...process.execArgv, entry], { stdio: ['ignore', 'inherit', 'inherit', theirs] });
+    const child = spawn(process.execPath, [...process.execArgv, entry, ...(door ? [BRIDGE_DOOR_FLAG] : [])], {
+      stdio: ['ignore', 'inherit', 'inherit', theirs],
+    });
     const bridge: Bridge = { linkFd: mine, child };
     child.on('error', (e) => (bridge.exit = e.message));
     child.on('exit', (code, signal) => (bridge.exit = signal ? `killed by ${signal}` : `exited with code ${code}`));
@@ -100,6 +102,8 @@ export interface UpgradeHost {
   /** A copy of the session ticket keys, for the new image (zeroed here once encoded). */
   carryTickets(): CarriedTickets;
   count(name: CounterName, by?: number): void;
+  /** Whether the bridge can accept for this image's listeners (then it boots its handshake worker at once). */
+  readonly bridgeCanServe: boolean;
   /** What the bridge needs to accept and handshake as this image does (keys included: wiped after use), or undefined if it cannot. */
   doorOrder(): Promise<DoorOrder | undefined>;
   /** New connection numbers start after `highest` (the bridge gave out numbers up to it). */
@@ -113,8 +117,11 @@ export interface UpgradeHost {
 }
 
 const PREFLIGHT_TIMEOUT_MS = 180_000;
-/** How long the bridge may take to start its handshake worker before this image gives up on it accepting. */
-const SERVING_TIMEOUT_MS = 10_000;
+/**
+ * How long the bridge may take to arm its handshake worker before this image gives up on it accepting. This image still
+ * accepts meanwhile, so waiting costs no client anything; in a one-CPU guest the worker's boot can outlast the check.
+ */
+const SERVING_TIMEOUT_MS = 30_000;
 
 let busy = false;
 
@@ -138,12 +145,17 @@ export async function upgradeInPlace(server: UpgradeHost, opts: UpgradeOptions, 
   let bridge: Bridge | undefined;
   try {
     log.info({ generation: server.generation }, 'upgrade requested: running pre-flight check of the code on disk');
-    const refused = await preflight().catch((e: Error) => e.message);
-    if (refused) return fail(refused);
+    // The bridge (and its handshake worker) boots while the check runs: it does nothing until this image tells it to.
     try {
-      bridge = startBridge();
+      bridge = startBridge(server.bridgeCanServe);
     } catch (e) {
       return fail(`cannot start the upgrade bridge: ${(e as Error).message}`);
+    }
+    const refused = await preflight().catch((e: Error) => e.message);
+    if (refused) {
+      bridge.child.kill('SIGKILL');
+      await exited(bridge, 1000);
+      return fail(refused);
     }
 
     const link = new Link(bridge.linkFd);

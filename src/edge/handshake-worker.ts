@@ -9,10 +9,16 @@ import { BackendPool } from './backend-pool.js';
 import { serveConnection, type ConnectionContext, type ListenerRuntime } from './connection.js';
 import { certSelector, wipeListeners, type HandshakeListener } from './listener-setup.js';
 import { TicketKeyring } from '../handshake/ticket-keys.js';
-import type { FromHandshaker, ToHandshaker, WorkerStart } from './handshakers.js';
+import type { DeferredStart, FromHandshaker, ToHandshaker, WorkerStart } from './handshakers.js';
 import type { CounterName } from '../core/counters.js';
 
-const init = workerData as WorkerStart;
+/** The settings: at spawn, or (a worker booted ahead of them) the first message from the parent. */
+async function startOf(data: WorkerStart | DeferredStart): Promise<WorkerStart> {
+  if (!('deferred' in data)) return data;
+  return new Promise((resolve) => parentPort!.once('message', (m: WorkerStart) => resolve(m)));
+}
+
+const init = await startOf(workerData as WorkerStart | DeferredStart);
 const port = init.reply?.port ?? (parentPort as MessagePort);
 const poller = new Poller(init.inlinePoll === true);
 const aborts = new Map<string, AbortController>();

@@ -20,6 +20,14 @@ export interface WorkerStart extends HandshakerInit {
   tickets: TicketKeySet;
 }
 
+/**
+ * A worker started before its settings exist (the upgrade bridge boots it while the image runs its pre-flight): its
+ * WorkerStart comes as the first message on its parent port, keys transferred with it.
+ */
+export interface DeferredStart {
+  deferred: true;
+}
+
 export interface HandshakerInit {
   /** Indexed as the server's listeners: a connection names the one that accepted it. */
   listeners: HandshakeListener[];

@@ -1,5 +1,5 @@
 // What the upgrade bridge needs to serve new clients as this image does (listeners, ticket keys, limits), kept out of server.ts.
-import type { DoorOrder } from '../carry/door.js';
+import { servableByBridge, type DoorOrder } from '../carry/door.js';
 import type { ProxyConfig } from '../core/types.js';
 import type { HandshakerInit } from '../edge/handshakers.js';
 import { prepareAll } from '../edge/listener-setup.js';
@@ -11,7 +11,7 @@ import type { SessionTickets } from '../edge/session-tickets.js';
  * from the client's address).
  */
 export async function doorOrderOf(config: ProxyConfig, handshake: HandshakerInit, tickets: SessionTickets): Promise<DoorOrder | undefined> {
-  if (config.listeners.some((l) => l.transparent)) return undefined;
+  if (!servableByBridge(config.listeners)) return undefined;
   const listeners = await prepareAll(config, handshake.tlsBase);
   return {
     handshake: {

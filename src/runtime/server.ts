@@ -4,7 +4,7 @@ import type { Poller } from '../kernel/poller.js';
 import type { KernelProbe } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
 import type { HandshakeListener } from '../edge/listener-setup.js';
-import type { DoorOrder } from '../carry/door.js';
+import { servableByBridge, type DoorOrder } from '../carry/door.js';
 import { doorOrderOf } from './door-order.js';
 import type { MetricsSnapshot } from '../metrics/metrics.js';
 import type { Relay } from '../relay/relay.js';
@@ -274,6 +274,10 @@ export class ProxyServer {
     while (this.inFlight.size > 0) await new Promise((r) => setTimeout(r, 5));
     if (left) this.count('handshakes_aborted_by_upgrade', left);
     return left;
+  }
+
+  get bridgeCanServe(): boolean {
+    return servableByBridge(this.deps.config.listeners);
   }
 
   /** What the upgrade bridge needs to accept and handshake as this image does while it execs (keys: the caller wipes them). */
