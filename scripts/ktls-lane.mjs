@@ -1,5 +1,5 @@
 // Runs the kTLS-lane tests (dist/**/*.ktls-test.js) on a kernel with kernel TLS: this one if it has it, else (or with --kernel) a User-Mode Linux guest of our own build.
-// Usage: node scripts/ktls-lane.mjs [--kernel 6.1|6.12] [node --test options] [test files]
+// Usage: node scripts/ktls-lane.mjs [--kernel 6.1|6.12] [node --test options] [test files | --except FILE...]
 //        node scripts/ktls-lane.mjs [--kernel 6.1|6.12] --run SCRIPT [ARGS...]
 import { spawn, spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, statSync } from 'node:fs';
@@ -120,11 +120,19 @@ function runArgs(argv) {
   return [path.resolve(ROOT, script), ...rest];
 }
 
-// Split the pass-through args into test files and node --test options.
+// Split the pass-through args into test files and node --test options; `--except FILE` leaves FILE out of the
+// default set (every dist/**/*.ktls-test.js), for CI to run that file in its other guest.
 function testArgs(argv) {
   const files = [];
   const opts = [];
-  for (const a of argv) {
+  const except = new Set();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--except') {
+      if (!argv[i + 1]) die('--except needs a test file');
+      except.add(path.relative(ROOT, path.resolve(argv[++i])));
+      continue;
+    }
     const isFile = !a.startsWith('-') && (/\.[cm]?js$/.test(a) || (existsSync(a) && statSync(a).isFile()));
     if (isFile) files.push(path.resolve(a));
     else opts.push(a);
@@ -136,7 +144,11 @@ function testArgs(argv) {
         return e.isDirectory() ? walk(p) : e.name.endsWith('.ktls-test.js') ? [path.relative(ROOT, p)] : [];
       });
     if (existsSync(path.join(ROOT, 'dist'))) files.push(...walk(path.join(ROOT, 'dist')).sort());
-  }
+    for (const f of except) {
+      if (!files.includes(f)) die(`--except ${f}: not a kTLS-lane test file`);
+      files.splice(files.indexOf(f), 1);
+    }
+  } else if (except.size) die('--except applies to the default set only, not beside a list of files');
   for (const f of files) if (!existsSync(path.resolve(ROOT, f))) die(`test file not found: ${f}`);
   if (files.length === 0) die('no kTLS-lane test files (dist/**/*.ktls-test.js); did the build run?');
   // Guards against a hang, not a speed check: the one-CPU guest's speed varies about 2x from run to run (the

@@ -77,3 +77,14 @@ test('--kernel accepts only the series this tree builds', async () => {
   assert.equal(r.code, 1, r.out);
   assert.match(r.out, /FAIL: --kernel 5\.15: this tree builds 6\.1 and 6\.12/);
 });
+
+test('--except leaves out only a file of the default set, and refuses anything else before booting a guest', async () => {
+  const kernel = fakeKernel('never-booted', `echo 'booted although the arguments were wrong'\nexit 1`);
+  const unknown = await lane(['--except', 'dist/no-such.ktls-test.js'], { IRONSOCKET_UML: kernel });
+  assert.equal(unknown.code, 1, unknown.out);
+  assert.match(unknown.out, /--except dist\/no-such\.ktls-test\.js: not a kTLS-lane test file/);
+  const beside = await lane(['--except', 'dist/carry/bridge-window.ktls-test.js', testFile], { IRONSOCKET_UML: kernel });
+  assert.equal(beside.code, 1, beside.out);
+  assert.match(beside.out, /--except applies to the default set only/);
+  assert.doesNotMatch(unknown.out + beside.out, /booted although/);
+});
