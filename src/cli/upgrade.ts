@@ -1,5 +1,6 @@
 // `ironsocket upgrade`: asks the proxy to exec itself, then waits across the exec for the new image to report the outcome.
 import { adminRequest, AdminError } from '../admin/client.js';
+import type { UpgradeRecord } from '../core/types.js';
 
 interface UpgradeAccepted {
   attempt: string;
@@ -10,29 +11,11 @@ interface UpgradeAccepted {
 interface StatusWithUpgrade {
   pid: number;
   generation?: number;
-  lastUpgrade?: {
-    attempt: string;
-    ok: boolean;
-    error?: string;
-    stallMs?: number;
-    moved?: number;
-    failedToRestore?: number;
-    closedDuringUpgrade?: number;
-    closedDuringUpgradeWithWarning?: number;
-  };
+  lastUpgrade?: UpgradeRecord;
 }
 
-export interface UpgradeOutcome {
-  ok: boolean;
-  pid: number;
-  generation: number;
-  moved?: number;
-  stallMs?: number;
-  failedToRestore?: number;
-  closedDuringUpgrade?: number;
-  closedDuringUpgradeWithWarning?: number;
-  error?: string;
-}
+/** The upgrade record status shows (less its attempt id and time), with the PID and generation after it. */
+export type UpgradeOutcome = Omit<UpgradeRecord, 'attempt' | 'at'> & { pid: number; generation: number };
 
 /** Requests the upgrade and polls the admin socket (which disappears briefly during exec) until this attempt's result appears. */
 export async function requestUpgrade(socket: string, timeoutS: number): Promise<UpgradeOutcome> {
@@ -60,17 +43,8 @@ export async function requestUpgrade(socket: string, timeoutS: number): Promise<
     if (!u || u.attempt !== accepted.attempt) continue;
     if (u.ok && (s.generation ?? 0) <= accepted.generation) continue;
     if (s.pid !== accepted.pid) return { ok: false, pid: s.pid, generation: s.generation ?? 0, error: `the PID changed from ${accepted.pid} to ${s.pid}` };
-    return {
-      ok: u.ok,
-      pid: s.pid,
-      generation: s.generation ?? 0,
-      moved: u.moved,
-      stallMs: u.stallMs,
-      failedToRestore: u.failedToRestore,
-      closedDuringUpgrade: u.closedDuringUpgrade,
-      closedDuringUpgradeWithWarning: u.closedDuringUpgradeWithWarning,
-      error: u.error,
-    };
+    const { attempt: _attempt, at: _at, ...record } = u;
+    return { ...record, pid: s.pid, generation: s.generation ?? 0 };
   }
   throw new Error(`no upgrade result within ${timeoutS} s${last ? ` (last error: ${(last as Error).message})` : ''}`);
 }

@@ -134,7 +134,7 @@ export class KernelClient implements ClientSide {
   closeNotify(): boolean {
     // A reply still owed goes first if the socket takes it; otherwise the close_notify takes its place (the close
     // matters more). A close_notify the socket will not take yet stays owed (pendingOutput: the FIN waits for it).
-    if (this.flush() < 0) this.reply = undefined;
+    this.flush();
     this.reply = { type: RECORD_ALERT, payload: Buffer.from([1, ALERT.close_notify]) };
     const r = this.flush();
     if (r < 0 && r !== -EAGAIN) this.reply = undefined;
