@@ -15,6 +15,7 @@ import { makeCert, ROOT, tempDir } from '../dist/testkit/proxy-process.js';
 import { rpc, sleep, wrong } from './bench/common.mjs';
 import { findBin, ironsocketStatus, killAllPeers, PEERS, startPeer } from './bench/peers.mjs';
 import { reloadUnderLoad } from './bench/reload.mjs';
+import { sTimeRun } from './bench/s-time.mjs';
 
 const argv = process.argv.slice(2);
 const usage = (msg) => {
@@ -43,9 +44,11 @@ if (unknown.length) usage(`--peers: unknown ${unknown.join(', ')}`);
 // Reload: `streams` established echo streams; `quietMs` is the no-reload window (and the shortest reload window), and
 // `holdMs` how long after the reload the streams' holders are looked up.
 const S = opt.quick
-  ? { warmupMs: 250, tputMs: 1500, hsMs: 1500, latMs: 1500, idle: 1000, streams: 200, quietMs: 1500, holdMs: 2000 }
-  : { warmupMs: 1000, tputMs: 10_000, hsMs: 10_000, latMs: 10_000, idle: 5000, streams: 1000, quietMs: 4000, holdMs: 5000 };
+  ? { warmupMs: 250, tputMs: 1500, hsMs: 1500, latMs: 1500, idle: 1000, streams: 200, quietMs: 1500, holdMs: 2000, sTimeS: 2 }
+  : { warmupMs: 1000, tputMs: 10_000, hsMs: 10_000, latMs: 10_000, idle: 5000, streams: 1000, quietMs: 4000, holdMs: 5000, sTimeS: 8 };
 const HS_CONCURRENCY = 16;
+// openssl s_time processes at once (each connects back-to-back): C clients, cheaper per handshake than node:tls ones.
+const S_TIME_PROCS = 8;
 const LAT_CONNS = 8;
 const PERIOD_MS = 200; // each reload stream writes STREAM_CHUNK bytes this often; the backend echoes them
 const STREAM_CHUNK = 64;
@@ -208,6 +211,16 @@ async function measurePeer(peer, backend, clients, ironsocket) {
     r.hsCpu = (cpuB - cpuA) / count;
     if (errors) throw new Error(`${errors} of ${count + errors} handshakes failed: ${hs.flatMap((h) => h.firstErrors).join('; ')}`);
   });
+  for (const reuse of [false, true])
+    await step(`handshakes, ${S_TIME_PROCS} × openssl s_time ${reuse ? '-reuse' : '-new'}`, async () => {
+      await sTimeRun({ port: peer.port, reuse, procs: S_TIME_PROCS, seconds: 1, cpuMs: peer.cpuMs }); // warm-up
+      const t = await sTimeRun({ port: peer.port, reuse, procs: S_TIME_PROCS, seconds: S.sTimeS, cpuMs: peer.cpuMs });
+      // -reuse: each process's first connection is full, every later one must resume (else the row would mislabel them).
+      if (reuse && t.full > S_TIME_PROCS) throw new Error(`${t.full} of ${t.count} s_time -reuse connections were full handshakes, not resumed`);
+      if (!reuse && t.resumed > 0) throw wrong(`${t.resumed} of ${t.count} s_time -new connections were resumed`);
+      r[reuse ? 'stResumed' : 'stFull'] = t.rate;
+      r[reuse ? 'stResumedCpu' : 'stFullCpu'] = t.cpuPerHandshake;
+    });
   for (const [key, dir, conns] of [
     ['up1', 'up', 1],
     ['up32', 'up', 32],
@@ -237,6 +250,10 @@ const METRICS = [
   ['bulkCpu', 'proxy CPU ms per MB, 4 bulk runs (lower is better)', 2],
   ['hs', `full TLS 1.3 handshakes/s, ${HS_CONCURRENCY} connectors (higher is better)`, 0],
   ['hsCpu', 'proxy CPU ms per handshake (lower is better)', 3],
+  ['stFull', `full TLS 1.3 handshakes/s, ${S_TIME_PROCS} × openssl s_time -new (higher is better)`, 0],
+  ['stFullCpu', 'proxy CPU ms per full handshake, s_time (lower is better)', 3],
+  ['stResumed', `resumed TLS 1.3 handshakes/s, ${S_TIME_PROCS} × openssl s_time -reuse (higher is better)`, 0],
+  ['stResumedCpu', 'proxy CPU ms per resumed handshake, s_time (lower is better)', 3],
   ['p50', `1 KiB echo p50 ms, ${LAT_CONNS} conns (lower is better)`, 3],
   ['p99', `1 KiB echo p99 ms, ${LAT_CONNS} conns (lower is better)`, 3],
   ['mem', `KiB RSS per idle conn, N=${N} (lower is better)`, 1],
@@ -319,6 +336,7 @@ notes.push(
   'up = client → backend, down = backend → client; MB = 10^6 bytes; every byte is checked against a known pattern',
   "proxy CPU = user + system time of all the peer's processes during the measured window: less noisy than rates when the client is the bottleneck",
   'handshakes: each connection is connect → full handshake → 1 request → close; latency: each connection sends 1 KiB and waits for its echo, back-to-back',
+  `s_time rows: ${S_TIME_PROCS} openssl s_time processes at once for ${S.sTimeS} s each, every connection a TLS 1.3 handshake + one HTTP/1.0 request answered by the backend (-www /) + close; -new makes every handshake full, -reuse resumes the ticket each process got first (every connection marked full or resumed by s_time is counted, and a -reuse run with full handshakes past each process's first is an error); the clients share the 2 CPUs with the peer, so the rates are what this machine sustains, and CPU per handshake is the clearer comparison`,
   "memory: growth of VmRSS summed over all of the peer's processes, with N idle connections open through it to the backend, divided by N; Iron Socket's JavaScript heap row is the growth of the heap in use on its relay threads (from `status`), which includes garbage not yet collected",
   'per-connection logging is off for every peer (haproxy: no log, stunnel: debug = 3, hitch: log-level = 1, ironsocket: --log-level warn)',
   ...(opt['no-reload']

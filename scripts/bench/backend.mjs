@@ -1,6 +1,7 @@
 // The one plaintext backend every bench peer forwards to, in its own process (apart from the load generator).
 // The client's first line picks the behaviour: UP (discard, verify against the pattern, count), DOWN (send the pattern
-// until closed), ECHO (send everything back), HS (answer OK and close: one request per connection), IDLE (answer OK, stay).
+// until closed), ECHO (send everything back), HS (answer OK and close: one request per connection), IDLE (answer OK, stay),
+// GET <path> HTTP/1.x (an HTTP answer, then close: openssl s_time -www).
 import net from 'node:net';
 import { matchesPattern, now, patternAt, serve } from './common.mjs';
 
@@ -64,6 +65,7 @@ const server = net.createServer((s) => {
       s.on('data', (x) => s.write(x));
     } else if (kind === 'HS') s.end('OK\n');
     else if (kind === 'IDLE') s.write('OK\n');
+    else if (/^GET \S+ HTTP\/1\.[01]\r$/.test(kind)) s.end('HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nOK\n'); // openssl s_time -www
     else reject(s);
   };
   s.on('data', onHead);

@@ -148,7 +148,11 @@ ${process.getuid() === 0 ? `user = "${hitchUser()}"\n` : ''}`,
     },
     command({ bin, dir, port, backendPort, certFile, keyFile, ktls }) {
       const admin = path.join(dir, 'ironsocket-admin.sock');
-      const args = ['run', '--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${backendPort}`, '--cert', certFile, '--key', keyFile];
+      // Every bench client connects from 127.0.0.1: lift the per-source limits (a tenth of max_connections by default),
+      // which the peers do not have, or the idle-connection row stops at that tenth.
+      const config = path.join(dir, 'ironsocket.toml');
+      fs.writeFileSync(config, '[limits]\nmax_connections_per_source = 10000\nmax_handshakes_per_source = 10000\n');
+      const args = ['run', '--config', config, '--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${backendPort}`, '--cert', certFile, '--key', keyFile];
       args.push('--admin-socket', admin, '--ktls', ktls, '--log-level', 'warn');
       return [bin, [CLI, ...args], { IRONSOCKET_STATE_DIR: path.join(dir, 'ironsocket-state') }, admin];
     },
