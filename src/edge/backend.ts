@@ -88,6 +88,8 @@ export function connectBackend(poller: Poller, ep: Endpoint, timeoutMs: number, 
       sys.close(fd);
       return reject(failWith(-r));
     }
+    // A backend on this host usually completes the TCP handshake within connect() itself: no wait for readiness then.
+    if (sys.getpeername(fd)) return resolve(fd);
     const onAbort = () => done(new BackendError(`backend ${where}: connect aborted`, 'error'));
     const done = (err?: BackendError) => {
       clearTimeout(timer);

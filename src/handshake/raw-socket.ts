@@ -55,11 +55,18 @@ export class RawRecordSocket {
     poller.add(fd, 0, (ev) => this.ready(ev));
   }
 
-  /** Asks for exactly one more record; `cb` gets its full bytes (header + body). */
+  /**
+   * Asks for exactly one more record; `cb` gets its full bytes (header + body). The socket is read first (on the next
+   * tick, off the caller's stack): the record is usually there already (a ClientHello behind the accept, a Finished
+   * behind the ChangeCipherSpec), and each wait for readiness costs a trip through the poller's thread.
+   */
   readRecord(cb: (record: Buffer) => void): void {
     this.onRecord = cb;
     this.wanting = true;
-    this.update();
+    process.nextTick(() => {
+      if (this.wanting && this.registered) this.pull();
+      this.update();
+    });
   }
 
   /** Queues bytes to send; `cb` runs once they are all in the kernel. */
@@ -110,7 +117,7 @@ export class RawRecordSocket {
     while (this.wanting) {
       const target = this.body ?? this.header;
       const r = sys.recv(this.fd, this.body ? this.body.subarray(this.got) : this.header.subarray(this.got), target.length - this.got);
-      if (r === -EAGAIN || r === -EINTR) return;
+      if (r === -EAGAIN || r === -EINTR) return this.update();
       if (r < 0) return this.fail(new RawSocketError(`read from client: ${errnoName(-r)}`, 'io'));
       if (r === 0) {
         const mid = this.got > 0 || this.body !== undefined;

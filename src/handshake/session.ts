@@ -11,6 +11,8 @@ import { RawRecordSocket, RawSocketError, RECORD_HEADER } from './raw-socket.js'
 import type { HandshakeFailure } from '../core/counters.js';
 
 const CCS = 20;
+/** Event-loop turns allowed for OpenSSL's last output (tickets) to come out after the client's Finished: a few suffice. */
+const MAX_DRAIN_TURNS = 100;
 const APPDATA = 23;
 
 /** Everything the next stage needs to carry the session on without OpenSSL. */
@@ -96,10 +98,15 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
     const hello = new ClientHelloGatherer();
     let clientHelloSeen = false;
     let finished = false;
+    /** The client's Finished is in: no more input; OpenSSL's last output is being collected. */
+    let sealing = false;
+    /** OpenSSL's output is complete: any more would desynchronise the sequence numbers. */
     let sealed = false;
     let secure = false;
     let readRequested = false;
     let feeding = false;
+    /** How many of our records were out when the client's latest record went in: what follows its Finished is ours under the application key. */
+    let outputBeforeLastRecord = 0;
 
     const raw = new RawRecordSocket(fd, opts.poller, (e: RawSocketError) => {
       if (e.kind === 'malformed' && e.alert !== undefined && !clientHelloSeen) {
@@ -168,7 +175,7 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
 
     /** Feeds OpenSSL one record, only when it asked for data and the handshake is not yet complete. */
     function feed(): void {
-      if (finished || sealed || feeding || !readRequested) return;
+      if (finished || sealing || feeding || !readRequested) return;
       if (handshakeDone()) return complete();
       feeding = true;
       raw.readRecord((record) => {
@@ -178,6 +185,7 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
         const clientHello = hello.push(record);
         if (clientHello && offersEarlyData(clientHello)) opts.onEarlyData?.();
         inbound.push(record[0]!);
+        outputBeforeLastRecord = output.length;
         readRequested = false;
         transport.push(record); // OpenSSL processes it synchronously when it is reading
         if (handshakeDone()) complete();
@@ -192,6 +200,7 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
     function fail(e: HandshakeError): void {
       if (finished) return;
       finished = true;
+      sealing = true;
       sealed = true;
       clearTimeout(timer);
       opts.signal?.removeEventListener('abort', onAbort);
@@ -205,12 +214,22 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
     }
 
     function complete(): void {
-      if (finished || sealed) return;
-      sealed = true;
-      // Let OpenSSL finish writing what this flight produced (tickets), then require it all in the kernel.
-      setImmediate(() => {
+      if (finished || sealing) return;
+      sealing = true;
+      // Let OpenSSL finish writing what this flight produced (tickets): node's TLS socket hands its output over one
+      // write at a time, each completed on a later turn, so the tickets may wait behind the end of our own flight.
+      let turns = 0;
+      const seal = () => {
         if (finished) return;
+        // What we were given waits for room in the socket: no spinning meanwhile.
+        if (raw.pendingOutput > 0) return raw.write(Buffer.alloc(0), seal);
+        if (!outputDrained()) {
+          if (++turns < MAX_DRAIN_TURNS) return void setImmediate(seal);
+          return fail(new HandshakeError(`OpenSSL still had output pending after ${MAX_DRAIN_TURNS} turns`, 'internal'));
+        }
+        sealed = true;
         if (outPartial.length) return fail(new HandshakeError('OpenSSL left a partial record unwritten', 'internal'));
+        // Then require it all in the kernel.
         raw.write(Buffer.alloc(0), () => {
           if (finished) return;
           try {
@@ -227,7 +246,14 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
             fail(e instanceof HandshakeError ? e : new HandshakeError((e as Error).message, 'internal'));
           }
         });
-      });
+      };
+      setImmediate(seal);
+    }
+
+    /** Nothing left in OpenSSL's output buffer (the TLS handle's writeQueueSize) nor in the stream on its way to us. */
+    function outputDrained(): boolean {
+      const handle = (socket as unknown as { _handle?: { writeQueueSize?: number } | null })._handle;
+      return (handle?.writeQueueSize ?? 0) === 0 && transport.writableLength === 0;
     }
 
     function settle(): EstablishedSession {
@@ -254,7 +280,7 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
               output.map((r) => r.type),
               CCS,
             )
-          : countAppKeyRecords(suite, keys.tx, output);
+          : countAppKeyRecords(suite, keys.tx, output, outputBeforeLastRecord);
       // TLS 1.2: the client's Finished is its first protected record; TLS 1.3: we stopped right at its Finished.
       const rxSeq = version === 'TLSv1.2' ? afterLast(inbound, CCS) : 0;
       // Its Finished may come in fragments (legal): the count of records it took is the next sequence number.
@@ -333,8 +359,10 @@ function afterLast(types: number[], type: number): number {
 /**
  * TLS 1.3: the records we sent under the application key form a suffix of our output. Find it by
  * authenticating each candidate with that key — counting, never assuming (OpenSSL sends tickets).
+ * `likelyStart` (what we wrote after the client's Finished went in) is tried first: a record that opens at
+ * sequence 0 can only be the first one under that key, so trying it first changes the cost, never the answer.
  */
-function countAppKeyRecords(suite: CipherSuite, tx: TrafficKeys, output: Seen[]): number {
+function countAppKeyRecords(suite: CipherSuite, tx: TrafficKeys, output: Seen[], likelyStart: number): number {
   // One context at sequence 0 tries each candidate in turn (a failed open consumes no sequence number);
   // the first that opens starts the suffix, and every record after it must open in sequence.
   const prot = new RecordProtection(suite, tx.key, tx.iv, 0n);
@@ -348,7 +376,8 @@ function countAppKeyRecords(suite: CipherSuite, tx: TrafficKeys, output: Seen[])
     }
   };
   try {
-    const start = output.findIndex((r) => r.type === APPDATA && opens(r));
+    const hinted = output[likelyStart];
+    const start = hinted?.type === APPDATA && opens(hinted) ? likelyStart : output.findIndex((r) => r.type === APPDATA && opens(r));
     if (start < 0) return 0;
     for (let i = start + 1; i < output.length; i++) {
       if (!opens(output[i]!)) throw new HandshakeError(`record ${i} after the first application-key record does not open in sequence`, 'internal');

@@ -4,11 +4,12 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { echoBackend, type Backend } from '../testkit/backends.js';
+import { echoBackend, httpBackend, type Backend } from '../testkit/backends.js';
 import { assertLaneKernel } from '../testkit/lane.js';
 import { parsePromText } from '../testkit/prom-text.js';
-import { makeCert, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
+import { eventually, makeCert, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
 import { VERSIONS, onWorker, upgrade, visitProxy, type TlsVersion } from '../testkit/resume.js';
+import { sTime } from '../testkit/s-time.js';
 import { openssl, waitForOutput } from '../testkit/zero-rtt.js';
 import { modeArgs, type Mode } from './real-clients.scenarios.js';
 
@@ -178,6 +179,38 @@ export function sessionTicketScenarios(mode: Mode): void {
       assert.deepEqual([value('full'), value('resumed')], [2, 3]);
     } finally {
       await proxy.stop();
+    }
+  });
+
+  test(`openssl s_time's back-to-back connections (an answer read, then a close without close_notify) all complete their handshakes, full with -new and resumed with -reuse, two clients at once, none counted failed (${mode} mode)`, async () => {
+    const http = await httpBackend(Buffer.from('OK\n'));
+    const proxy = await startProxyProcess({ backendPort: http.port, cert, args: [...modeArgs(mode), '--workers', '2'] });
+    try {
+      for (const reuse of [false, true]) {
+        const before = (await proxy.status()).counters;
+        const runs = await Promise.all([0, 1].map(() => sTime(proxy.port, { reuse, seconds: 2 })));
+        const count = runs.reduce((n, r) => n + r.count, 0);
+        const full = runs.reduce((n, r) => n + r.full, 0);
+        assert.ok(count >= 4, `s_time made ${count} connections`);
+        // -reuse: each process's first connection is full (it has no ticket yet); every later one resumes.
+        assert.equal(full, reuse ? 0 : count, `${reuse ? '-reuse' : '-new'}: ${full} of ${count} full handshakes`);
+        const delta = (c: Record<string, number>, k: string) => (c[k] ?? 0) - (before[k] ?? 0);
+        let now = before;
+        await eventually(async () => delta((now = (await proxy.status()).counters), 'connections_closed') >= count, 20_000, 'every connection closed');
+        const failed = Object.keys(now).filter((k) => k.startsWith('handshake_failed') && delta(now, k) > 0);
+        assert.deepEqual(
+          failed.map((k) => `${k}: ${delta(now, k)}`),
+          [],
+          'no handshake failed',
+        );
+        if (reuse) {
+          assert.equal(delta(now, 'handshakes_resumed'), count, 'every marked -reuse connection resumed');
+          assert.equal(delta(now, 'handshakes_full'), 2, "only each process's first connection was full");
+        } else assert.equal(delta(now, 'handshakes_full'), count, 'every -new connection a full handshake');
+      }
+    } finally {
+      await proxy.stop();
+      await http.close();
     }
   });
 }
