@@ -63,9 +63,9 @@ export class RawRecordSocket {
   readRecord(cb: (record: Buffer) => void): void {
     this.onRecord = cb;
     this.wanting = true;
+    // pull() registers for readiness itself if the record is not all there.
     process.nextTick(() => {
       if (this.wanting && this.registered) this.pull();
-      this.update();
     });
   }
 

@@ -5,7 +5,10 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 
-/** Runs `openssl` with `args`, resolving with its stdout and stderr once it exits (killed after `timeoutMs`). */
+/**
+ * Runs `openssl` with `args`, resolving with its stdout and stderr once it exits and both are read ('close': 'exit'
+ * may come before the last output) — killed after `timeoutMs`.
+ */
 export function openssl(args: string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<{ code: number | null; out: string }> {
   const child = spawn('openssl', args, { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
@@ -14,7 +17,7 @@ export function openssl(args: string[], opts: { input?: string; timeoutMs?: numb
   child.stdin.end(opts.input ?? '');
   const t = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 20_000);
   return new Promise((resolve) =>
-    child.once('exit', (code) => {
+    child.once('close', (code) => {
       clearTimeout(t);
       resolve({ code, out });
     }),
