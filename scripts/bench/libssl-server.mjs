@@ -1,12 +1,17 @@
-// The handshake ceiling for a Node.js terminator without node:tls: libssl (the OpenSSL inside the node binary, through
-// koffi) driven over memory BIOs, one socket read in, its output out; each connection relayed to the bench backend.
-// Only what s_time needs (TLS 1.3, one certificate, shared ticket keys so both workers resume), plus the per-handshake
-// work Iron Socket cannot skip: the keylog callback's secrets copied out and wiped. A measurement, not a product.
+// The handshake ceiling for a Node.js terminator without node:tls: src/handshake/libssl.ts (the node binary's own
+// OpenSSL over memory BIOs, fed one record at a time, secrets collected and wiped) for the handshake, then the record
+// layer (src/record) with the derived keys and counted sequence numbers to relay each connection to the bench backend,
+// on plain `net` sockets. Only what s_time needs: TLS 1.3, one certificate, ticket keys shared by the workers.
+// A measurement of the design, not a product: no limits, timeouts, alerts or logging.
 // Usage: node libssl-server.mjs CERT KEY PORT BACKEND_PORT WORKERS
 import cluster from 'node:cluster';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
-import koffi from 'koffi';
+import { LibsslServer } from '../../dist/handshake/libssl.js';
+import { tls13TrafficKeys } from '../../dist/record/keys.js';
+import { RecordProtection } from '../../dist/record/aead.js';
+import { suiteByName } from '../../dist/record/suites.js';
 
 const [certFile, keyFile, port, backendPort, workers = '2'] = process.argv.slice(2);
 // Each worker accepts on the shared socket itself, as HAProxy's threads do (no hop through the primary).
@@ -23,97 +28,77 @@ if (cluster.isPrimary) {
   process.on('SIGTERM', () => process.exit(0));
 } else {
   process.once('message', (keys) => serve(Buffer.from(keys, 'base64')));
+  process.on('SIGINT', () => process.exit(0)); // a clean exit (node --cpu-prof writes its profile then)
   process.send('ready');
 }
 
+const readFile = (file) => fs.readFileSync(file);
+
 function serve(ticketKeys) {
-  const lib = koffi.load(null); // the node binary itself: it exports libssl's and libcrypto's symbols
-  const fn = (sig) => lib.func(sig);
-  const TLS_server_method = fn('void *TLS_server_method()');
-  const SSL_CTX_new = fn('void *SSL_CTX_new(void *)');
-  const SSL_CTX_use_certificate_chain_file = fn('int SSL_CTX_use_certificate_chain_file(void *, const char *)');
-  const SSL_CTX_use_PrivateKey_file = fn('int SSL_CTX_use_PrivateKey_file(void *, const char *, int)');
-  const SSL_CTX_ctrl = fn('long SSL_CTX_ctrl(void *, int, long, void *)');
-  const Keylog = koffi.proto('void Keylog(void *ssl, void *line)');
-  const SSL_CTX_set_keylog_callback = fn('void SSL_CTX_set_keylog_callback(void *, Keylog *)');
-  const SSL_new = fn('void *SSL_new(void *)');
-  const SSL_free = fn('void SSL_free(void *)');
-  const BIO_s_mem = fn('void *BIO_s_mem()');
-  const BIO_new = fn('void *BIO_new(void *)');
-  const BIO_write = fn('int BIO_write(void *, const uint8_t *, int)');
-  const BIO_read = fn('int BIO_read(void *, _Out_ uint8_t *, int)');
-  const BIO_ctrl_pending = fn('size_t BIO_ctrl_pending(void *)');
-  const SSL_set_bio = fn('void SSL_set_bio(void *, void *, void *)');
-  const SSL_set_accept_state = fn('void SSL_set_accept_state(void *)');
-  const SSL_do_handshake = fn('int SSL_do_handshake(void *)');
-  const SSL_get_error = fn('int SSL_get_error(void *, int)');
-  const SSL_read = fn('int SSL_read(void *, _Out_ uint8_t *, int)');
-  const SSL_write = fn('int SSL_write(void *, const uint8_t *, int)');
-  const SSL_shutdown = fn('int SSL_shutdown(void *)');
-  const strlen = fn('size_t strlen(void *)');
-  const SSL_FILETYPE_PEM = 1;
-  const SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59;
-  const SSL_ERROR_WANT_READ = 2;
-
-  const ctx = SSL_CTX_new(TLS_server_method());
-  if (SSL_CTX_use_certificate_chain_file(ctx, certFile) !== 1) throw new Error(`cannot load ${certFile}`);
-  if (SSL_CTX_use_PrivateKey_file(ctx, keyFile, SSL_FILETYPE_PEM) !== 1) throw new Error(`cannot load ${keyFile}`);
-  SSL_CTX_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, ticketKeys.length, ticketKeys);
+  const server = new LibsslServer({ certificateChain: readFile(certFile), key: readFile(keyFile), minVersion: 'TLSv1.3', ticketKeys });
   ticketKeys.fill(0);
-  const keylog = koffi.register((_ssl, line) => {
-    const secret = Buffer.from(koffi.view(line, Number(strlen(line)))); // what Iron Socket keeps: a copy, wiped after use
-    secret.fill(0);
-  }, koffi.pointer(Keylog));
-  SSL_CTX_set_keylog_callback(ctx, keylog);
-
-  const mem = BIO_s_mem();
-  const buf = Buffer.alloc(16 * 1024 + 256);
-  /** Everything OpenSSL wrote since the last call, as one Buffer (empty when nothing). */
-  const output = (wbio) => {
-    const parts = [];
-    for (let n; (n = Number(BIO_ctrl_pending(wbio))) > 0;) parts.push(Buffer.from(buf.subarray(0, BIO_read(wbio, buf, Math.min(n, buf.length)))));
-    return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+  const APPDATA = 23;
+  const ALERT = 21;
+  const CLOSE_NOTIFY = Buffer.from([1, 0]);
+  const MAX_PLAINTEXT = 16 * 1024;
+  /** How many whole records `out` holds. */
+  const records = (out) => {
+    let n = 0;
+    for (let at = 0; at + 5 <= out.length; at += 5 + out.readUInt16BE(at + 3)) n++;
+    return n;
   };
 
   net
     .createServer({ noDelay: true }, (client) => {
-      let ssl = SSL_new(ctx);
-      const rbio = BIO_new(mem);
-      const wbio = BIO_new(mem);
-      SSL_set_bio(ssl, rbio, wbio);
-      SSL_set_accept_state(ssl);
+      const hs = server.accept();
+      let rx;
+      let tx;
       let backend;
+      let pending = Buffer.alloc(0);
       const end = () => {
-        if (ssl) SSL_free(ssl);
-        ssl = null;
+        if (client.writableEnded && !client.destroyed) return void client.once('close', end);
+        hs.free();
+        rx?.wipe();
+        tx?.wipe();
         client.destroy();
         backend?.destroy();
       };
-      const flush = () => {
-        const out = output(wbio);
-        if (out.length) client.write(out);
+      const established = (tickets) => {
+        const suite = suiteByName(hs.cipher, 'TLSv1.3');
+        const k = (secret) => tls13TrafficKeys(suite, secret);
+        const c = k(hs.secrets.clientTrafficSecret0);
+        const s = k(hs.secrets.serverTrafficSecret0);
+        rx = new RecordProtection(suite, c.key, c.iv, 0n);
+        tx = new RecordProtection(suite, s.key, s.iv, BigInt(tickets)); // OpenSSL's tickets went out under this key
+        for (const b of [c.key, c.iv, s.key, s.iv]) b.fill(0);
+        hs.free();
+        backend = net.connect({ port: Number(backendPort), host: '127.0.0.1', noDelay: true });
+        backend.on('error', end).on('close', () => {
+          client.end(tx.seal(ALERT, CLOSE_NOTIFY)); // without it s_time drops the session as not resumable
+          end();
+        });
+        backend.on('data', (d) => {
+          for (let at = 0; at < d.length; at += MAX_PLAINTEXT) client.write(tx.seal(APPDATA, d.subarray(at, at + MAX_PLAINTEXT)));
+        });
       };
       client.on('error', end).on('close', end);
       client.on('data', (data) => {
-        if (!ssl) return;
-        BIO_write(rbio, data, data.length);
-        if (!backend) {
-          const r = SSL_do_handshake(ssl);
-          flush();
-          if (r !== 1) return void (SSL_get_error(ssl, r) === SSL_ERROR_WANT_READ || end());
-          backend = net.connect({ port: Number(backendPort), host: '127.0.0.1', noDelay: true });
-          backend.on('error', end).on('close', () => {
-            if (ssl) (SSL_shutdown(ssl), flush());
-            end();
-          });
-          backend.on('data', (d) => {
-            if (!ssl) return;
-            SSL_write(ssl, d, d.length);
-            flush();
-          });
+        pending = pending.length ? Buffer.concat([pending, data]) : data;
+        while (pending.length >= 5 && pending.length >= 5 + pending.readUInt16BE(3)) {
+          const len = 5 + pending.readUInt16BE(3);
+          const record = pending.subarray(0, len);
+          pending = pending.subarray(len);
+          if (!rx) {
+            const step = hs.feed(record);
+            if (step.output.length) client.write(step.output);
+            if (step.state === 'failed') return end();
+            if (step.state === 'established') established(records(step.output));
+            continue;
+          }
+          const { type, plaintext } = rx.open(record.subarray(0, 5), record.subarray(5));
+          if (type === APPDATA) backend.write(plaintext);
+          else return end(); // an alert (close_notify) or a post-handshake message: not measured here
         }
-        for (let n; ssl && (n = SSL_read(ssl, buf, buf.length)) > 0;) backend.write(Buffer.from(buf.subarray(0, n)));
-        if (ssl) flush(); // a KeyUpdate answer, an alert
       });
     })
     .listen(Number(port), '127.0.0.1');

@@ -1,0 +1,214 @@
+// The libssl handshake against node:tls clients: record by record, same secrets, tickets across contexts, bad input.
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import { once } from 'node:events';
+import koffi from 'koffi';
+import { LibsslServer, LIBSSL_TICKET_KEYS_BYTES, type LibsslHandshake, type LibsslStep } from './libssl.js';
+import { makeCa, issue } from '../testkit/pki.js';
+import { tempDir } from '../testkit/proxy-process.js';
+
+const ERR_peek_error = (): number => Number(koffi.load(null as unknown as string).func('unsigned long ERR_peek_error()')());
+const dir = tempDir('libssl');
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+const ca = await makeCa(dir);
+const leaf = await issue(dir, { cn: 'localhost', dns: ['localhost'], ca });
+const caPem = fs.readFileSync(ca.certFile);
+const serverOptions = () => ({ certificateChain: fs.readFileSync(leaf.certFile), key: fs.readFileSync(leaf.keyFile), minVersion: 'TLSv1.3' as const });
+
+interface Served {
+  hs: LibsslHandshake;
+  last: LibsslStep;
+  /** Bytes OpenSSL was given but left unread when the handshake ended. */
+  unread: number;
+  /** Records fed: each feed was exactly one record unless `finishedWithData`. */
+  feeds: number;
+}
+
+/**
+ * A loopback listener that cuts what the client sends into whole records and feeds them one at a time. With
+ * `finishedWithData`, the client's Finished and the record after it are fed together (to see nothing past it is read).
+ */
+async function listen(
+  server: LibsslServer,
+  finishedWithData = false,
+  onAccept = () => {},
+): Promise<{ port: number; next: () => Promise<Served>; close: () => void }> {
+  const results: Array<Promise<Served>> = [];
+  const listener = net.createServer((sock) => {
+    results.push(
+      new Promise((resolve, reject) => {
+        const hs = server.accept();
+        onAccept();
+        let buf = Buffer.alloc(0);
+        let feeds = 0;
+        let seen23 = 0;
+        sock.on('error', reject);
+        sock.on('data', (d) => {
+          buf = Buffer.concat([buf, d]);
+          for (;;) {
+            if (buf.length < 5 || buf.length < 5 + buf.readUInt16BE(3)) return;
+            let take = 5 + buf.readUInt16BE(3);
+            if (buf[0] === 23 && ++seen23 === 1 && finishedWithData) {
+              if (buf.length < take + 5 || buf.length < take + 5 + buf.readUInt16BE(take + 3)) return void seen23--; // wait for the next record too
+              take += 5 + buf.readUInt16BE(take + 3);
+            }
+            const step = hs.feed(buf.subarray(0, take));
+            buf = buf.subarray(take);
+            feeds++;
+            if (step.output.length) sock.write(step.output);
+            if (step.state === 'continue') continue;
+            resolve({ hs, last: step, unread: hs.unread, feeds });
+            if (step.state === 'failed') sock.end();
+            return;
+          }
+        });
+      }),
+    );
+  });
+  listener.listen(0, '127.0.0.1');
+  await once(listener, 'listening');
+  const port = (listener.address() as net.AddressInfo).port;
+  let taken = 0;
+  const next = async () => {
+    while (results.length <= taken) await new Promise((r) => setTimeout(r, 5));
+    return results[taken++]!;
+  };
+  return { port, next, close: () => listener.close() };
+}
+
+function connect(port: number, extra: tls.ConnectionOptions = {}): { socket: tls.TLSSocket; keylog: Buffer[] } {
+  const keylog: Buffer[] = [];
+  const socket = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', ca: caPem, ...extra });
+  socket.on('keylog', (line) => keylog.push(Buffer.from(line)));
+  socket.on('error', () => {});
+  return { socket, keylog };
+}
+
+const secretOf = (lines: Buffer[], label: string): Buffer | undefined => {
+  const line = lines.map((l) => l.toString('latin1').trim()).find((l) => l.startsWith(`${label} `));
+  return line ? Buffer.from(line.split(' ')[2]!, 'hex') : undefined;
+};
+
+test('a node:tls client completes a TLS 1.3 handshake fed one record at a time, and both sides hold the same traffic secrets', async () => {
+  const server = new LibsslServer(serverOptions());
+  const l = await listen(server);
+  const { socket, keylog } = connect(l.port);
+  await once(socket, 'secureConnect');
+  const s = await l.next();
+  assert.equal(s.last.state, 'established');
+  assert.equal(s.hs.version, 'TLSv1.3');
+  assert.equal(s.hs.cipher, socket.getCipher().standardName);
+  assert.equal(s.hs.servername, 'localhost');
+  assert.equal(s.hs.resumed, false);
+  assert.equal(s.unread, 0);
+  assert.deepEqual(s.hs.secrets.clientTrafficSecret0, secretOf(keylog, 'CLIENT_TRAFFIC_SECRET_0'));
+  assert.deepEqual(s.hs.secrets.serverTrafficSecret0, secretOf(keylog, 'SERVER_TRAFFIC_SECRET_0'));
+  const held = s.hs.secrets.serverTrafficSecret0!;
+  s.hs.free();
+  assert.ok(
+    held.every((b) => b === 0),
+    'free() wipes the secrets it collected',
+  );
+  socket.destroy();
+  l.close();
+  server.free();
+});
+
+test("nothing past the client's Finished is consumed: the record after it stays unread", async () => {
+  const server = new LibsslServer(serverOptions());
+  const l = await listen(server, true);
+  const { socket } = connect(l.port);
+  socket.on('secureConnect', () => socket.write('after the handshake'));
+  const s = await l.next();
+  assert.equal(s.last.state, 'established');
+  assert.equal(s.unread, 5 + 'after the handshake'.length + 1 + 16, 'the application record (data, type byte, tag) is left for the next stage');
+  s.hs.free();
+  socket.destroy();
+  l.close();
+  server.free();
+});
+
+test('a ticket one context issued resumes on another context given the same ticket keys, and not on one without them', async () => {
+  const keys = Buffer.alloc(LIBSSL_TICKET_KEYS_BYTES, 7);
+  const first = new LibsslServer({ ...serverOptions(), ticketKeys: keys });
+  const second = new LibsslServer({ ...serverOptions(), ticketKeys: keys });
+  const other = new LibsslServer(serverOptions());
+  const servers = [first, second, other];
+  const ls = await Promise.all(servers.map((s) => listen(s)));
+  const a = connect(ls[0]!.port);
+  const [session] = (await once(a.socket, 'session')) as [Buffer];
+  const sa = await ls[0]!.next();
+  a.socket.destroy();
+  for (const [i, expected] of [
+    [1, true],
+    [2, false],
+  ] as const) {
+    const b = connect(ls[i]!.port, { session });
+    await once(b.socket, 'secureConnect');
+    const sb = await ls[i]!.next();
+    assert.equal(sb.last.state, 'established');
+    assert.equal(sb.hs.resumed, expected);
+    assert.equal(b.socket.isSessionReused(), expected);
+    sb.hs.free();
+    b.socket.destroy();
+  }
+  sa.hs.free();
+  ls.forEach((l) => l.close());
+  servers.forEach((s) => s.free());
+});
+
+test('a client offering only TLS 1.2 to a TLS 1.3 server gets a protocol_version alert and a failure, not an exception', async () => {
+  const server = new LibsslServer(serverOptions());
+  const l = await listen(server);
+  connect(l.port, { maxVersion: 'TLSv1.2' });
+  const s = await l.next();
+  assert.equal(s.last.state, 'failed');
+  assert.deepEqual([...s.last.output.subarray(0, 1)], [21], 'an alert record');
+  assert.equal(s.last.output.at(-1), 70, 'protocol_version');
+  assert.match((s.last as { reason: string }).reason, /unsupported protocol/);
+  s.hs.free();
+  l.close();
+  server.free();
+});
+
+test("bytes that are not TLS fail the handshake and leave nothing in the thread's OpenSSL error queue (node:crypto shares it)", async () => {
+  const server = new LibsslServer(serverOptions());
+  const hs = server.accept();
+  const step = hs.feed(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+  assert.equal(step.state, 'failed');
+  assert.match((step as { reason: string }).reason, /wrong version number|http request/i);
+  assert.equal(ERR_peek_error(), 0);
+  hs.free();
+  // node:tls handshakes on this thread still succeed.
+  const l = await listen(server);
+  const { socket } = connect(l.port);
+  await once(socket, 'secureConnect');
+  (await l.next()).hs.free();
+  socket.destroy();
+  l.close();
+  server.free();
+});
+
+test('a context freed while a handshake is under way lets that handshake finish, its secrets collected', async () => {
+  const server = new LibsslServer(serverOptions());
+  const l = await listen(server, false, () => server.free());
+  const { socket, keylog } = connect(l.port);
+  await once(socket, 'secureConnect');
+  const s = await l.next();
+  assert.equal(s.last.state, 'established');
+  assert.deepEqual(s.hs.secrets.serverTrafficSecret0, secretOf(keylog, 'SERVER_TRAFFIC_SECRET_0'));
+  s.hs.free();
+  socket.destroy();
+  l.close();
+  assert.throws(() => server.accept(), /context freed/);
+});
+
+test('a context refuses a key that does not match its certificate, and ticket keys of the wrong size', () => {
+  const otherKey = fs.readFileSync(ca.keyFile);
+  assert.throws(() => new LibsslServer({ ...serverOptions(), key: otherKey }), /private key/);
+  assert.throws(() => new LibsslServer({ ...serverOptions(), ticketKeys: Buffer.alloc(48) }), /80 bytes/);
+});
