@@ -11,7 +11,7 @@ import { LibsslServer, LIBSSL_TICKET_KEYS_BYTES, type LibsslHandshake, type Libs
 import { makeCa, issue } from '../testkit/pki.js';
 import { tempDir } from '../testkit/proxy-process.js';
 
-const ERR_peek_error = (): number => Number(koffi.load(null as unknown as string).func('unsigned long ERR_peek_error()')());
+const ERR_peek_error = (): number => Number(koffi.load(null).func('unsigned long ERR_peek_error()')());
 const dir = tempDir('libssl');
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 const ca = await makeCa(dir);

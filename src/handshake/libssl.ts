@@ -3,7 +3,7 @@ import koffi from 'koffi';
 import { KeylogCollector } from './keylog.js';
 
 // The node binary exports libssl's and libcrypto's symbols (Node 20: OpenSSL 3.0, Node 22/24: 3.x): load the process.
-const lib = koffi.load(null as unknown as string);
+const lib = koffi.load(null);
 const fn = (signature: string) => lib.func(signature) as (...args: unknown[]) => unknown;
 const Keylog = koffi.proto('void IronSocketKeylog(void *ssl, void *line)');
 
