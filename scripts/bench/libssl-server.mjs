@@ -18,16 +18,23 @@ const [certFile, keyFile, port, backendPort, workers = '2'] = process.argv.slice
 cluster.schedulingPolicy = cluster.SCHED_NONE;
 
 if (cluster.isPrimary) {
+  // Structured clone over IPC: the ticket keys travel as bytes, never as a string (JSON would make one).
+  cluster.setupPrimary({ serialization: 'advanced' });
   const ticketKeys = crypto.randomBytes(80);
-  // Over IPC, never env or argv; asked for by each worker once it listens for the answer (a message sent earlier is lost).
+  // Over IPC, never env or argv; asked for by each worker once it listens for the answer (a message sent earlier is
+  // lost). send() serialises at once: the keys are zeroed here when the last worker has its copy.
+  let waiting = Number(workers);
   for (let i = 0; i < Number(workers); i++) {
     const worker = cluster.fork();
-    worker.once('message', () => worker.send(ticketKeys.toString('base64')));
+    worker.once('message', () => {
+      worker.send(ticketKeys);
+      if (--waiting === 0) ticketKeys.fill(0);
+    });
   }
   cluster.on('exit', () => process.exit(1));
   process.on('SIGTERM', () => process.exit(0));
 } else {
-  process.once('message', (keys) => serve(Buffer.from(keys, 'base64')));
+  process.once('message', (keys) => serve(Buffer.from(keys.buffer, keys.byteOffset, keys.byteLength)));
   process.on('SIGINT', () => process.exit(0)); // a clean exit (node --cpu-prof writes its profile then)
   process.send('ready');
 }
@@ -35,7 +42,9 @@ if (cluster.isPrimary) {
 const readFile = (file) => fs.readFileSync(file);
 
 function serve(ticketKeys) {
-  const server = new LibsslServer({ certificateChain: readFile(certFile), key: readFile(keyFile), minVersion: 'TLSv1.3', ticketKeys });
+  const key = readFile(keyFile);
+  const server = new LibsslServer({ certificateChain: readFile(certFile), key, minVersion: 'TLSv1.3', ticketKeys });
+  key.fill(0);
   ticketKeys.fill(0);
   const APPDATA = 23;
   const ALERT = 21;

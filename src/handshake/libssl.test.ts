@@ -1,6 +1,6 @@
 // The libssl handshake against node:tls clients: record by record, same secrets, tickets across contexts, bad input.
 
-import { test, after } from 'node:test';
+import { test, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -8,12 +8,18 @@ import tls from 'node:tls';
 import { once } from 'node:events';
 import koffi from 'koffi';
 import { LibsslServer, LIBSSL_TICKET_KEYS_BYTES, type LibsslHandshake, type LibsslStep } from './libssl.js';
+import { KeylogCollector } from './keylog.js';
 import { makeCa, issue } from '../testkit/pki.js';
 import { tempDir } from '../testkit/proxy-process.js';
 
 const ERR_peek_error = (): number => Number(koffi.load(null).func('unsigned long ERR_peek_error()')());
 const dir = tempDir('libssl');
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
+/** Listeners and sockets of the current test, closed after it whatever happened (a failed assertion leaves none open). */
+const opened: Array<() => void> = [];
+afterEach(() => opened.splice(0).forEach((close) => close()));
+/** A test that loses a handshake fails after this long instead of hanging. */
+const LIMIT = { timeout: 20_000 };
 const ca = await makeCa(dir);
 const leaf = await issue(dir, { cn: 'localhost', dns: ['localhost'], ca });
 const caPem = fs.readFileSync(ca.certFile);
@@ -39,6 +45,7 @@ async function listen(
 ): Promise<{ port: number; next: () => Promise<Served>; close: () => void }> {
   const results: Array<Promise<Served>> = [];
   const listener = net.createServer((sock) => {
+    opened.push(() => sock.destroy());
     results.push(
       new Promise((resolve, reject) => {
         const hs = server.accept();
@@ -47,7 +54,9 @@ async function listen(
         let feeds = 0;
         let seen23 = 0;
         sock.on('error', reject);
+        let over = false;
         sock.on('data', (d) => {
+          if (over) return; // the handshake ended (and may be freed): later records are not ours to feed
           buf = Buffer.concat([buf, d]);
           for (;;) {
             if (buf.length < 5 || buf.length < 5 + buf.readUInt16BE(3)) return;
@@ -61,6 +70,7 @@ async function listen(
             feeds++;
             if (step.output.length) sock.write(step.output);
             if (step.state === 'continue') continue;
+            over = true;
             resolve({ hs, last: step, unread: hs.unread, feeds });
             if (step.state === 'failed') sock.end();
             return;
@@ -69,6 +79,7 @@ async function listen(
       }),
     );
   });
+  opened.push(() => listener.listening && listener.close());
   listener.listen(0, '127.0.0.1');
   await once(listener, 'listening');
   const port = (listener.address() as net.AddressInfo).port;
@@ -77,7 +88,7 @@ async function listen(
     while (results.length <= taken) await new Promise((r) => setTimeout(r, 5));
     return results[taken++]!;
   };
-  return { port, next, close: () => listener.close() };
+  return { port, next, close: () => listener.listening && listener.close() };
 }
 
 function connect(port: number, extra: tls.ConnectionOptions = {}): { socket: tls.TLSSocket; keylog: Buffer[] } {
@@ -85,15 +96,18 @@ function connect(port: number, extra: tls.ConnectionOptions = {}): { socket: tls
   const socket = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', ca: caPem, ...extra });
   socket.on('keylog', (line) => keylog.push(Buffer.from(line)));
   socket.on('error', () => {});
+  opened.push(() => socket.destroy());
   return { socket, keylog };
 }
 
-const secretOf = (lines: Buffer[], label: string): Buffer | undefined => {
-  const line = lines.map((l) => l.toString('latin1').trim()).find((l) => l.startsWith(`${label} `));
-  return line ? Buffer.from(line.split(' ')[2]!, 'hex') : undefined;
+/** The client's side of the secrets, parsed as the server's are (no strings). */
+const clientSecrets = (lines: Buffer[]): KeylogCollector => {
+  const c = new KeylogCollector();
+  for (const line of lines) c.add(line);
+  return c;
 };
 
-test('a node:tls client completes a TLS 1.3 handshake fed one record at a time, and both sides hold the same traffic secrets', async () => {
+test('a node:tls client completes a TLS 1.3 handshake fed one record at a time, and both sides hold the same traffic secrets', LIMIT, async () => {
   const server = new LibsslServer(serverOptions());
   const l = await listen(server);
   const { socket, keylog } = connect(l.port);
@@ -105,8 +119,11 @@ test('a node:tls client completes a TLS 1.3 handshake fed one record at a time, 
   assert.equal(s.hs.servername, 'localhost');
   assert.equal(s.hs.resumed, false);
   assert.equal(s.unread, 0);
-  assert.deepEqual(s.hs.secrets.clientTrafficSecret0, secretOf(keylog, 'CLIENT_TRAFFIC_SECRET_0'));
-  assert.deepEqual(s.hs.secrets.serverTrafficSecret0, secretOf(keylog, 'SERVER_TRAFFIC_SECRET_0'));
+  const client = clientSecrets(keylog);
+  assert.ok(client.clientTrafficSecret0 && client.serverTrafficSecret0);
+  assert.deepEqual(s.hs.secrets.clientTrafficSecret0, client.clientTrafficSecret0);
+  assert.deepEqual(s.hs.secrets.serverTrafficSecret0, client.serverTrafficSecret0);
+  assert.equal(ERR_peek_error(), 0, "OpenSSL's error queue is empty after a handshake");
   const held = s.hs.secrets.serverTrafficSecret0!;
   s.hs.free();
   assert.ok(
@@ -118,7 +135,7 @@ test('a node:tls client completes a TLS 1.3 handshake fed one record at a time, 
   server.free();
 });
 
-test("nothing past the client's Finished is consumed: the record after it stays unread", async () => {
+test("nothing past the client's Finished is consumed: the record after it stays unread", LIMIT, async () => {
   const server = new LibsslServer(serverOptions());
   const l = await listen(server, true);
   const { socket } = connect(l.port);
@@ -132,7 +149,7 @@ test("nothing past the client's Finished is consumed: the record after it stays 
   server.free();
 });
 
-test('a ticket one context issued resumes on another context given the same ticket keys, and not on one without them', async () => {
+test('a ticket one context issued resumes on another context given the same ticket keys, and not on one without them', LIMIT, async () => {
   const keys = Buffer.alloc(LIBSSL_TICKET_KEYS_BYTES, 7);
   const first = new LibsslServer({ ...serverOptions(), ticketKeys: keys });
   const second = new LibsslServer({ ...serverOptions(), ticketKeys: keys });
@@ -153,6 +170,7 @@ test('a ticket one context issued resumes on another context given the same tick
     assert.equal(sb.last.state, 'established');
     assert.equal(sb.hs.resumed, expected);
     assert.equal(b.socket.isSessionReused(), expected);
+    assert.equal(ERR_peek_error(), 0, 'a ticket that does not decrypt leaves no error queued');
     sb.hs.free();
     b.socket.destroy();
   }
@@ -161,11 +179,12 @@ test('a ticket one context issued resumes on another context given the same tick
   servers.forEach((s) => s.free());
 });
 
-test('a client offering only TLS 1.2 to a TLS 1.3 server gets a protocol_version alert and a failure, not an exception', async () => {
+test('a client offering only TLS 1.2 to a TLS 1.3 server gets a protocol_version alert and a failure, not an exception', LIMIT, async () => {
   const server = new LibsslServer(serverOptions());
   const l = await listen(server);
-  connect(l.port, { maxVersion: 'TLSv1.2' });
+  const { socket } = connect(l.port, { maxVersion: 'TLSv1.2' });
   const s = await l.next();
+  socket.destroy();
   assert.equal(s.last.state, 'failed');
   assert.deepEqual([...s.last.output.subarray(0, 1)], [21], 'an alert record');
   assert.equal(s.last.output.at(-1), 70, 'protocol_version');
@@ -175,7 +194,7 @@ test('a client offering only TLS 1.2 to a TLS 1.3 server gets a protocol_version
   server.free();
 });
 
-test("bytes that are not TLS fail the handshake and leave nothing in the thread's OpenSSL error queue (node:crypto shares it)", async () => {
+test("bytes that are not TLS fail the handshake and leave nothing in the thread's OpenSSL error queue (node:crypto shares it)", LIMIT, async () => {
   const server = new LibsslServer(serverOptions());
   const hs = server.accept();
   const step = hs.feed(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
@@ -193,22 +212,25 @@ test("bytes that are not TLS fail the handshake and leave nothing in the thread'
   server.free();
 });
 
-test('a context freed while a handshake is under way lets that handshake finish, its secrets collected', async () => {
+test('a context freed while a handshake is under way lets that handshake finish, its secrets collected', LIMIT, async () => {
   const server = new LibsslServer(serverOptions());
   const l = await listen(server, false, () => server.free());
   const { socket, keylog } = connect(l.port);
   await once(socket, 'secureConnect');
   const s = await l.next();
   assert.equal(s.last.state, 'established');
-  assert.deepEqual(s.hs.secrets.serverTrafficSecret0, secretOf(keylog, 'SERVER_TRAFFIC_SECRET_0'));
+  assert.deepEqual(s.hs.secrets.serverTrafficSecret0, clientSecrets(keylog).serverTrafficSecret0);
   s.hs.free();
   socket.destroy();
   l.close();
   assert.throws(() => server.accept(), /context freed/);
 });
 
-test('a context refuses a key that does not match its certificate, and ticket keys of the wrong size', () => {
+test('a context refuses a key that does not match its certificate, a chain certificate that does not parse, and ticket keys of the wrong size', () => {
   const otherKey = fs.readFileSync(ca.keyFile);
+  const corrupt = Buffer.concat([fs.readFileSync(leaf.certFile), Buffer.from('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n')]);
+  assert.throws(() => new LibsslServer({ ...serverOptions(), certificateChain: corrupt }), /chain/);
+  assert.equal(ERR_peek_error(), 0);
   assert.throws(() => new LibsslServer({ ...serverOptions(), key: otherKey }), /private key/);
   assert.throws(() => new LibsslServer({ ...serverOptions(), ticketKeys: Buffer.alloc(48) }), /80 bytes/);
 });

@@ -41,6 +41,7 @@ const api = {
   ERR_get_error: fn('unsigned long ERR_get_error()'),
   ERR_error_string_n: fn('void ERR_error_string_n(unsigned long, _Out_ uint8_t *, size_t)'),
   ERR_clear_error: fn('void ERR_clear_error()'),
+  ERR_peek_last_error: fn('unsigned long ERR_peek_last_error()'),
   strlen: fn('size_t strlen(void *)'),
 };
 
@@ -50,6 +51,11 @@ const SSL_CTRL_SET_MIN_PROTO_VERSION = 123;
 const BIO_CTRL_PENDING = 10;
 const SSL_ERROR_WANT_READ = 2;
 const TLSEXT_NAMETYPE_host_name = 0;
+const ERR_LIB_PEM = 9;
+const PEM_R_NO_START_LINE = 108;
+/** OpenSSL 3's packing of an error code: library in bits 23–30, reason in the low 23 bits. */
+const errorLib = (e: number): number => (e >>> 23) & 0xff;
+const errorReason = (e: number): number => e & 0x7fffff;
 const VERSIONS = { 'TLSv1.2': 0x0303, 'TLSv1.3': 0x0304 } as const;
 /** OpenSSL's ticket key block: 16 bytes of name, 32 of HMAC key, 32 of AES key. */
 export const LIBSSL_TICKET_KEYS_BYTES = 80;
@@ -100,7 +106,12 @@ export class LibsslServer {
     api.ERR_clear_error();
     this.#ctx = api.SSL_CTX_new(api.TLS_server_method());
     if (!this.#ctx) throw new LibsslError(`SSL_CTX_new: ${takeErrors()}`);
-    this.#keylog = koffi.register((ssl: Pointer, line: Pointer) => this.#onKeylog(ssl, line), koffi.pointer(Keylog));
+    try {
+      this.#keylog = koffi.register((ssl: Pointer, line: Pointer) => this.#onKeylog(ssl, line), koffi.pointer(Keylog));
+    } catch (e) {
+      api.SSL_CTX_free(this.#ctx);
+      throw e;
+    }
     try {
       this.#configure(o);
     } catch (e) {
@@ -117,9 +128,15 @@ export class LibsslServer {
       const used = api.SSL_CTX_use_certificate(ctx, leaf);
       api.X509_free(leaf); // the context holds its own reference
       if (used !== 1) throw new LibsslError(`certificate: ${takeErrors()}`);
-      for (let x = api.PEM_read_bio_X509(bio, null, null, null); x; x = api.PEM_read_bio_X509(bio, null, null, null))
-        if (Number(api.SSL_CTX_ctrl(ctx, SSL_CTRL_CHAIN_CERT, 0, x)) !== 1) throw new LibsslError(`chain: ${takeErrors()}`); // add0: owned by ctx
-      api.ERR_clear_error(); // the end of the PEM stream is queued as an error
+      for (let x = api.PEM_read_bio_X509(bio, null, null, null); x; x = api.PEM_read_bio_X509(bio, null, null, null)) {
+        if (Number(api.SSL_CTX_ctrl(ctx, SSL_CTRL_CHAIN_CERT, 0, x)) === 1) continue; // add0: the context owns x now
+        api.X509_free(x);
+        throw new LibsslError(`chain: ${takeErrors()}`);
+      }
+      // The end of the PEM stream is queued as "no start line"; anything else is a certificate that did not parse.
+      const last = Number(api.ERR_peek_last_error());
+      if (errorLib(last) !== ERR_LIB_PEM || errorReason(last) !== PEM_R_NO_START_LINE) throw new LibsslError(`chain: ${takeErrors()}`);
+      api.ERR_clear_error();
     });
     readPem(o.key, (bio) => {
       const pkey = api.PEM_read_bio_PrivateKey(bio, null, null, null);
@@ -136,6 +153,7 @@ export class LibsslServer {
         throw new LibsslError(`ticket keys: ${takeErrors()}`);
     }
     api.SSL_CTX_set_keylog_callback(ctx, this.#keylog);
+    api.ERR_clear_error();
   }
 
   #onKeylog(ssl: Pointer, line: Pointer): void {
@@ -152,10 +170,16 @@ export class LibsslServer {
     if (!this.#ctx) throw new LibsslError('context freed');
     const ssl = api.SSL_new(this.#ctx);
     if (!ssl) throw new LibsslError(`SSL_new: ${takeErrors()}`);
-    const hs = new LibsslHandshake(ssl, (address) => {
-      this.#live.delete(address);
-      if (!this.#ctx && this.#live.size === 0) this.#unregister();
-    });
+    let hs: LibsslHandshake;
+    try {
+      hs = new LibsslHandshake(ssl, (address) => {
+        this.#live.delete(address);
+        if (!this.#ctx && this.#live.size === 0) this.#unregister();
+      });
+    } catch (e) {
+      api.SSL_free(ssl);
+      throw e;
+    }
     this.#live.set(koffi.address(ssl), hs);
     return hs;
   }
@@ -195,7 +219,11 @@ export class LibsslHandshake {
     this.#forget = forget;
     const mem = api.BIO_s_mem();
     this.#rbio = api.BIO_new(mem);
-    this.#wbio = api.BIO_new(mem);
+    this.#wbio = this.#rbio ? api.BIO_new(mem) : null;
+    if (!this.#wbio) {
+      if (this.#rbio) api.BIO_free(this.#rbio);
+      throw new LibsslError(`BIO_new: ${takeErrors()}`);
+    }
     api.SSL_set_bio(ssl, this.#rbio, this.#wbio); // owned by ssl from here
     api.SSL_set_accept_state(ssl);
   }
@@ -208,14 +236,15 @@ export class LibsslHandshake {
       return { state: 'failed', output: Buffer.alloc(0), reason: `BIO_write: ${takeErrors()}` };
     const r = Number(api.SSL_do_handshake(ssl));
     const output = this.#output();
-    if (r === 1) return { state: 'established', output };
-    const err = Number(api.SSL_get_error(ssl, r));
-    if (err === SSL_ERROR_WANT_READ) return { state: 'continue', output };
-    return { state: 'failed', output, reason: takeErrors() };
+    const err = r === 1 ? 0 : Number(api.SSL_get_error(ssl, r));
+    if (r !== 1 && err !== SSL_ERROR_WANT_READ) return { state: 'failed', output, reason: takeErrors() };
+    api.ERR_clear_error(); // nothing of this handshake's left for node:crypto on this thread
+    return { state: r === 1 ? 'established' : 'continue', output };
   }
 
   /** Bytes fed but not yet consumed by OpenSSL (none after a whole record). */
   get unread(): number {
+    this.#live(); // the BIO went with the SSL object
     return Number(api.BIO_ctrl(this.#rbio, BIO_CTRL_PENDING, 0, null));
   }
 
