@@ -158,8 +158,8 @@ export class LibsslServer {
 
   #onKeylog(ssl: Pointer, line: Pointer): void {
     const hs = this.#live.get(koffi.address(ssl));
-    // A view of OpenSSL's own line (it cleanses and frees it when this returns), parsed in place without strings and
-    // zeroed by the collector: no copy of the secret is ever made on the JavaScript side. The view is not kept.
+    // A view of OpenSSL's own line (it cleanses and frees it when this returns), not a copy: the collector decodes the
+    // secret from it straight into its own Buffer, without strings, then zeroes the line. The view is not kept.
     const bytes = Buffer.from(koffi.view(line, Number(api.strlen(line))) as ArrayBuffer);
     if (hs) hs.secrets.add(bytes);
     else bytes.fill(0);
