@@ -9,8 +9,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import { LibsslServer } from '../../dist/handshake/libssl.js';
-import { tls13TrafficKeys } from '../../dist/record/keys.js';
-import { RecordProtection } from '../../dist/record/aead.js';
+import { deriveDirectionKeys } from '../../dist/record/keys.js';
+import { ContentType, MAX_PLAINTEXT, RecordProtection } from '../../dist/record/aead.js';
 import { suiteByName } from '../../dist/record/suites.js';
 
 const [certFile, keyFile, port, backendPort, workers = '2'] = process.argv.slice(2);
@@ -46,10 +46,7 @@ function serve(ticketKeys) {
   const server = new LibsslServer({ certificateChain: readFile(certFile), key, minVersion: 'TLSv1.3', ticketKeys });
   key.fill(0);
   ticketKeys.fill(0);
-  const APPDATA = 23;
-  const ALERT = 21;
   const CLOSE_NOTIFY = Buffer.from([1, 0]);
-  const MAX_PLAINTEXT = 16 * 1024;
   /** How many whole records `out` holds. */
   const records = (out) => {
     let n = 0;
@@ -74,20 +71,22 @@ function serve(ticketKeys) {
       };
       const established = (tickets) => {
         const suite = suiteByName(hs.cipher, 'TLSv1.3');
-        const k = (secret) => tls13TrafficKeys(suite, secret);
-        const c = k(hs.secrets.clientTrafficSecret0);
-        const s = k(hs.secrets.serverTrafficSecret0);
-        rx = new RecordProtection(suite, c.key, c.iv, 0n);
-        tx = new RecordProtection(suite, s.key, s.iv, BigInt(tickets)); // OpenSSL's tickets went out under this key
-        for (const b of [c.key, c.iv, s.key, s.iv]) b.fill(0);
+        const { rx: r, tx: t } = deriveDirectionKeys(suite, {
+          version: 'TLSv1.3',
+          clientTrafficSecret: hs.secrets.clientTrafficSecret0,
+          serverTrafficSecret: hs.secrets.serverTrafficSecret0,
+        });
+        rx = new RecordProtection(suite, r.key, r.iv, 0n);
+        tx = new RecordProtection(suite, t.key, t.iv, BigInt(tickets)); // OpenSSL's tickets went out under this key
+        for (const b of [r.key, r.iv, t.key, t.iv]) b.fill(0);
         hs.free();
         backend = net.connect({ port: Number(backendPort), host: '127.0.0.1', noDelay: true });
         backend.on('error', end).on('close', () => {
-          client.end(tx.seal(ALERT, CLOSE_NOTIFY)); // without it s_time drops the session as not resumable
+          client.end(tx.seal(ContentType.alert, CLOSE_NOTIFY)); // without it s_time drops the session as not resumable
           end();
         });
         backend.on('data', (d) => {
-          for (let at = 0; at < d.length; at += MAX_PLAINTEXT) client.write(tx.seal(APPDATA, d.subarray(at, at + MAX_PLAINTEXT)));
+          for (let at = 0; at < d.length; at += MAX_PLAINTEXT) client.write(tx.seal(ContentType.application_data, d.subarray(at, at + MAX_PLAINTEXT)));
         });
       };
       client.on('error', end).on('close', end);
@@ -105,7 +104,7 @@ function serve(ticketKeys) {
             continue;
           }
           const { type, plaintext } = rx.open(record.subarray(0, 5), record.subarray(5));
-          if (type === APPDATA) backend.write(plaintext);
+          if (type === ContentType.application_data) backend.write(plaintext);
           else return end(); // an alert (close_notify) or a post-handshake message: not measured here
         }
       });
