@@ -9,6 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import { LibsslServer } from '../../dist/handshake/libssl.js';
+import { TicketKeyring } from '../../dist/handshake/ticket-keys.js';
 import { deriveDirectionKeys } from '../../dist/record/keys.js';
 import { ContentType, MAX_PLAINTEXT, RecordProtection } from '../../dist/record/aead.js';
 import { suiteByName } from '../../dist/record/suites.js';
@@ -20,7 +21,7 @@ cluster.schedulingPolicy = cluster.SCHED_NONE;
 if (cluster.isPrimary) {
   // Structured clone over IPC: the ticket keys travel as bytes, never as a string (JSON would make one).
   cluster.setupPrimary({ serialization: 'advanced' });
-  const ticketKeys = crypto.randomBytes(80);
+  const ticketKeys = crypto.randomBytes(48); // one key in HAProxy's format: name | AES | HMAC
   // Over IPC, never env or argv; asked for by each worker once it listens for the answer (a message sent earlier is
   // lost). send() serialises at once: the keys are zeroed here when the last worker has its copy.
   let waiting = Number(workers);
@@ -43,9 +44,10 @@ const readFile = (file) => fs.readFileSync(file);
 
 function serve(ticketKeys) {
   const key = readFile(keyFile);
-  const server = new LibsslServer({ certificateChain: readFile(certFile), key, minVersion: 'TLSv1.3', ticketKeys });
+  // The keyring owns the keys' bytes from here (and reads them on each ticket).
+  const tickets = new TicketKeyring({ keys: new Uint8Array(ticketKeys.buffer, ticketKeys.byteOffset, ticketKeys.byteLength), encrypt: 0, lifetimeS: 7200 });
+  const server = new LibsslServer({ pairs: [{ certificateChain: readFile(certFile), key }], minVersion: 'TLSv1.3', tickets });
   key.fill(0);
-  ticketKeys.fill(0);
   const CLOSE_NOTIFY = Buffer.from([1, 0]);
   /** How many whole records `out` holds. */
   const records = (out) => {

@@ -2,7 +2,7 @@
 import { EAGAIN, EINTR, errnoName, sys } from '../kernel/libc.js';
 import { EPOLLOUT, type Poller } from '../kernel/poller.js';
 import { decodeSockaddr, type Endpoint } from '../kernel/sockaddr.js';
-import type { ClientCertificate } from '../handshake/session.js';
+import type { ClientCertificate } from '../handshake/client-certificate.js';
 import { encodeProxyV1, encodeProxyV2, type ProxyHeaderInfo } from './proxy-protocol.js';
 import type { ProxyProtocolVersion } from '../core/types.js';
 

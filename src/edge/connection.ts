@@ -2,6 +2,7 @@
 import type { Logger } from '../core/log.js';
 import { handshake, HandshakeError, type EstablishedSession } from '../handshake/session.js';
 import type { CertSelector } from '../handshake/sni.js';
+import type { LibsslServer } from '../handshake/libssl.js';
 import { KtlsInstallError, installKtls } from '../kernel/ktls.js';
 import { IPPROTO_TCP, TCP_NODELAY, sys } from '../kernel/libc.js';
 import type { Poller } from '../kernel/poller.js';
@@ -21,7 +22,8 @@ import { counter, type ClientCertRefusal, type CounterName } from '../core/count
 /** A listener as one handshake worker runs it: its SNI table, ALPN list, client auth and backend pools. */
 export interface ListenerRuntime {
   name: string;
-  selector: CertSelector;
+  /** The listener's certificates by server name, each with the listener's versions, ciphers, ALPN, client CA and tickets. */
+  selector: CertSelector<LibsslServer>;
   alpn: string[];
   clientAuth?: 'require' | 'optional';
   pool: BackendPool;
@@ -147,10 +149,8 @@ export async function serveConnection(ctx: ConnectionContext, listener: Listener
     try {
       session = await handshake(fd, {
         poller: ctx.poller,
-        secureContext: listener.selector.fallback,
-        SNICallback: (name) => listener.selector.select(name),
-        ALPNProtocols: listener.alpn.length > 0 ? listener.alpn : undefined,
-        requestCert: listener.clientAuth !== undefined,
+        server: listener.selector.fallback,
+        sni: (name) => listener.selector.select(name),
         timeoutMs: ctx.handshakeTimeoutMs,
         signal: ctx.signalFor(id),
         // KeyUpdate in userspace needs the current traffic secrets; the kernel path wipes them once installed.

@@ -1,4 +1,4 @@
-// Handshake worker entry: runs TLS handshakes (OpenSSL via node:tls) on its own thread and hands established connections back.
+// Handshake worker entry: runs TLS handshakes (the node binary's OpenSSL, driven directly) on its own thread and hands established connections back.
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createLogger } from '../core/log.js';
 import { openKeylogFile } from '../handshake/keylog-file.js';
@@ -106,7 +106,12 @@ port.on('message', (m: ToHandshaker) => {
       Object.assign(init, m.timeouts);
       ctx.handshakeTimeoutMs = m.timeouts.handshakeTimeoutMs;
       ctx.backendConnectTimeoutMs = m.timeouts.backendConnectTimeoutMs;
-      listeners = runtimes(m.listeners);
+      {
+        const old = listeners;
+        listeners = runtimes(m.listeners);
+        // Handshakes under way keep what they use: OpenSSL frees each context with its last handshake.
+        for (const l of old) for (const server of l.selector.contexts()) server.free();
+      }
       break;
     case 'tickets':
       // Every context reads the keyring on each ticket: handshakes from now on use the new set.

@@ -7,6 +7,7 @@ import tls from 'node:tls';
 import { readCrlFile } from '../config/crl.js';
 import { keyPermissionWarning } from '../config/key-permissions.js';
 import { CertSelector, certificateNames } from '../handshake/sni.js';
+import { LibsslServer } from '../handshake/libssl.js';
 import type { TicketKeyring } from '../handshake/ticket-keys.js';
 import type { Endpoint } from '../kernel/sockaddr.js';
 import type { HostPort, ListenerConfig, ProxyProtocolVersion } from '../core/types.js';
@@ -127,6 +128,13 @@ export async function prepareListener(l: ListenerConfig, base: TlsBase, warn?: S
         throw new ListenerSetupError(`listener "${l.name}": client_auth.crl ${l.clientAuth!.crlFile}: ${(e as Error).message}`);
       }
     }
+    // What the handshake workers will build, built once here: anything OpenSSL refuses is refused before serving.
+    try {
+      for (const server of certSelector({ name: l.name, groups, ca, crl, clientAuth: l.clientAuth ? 'optional' : undefined, alpn: l.alpn }, base).contexts())
+        server.free();
+    } catch (e) {
+      throw new ListenerSetupError(`listener "${l.name}": ${(e as Error).message}`);
+    }
     const backends = await Promise.all(l.backends.map(resolveEndpoint));
     const routes = await Promise.all(l.routes.map(async (r) => ({ alpn: r.alpn, backends: await Promise.all(r.backends.map(resolveEndpoint)) })));
     return {
@@ -182,7 +190,7 @@ export function wipeListeners(ls: HandshakeListener[]): void {
  * on either. With client certificates it is the listener's own and changes with its CA bundle, CRLs and policy: a
  * session whose certificate another listener (or an older CA bundle or CRL) verified never resumes here.
  */
-export function sessionIdContext(l: HandshakeListener): string {
+export function sessionIdContext(l: Pick<HandshakeListener, 'name' | 'clientAuth' | 'ca' | 'crl'>): string {
   if (!l.clientAuth) return 'haproxy';
   const h = crypto.createHash('sha256').update(`ironsocket mTLS\0${l.name}\0${l.clientAuth}\0`);
   h.update(l.ca ?? Buffer.alloc(0));
@@ -191,12 +199,31 @@ export function sessionIdContext(l: HandshakeListener): string {
   return h.digest('hex').slice(0, 32);
 }
 
-/** Builds the SNI table of one listener (in the handshake worker): every context issues and accepts tickets under `tickets`. */
-export function certSelector(l: HandshakeListener, base: TlsBase, tickets: TicketKeyring): CertSelector {
-  const sid = sessionIdContext(l);
-  const contexts = l.groups.map((g) => ({
-    names: g.names,
-    context: tickets.arm(tls.createSecureContext({ ...base, cert: g.certs, key: g.keys, ca: l.ca, crl: l.crl }), sid),
-  }));
-  return new CertSelector(contexts, contexts[0]!.context);
+/** The parts of a listener its servers are made from. */
+type ServedParts = Pick<HandshakeListener, 'name' | 'groups' | 'ca' | 'crl' | 'clientAuth' | 'alpn'>;
+
+/**
+ * Builds the SNI table of one listener (in the handshake worker): every server issues and accepts tickets under
+ * `tickets` (without: under keys OpenSSL makes, as when only checking that the listener can be served).
+ */
+export function certSelector(l: ServedParts, base: TlsBase, tickets?: TicketKeyring): CertSelector<LibsslServer> {
+  const shared = {
+    minVersion: base.minVersion === 'TLSv1.3' ? ('TLSv1.3' as const) : ('TLSv1.2' as const),
+    ciphers: base.ciphers,
+    noRenegotiation: base.secureOptions !== undefined && (base.secureOptions & crypto.constants.SSL_OP_NO_RENEGOTIATION) !== 0,
+    alpn: l.alpn,
+    clientAuth: l.ca ? { ca: l.ca, crl: l.crl } : undefined,
+    tickets,
+    sessionIdContext: sessionIdContext(l),
+  };
+  const servers: { names: string[]; context: LibsslServer }[] = [];
+  try {
+    for (const g of l.groups) {
+      servers.push({ names: g.names, context: new LibsslServer({ ...shared, pairs: g.certs.map((c, i) => ({ certificateChain: c, key: g.keys[i]! })) }) });
+    }
+  } catch (e) {
+    for (const s of servers) s.context.free();
+    throw e;
+  }
+  return new CertSelector(servers, servers[0]!.context);
 }

@@ -3,11 +3,12 @@
 import { test, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import net from 'node:net';
 import tls from 'node:tls';
 import { once } from 'node:events';
 import koffi from 'koffi';
-import { LibsslServer, LIBSSL_TICKET_KEYS_BYTES, type LibsslHandshake, type LibsslStep } from './libssl.js';
+import { LibsslServer } from './libssl.js';
+import { listenLibssl } from '../testkit/libssl-listen.js';
+import { TicketKeyring } from './ticket-keys.js';
 import { KeylogCollector } from './keylog.js';
 import { makeCa, issue } from '../testkit/pki.js';
 import { tempDir } from '../testkit/proxy-process.js';
@@ -23,73 +24,20 @@ const LIMIT = { timeout: 20_000 };
 const ca = await makeCa(dir);
 const leaf = await issue(dir, { cn: 'localhost', dns: ['localhost'], ca });
 const caPem = fs.readFileSync(ca.certFile);
-const serverOptions = () => ({ certificateChain: fs.readFileSync(leaf.certFile), key: fs.readFileSync(leaf.keyFile), minVersion: 'TLSv1.3' as const });
+const pair = () => ({ certificateChain: fs.readFileSync(leaf.certFile), key: fs.readFileSync(leaf.keyFile) });
+const serverOptions = () => ({ pairs: [pair()], minVersion: 'TLSv1.3' as const });
 
-interface Served {
-  hs: LibsslHandshake;
-  last: LibsslStep;
-  /** Bytes OpenSSL was given but left unread when the handshake ended. */
-  unread: number;
-  /** Records fed: each feed was exactly one record unless `finishedWithData`. */
-  feeds: number;
-}
-
-/**
- * A loopback listener that cuts what the client sends into whole records and feeds them one at a time. With
- * `finishedWithData`, the client's Finished and the record after it are fed together (to see nothing past it is read).
- */
-async function listen(
-  server: LibsslServer,
-  finishedWithData = false,
-  onAccept = () => {},
-): Promise<{ port: number; next: () => Promise<Served>; close: () => void }> {
-  const results: Array<Promise<Served>> = [];
-  const listener = net.createServer((sock) => {
-    opened.push(() => sock.destroy());
-    results.push(
-      new Promise((resolve, reject) => {
-        const hs = server.accept();
-        onAccept();
-        let buf = Buffer.alloc(0);
-        let feeds = 0;
-        let seen23 = 0;
-        sock.on('error', reject);
-        let over = false;
-        sock.on('data', (d) => {
-          if (over) return; // the handshake ended (and may be freed): later records are not ours to feed
-          buf = Buffer.concat([buf, d]);
-          for (;;) {
-            if (buf.length < 5 || buf.length < 5 + buf.readUInt16BE(3)) return;
-            let take = 5 + buf.readUInt16BE(3);
-            if (buf[0] === 23 && ++seen23 === 1 && finishedWithData) {
-              if (buf.length < take + 5 || buf.length < take + 5 + buf.readUInt16BE(take + 3)) return void seen23--; // wait for the next record too
-              take += 5 + buf.readUInt16BE(take + 3);
-            }
-            const step = hs.feed(buf.subarray(0, take));
-            buf = buf.subarray(take);
-            feeds++;
-            if (step.output.length) sock.write(step.output);
-            if (step.state === 'continue') continue;
-            over = true;
-            resolve({ hs, last: step, unread: hs.unread, feeds });
-            if (step.state === 'failed') sock.end();
-            return;
-          }
-        });
-      }),
-    );
-  });
-  opened.push(() => listener.listening && listener.close());
-  listener.listen(0, '127.0.0.1');
-  await once(listener, 'listening');
-  const port = (listener.address() as net.AddressInfo).port;
-  let taken = 0;
-  const next = async () => {
-    while (results.length <= taken) await new Promise((r) => setTimeout(r, 5));
-    return results[taken++]!;
-  };
-  return { port, next, close: () => listener.listening && listener.close() };
-}
+/** A listener feeding `server`'s handshakes one record at a time (see listenLibssl). */
+const listen = (server: LibsslServer, finishedWithData = false, onAccept = () => {}) =>
+  listenLibssl(
+    () => {
+      const hs = server.accept();
+      onAccept();
+      return hs;
+    },
+    opened,
+    { finishedWithData },
+  );
 
 function connect(port: number, extra: tls.ConnectionOptions = {}): { socket: tls.TLSSocket; keylog: Buffer[] } {
   const keylog: Buffer[] = [];
@@ -150,9 +98,9 @@ test("nothing past the client's Finished is consumed: the record after it stays 
 });
 
 test('a ticket one context issued resumes on another context given the same ticket keys, and not on one without them', LIMIT, async () => {
-  const keys = Buffer.alloc(LIBSSL_TICKET_KEYS_BYTES, 7);
-  const first = new LibsslServer({ ...serverOptions(), ticketKeys: keys });
-  const second = new LibsslServer({ ...serverOptions(), ticketKeys: keys });
+  const keyring = () => new TicketKeyring({ keys: new Uint8Array(48).fill(7), encrypt: 0, lifetimeS: 300 });
+  const first = new LibsslServer({ ...serverOptions(), tickets: keyring() });
+  const second = new LibsslServer({ ...serverOptions(), tickets: keyring() });
   const other = new LibsslServer(serverOptions());
   const servers = [first, second, other];
   const ls = await Promise.all(servers.map((s) => listen(s)));
@@ -226,11 +174,12 @@ test('a context freed while a handshake is under way lets that handshake finish,
   assert.throws(() => server.accept(), /context freed/);
 });
 
-test('a context refuses a key that does not match its certificate, a chain certificate that does not parse, and ticket keys of the wrong size', () => {
+test('a context refuses a key that does not match its certificate, a chain certificate that does not parse, and cipher names OpenSSL does not know', () => {
   const otherKey = fs.readFileSync(ca.keyFile);
   const corrupt = Buffer.concat([fs.readFileSync(leaf.certFile), Buffer.from('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n')]);
-  assert.throws(() => new LibsslServer({ ...serverOptions(), certificateChain: corrupt }), /chain/);
+  assert.throws(() => new LibsslServer({ ...serverOptions(), pairs: [{ ...pair(), certificateChain: corrupt }] }), /chain/);
   assert.equal(ERR_peek_error(), 0);
-  assert.throws(() => new LibsslServer({ ...serverOptions(), key: otherKey }), /private key/);
-  assert.throws(() => new LibsslServer({ ...serverOptions(), ticketKeys: Buffer.alloc(48) }), /80 bytes/);
+  assert.throws(() => new LibsslServer({ ...serverOptions(), pairs: [{ ...pair(), key: otherKey }] }), /private key/);
+  assert.throws(() => new LibsslServer({ ...serverOptions(), ciphers: 'TLS_AES_128_GCM_SHA256:NO-SUCH-CIPHER' }), /TLS 1.2 ciphers/);
+  assert.equal(ERR_peek_error(), 0);
 });

@@ -1,6 +1,5 @@
 // Picks the certificate for a ClientHello's server name: exact names first, then one-label wildcards, else the default.
 import { X509Certificate } from 'node:crypto';
-import type tls from 'node:tls';
 
 /** The DNS names a certificate serves: its subjectAltName DNS entries, or its CN when it has none. Lower case. */
 export function certificateNames(pem: Buffer | string): string[] {
@@ -14,7 +13,7 @@ export function certificateNames(pem: Buffer | string): string[] {
 }
 
 /** A lookup table from server name to secure context, built once per listener (and again on reload). */
-export class CertSelector<C = tls.SecureContext> {
+export class CertSelector<C> {
   private readonly exact = new Map<string, C>();
   private readonly wildcard = new Map<string, C>();
 
@@ -31,6 +30,11 @@ export class CertSelector<C = tls.SecureContext> {
         } else if (!this.exact.has(name)) this.exact.set(name, e.context);
       }
     }
+  }
+
+  /** Every context, once each (to free them). */
+  contexts(): C[] {
+    return [...new Set([this.fallback, ...this.exact.values(), ...this.wildcard.values()])];
   }
 
   /** The context for `servername` (as the client sent it, any case, maybe with a trailing dot). */

@@ -1,4 +1,4 @@
-// Checks the keyring on real node:tls handshakes: which key encrypts, which decrypt, fresh tickets on resumption (TLS 1.3 and 1.2), SNI contexts, session ID contexts.
+// Checks the keyring on real handshakes (libssl server, node:tls clients): which key encrypts, which decrypt, fresh tickets on resumption (TLS 1.3 and 1.2), SNI contexts, session ID contexts.
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { execFile } from 'node:child_process';
@@ -6,14 +6,20 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, before, describe, it } from 'node:test';
 import tls from 'node:tls';
 import { makeCert, tempDir } from '../testkit/proxy-process.js';
 import { TICKET_KEY_BYTES, TicketKeyring, encryptIndex, type TicketKeySet } from './ticket-keys.js';
+import { LibsslServer } from './libssl.js';
+import { listenLibssl } from '../testkit/libssl-listen.js';
 
 const run = promisify(execFile);
 
 const VERSIONS = ['TLSv1.3', 'TLSv1.2'] as const;
+
+/** A server for `pair` issuing and accepting tickets under `ring`, TLS 1.2 and 1.3, in session ID context `sid`. */
+const serve = (pair: { cert: Buffer; key: Buffer }, ring: TicketKeyring, sid: string) =>
+  new LibsslServer({ pairs: [{ certificateChain: pair.cert, key: pair.key }], minVersion: 'TLSv1.2', tickets: ring, sessionIdContext: sid });
 
 function keySet(keys: Buffer[], lifetimeS = 3600): TicketKeySet {
   const packed = new Uint8Array(new ArrayBuffer(keys.length * TICKET_KEY_BYTES));
@@ -29,18 +35,12 @@ interface Outcome {
   ticket?: Buffer;
 }
 
-/** A TLS server over raw sockets (as the proxy's handshake: TLSSocket with isServer) picking a context per SNI. */
-async function server(pick: (servername: string | undefined) => tls.SecureContext) {
-  const srv = net.createServer((raw) => {
-    const s = new tls.TLSSocket(raw, { isServer: true, secureContext: pick(undefined), SNICallback: (name, cb) => cb(null, pick(name)) });
-    s.on('secure', () => s.end('ok'));
-    s.on('error', () => {});
-  });
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
+/** A TLS server as the proxy runs its handshakes (libssl, record by record), picking a server per SNI; the connection ends after the handshake. */
+async function server(pick: (servername: string | undefined) => LibsslServer) {
+  const l = await listenLibssl(() => pick(undefined).accept({ sni: (name) => pick(name) }), opened, { endWhenDone: true, freeWhenDone: true });
   const connect = (version: (typeof VERSIONS)[number], session?: Buffer, servername = 'localhost') =>
     new Promise<Outcome>((resolve, reject) => {
-      const s = tls.connect({ port, host: '127.0.0.1', servername, rejectUnauthorized: false, minVersion: version, maxVersion: version, session });
+      const s = tls.connect({ port: l.port, host: '127.0.0.1', servername, rejectUnauthorized: false, minVersion: version, maxVersion: version, session });
       const sessions: Buffer[] = [];
       let resumed = false;
       s.on('session', (x: Buffer) => sessions.push(x));
@@ -56,8 +56,12 @@ async function server(pick: (servername: string | undefined) => tls.SecureContex
       });
       s.on('error', reject);
     });
-  return { connect, close: () => new Promise<void>((r) => srv.close(() => r())) };
+  return { connect, close: async () => l.close() };
 }
+
+/** Closers of what the current test opened. */
+const opened: Array<() => void> = [];
+afterEach(() => opened.splice(0).forEach((close) => close()));
 
 describe('session ticket keyring', () => {
   let dir: string;
@@ -74,7 +78,7 @@ describe('session ticket keyring', () => {
   it('encrypts every ticket with the penultimate key and accepts a ticket under any key of the set (TLS 1.3 and 1.2)', async () => {
     const keys = [0, 1, 2].map(() => crypto.randomBytes(48));
     const ring = new TicketKeyring(keySet(keys));
-    const ctx = ring.arm(tls.createSecureContext(ec), 'test');
+    const ctx = serve(ec, ring, 'test');
     const s = await server(() => ctx);
     try {
       for (const v of VERSIONS) {
@@ -94,7 +98,7 @@ describe('session ticket keyring', () => {
 
   it('issues a fresh ticket on every resumption, which resumes in turn: TLS 1.3 a NewSessionTicket after the handshake, TLS 1.2 one in the abbreviated flight', async () => {
     const ring = new TicketKeyring(keySet([crypto.randomBytes(48), crypto.randomBytes(48)]));
-    const ctx = ring.arm(tls.createSecureContext(ec), 'test');
+    const ctx = serve(ec, ring, 'test');
     const s = await server(() => ctx);
     try {
       for (const v of VERSIONS) {
@@ -115,7 +119,7 @@ describe('session ticket keyring', () => {
     let unknown = 0;
     const keys = [0, 1, 2, 3, 4].map(() => crypto.randomBytes(48));
     const ring = new TicketKeyring(keySet(keys.slice(0, 2)), () => unknown++);
-    const ctx = ring.arm(tls.createSecureContext(ec), 'test');
+    const ctx = serve(ec, ring, 'test');
     const s = await server(() => ctx);
     try {
       for (const v of VERSIONS) {
@@ -136,7 +140,7 @@ describe('session ticket keyring', () => {
   it('resumes a ticket from an SNI context on contexts built anew from the same keys (another worker, or after a reload)', async () => {
     const keys = [crypto.randomBytes(48), crypto.randomBytes(48)];
     const contexts = (ring: TicketKeyring) => {
-      const byName = { localhost: ring.arm(tls.createSecureContext(ec), 'test'), other: ring.arm(tls.createSecureContext(rsa), 'test') };
+      const byName = { localhost: serve(ec, ring, 'test'), other: serve(rsa, ring, 'test') };
       return (n: string | undefined) => (n === 'other' ? byName.other : byName.localhost);
     };
     const [a, b] = await Promise.all([server(contexts(new TicketKeyring(keySet(keys)))), server(contexts(new TicketKeyring(keySet(keys))))]);
@@ -154,8 +158,8 @@ describe('session ticket keyring', () => {
 
   it('resumes a session only where its session ID context matches, with the same keys', async () => {
     const ring = new TicketKeyring(keySet([crypto.randomBytes(48), crypto.randomBytes(48)]));
-    const a = ring.arm(tls.createSecureContext(ec), 'listener-a');
-    const b = ring.arm(tls.createSecureContext(ec), 'listener-b');
+    const a = serve(ec, ring, 'listener-a');
+    const b = serve(ec, ring, 'listener-b');
     const [sa, sb] = await Promise.all([server(() => a), server(() => b)]);
     try {
       for (const v of VERSIONS) {
@@ -171,7 +175,7 @@ describe('session ticket keyring', () => {
   it('sets the lifetime hint from the set, and zeroes the set it replaces', async () => {
     const first = keySet([crypto.randomBytes(48), crypto.randomBytes(48)], 90);
     const ring = new TicketKeyring(first);
-    const ctx = ring.arm(tls.createSecureContext(ec), 'test');
+    const ctx = serve(ec, ring, 'test');
     const s = await server(() => ctx);
     try {
       for (const v of VERSIONS) {

@@ -1,6 +1,4 @@
-// Session ticket keys inside a handshake worker: one key set for every SecureContext, through node's ticket key hook.
-import crypto from 'node:crypto';
-import type tls from 'node:tls';
+// Session ticket keys inside a handshake worker: one key set for every server context, read by OpenSSL's ticket key callback.
 
 /** One key as HAProxy's tls-ticket-keys file holds it: name[16] | aes_key[16] | hmac_key[16] (AES-128-CBC, HMAC-SHA256). */
 export const TICKET_KEY_BYTES = 48;
@@ -23,6 +21,13 @@ export interface TicketKeySet {
   advanceAt?: number;
 }
 
+/** One key's three parts (views of the set's bytes). */
+export interface TicketKey {
+  name: Buffer;
+  aes: Buffer;
+  hmac: Buffer;
+}
+
 /** How many keys a set holds. */
 export const keyCount = (keys: Uint8Array): number => keys.length / TICKET_KEY_BYTES;
 
@@ -40,28 +45,12 @@ export function checkKeySet(set: TicketKeySet): void {
   if (!(set.lifetimeS >= 1)) throw new Error(`session ticket keys: lifetime ${set.lifetimeS} s`);
 }
 
-/** OpenSSL's answers to node's ticket key hook (node/src/crypto/crypto_context.cc, TicketKeyCallback). */
-const UNKNOWN = 0;
-const ENCRYPTED = 1;
-/** The ticket is good and a new one is issued: in TLS 1.3 a NewSessionTicket after the resumed handshake, in TLS 1.2 one in the abbreviated flight. */
-const VALID_RENEW = 2;
-
-/** node's internal hook on a SecureContext (tls.SecureContext#context), used by node's own tests since v12. */
-interface TicketHook {
-  enableTicketKeyCallback(): void;
-  onticketkeycallback: (name: Buffer, iv: Buffer, encrypt: boolean) => unknown[];
-  setSessionTimeout(seconds: number): void;
-  setSessionIdContext(id: string): void;
-}
-
 /**
- * The worker's key set, shared by every SecureContext it arms. `replace` takes effect for every armed context at once
- * (the hook reads the current set on each call); the old set's bytes are zeroed.
+ * The worker's key set, shared by every server (libssl.ts) given it. `replace` takes effect for all of them at once
+ * (OpenSSL's ticket callback reads the current set on each call); the old set's bytes are zeroed.
  */
 export class TicketKeyring {
   private set: TicketKeySet;
-  /** Returned beside the UNKNOWN answer: node reads two 16-byte buffers whatever the answer (an absent one aborts the process). */
-  private readonly zero = Buffer.from(new ArrayBuffer(PART));
 
   /** `onUnknown` hears each ticket whose key is not in the set (the client then gets a full handshake). */
   constructor(
@@ -84,20 +73,7 @@ export class TicketKeyring {
     if (old.keys !== set.keys) old.keys.fill(0);
   }
 
-  /**
-   * Makes `context` issue and accept tickets under this keyring, with the lifetime of the set in force now and the
-   * session ID context `sessionIdContext` (a session resumes only where it matches). Returns `context`.
-   */
-  arm(context: tls.SecureContext, sessionIdContext: string): tls.SecureContext {
-    const hook = (context as unknown as { context: TicketHook }).context;
-    hook.enableTicketKeyCallback();
-    hook.onticketkeycallback = (name, _iv, encrypt) => this.answer(name, encrypt);
-    hook.setSessionTimeout(this.set.lifetimeS);
-    hook.setSessionIdContext(sessionIdContext);
-    return context;
-  }
-
-  /** Buffers over the set's own ArrayBuffer: node reads them in place (no copy into V8's heap). */
+  /** Buffers over the set's own ArrayBuffer: OpenSSL reads them in place (no copy). */
   private part(i: number, at: number): Buffer {
     const k = this.set.keys;
     return Buffer.from(k.buffer, k.byteOffset + i * TICKET_KEY_BYTES + at, PART);
@@ -109,17 +85,20 @@ export class TicketKeyring {
     return s.advanceAt !== undefined && now >= s.advanceAt ? Math.min(s.encrypt + 1, keyCount(s.keys) - 1) : s.encrypt;
   }
 
-  private answer(name: Buffer, encrypt: boolean): unknown[] {
-    if (encrypt) {
-      const i = this.encrypting();
-      return [ENCRYPTED, this.part(i, 2 * PART), this.part(i, PART), this.part(i, 0), crypto.randomBytes(PART)];
-    }
+  /** The key new tickets are encrypted with: views of the set's bytes, valid until the next `replace`. */
+  forEncryption(): TicketKey {
+    const i = this.encrypting();
+    return { name: this.part(i, 0), aes: this.part(i, PART), hmac: this.part(i, 2 * PART) };
+  }
+
+  /** The key named `name` (a ticket's first 16 bytes), or undefined (counted) when the set has none by that name. */
+  forDecryption(name: Uint8Array): TicketKey | undefined {
     const n = keyCount(this.set.keys);
     for (let i = 0; i < n; i++) {
-      if (Buffer.compare(name, keyName(this.set.keys, i)) === 0) return [VALID_RENEW, this.part(i, 2 * PART), this.part(i, PART)];
+      if (Buffer.compare(name, keyName(this.set.keys, i)) === 0) return { name: this.part(i, 0), aes: this.part(i, PART), hmac: this.part(i, 2 * PART) };
     }
     this.onUnknown?.();
-    return [UNKNOWN, this.zero, this.zero];
+    return undefined;
   }
 
   wipe(): void {
