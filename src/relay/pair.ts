@@ -130,7 +130,7 @@ export class Pair {
     if (this.done) return;
     if (events & EPOLLOUT && this.client.pendingOutput) {
       const f = this.client.flush();
-      if (f < 0 && f !== -EAGAIN) return this.finish(`client write failed: ${errnoName(-f)}`, 'warn', 'client_error');
+      if (f < 0 && f !== -EAGAIN) return this.finish(`client write failed: ${errnoName(-f)}`, 'client_error');
     }
     if (events & EPOLLOUT) this.flushB2c();
     if (!this.done && events & ~EPOLLOUT) this.readClient(scratch);
@@ -175,7 +175,6 @@ export class Pair {
             this.client.sendAlert(ALERT.unexpected_message);
             return this.finish(
               `client sent records without data faster than allowed (${NON_DATA_BURST} at once, ${NON_DATA_PER_SECOND}/s after)`,
-              'warn',
               'protocol_error',
             );
           }
@@ -194,10 +193,10 @@ export class Pair {
           this.half.up = 'eof';
           return;
         case 'eof':
-          return this.finish('client closed TCP without close_notify (truncation)', 'warn', 'client_truncated');
+          return this.finish('client closed TCP without close_notify (truncation)', 'client_truncated');
         case 'fatal':
           if (r.alert !== undefined) this.client.sendAlert(r.alert);
-          return this.finish(r.reason, 'warn', r.alert !== undefined ? 'protocol_error' : r.clientAlert ? 'client_alert' : 'client_error');
+          return this.finish(r.reason, r.alert !== undefined ? 'protocol_error' : r.clientAlert ? 'client_alert' : 'client_error');
       }
     }
   }
@@ -212,7 +211,7 @@ export class Pair {
       if (r === -EAGAIN || r === -EINTR) return;
       if (r < 0) {
         this.client.sendAlert(ALERT.internal_error);
-        return this.finish(`backend read failed: ${errnoName(-r)}`, 'warn', 'backend_error');
+        return this.finish(`backend read failed: ${errnoName(-r)}`, 'backend_error');
       }
       if (r === 0) {
         this.host.log('debug', this.info.id, 'backend closed its side; sending close_notify to the client');
@@ -234,7 +233,7 @@ export class Pair {
   private sendOrKeep(fd: number, buf: Buffer, len: number, dir: 'c2b' | 'b2c'): void {
     const w = dir === 'b2c' ? this.client.write(buf, len) : sys.send(fd, buf, len);
     if (w < 0 && w !== -EAGAIN && w !== -EINTR) {
-      return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, 'warn', dir === 'b2c' ? 'client_error' : 'backend_error');
+      return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, dir === 'b2c' ? 'client_error' : 'backend_error');
     }
     const n = w < 0 ? 0 : w;
     if (n < len) {
@@ -248,8 +247,7 @@ export class Pair {
   private flushPipe(load: PipeLoad, fd: number, dir: 'c2b' | 'b2c'): void {
     const w = sys.splice(load.pipe.r, fd, load.len);
     if (w === -EAGAIN || w === -EINTR) return;
-    if (w < 0)
-      return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, 'warn', dir === 'b2c' ? 'client_error' : 'backend_error');
+    if (w < 0) return this.finish(`${dir === 'b2c' ? 'client' : 'backend'} write failed: ${errnoName(-w)}`, dir === 'b2c' ? 'client_error' : 'backend_error');
     load.len -= w;
     if (load.len > 0) return;
     if (dir === 'c2b') this.c2bPipe = undefined;
@@ -263,7 +261,7 @@ export class Pair {
     if (!p) return;
     const w = sys.send(this.backendFd, p.buf.subarray(p.off), p.buf.length - p.off);
     if (w === -EAGAIN || w === -EINTR) return;
-    if (w < 0) return this.finish(`backend write failed: ${errnoName(-w)}`, 'warn', 'backend_error');
+    if (w < 0) return this.finish(`backend write failed: ${errnoName(-w)}`, 'backend_error');
     p.off += w;
     if (p.off === p.buf.length) this.c2b = undefined;
   }
@@ -274,7 +272,7 @@ export class Pair {
     if (!p) return;
     const w = this.client.write(p.buf.subarray(p.off), p.buf.length - p.off);
     if (w === -EAGAIN || w === -EINTR) return;
-    if (w < 0) return this.finish(`client write failed: ${errnoName(-w)}`, 'warn', 'client_error');
+    if (w < 0) return this.finish(`client write failed: ${errnoName(-w)}`, 'client_error');
     p.off += w;
     if (p.off === p.buf.length) this.b2c = undefined;
   }
@@ -294,7 +292,7 @@ export class Pair {
       this.half.down = 'shut';
       sys.shutdown(this.client.fd, SHUT_WR);
     }
-    if (this.half.up === 'shut' && this.half.down === 'shut') return this.finish('both sides closed', 'info', 'completed');
+    if (this.half.up === 'shut' && this.half.down === 'shut') return this.finish('both sides closed', 'completed');
     const c = (this.half.up === 'open' && !this.c2bHeld && !this.client.inputPaused ? EPOLLIN : 0) | (this.b2cHeld || this.client.pendingOutput ? EPOLLOUT : 0);
     const b = (this.half.down === 'open' && !this.b2cHeld ? EPOLLIN : 0) | (this.c2bHeld ? EPOLLOUT : 0);
     if (c !== this.cEvents) this.host.interest(this.client.fd, (this.cEvents = c));
@@ -324,11 +322,12 @@ export class Pair {
 
   /** Closes both sides now (idle timeout, shutdown). */
   abort(reason: string, cause: 'idle_timeout' | 'shutdown'): void {
-    this.finish(reason, 'info', cause);
+    this.finish(reason, cause);
   }
 
-  private finish(reason: string, level: 'info' | 'warn', cause: CloseCause): void {
+  private finish(reason: string, cause: CloseCause): void {
     if (this.done) return;
+    const level = closeLevel(cause);
     this.done = true;
     this.c2b = undefined;
     this.b2c = undefined;
@@ -339,4 +338,13 @@ export class Pair {
     if (held) this.host.log('info', this.info.id, `${held} more record(s) without data went unlogged (rate limit)`);
     this.host.closed(this, reason, level, cause);
   }
+}
+
+/**
+ * How loudly a close is logged: a warning only for what an operator should look at (a backend failing, a client
+ * breaking the protocol). A client that resets, truncates or sends its own alert is the client's doing, logged as an
+ * ordinary close (as HAProxy notes it in its access log line, not as an error): an ordinary client going away costs no warning.
+ */
+function closeLevel(cause: CloseCause): 'info' | 'warn' {
+  return cause === 'backend_error' || cause === 'protocol_error' ? 'warn' : 'info';
 }

@@ -263,6 +263,7 @@ export function closeBehaviourScenarios(m: Mode): void {
       await eventually(() => backendClosed !== '', 30_000, 'the backend connection being closed');
       const { id, line } = await closedReason(proxy, mark);
       assert.match(line, new RegExp(`"conn":"${id}".*"msg":"closed: read from client: ECONNRESET"`));
+      assert.match(line, /"level":30/, "a client's reset is an ordinary close (info), not a warning");
       await countedAs(proxy, counters, 'client_error');
       await cleanAndServing(proxy, base);
     });
@@ -287,7 +288,9 @@ export function closeBehaviourScenarios(m: Mode): void {
       const got = await backendGot;
       assert.equal(got.length, up.length);
       assert.ok(got.equals(up), 'the backend received all the data before its connection closed');
-      assert.match((await closedReason(proxy, mark)).line, /closed: .*truncation/);
+      const closed = (await closedReason(proxy, mark)).line;
+      assert.match(closed, /closed: .*truncation/);
+      assert.match(closed, /"level":30/, 'a truncation is the client’s doing: an ordinary close (info), not a warning');
       await countedAs(proxy, counters, 'client_truncated');
       c.destroy();
       await cleanAndServing(proxy, base);
