@@ -9,6 +9,7 @@ import { BackendPool } from './backend-pool.js';
 import { serveConnection, type ConnectionContext, type ListenerRuntime } from './connection.js';
 import { certSelector, wipeListeners, type HandshakeListener } from './listener-setup.js';
 import { TicketKeyring } from '../handshake/ticket-keys.js';
+import { Retiring } from './retiring.js';
 import type { DeferredStart, FromHandshaker, ToHandshaker, WorkerStart } from './handshakers.js';
 import type { CounterName } from '../core/counters.js';
 
@@ -38,22 +39,35 @@ const takeCounts = () => {
 /** The process's session ticket keys, this worker's copy: every secure context issues and accepts tickets under them. */
 const tickets = new TicketKeyring(init.tickets, () => counts.push('handshakes_ticket_unknown'));
 
-/** Builds the runtime of each listener (its secure contexts hold the keys from here on), then wipes the key buffers. */
+const freeServers = (l: ListenerRuntime) => l.selector.contexts().forEach((server) => server.free());
+/** A runtime a reload replaced frees its servers when its last connection ends (an SNI switch may still pick any of them). */
+const retiring = new Retiring<ListenerRuntime>(freeServers);
+
+/** Builds the runtime of each listener (its servers hold the keys from here on), then wipes the key buffers. */
 function runtimes(ls: HandshakeListener[]): ListenerRuntime[] {
+  const built: ListenerRuntime[] = [];
   try {
-    return ls.map((l) => ({
-      name: l.name,
-      selector: certSelector(l, init.tlsBase, tickets),
-      alpn: l.alpn,
-      clientAuth: l.clientAuth,
-      pool: new BackendPool(l.backends, init.backendRetryMs),
-      routes: new Map(l.routes.map((r) => [r.alpn, new BackendPool(r.backends, init.backendRetryMs)])),
-      proxyProtocol: l.proxyProtocol,
-      transparent: l.transparent,
-    }));
+    for (const l of ls) built.push(runtime(l));
+    return built;
+  } catch (e) {
+    built.forEach(freeServers);
+    throw e;
   } finally {
     wipeListeners(ls);
   }
+}
+
+function runtime(l: HandshakeListener): ListenerRuntime {
+  return {
+    name: l.name,
+    selector: certSelector(l, init.tlsBase, tickets),
+    alpn: l.alpn,
+    clientAuth: l.clientAuth,
+    pool: new BackendPool(l.backends, init.backendRetryMs),
+    routes: new Map(l.routes.map((r) => [r.alpn, new BackendPool(r.backends, init.backendRetryMs)])),
+    proxyProtocol: l.proxyProtocol,
+    transparent: l.transparent,
+  };
 }
 
 let listeners = runtimes(init.listeners);
@@ -98,7 +112,11 @@ port.on('message', (m: ToHandshaker) => {
       aborts.set(m.id, new AbortController());
       const listener = listeners[m.listener];
       if (!listener) throw new Error(`connection ${m.id} from unknown listener ${m.listener}`);
-      void serveConnection(ctx, listener, m.fd, m.id).finally(() => aborts.delete(m.id));
+      const leave = retiring.enter(listener);
+      void serveConnection(ctx, listener, m.fd, m.id).finally(() => {
+        aborts.delete(m.id);
+        leave();
+      });
       break;
     }
     case 'reload':
@@ -109,8 +127,7 @@ port.on('message', (m: ToHandshaker) => {
       {
         const old = listeners;
         listeners = runtimes(m.listeners);
-        // Handshakes under way keep what they use: OpenSSL frees each context with its last handshake.
-        for (const l of old) for (const server of l.selector.contexts()) server.free();
+        retiring.retire(old);
       }
       break;
     case 'tickets':
@@ -122,6 +139,7 @@ port.on('message', (m: ToHandshaker) => {
       break;
     case 'stop':
       for (const a of aborts.values()) a.abort('shutting down');
+      retiring.retire(listeners);
       poller.close();
       keylogFile?.close();
       tickets.wipe();

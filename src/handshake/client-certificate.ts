@@ -13,46 +13,44 @@ export interface ClientCertificate {
 }
 
 /**
- * X509_V_ERR_* codes 2…28 by name, in order (OpenSSL's x509_vfy.h), as node:tls reports them; 62 is HOSTNAME_MISMATCH.
- * Any other code is reported as node does: UNSPECIFIED.
+ * OpenSSL 3's X509_V_ERR_* codes (x509_vfy.h) that node:tls names, by number; any other is reported as node does:
+ * UNSPECIFIED. (OpenSSL 3 renumbered INVALID_CA from 24, now NO_ISSUER_PUBLIC_KEY, to 79.)
  */
-const VERIFY_ERRORS = [
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_CRL',
-  'UNABLE_TO_DECRYPT_CERT_SIGNATURE',
-  'UNABLE_TO_DECRYPT_CRL_SIGNATURE',
-  'UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY',
-  'CERT_SIGNATURE_FAILURE',
-  'CRL_SIGNATURE_FAILURE',
-  'CERT_NOT_YET_VALID',
-  'CERT_HAS_EXPIRED',
-  'CRL_NOT_YET_VALID',
-  'CRL_HAS_EXPIRED',
-  'ERROR_IN_CERT_NOT_BEFORE_FIELD',
-  'ERROR_IN_CERT_NOT_AFTER_FIELD',
-  'ERROR_IN_CRL_LAST_UPDATE_FIELD',
-  'ERROR_IN_CRL_NEXT_UPDATE_FIELD',
-  'OUT_OF_MEM',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'CERT_CHAIN_TOO_LONG',
-  'CERT_REVOKED',
-  'INVALID_CA',
-  'PATH_LENGTH_EXCEEDED',
-  'INVALID_PURPOSE',
-  'CERT_UNTRUSTED',
-  'CERT_REJECTED',
-] as const;
-const FIRST_VERIFY_ERROR = 2;
-const X509_V_ERR_HOSTNAME_MISMATCH = 62;
+const VERIFY_ERRORS = new Map<number, string>([
+  [2, 'UNABLE_TO_GET_ISSUER_CERT'],
+  [3, 'UNABLE_TO_GET_CRL'],
+  [4, 'UNABLE_TO_DECRYPT_CERT_SIGNATURE'],
+  [5, 'UNABLE_TO_DECRYPT_CRL_SIGNATURE'],
+  [6, 'UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY'],
+  [7, 'CERT_SIGNATURE_FAILURE'],
+  [8, 'CRL_SIGNATURE_FAILURE'],
+  [9, 'CERT_NOT_YET_VALID'],
+  [10, 'CERT_HAS_EXPIRED'],
+  [11, 'CRL_NOT_YET_VALID'],
+  [12, 'CRL_HAS_EXPIRED'],
+  [13, 'ERROR_IN_CERT_NOT_BEFORE_FIELD'],
+  [14, 'ERROR_IN_CERT_NOT_AFTER_FIELD'],
+  [15, 'ERROR_IN_CRL_LAST_UPDATE_FIELD'],
+  [16, 'ERROR_IN_CRL_NEXT_UPDATE_FIELD'],
+  [17, 'OUT_OF_MEM'],
+  [18, 'DEPTH_ZERO_SELF_SIGNED_CERT'],
+  [19, 'SELF_SIGNED_CERT_IN_CHAIN'],
+  [20, 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY'],
+  [21, 'UNABLE_TO_VERIFY_LEAF_SIGNATURE'],
+  [22, 'CERT_CHAIN_TOO_LONG'],
+  [23, 'CERT_REVOKED'],
+  [25, 'PATH_LENGTH_EXCEEDED'],
+  [26, 'INVALID_PURPOSE'],
+  [27, 'CERT_UNTRUSTED'],
+  [28, 'CERT_REJECTED'],
+  [62, 'HOSTNAME_MISMATCH'],
+  [79, 'INVALID_CA'],
+]);
 
 /** The name of OpenSSL's verification result `code` (0 is success: undefined). */
 export function verifyErrorName(code: number): string | undefined {
   if (code === 0) return undefined;
-  if (code === X509_V_ERR_HOSTNAME_MISMATCH) return 'HOSTNAME_MISMATCH';
-  return VERIFY_ERRORS[code - FIRST_VERIFY_ERROR] ?? 'UNSPECIFIED';
+  return VERIFY_ERRORS.get(code) ?? 'UNSPECIFIED';
 }
 
 /** The certificate `der` and verification result `verifyResult` (SSL_get_verify_result) as the proxy reports them. */

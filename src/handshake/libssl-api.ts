@@ -59,7 +59,7 @@ export const api = {
   BIO_ctrl: fn('long BIO_ctrl(void *, int, long, void *)'),
   PEM_read_bio_X509: fn('void *PEM_read_bio_X509(void *, void *, void *, void *)'),
   PEM_read_bio_X509_CRL: fn('void *PEM_read_bio_X509_CRL(void *, void *, void *, void *)'),
-  PEM_read_bio_PrivateKey: fn('void *PEM_read_bio_PrivateKey(void *, void *, void *, void *)'),
+  PEM_read_bio_PrivateKey: fn('void *PEM_read_bio_PrivateKey(void *, void *, void *, const char *)'),
   X509_free: fn('void X509_free(void *)'),
   X509_CRL_free: fn('void X509_CRL_free(void *)'),
   X509_STORE_add_cert: fn('int X509_STORE_add_cert(void *, void *)'),

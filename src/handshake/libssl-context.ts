@@ -23,7 +23,8 @@ export function usePair(ctx: Pointer, chain: Buffer, key: Buffer): void {
   );
   if (first) throw new LibsslError('certificate: no certificate in the PEM');
   readPem(key, (bio) => {
-    const pkey = api.PEM_read_bio_PrivateKey(bio, null, null, null);
+    // An empty passphrase, never OpenSSL's default callback (which would prompt on a terminal): an encrypted key fails.
+    const pkey = api.PEM_read_bio_PrivateKey(bio, null, null, '');
     if (!pkey) throw new LibsslError(`private key: ${takeErrors()}`);
     const used = api.SSL_CTX_use_PrivateKey(ctx, pkey);
     api.EVP_PKEY_free(pkey);

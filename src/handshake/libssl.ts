@@ -47,39 +47,50 @@ const live = new Map<bigint, LibsslHandshake>();
 /** The OpenSSL context of each server not yet freed. */
 const contexts = new WeakMap<LibsslServer, Pointer>();
 
+/**
+ * Every callback is guarded whole: an exception thrown into OpenSSL would make koffi skip the handshake's later
+ * callbacks and rethrow it out of SSL_do_handshake.
+ */
 function onKeylog(ssl: Pointer, line: Pointer): void {
+  try {
+    keylog(ssl, line);
+  } catch {
+    // a line that cannot be kept leaves its secret missing, which fails the handshake when the keys are derived
+  }
+}
+
+function keylog(ssl: Pointer, line: Pointer): void {
   // A view of OpenSSL's own line (it cleanses and frees it when this returns), not a copy: the collector decodes the
   // secret from it straight into its own Buffer, without strings, then zeroes the line. The view is not kept.
   const bytes = Buffer.from(koffi.view(line, Number(api.strlen(line))) as ArrayBuffer);
   const hs = live.get(koffi.address(ssl));
   if (!hs) return void bytes.fill(0);
-  // Nothing may throw back into OpenSSL: a line that cannot be kept leaves its secret missing, which fails the handshake later.
   if (hs.options.keylog) {
     // The hook gets a whole line, as NSS key log files hold them (OpenSSL's has no newline), zeroed after.
-    const line = Buffer.alloc(bytes.length + 1, 0x0a);
-    bytes.copy(line);
+    const whole = Buffer.alloc(bytes.length + 1, 0x0a);
+    bytes.copy(whole);
     try {
-      hs.options.keylog(line);
+      hs.options.keylog(whole);
     } catch {
       // the debug hook reports its own failures
     } finally {
-      line.fill(0);
+      whole.fill(0);
     }
   }
   try {
     hs.secrets.add(bytes);
-  } catch {
+  } finally {
     bytes.fill(0);
   }
 }
 
 function onServername(ssl: Pointer, alert: Pointer): number {
-  const hs = live.get(koffi.address(ssl));
-  const name = api.SSL_get_servername(ssl, C.TLSEXT_NAMETYPE_host_name) as string | null;
-  if (!hs || !name || !hs.options.sni) return C.SSL_TLSEXT_ERR_OK;
   try {
+    const hs = live.get(koffi.address(ssl));
+    const name = api.SSL_get_servername(ssl, C.TLSEXT_NAMETYPE_host_name) as string | null;
+    if (!hs || !name || !hs.options.sni) return C.SSL_TLSEXT_ERR_OK;
     const ctx = contexts.get(hs.options.sni(name));
-    if (ctx && ctx !== contexts.get(hs.server)) api.SSL_set_SSL_CTX(ssl, ctx);
+    if (ctx && ctx !== contexts.get(hs.server) && !api.SSL_set_SSL_CTX(ssl, ctx)) throw new LibsslError('SSL_set_SSL_CTX failed');
     return C.SSL_TLSEXT_ERR_OK;
   } catch {
     koffi.encode(alert, 'int', ALERT_INTERNAL_ERROR);
@@ -88,11 +99,15 @@ function onServername(ssl: Pointer, alert: Pointer): number {
 }
 
 function onAlpn(ssl: Pointer, out: Pointer, outlen: Pointer, offered: Pointer, offeredLength: number): number {
-  const wire = live.get(koffi.address(ssl))?.server.alpnWire;
-  if (!wire) return SSL_TLSEXT_ERR_NOACK;
-  // Our preference first; the selection points into native memory that lives as long as the server (or into the client's list).
-  const r = Number(api.SSL_select_next_proto(out, outlen, wire.pointer, wire.length, offered, offeredLength));
-  return r === C.OPENSSL_NPN_NEGOTIATED ? C.SSL_TLSEXT_ERR_OK : C.SSL_TLSEXT_ERR_ALERT_FATAL;
+  try {
+    const wire = live.get(koffi.address(ssl))?.server.alpnWire;
+    if (!wire) return SSL_TLSEXT_ERR_NOACK;
+    // Our preference first; the selection points into native memory that lives as long as the server (or into the client's list).
+    const r = Number(api.SSL_select_next_proto(out, outlen, wire.pointer, wire.length, offered, offeredLength));
+    return r === C.OPENSSL_NPN_NEGOTIATED ? C.SSL_TLSEXT_ERR_OK : C.SSL_TLSEXT_ERR_ALERT_FATAL;
+  } catch {
+    return C.SSL_TLSEXT_ERR_ALERT_FATAL;
+  }
 }
 
 /** OpenSSL's ticket key callback: 1 = encrypting, 2 = key found (and a fresh ticket is issued), 0 = unknown key, -1 = error. */
@@ -185,9 +200,12 @@ export class LibsslServer {
       const names = o.ciphers.split(':').filter(Boolean);
       const suites = names.filter((n) => n.startsWith('TLS_')).join(':');
       const ciphers = names.filter((n) => !n.startsWith('TLS_')).join(':');
-      if (Number(api.SSL_CTX_set_ciphersuites(ctx, suites)) !== 1) throw new LibsslError(`TLS 1.3 suites: ${takeErrors()}`);
-      // As node:tls: no TLS 1.3 suite means TLS 1.2 at most, no TLS 1.2 cipher means TLS 1.3 only.
-      if (suites === '') ctrl(SSL_CTRL_SET_MAX_PROTO_VERSION, VERSIONS['TLSv1.2'], null, 'maximum version');
+      // As node:tls: no TLS 1.3 suite named means TLS 1.2 at most (below a TLS 1.3 minimum, OpenSSL's default suites),
+      // no TLS 1.2 cipher named means TLS 1.3 only; neither is no server at all.
+      if (suites === '' && ciphers === '') throw new LibsslError(`no cipher in "${o.ciphers}"`);
+      if (suites !== '') {
+        if (Number(api.SSL_CTX_set_ciphersuites(ctx, suites)) !== 1) throw new LibsslError(`TLS 1.3 suites: ${takeErrors()}`);
+      } else if (o.minVersion !== 'TLSv1.3') ctrl(SSL_CTRL_SET_MAX_PROTO_VERSION, VERSIONS['TLSv1.2'], null, 'maximum version');
       if (ciphers === '') ctrl(C.SSL_CTRL_SET_MIN_PROTO_VERSION, VERSIONS['TLSv1.3'], null, 'minimum version');
       else if (Number(api.SSL_CTX_set_cipher_list(ctx, ciphers)) !== 1) throw new LibsslError(`TLS 1.2 ciphers: ${takeErrors()}`);
     }

@@ -4,7 +4,7 @@ import { suiteByName, type CipherSuite } from '../record/suites.js';
 import type { Poller } from '../kernel/poller.js';
 import { ClientHelloGatherer, offersEarlyData } from './hello.js';
 import { RawRecordSocket, RawSocketError, RECORD_HEADER } from './raw-socket.js';
-import type { LibsslHandshake, LibsslServer } from './libssl.js';
+import type { LibsslHandshake, LibsslServer, LibsslStep } from './libssl.js';
 import type { ClientCertificate } from './client-certificate.js';
 import type { HandshakeFailure } from '../core/counters.js';
 
@@ -83,13 +83,19 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
     let clientHelloSeen = false;
     let finished = false;
 
-    const raw = new RawRecordSocket(fd, opts.poller, (e: RawSocketError) => {
-      if (e.kind === 'malformed' && e.alert !== undefined && !clientHelloSeen) {
-        // Nothing encrypted yet: a plaintext fatal alert is the right answer.
-        return flushThenFail(Buffer.from([21, 3, 1, 0, 2, 2, e.alert]), new HandshakeError(e.message, 'malformed'));
-      }
-      fail(new HandshakeError(e.message, e.kind === 'eof' ? 'client-closed' : e.kind === 'io' ? 'io' : 'malformed'));
-    });
+    let raw: RawRecordSocket;
+    try {
+      raw = new RawRecordSocket(fd, opts.poller, (e: RawSocketError) => {
+        if (e.kind === 'malformed' && e.alert !== undefined && !clientHelloSeen) {
+          // Nothing encrypted yet: a plaintext fatal alert is the right answer.
+          return flushThenFail(Buffer.from([21, 3, 1, 0, 2, 2, e.alert]), new HandshakeError(e.message, 'malformed'));
+        }
+        fail(new HandshakeError(e.message, e.kind === 'eof' ? 'client-closed' : e.kind === 'io' ? 'io' : 'malformed'));
+      });
+    } catch (e) {
+      hs.free();
+      return reject(new HandshakeError(`cannot watch the client socket: ${(e as Error).message}`, 'internal'));
+    }
     const timer = setTimeout(() => fail(new HandshakeError(`handshake not finished after ${opts.timeoutMs} ms`, 'timeout')), opts.timeoutMs);
     const onAbort = () => fail(new HandshakeError(`handshake aborted: ${String(opts.signal?.reason ?? 'aborted')}`, 'aborted'));
     if (opts.signal?.aborted) queueMicrotask(onAbort);
@@ -104,7 +110,12 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
       const clientHello = hello.push(record);
       if (clientHello && offersEarlyData(clientHello)) opts.onEarlyData?.();
       inbound.push(record[0]!);
-      const step = hs.feed(record);
+      let step: LibsslStep;
+      try {
+        step = hs.feed(record);
+      } catch (e) {
+        return fail(new HandshakeError(`OpenSSL: ${(e as Error).message}`, 'internal'));
+      }
       const flight = recordTypes(step.output);
       if (!flight) return fail(new HandshakeError('OpenSSL wrote a partial record', 'internal'));
       sent.push(...flight);
@@ -164,7 +175,6 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
         if (!logged.masterSecret || !logged.clientRandom) throw new HandshakeError('TLS 1.2 master secret not logged', 'internal');
         secrets = { version, masterSecret: logged.masterSecret, clientRandom: logged.clientRandom, serverRandom: hs.serverRandom };
       }
-      const keys = deriveDirectionKeys(suite, secrets);
       // TLS 1.3: what we sent under the application key is exactly what OpenSSL wrote after the client's Finished went in
       // (tickets): counted, never assumed. TLS 1.2: our records after our ChangeCipherSpec.
       if (version === 'TLSv1.3' && lastFlight.some((t) => t !== APPDATA))
@@ -174,6 +184,10 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
       const rxSeq = version === 'TLSv1.2' ? afterLast(inbound, CCS) : 0;
       // Its Finished may come in fragments (legal): the count of records it took is the next sequence number.
       if (version === 'TLSv1.2' && rxSeq < 1) throw new HandshakeError('no client record after ChangeCipherSpec', 'internal');
+      const clientCert = opts.server.requestsCertificate ? hs.clientCertificate : undefined;
+      const { servername, alpn, resumed } = hs;
+      // Nothing below throws: the keys are derived last, and owned by the session from here.
+      const keys = deriveDirectionKeys(suite, secrets);
       const kept =
         version === 'TLSv1.3' && opts.keepTrafficSecrets
           ? { client: Buffer.from(logged.clientTrafficSecret0!), server: Buffer.from(logged.serverTrafficSecret0!) }
@@ -182,10 +196,10 @@ export function handshake(fd: number, opts: HandshakeOptions): Promise<Establish
         fd,
         version,
         suite,
-        servername: hs.servername,
-        alpn: hs.alpn,
-        resumed: hs.resumed,
-        clientCert: opts.server.requestsCertificate ? hs.clientCertificate : undefined,
+        servername,
+        alpn,
+        resumed,
+        clientCert,
         tx: { ...keys.tx, seq: BigInt(txSeq) },
         rx: { ...keys.rx, seq: BigInt(rxSeq) },
         secrets: kept,

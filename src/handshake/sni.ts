@@ -16,12 +16,15 @@ export function certificateNames(pem: Buffer | string): string[] {
 export class CertSelector<C> {
   private readonly exact = new Map<string, C>();
   private readonly wildcard = new Map<string, C>();
+  /** Every context given, also one whose names all went to an earlier entry (it must still be freed). */
+  private readonly all: C[];
 
   /** `entries` in configured order: when two serve the same name, the first one wins. */
   constructor(
     entries: { names: string[]; context: C }[],
     readonly fallback: C,
   ) {
+    this.all = [...new Set([fallback, ...entries.map((e) => e.context)])];
     for (const e of entries) {
       for (const raw of e.names) {
         const name = raw.toLowerCase().replace(/\.$/, '');
@@ -34,7 +37,7 @@ export class CertSelector<C> {
 
   /** Every context, once each (to free them). */
   contexts(): C[] {
-    return [...new Set([this.fallback, ...this.exact.values(), ...this.wildcard.values()])];
+    return this.all;
   }
 
   /** The context for `servername` (as the client sent it, any case, maybe with a trailing dot). */

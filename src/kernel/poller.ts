@@ -37,7 +37,7 @@ export class Poller {
   private readonly ev = Buffer.alloc(EPOLL_EVENT_SIZE);
   private waiting = false;
   private closed = false;
-  /** Inline mode: events seen on the last inline wait (0 → the next one may block briefly). */
+  /** Events seen on the last wait: inline mode, 0 → the next one may block briefly; else 0 → the next waits on the pool. */
   private lastBatch = 0;
 
   /**
@@ -101,9 +101,24 @@ export class Poller {
       });
       return;
     }
+    if (this.lastBatch > 0) {
+      // Busy: the next events are often ready already. Look without leaving the thread (a turn later, so that the
+      // event loop's other work runs between), and wait on the pool only when nothing is: each pool wait is a
+      // thread hop both ways.
+      setImmediate(() => {
+        this.waiting = false;
+        if (this.closed) return this.release();
+        const n = sys.epollWait(this.ep, this.events, MAX_EVENTS, 0);
+        this.lastBatch = Math.max(0, n);
+        this.dispatch(n);
+        this.arm();
+      });
+      return;
+    }
     sys.epollWaitAsync(this.ep, this.events, MAX_EVENTS, -1, (n) => {
       this.waiting = false;
       if (this.closed) return this.release();
+      this.lastBatch = Math.max(0, n);
       this.dispatch(n);
       this.arm();
     });
