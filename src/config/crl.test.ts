@@ -13,6 +13,9 @@ import { caCertificates, checkCrls, parseCrlFile, readCrlFile } from './crl.js';
 import { resolveConfig } from './load.js';
 import { ConfigError } from './schema.js';
 
+/** The TLS settings every listener here is prepared with. */
+const BASE = { minVersion: 'TLSv1.2' } as const;
+
 const run = promisify(execFile);
 
 describe('client_auth.crl', () => {
@@ -133,14 +136,14 @@ describe('client_auth.crl', () => {
       transparent: false,
     });
     await assert.rejects(
-      prepareListener(l(foreign), {}),
+      prepareListener(l(foreign), BASE),
       (e: Error) => e instanceof ListenerSetupError && /listener "m": client_auth\.crl: .*not issued by a CA/.test(e.message),
     );
     const warned: string[] = [];
-    const served = await prepareListener(l(expired), {}, (m) => warned.push(m));
+    const served = await prepareListener(l(expired), BASE, (m) => warned.push(m));
     assert.equal(served.crl?.length, 1);
     assert.match(warned.join(), /listener "m": client_auth\.crl: .*expired on/);
-    const fromDer = await prepareListener(l(der), {});
+    const fromDer = await prepareListener(l(der), BASE);
     assert.match(fromDer.crl![0]!, /^-----BEGIN X509 CRL-----\n/);
   });
 

@@ -7,7 +7,7 @@ import tls from 'node:tls';
 import { readCrlFile } from '../config/crl.js';
 import { keyPermissionWarning } from '../config/key-permissions.js';
 import { CertSelector, certificateNames } from '../handshake/sni.js';
-import { LibsslServer } from '../handshake/libssl.js';
+import { LibsslServer, type LibsslServerOptions } from '../handshake/libssl.js';
 import type { TicketKeyring } from '../handshake/ticket-keys.js';
 import type { Endpoint } from '../kernel/sockaddr.js';
 import type { HostPort, ListenerConfig, ProxyProtocolVersion } from '../core/types.js';
@@ -35,8 +35,8 @@ export interface HandshakeListener {
   transparent: boolean;
 }
 
-/** TLS settings every context shares (versions, ciphers, options). */
-export type TlsBase = Pick<tls.SecureContextOptions, 'minVersion' | 'ciphers' | 'secureOptions'>;
+/** TLS settings every server shares (versions, ciphers, options). */
+export type TlsBase = Pick<LibsslServerOptions, 'minVersion' | 'ciphers' | 'noRenegotiation'>;
 
 export class ListenerSetupError extends Error {}
 
@@ -87,7 +87,7 @@ export async function prepareListener(l: ListenerConfig, base: TlsBase, warn?: S
       let names: string[];
       try {
         names = c.names.length > 0 ? c.names.map((n) => n.toLowerCase()) : certificateNames(cert);
-        tls.createSecureContext({ ...base, cert, key, ca });
+        tls.createSecureContext({ minVersion: base.minVersion, ciphers: base.ciphers, cert, key, ca });
       } catch (e) {
         key.fill(0);
         const msg = (e as Error).message;
@@ -109,13 +109,6 @@ export async function prepareListener(l: ListenerConfig, base: TlsBase, warn?: S
         groups.push(g);
       }
     }
-    for (const g of groups) {
-      try {
-        tls.createSecureContext({ ...base, cert: g.certs, key: g.keys, ca });
-      } catch (e) {
-        throw new ListenerSetupError(`listener "${l.name}": certificates for ${g.names.join(', ')} cannot be served together: ${(e as Error).message}`);
-      }
-    }
     if (ca) {
       try {
         tls.createSecureContext({ ca });
@@ -128,12 +121,14 @@ export async function prepareListener(l: ListenerConfig, base: TlsBase, warn?: S
         throw new ListenerSetupError(`listener "${l.name}": client_auth.crl ${l.clientAuth!.crlFile}: ${(e as Error).message}`);
       }
     }
-    // What the handshake workers will build, built once here: anything OpenSSL refuses is refused before serving.
-    try {
-      for (const server of certSelector({ name: l.name, groups, ca, crl, clientAuth: l.clientAuth ? 'optional' : undefined, alpn: l.alpn }, base).contexts())
-        server.free();
-    } catch (e) {
-      throw new ListenerSetupError(`listener "${l.name}": ${(e as Error).message}`);
+    // Each server the handshake workers will build, built once here: anything OpenSSL refuses is refused before serving.
+    const served = { name: l.name, ca, crl, clientAuth: l.clientAuth ? ('optional' as const) : undefined, alpn: l.alpn };
+    for (const g of groups) {
+      try {
+        new LibsslServer(serverOptions(served, g, base)).free();
+      } catch (e) {
+        throw new ListenerSetupError(`listener "${l.name}": certificates for ${g.names.join(', ')} cannot be served together: ${(e as Error).message}`);
+      }
     }
     const backends = await Promise.all(l.backends.map(resolveEndpoint));
     const routes = await Promise.all(l.routes.map(async (r) => ({ alpn: r.alpn, backends: await Promise.all(r.backends.map(resolveEndpoint)) })));
@@ -200,27 +195,25 @@ export function sessionIdContext(l: Pick<HandshakeListener, 'name' | 'clientAuth
 }
 
 /** The parts of a listener its servers are made from. */
-type ServedParts = Pick<HandshakeListener, 'name' | 'groups' | 'ca' | 'crl' | 'clientAuth' | 'alpn'>;
+type ServedParts = Pick<HandshakeListener, 'name' | 'ca' | 'crl' | 'clientAuth' | 'alpn'>;
 
-/**
- * Builds the SNI table of one listener (in the handshake worker): every server issues and accepts tickets under
- * `tickets` (without: under keys OpenSSL makes, as when only checking that the listener can be served).
- */
-export function certSelector(l: ServedParts, base: TlsBase, tickets?: TicketKeyring): CertSelector<LibsslServer> {
-  const shared = {
-    minVersion: base.minVersion === 'TLSv1.3' ? ('TLSv1.3' as const) : ('TLSv1.2' as const),
-    ciphers: base.ciphers,
-    noRenegotiation: base.secureOptions !== undefined && (base.secureOptions & crypto.constants.SSL_OP_NO_RENEGOTIATION) !== 0,
+/** The options of the server for group `g` of listener `l`; tickets under `tickets`, else under keys OpenSSL makes. */
+function serverOptions(l: ServedParts, g: CertGroup, base: TlsBase, tickets?: TicketKeyring): LibsslServerOptions {
+  return {
+    ...base,
+    pairs: g.certs.map((c, i) => ({ certificateChain: c, key: g.keys[i]! })),
     alpn: l.alpn,
     clientAuth: l.ca ? { ca: l.ca, crl: l.crl } : undefined,
     tickets,
     sessionIdContext: sessionIdContext(l),
   };
+}
+
+/** Builds the SNI table of one listener (in the handshake worker): every server issues and accepts tickets under `tickets`. */
+export function certSelector(l: HandshakeListener, base: TlsBase, tickets: TicketKeyring): CertSelector<LibsslServer> {
   const servers: { names: string[]; context: LibsslServer }[] = [];
   try {
-    for (const g of l.groups) {
-      servers.push({ names: g.names, context: new LibsslServer({ ...shared, pairs: g.certs.map((c, i) => ({ certificateChain: c, key: g.keys[i]! })) }) });
-    }
+    for (const g of l.groups) servers.push({ names: g.names, context: new LibsslServer(serverOptions(l, g, base, tickets)) });
   } catch (e) {
     for (const s of servers) s.context.free();
     throw e;

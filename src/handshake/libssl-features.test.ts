@@ -6,21 +6,18 @@ import crypto, { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import tls from 'node:tls';
 import { once } from 'node:events';
-import koffi from 'koffi';
 import { LibsslServer, type AcceptOptions, type LibsslServerOptions, type LibsslStep } from './libssl.js';
-import { listenLibssl } from '../testkit/libssl-listen.js';
+import { HANDSHAKE_TEST_LIMIT, listenLibssl, opensslErrorQueued } from '../testkit/libssl-listen.js';
 import { TicketKeyring, TICKET_KEY_BYTES } from './ticket-keys.js';
 import { KeylogCollector } from './keylog.js';
 import { makeCa, issue, makeCrl, type Pair } from '../testkit/pki.js';
 import { tempDir } from '../testkit/proxy-process.js';
 
-const ERR_peek_error = (): number => Number(koffi.load(null).func('unsigned long ERR_peek_error()')());
 const dir = tempDir('libssl-features');
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 /** What the current test opened (sockets, listeners, handshakes, servers), closed after it whatever happened. */
 const opened: Array<() => void> = [];
 afterEach(() => opened.splice(0).forEach((close) => close()));
-const LIMIT = { timeout: 20_000 };
 
 const ca = await makeCa(dir);
 const clientCa = await makeCa(dir, 'Client CA');
@@ -74,11 +71,11 @@ async function handshake(server: LibsslServer, extra: tls.ConnectionOptions = {}
 }
 
 /** Every test ends with the thread's OpenSSL error queue empty (node:crypto shares it). */
-const queueIsEmpty = () => assert.equal(ERR_peek_error(), 0, "OpenSSL's error queue is empty");
+const queueIsEmpty = () => assert.equal(opensslErrorQueued(), 0, "OpenSSL's error queue is empty");
 /** The last byte of a failed step's output: the alert description. */
 const alertOf = (step: LibsslStep) => (assert.equal(step.output[0], 21, 'an alert record'), step.output.at(-1));
 
-test("ALPN selects the server's most preferred protocol among those the client offers", LIMIT, async () => {
+test("ALPN selects the server's most preferred protocol among those the client offers", HANDSHAKE_TEST_LIMIT, async () => {
   const s = await handshake(serve({ alpn: ['h2', 'http/1.1'] }), { ALPNProtocols: ['http/1.1', 'h2'] });
   assert.equal(s.last.state, 'established');
   assert.equal(s.hs.alpn, 'h2');
@@ -89,14 +86,14 @@ test("ALPN selects the server's most preferred protocol among those the client o
   queueIsEmpty();
 });
 
-test('a client whose ALPN offer does not overlap the server list gets a fatal no_application_protocol alert', LIMIT, async () => {
+test('a client whose ALPN offer does not overlap the server list gets a fatal no_application_protocol alert', HANDSHAKE_TEST_LIMIT, async () => {
   const s = await handshake(serve({ alpn: ['h2', 'http/1.1'] }), { ALPNProtocols: ['spdy/3'] });
   assert.equal(s.last.state, 'failed');
   assert.equal(alertOf(s.last), 120, 'no_application_protocol');
   queueIsEmpty();
 });
 
-test("a server without ALPN ignores the client's offer: the handshake succeeds with no protocol selected", LIMIT, async () => {
+test("a server without ALPN ignores the client's offer: the handshake succeeds with no protocol selected", HANDSHAKE_TEST_LIMIT, async () => {
   const s = await handshake(serve(), { ALPNProtocols: ['h2'] });
   assert.equal(s.last.state, 'established');
   assert.equal(s.hs.alpn, undefined);
@@ -104,26 +101,30 @@ test("a server without ALPN ignores the client's offer: the handshake succeeds w
   queueIsEmpty();
 });
 
-test('SNI gives the client the certificate of the server the sni callback returns, and a client without SNI the default one', LIMIT, async () => {
-  const server = serve();
-  const other = serve({ pairs: [pairOf(otherLeaf)] });
-  const asked: string[] = [];
-  const sni = (name: string) => (asked.push(name), name === 'other.test' ? other : server);
-  const named = await handshake(server, { servername: 'other.test' }, { sni });
-  assert.equal(named.last.state, 'established');
-  assert.equal(named.hs.servername, 'other.test');
-  assert.equal(named.socket.getPeerX509Certificate()!.fingerprint256, fingerprint(otherLeaf));
-  const local = await handshake(server, {}, { sni });
-  assert.equal(local.socket.getPeerX509Certificate()!.fingerprint256, fingerprint(leaf), 'the name that maps to this server keeps its certificate');
-  const anonymous = await handshake(server, { servername: '', checkServerIdentity: () => undefined }, { sni });
-  assert.equal(anonymous.last.state, 'established');
-  assert.equal(anonymous.hs.servername, undefined);
-  assert.equal(anonymous.socket.getPeerX509Certificate()!.fingerprint256, fingerprint(leaf));
-  assert.deepEqual(asked, ['other.test', 'localhost'], 'the callback hears each name sent, and nothing without one');
-  queueIsEmpty();
-});
+test(
+  'SNI gives the client the certificate of the server the sni callback returns, and a client without SNI the default one',
+  HANDSHAKE_TEST_LIMIT,
+  async () => {
+    const server = serve();
+    const other = serve({ pairs: [pairOf(otherLeaf)] });
+    const asked: string[] = [];
+    const sni = (name: string) => (asked.push(name), name === 'other.test' ? other : server);
+    const named = await handshake(server, { servername: 'other.test' }, { sni });
+    assert.equal(named.last.state, 'established');
+    assert.equal(named.hs.servername, 'other.test');
+    assert.equal(named.socket.getPeerX509Certificate()!.fingerprint256, fingerprint(otherLeaf));
+    const local = await handshake(server, {}, { sni });
+    assert.equal(local.socket.getPeerX509Certificate()!.fingerprint256, fingerprint(leaf), 'the name that maps to this server keeps its certificate');
+    const anonymous = await handshake(server, { servername: '', checkServerIdentity: () => undefined }, { sni });
+    assert.equal(anonymous.last.state, 'established');
+    assert.equal(anonymous.hs.servername, undefined);
+    assert.equal(anonymous.socket.getPeerX509Certificate()!.fingerprint256, fingerprint(leaf));
+    assert.deepEqual(asked, ['other.test', 'localhost'], 'the callback hears each name sent, and nothing without one');
+    queueIsEmpty();
+  },
+);
 
-test('a server with an ECDSA and an RSA pair gives a TLS 1.2 client the certificate its cipher list asks for', LIMIT, async () => {
+test('a server with an ECDSA and an RSA pair gives a TLS 1.2 client the certificate its cipher list asks for', HANDSHAKE_TEST_LIMIT, async () => {
   const server = serve({ pairs: [pairOf(leaf), pairOf(rsaLeaf)] });
   for (const [ciphers, expected] of [
     ['ECDHE-RSA-AES128-GCM-SHA256', rsaLeaf],
@@ -146,7 +147,7 @@ const presenting = (p: Pair, chain = false) => {
   return { cert: chain ? pem : pem.slice(0, pem.indexOf('-----END CERTIFICATE-----') + 26), key: fs.readFileSync(p.keyFile) };
 };
 
-test('a client certificate issued by the trusted CA is reported verified, with the subject, CN and fingerprint node reads', LIMIT, async () => {
+test('a client certificate issued by the trusted CA is reported verified, with the subject, CN and fingerprint node reads', HANDSHAKE_TEST_LIMIT, async () => {
   const expected = new X509Certificate(fs.readFileSync(alice.certFile));
   for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
     const s = await handshake(askingServer(true), { maxVersion, ...presenting(alice, true) });
@@ -162,7 +163,7 @@ test('a client certificate issued by the trusted CA is reported verified, with t
   queueIsEmpty();
 });
 
-test("a client certificate from another CA is reported unverified with OpenSSL's reason, and the handshake still succeeds", LIMIT, async () => {
+test("a client certificate from another CA is reported unverified with OpenSSL's reason, and the handshake still succeeds", HANDSHAKE_TEST_LIMIT, async () => {
   for (const [chain, error] of [
     // What OpenSSL 3 (and node:tls's authorizationError, checked) says: a lone leaf, or a chain ending in an untrusted root.
     [false, 'UNABLE_TO_VERIFY_LEAF_SIGNATURE'],
@@ -177,7 +178,7 @@ test("a client certificate from another CA is reported unverified with OpenSSL's
   queueIsEmpty();
 });
 
-test('a revoked client certificate is reported CERT_REVOKED under the CRL, and verified without it', LIMIT, async () => {
+test('a revoked client certificate is reported CERT_REVOKED under the CRL, and verified without it', HANDSHAKE_TEST_LIMIT, async () => {
   const revoked = await handshake(askingServer(true), presenting(bob));
   assert.equal(revoked.last.state, 'established');
   assert.deepEqual([revoked.hs.clientCertificate?.verified, revoked.hs.clientCertificate?.error], [false, 'CERT_REVOKED']);
@@ -186,7 +187,7 @@ test('a revoked client certificate is reported CERT_REVOKED under the CRL, and v
   queueIsEmpty();
 });
 
-test('a client that sends no certificate has none reported and completes the handshake', LIMIT, async () => {
+test('a client that sends no certificate has none reported and completes the handshake', HANDSHAKE_TEST_LIMIT, async () => {
   for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
     const s = await handshake(askingServer(true), { maxVersion });
     assert.equal(s.last.state, 'established', maxVersion);
@@ -208,7 +209,7 @@ function handshakeMessages(sent: Buffer[], type: number): Buffer[] {
   return found;
 }
 
-test('the TLS 1.2 CertificateRequest names the trusted client CA', LIMIT, async () => {
+test('the TLS 1.2 CertificateRequest names the trusted client CA', HANDSHAKE_TEST_LIMIT, async () => {
   const s = await handshake(askingServer(), { maxVersion: 'TLSv1.2' });
   const [request] = handshakeMessages(s.sent, 13);
   assert.ok(request, 'a CertificateRequest was sent');
@@ -217,22 +218,26 @@ test('the TLS 1.2 CertificateRequest names the trusted client CA', LIMIT, async 
   queueIsEmpty();
 });
 
-test('a TLS 1.2 handshake reports its version, the ServerHello random, and the master secret and client random the client logged', LIMIT, async () => {
-  const s = await handshake(serve(), { maxVersion: 'TLSv1.2' });
-  assert.equal(s.last.state, 'established');
-  assert.equal(s.hs.version, 'TLSv1.2');
-  const [serverHello] = handshakeMessages(s.sent, 2);
-  assert.deepEqual(s.hs.serverRandom, serverHello!.subarray(2, 34), 'the random of the ServerHello sent');
-  const client = new KeylogCollector();
-  s.keylog.forEach((line) => client.add(line));
-  assert.ok(client.masterSecret && client.clientRandom, 'the client logged CLIENT_RANDOM');
-  assert.deepEqual(s.hs.secrets.masterSecret, client.masterSecret);
-  assert.deepEqual(s.hs.secrets.clientRandom, client.clientRandom);
-  assert.equal(s.hs.secrets.serverTrafficSecret0, undefined, 'no TLS 1.3 secret');
-  queueIsEmpty();
-});
+test(
+  'a TLS 1.2 handshake reports its version, the ServerHello random, and the master secret and client random the client logged',
+  HANDSHAKE_TEST_LIMIT,
+  async () => {
+    const s = await handshake(serve(), { maxVersion: 'TLSv1.2' });
+    assert.equal(s.last.state, 'established');
+    assert.equal(s.hs.version, 'TLSv1.2');
+    const [serverHello] = handshakeMessages(s.sent, 2);
+    assert.deepEqual(s.hs.serverRandom, serverHello!.subarray(2, 34), 'the random of the ServerHello sent');
+    const client = new KeylogCollector();
+    s.keylog.forEach((line) => client.add(line));
+    assert.ok(client.masterSecret && client.clientRandom, 'the client logged CLIENT_RANDOM');
+    assert.deepEqual(s.hs.secrets.masterSecret, client.masterSecret);
+    assert.deepEqual(s.hs.secrets.clientRandom, client.clientRandom);
+    assert.equal(s.hs.secrets.serverTrafficSecret0, undefined, 'no TLS 1.3 secret');
+    queueIsEmpty();
+  },
+);
 
-test('a cipher list with a TLS 1.3 suite and a TLS 1.2 cipher gives a TLS 1.3 client that suite', LIMIT, async () => {
+test('a cipher list with a TLS 1.3 suite and a TLS 1.2 cipher gives a TLS 1.3 client that suite', HANDSHAKE_TEST_LIMIT, async () => {
   const s = await handshake(serve({ ciphers: 'TLS_CHACHA20_POLY1305_SHA256:ECDHE-ECDSA-CHACHA20-POLY1305' }));
   assert.equal(s.hs.version, 'TLSv1.3');
   assert.equal(s.hs.cipher, 'TLS_CHACHA20_POLY1305_SHA256');
@@ -240,18 +245,22 @@ test('a cipher list with a TLS 1.3 suite and a TLS 1.2 cipher gives a TLS 1.3 cl
   queueIsEmpty();
 });
 
-test('a cipher list without TLS 1.3 suites means TLS 1.2 at most, and one with only TLS 1.3 suites refuses a TLS 1.2 client', LIMIT, async () => {
-  const capped = await handshake(serve({ ciphers: 'ECDHE-ECDSA-AES256-GCM-SHA384' }));
-  assert.equal(capped.last.state, 'established');
-  assert.equal(capped.hs.version, 'TLSv1.2');
-  assert.equal(capped.hs.cipher, 'ECDHE-ECDSA-AES256-GCM-SHA384');
-  const onlyNew = serve({ ciphers: 'TLS_AES_256_GCM_SHA384' });
-  const refused = await handshake(onlyNew, { maxVersion: 'TLSv1.2' });
-  assert.equal(refused.last.state, 'failed');
-  assert.equal(alertOf(refused.last), 70, 'protocol_version');
-  assert.equal((await handshake(onlyNew)).hs.version, 'TLSv1.3');
-  queueIsEmpty();
-});
+test(
+  'a cipher list without TLS 1.3 suites means TLS 1.2 at most, and one with only TLS 1.3 suites refuses a TLS 1.2 client',
+  HANDSHAKE_TEST_LIMIT,
+  async () => {
+    const capped = await handshake(serve({ ciphers: 'ECDHE-ECDSA-AES256-GCM-SHA384' }));
+    assert.equal(capped.last.state, 'established');
+    assert.equal(capped.hs.version, 'TLSv1.2');
+    assert.equal(capped.hs.cipher, 'ECDHE-ECDSA-AES256-GCM-SHA384');
+    const onlyNew = serve({ ciphers: 'TLS_AES_256_GCM_SHA384' });
+    const refused = await handshake(onlyNew, { maxVersion: 'TLSv1.2' });
+    assert.equal(refused.last.state, 'failed');
+    assert.equal(alertOf(refused.last), 70, 'protocol_version');
+    assert.equal((await handshake(onlyNew)).hs.version, 'TLSv1.3');
+    queueIsEmpty();
+  },
+);
 
 const key = () => crypto.randomBytes(TICKET_KEY_BYTES);
 const ring = (keys: Buffer[], encrypt: number, onUnknown?: () => void) =>
@@ -267,28 +276,32 @@ async function ticketFrom(server: LibsslServer, maxVersion: tls.SecureVersion) {
 }
 
 for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
-  test(`${version}: a ticket under key B resumes where the ring holds A and B, and not where it holds only A (onUnknown told once)`, LIMIT, async () => {
-    const [a, b] = [key(), key()];
-    let unknown = 0;
-    const issuer = serve({ tickets: ring([a, b], 1) });
-    const both = serve({ tickets: ring([a, b], 0) });
-    const onlyA = serve({ tickets: ring([a], 0, () => unknown++) });
-    const first = await ticketFrom(issuer, version);
-    assert.equal(first.resumed, false);
-    assert.deepEqual(first.ticket.subarray(0, 16), nameOf(b), "the ticket starts with the encrypting key's name");
-    const resumed = await handshake(both, { maxVersion: version, session: first.session });
-    assert.equal(resumed.last.state, 'established');
-    assert.equal(resumed.hs.resumed, true);
-    assert.equal(resumed.socket.isSessionReused(), true);
-    const full = await handshake(onlyA, { maxVersion: version, session: first.session });
-    assert.equal(full.last.state, 'established', 'an unknown ticket means a full handshake');
-    assert.equal(full.hs.resumed, false);
-    assert.equal(unknown, 1);
-    queueIsEmpty();
-  });
+  test(
+    `${version}: a ticket under key B resumes where the ring holds A and B, and not where it holds only A (onUnknown told once)`,
+    HANDSHAKE_TEST_LIMIT,
+    async () => {
+      const [a, b] = [key(), key()];
+      let unknown = 0;
+      const issuer = serve({ tickets: ring([a, b], 1) });
+      const both = serve({ tickets: ring([a, b], 0) });
+      const onlyA = serve({ tickets: ring([a], 0, () => unknown++) });
+      const first = await ticketFrom(issuer, version);
+      assert.equal(first.resumed, false);
+      assert.deepEqual(first.ticket.subarray(0, 16), nameOf(b), "the ticket starts with the encrypting key's name");
+      const resumed = await handshake(both, { maxVersion: version, session: first.session });
+      assert.equal(resumed.last.state, 'established');
+      assert.equal(resumed.hs.resumed, true);
+      assert.equal(resumed.socket.isSessionReused(), true);
+      const full = await handshake(onlyA, { maxVersion: version, session: first.session });
+      assert.equal(full.last.state, 'established', 'an unknown ticket means a full handshake');
+      assert.equal(full.hs.resumed, false);
+      assert.equal(unknown, 1);
+      queueIsEmpty();
+    },
+  );
 }
 
-test("after ring.replace the next ticket is under the new set's encrypting key", LIMIT, async () => {
+test("after ring.replace the next ticket is under the new set's encrypting key", HANDSHAKE_TEST_LIMIT, async () => {
   const [a, b, c, d] = [key(), key(), key(), key()];
   const keyring = ring([a, b], 0);
   const server = serve({ tickets: keyring });
@@ -298,7 +311,7 @@ test("after ring.replace the next ticket is under the new set's encrypting key",
   queueIsEmpty();
 });
 
-test('a ticket resumes only on a server with the same session ID context, the keys being the same', LIMIT, async () => {
+test('a ticket resumes only on a server with the same session ID context, the keys being the same', HANDSHAKE_TEST_LIMIT, async () => {
   const k = key();
   for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
     const { session } = await ticketFrom(serve({ tickets: ring([k], 0), sessionIdContext: 'a' }), version);
@@ -314,7 +327,7 @@ test('a ticket resumes only on a server with the same session ID context, the ke
   queueIsEmpty();
 });
 
-test('a server verifying client certificates resumes its tickets without a session ID context given (a default one is set)', LIMIT, async () => {
+test('a server verifying client certificates resumes its tickets without a session ID context given (a default one is set)', HANDSHAKE_TEST_LIMIT, async () => {
   const server = serve({ clientAuth: { ca: fs.readFileSync(clientCa.certFile) } });
   for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
     const { session } = await ticketFrom(server, version);

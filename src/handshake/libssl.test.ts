@@ -5,22 +5,18 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import tls from 'node:tls';
 import { once } from 'node:events';
-import koffi from 'koffi';
 import { LibsslServer } from './libssl.js';
-import { listenLibssl } from '../testkit/libssl-listen.js';
+import { HANDSHAKE_TEST_LIMIT, listenLibssl, opensslErrorQueued } from '../testkit/libssl-listen.js';
 import { TicketKeyring } from './ticket-keys.js';
 import { KeylogCollector } from './keylog.js';
 import { makeCa, issue } from '../testkit/pki.js';
 import { tempDir } from '../testkit/proxy-process.js';
 
-const ERR_peek_error = (): number => Number(koffi.load(null).func('unsigned long ERR_peek_error()')());
 const dir = tempDir('libssl');
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 /** Listeners and sockets of the current test, closed after it whatever happened (a failed assertion leaves none open). */
 const opened: Array<() => void> = [];
 afterEach(() => opened.splice(0).forEach((close) => close()));
-/** A test that loses a handshake fails after this long instead of hanging. */
-const LIMIT = { timeout: 20_000 };
 const ca = await makeCa(dir);
 const leaf = await issue(dir, { cn: 'localhost', dns: ['localhost'], ca });
 const caPem = fs.readFileSync(ca.certFile);
@@ -55,35 +51,39 @@ const clientSecrets = (lines: Buffer[]): KeylogCollector => {
   return c;
 };
 
-test('a node:tls client completes a TLS 1.3 handshake fed one record at a time, and both sides hold the same traffic secrets', LIMIT, async () => {
-  const server = new LibsslServer(serverOptions());
-  const l = await listen(server);
-  const { socket, keylog } = connect(l.port);
-  await once(socket, 'secureConnect');
-  const s = await l.next();
-  assert.equal(s.last.state, 'established');
-  assert.equal(s.hs.version, 'TLSv1.3');
-  assert.equal(s.hs.cipher, socket.getCipher().standardName);
-  assert.equal(s.hs.servername, 'localhost');
-  assert.equal(s.hs.resumed, false);
-  assert.equal(s.unread, 0);
-  const client = clientSecrets(keylog);
-  assert.ok(client.clientTrafficSecret0 && client.serverTrafficSecret0);
-  assert.deepEqual(s.hs.secrets.clientTrafficSecret0, client.clientTrafficSecret0);
-  assert.deepEqual(s.hs.secrets.serverTrafficSecret0, client.serverTrafficSecret0);
-  assert.equal(ERR_peek_error(), 0, "OpenSSL's error queue is empty after a handshake");
-  const held = s.hs.secrets.serverTrafficSecret0!;
-  s.hs.free();
-  assert.ok(
-    held.every((b) => b === 0),
-    'free() wipes the secrets it collected',
-  );
-  socket.destroy();
-  l.close();
-  server.free();
-});
+test(
+  'a node:tls client completes a TLS 1.3 handshake fed one record at a time, and both sides hold the same traffic secrets',
+  HANDSHAKE_TEST_LIMIT,
+  async () => {
+    const server = new LibsslServer(serverOptions());
+    const l = await listen(server);
+    const { socket, keylog } = connect(l.port);
+    await once(socket, 'secureConnect');
+    const s = await l.next();
+    assert.equal(s.last.state, 'established');
+    assert.equal(s.hs.version, 'TLSv1.3');
+    assert.equal(s.hs.cipher, socket.getCipher().standardName);
+    assert.equal(s.hs.servername, 'localhost');
+    assert.equal(s.hs.resumed, false);
+    assert.equal(s.unread, 0);
+    const client = clientSecrets(keylog);
+    assert.ok(client.clientTrafficSecret0 && client.serverTrafficSecret0);
+    assert.deepEqual(s.hs.secrets.clientTrafficSecret0, client.clientTrafficSecret0);
+    assert.deepEqual(s.hs.secrets.serverTrafficSecret0, client.serverTrafficSecret0);
+    assert.equal(opensslErrorQueued(), 0, "OpenSSL's error queue is empty after a handshake");
+    const held = s.hs.secrets.serverTrafficSecret0!;
+    s.hs.free();
+    assert.ok(
+      held.every((b) => b === 0),
+      'free() wipes the secrets it collected',
+    );
+    socket.destroy();
+    l.close();
+    server.free();
+  },
+);
 
-test("nothing past the client's Finished is consumed: the record after it stays unread", LIMIT, async () => {
+test("nothing past the client's Finished is consumed: the record after it stays unread", HANDSHAKE_TEST_LIMIT, async () => {
   const server = new LibsslServer(serverOptions());
   const l = await listen(server, true);
   const { socket } = connect(l.port);
@@ -97,7 +97,7 @@ test("nothing past the client's Finished is consumed: the record after it stays 
   server.free();
 });
 
-test('a ticket one context issued resumes on another context given the same ticket keys, and not on one without them', LIMIT, async () => {
+test('a ticket one context issued resumes on another context given the same ticket keys, and not on one without them', HANDSHAKE_TEST_LIMIT, async () => {
   const keyring = () => new TicketKeyring({ keys: new Uint8Array(48).fill(7), encrypt: 0, lifetimeS: 300 });
   const first = new LibsslServer({ ...serverOptions(), tickets: keyring() });
   const second = new LibsslServer({ ...serverOptions(), tickets: keyring() });
@@ -118,7 +118,7 @@ test('a ticket one context issued resumes on another context given the same tick
     assert.equal(sb.last.state, 'established');
     assert.equal(sb.hs.resumed, expected);
     assert.equal(b.socket.isSessionReused(), expected);
-    assert.equal(ERR_peek_error(), 0, 'a ticket that does not decrypt leaves no error queued');
+    assert.equal(opensslErrorQueued(), 0, 'a ticket that does not decrypt leaves no error queued');
     sb.hs.free();
     b.socket.destroy();
   }
@@ -127,7 +127,7 @@ test('a ticket one context issued resumes on another context given the same tick
   servers.forEach((s) => s.free());
 });
 
-test('a client offering only TLS 1.2 to a TLS 1.3 server gets a protocol_version alert and a failure, not an exception', LIMIT, async () => {
+test('a client offering only TLS 1.2 to a TLS 1.3 server gets a protocol_version alert and a failure, not an exception', HANDSHAKE_TEST_LIMIT, async () => {
   const server = new LibsslServer(serverOptions());
   const l = await listen(server);
   const { socket } = connect(l.port, { maxVersion: 'TLSv1.2' });
@@ -142,25 +142,29 @@ test('a client offering only TLS 1.2 to a TLS 1.3 server gets a protocol_version
   server.free();
 });
 
-test("bytes that are not TLS fail the handshake and leave nothing in the thread's OpenSSL error queue (node:crypto shares it)", LIMIT, async () => {
-  const server = new LibsslServer(serverOptions());
-  const hs = server.accept();
-  const step = hs.feed(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
-  assert.equal(step.state, 'failed');
-  assert.match((step as { reason: string }).reason, /wrong version number|http request/i);
-  assert.equal(ERR_peek_error(), 0);
-  hs.free();
-  // node:tls handshakes on this thread still succeed.
-  const l = await listen(server);
-  const { socket } = connect(l.port);
-  await once(socket, 'secureConnect');
-  (await l.next()).hs.free();
-  socket.destroy();
-  l.close();
-  server.free();
-});
+test(
+  "bytes that are not TLS fail the handshake and leave nothing in the thread's OpenSSL error queue (node:crypto shares it)",
+  HANDSHAKE_TEST_LIMIT,
+  async () => {
+    const server = new LibsslServer(serverOptions());
+    const hs = server.accept();
+    const step = hs.feed(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+    assert.equal(step.state, 'failed');
+    assert.match((step as { reason: string }).reason, /wrong version number|http request/i);
+    assert.equal(opensslErrorQueued(), 0);
+    hs.free();
+    // node:tls handshakes on this thread still succeed.
+    const l = await listen(server);
+    const { socket } = connect(l.port);
+    await once(socket, 'secureConnect');
+    (await l.next()).hs.free();
+    socket.destroy();
+    l.close();
+    server.free();
+  },
+);
 
-test('a context freed while a handshake is under way lets that handshake finish, its secrets collected', LIMIT, async () => {
+test('a context freed while a handshake is under way lets that handshake finish, its secrets collected', HANDSHAKE_TEST_LIMIT, async () => {
   const server = new LibsslServer(serverOptions());
   const l = await listen(server, false, () => server.free());
   const { socket, keylog } = connect(l.port);
@@ -178,8 +182,8 @@ test('a context refuses a key that does not match its certificate, a chain certi
   const otherKey = fs.readFileSync(ca.keyFile);
   const corrupt = Buffer.concat([fs.readFileSync(leaf.certFile), Buffer.from('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n')]);
   assert.throws(() => new LibsslServer({ ...serverOptions(), pairs: [{ ...pair(), certificateChain: corrupt }] }), /chain/);
-  assert.equal(ERR_peek_error(), 0);
+  assert.equal(opensslErrorQueued(), 0);
   assert.throws(() => new LibsslServer({ ...serverOptions(), pairs: [{ ...pair(), key: otherKey }] }), /private key/);
   assert.throws(() => new LibsslServer({ ...serverOptions(), ciphers: 'TLS_AES_128_GCM_SHA256:NO-SUCH-CIPHER' }), /TLS 1.2 ciphers/);
-  assert.equal(ERR_peek_error(), 0);
+  assert.equal(opensslErrorQueued(), 0);
 });

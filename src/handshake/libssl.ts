@@ -77,11 +77,7 @@ function keylog(ssl: Pointer, line: Pointer): void {
       whole.fill(0);
     }
   }
-  try {
-    hs.secrets.add(bytes);
-  } finally {
-    bytes.fill(0);
-  }
+  hs.secrets.add(bytes); // parses, then zeroes the line whatever happened
 }
 
 function onServername(ssl: Pointer, alert: Pointer): number {

@@ -73,6 +73,10 @@ export class TicketKeyring {
     if (old.keys !== set.keys) old.keys.fill(0);
   }
 
+  private key(i: number): TicketKey {
+    return { name: this.part(i, 0), aes: this.part(i, PART), hmac: this.part(i, 2 * PART) };
+  }
+
   /** Buffers over the set's own ArrayBuffer: OpenSSL reads them in place (no copy). */
   private part(i: number, at: number): Buffer {
     const k = this.set.keys;
@@ -87,15 +91,14 @@ export class TicketKeyring {
 
   /** The key new tickets are encrypted with: views of the set's bytes, valid until the next `replace`. */
   forEncryption(): TicketKey {
-    const i = this.encrypting();
-    return { name: this.part(i, 0), aes: this.part(i, PART), hmac: this.part(i, 2 * PART) };
+    return this.key(this.encrypting());
   }
 
   /** The key named `name` (a ticket's first 16 bytes), or undefined (counted) when the set has none by that name. */
   forDecryption(name: Uint8Array): TicketKey | undefined {
     const n = keyCount(this.set.keys);
     for (let i = 0; i < n; i++) {
-      if (Buffer.compare(name, keyName(this.set.keys, i)) === 0) return { name: this.part(i, 0), aes: this.part(i, PART), hmac: this.part(i, 2 * PART) };
+      if (Buffer.compare(name, keyName(this.set.keys, i)) === 0) return this.key(i);
     }
     this.onUnknown?.();
     return undefined;

@@ -90,38 +90,21 @@ export class Poller {
   private arm(): void {
     if (this.waiting || this.closed || this.handlers.size === 0) return;
     this.waiting = true;
-    if (this.inline) {
-      setImmediate(() => {
-        this.waiting = false;
-        if (this.closed) return this.release();
-        const n = sys.epollWait(this.ep, this.events, MAX_EVENTS, this.lastBatch > 0 ? 0 : 2);
-        this.lastBatch = Math.max(0, n);
-        this.dispatch(n);
-        this.arm();
-      });
-      return;
-    }
-    if (this.lastBatch > 0) {
-      // Busy: the next events are often ready already. Look without leaving the thread (a turn later, so that the
-      // event loop's other work runs between), and wait on the pool only when nothing is: each pool wait is a
-      // thread hop both ways.
-      setImmediate(() => {
-        this.waiting = false;
-        if (this.closed) return this.release();
-        const n = sys.epollWait(this.ep, this.events, MAX_EVENTS, 0);
-        this.lastBatch = Math.max(0, n);
-        this.dispatch(n);
-        this.arm();
-      });
-      return;
-    }
-    sys.epollWaitAsync(this.ep, this.events, MAX_EVENTS, -1, (n) => {
+    const settle = (n: number) => {
       this.waiting = false;
       if (this.closed) return this.release();
       this.lastBatch = Math.max(0, n);
       this.dispatch(n);
       this.arm();
-    });
+    };
+    // Inline mode always waits on this thread (briefly when idle). Otherwise, when busy, the next events are often
+    // ready already: look without leaving the thread, and wait on the pool (a thread hop each way) only when none are.
+    // Either look is a turn later, so that the event loop's other work runs between.
+    if (this.inline || this.lastBatch > 0) {
+      setImmediate(() => settle(this.closed ? 0 : sys.epollWait(this.ep, this.events, MAX_EVENTS, this.inline && this.lastBatch === 0 ? 2 : 0)));
+      return;
+    }
+    sys.epollWaitAsync(this.ep, this.events, MAX_EVENTS, -1, settle);
   }
 
   private dispatch(n: number): void {

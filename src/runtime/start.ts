@@ -1,5 +1,4 @@
 // Starts the proxy — fresh, or continuing a previous image's connections after exec — and serves the admin socket.
-import crypto from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../core/log.js';
 import { KEYLOG_ENV, keylogFileFromEnv, keylogWarning, openKeylogFile } from '../handshake/keylog-file.js';
@@ -87,7 +86,7 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   const kernelSuites = new Set(config.ktls === 'off' ? [] : [...support.ciphers['TLSv1.2'], ...support.ciphers['TLSv1.3']]);
   // Offer only what can be carried after the handshake: with `require`, what the kernel accepted.
   const offered = config.ktls === 'require' ? SUITES.filter((s) => kernelSuites.has(s.name)) : SUITES;
-  const tlsBase: TlsBase = { minVersion: 'TLSv1.2', ciphers: offered.map((s) => s.name).join(':'), secureOptions: crypto.constants.SSL_OP_NO_RENEGOTIATION };
+  const tlsBase: TlsBase = { minVersion: 'TLSv1.2', ciphers: offered.map((s) => s.name).join(':'), noRenegotiation: true };
   // Debug switch only: with it, every session can be decrypted by whoever reads the file. Said loudly, every start.
   const keylogFile = keylogFileFromEnv();
   if (keylogFile !== undefined) {

@@ -1,7 +1,17 @@
 // A loopback listener that runs the libssl handshake engine on each connection, feeding it whole records one at a time.
 import net from 'node:net';
 import { once } from 'node:events';
+import koffi from 'koffi';
 import type { LibsslHandshake, LibsslStep } from '../handshake/libssl.js';
+
+/** The first error in this thread's OpenSSL error queue (0 when empty): every libssl path must leave it empty. */
+export const opensslErrorQueued: () => number = (() => {
+  const peek = koffi.load(null).func('unsigned long ERR_peek_error()');
+  return () => Number(peek());
+})();
+
+/** A handshake test that loses its peer fails after this long instead of hanging. */
+export const HANDSHAKE_TEST_LIMIT = { timeout: 20_000 };
 
 export interface Served {
   hs: LibsslHandshake;
