@@ -129,20 +129,34 @@ async function throughput(peer, backend, clients, dir, conns) {
   }
 }
 
+/**
+ * A peer's resident memory once it stops changing: sampled every 200 ms until the last second's samples lie within
+ * 0.5 % (or 256 KiB) of each other, at most 10 s. A burst's garbage that a peer gives back by itself is not memory
+ * per connection; the same wait applies to every peer, and one that never settles is read at the bound.
+ */
+async function settledRssKiB(peer) {
+  const samples = [];
+  for (const end = Date.now() + 10_000; ; await sleep(200)) {
+    samples.push(peer.rssKiB());
+    const last = samples.slice(-6);
+    const spread = Math.max(...last) - Math.min(...last);
+    if ((last.length === 6 && spread <= Math.max(256, last.at(-1) * 0.005)) || Date.now() > end) return { kib: last.at(-1), waitedMs: (samples.length - 1) * 200 };
+  }
+}
+
 async function idleMemory(peer, clients, ironsocket) {
   const heapBefore = ironsocket ? (await ironsocketStatus(peer.admin)).relayHeapKiB : undefined;
-  const before = peer.rssKiB();
+  const { kib: before } = await settledRssKiB(peer);
   const share = Math.ceil(N / clients.length);
   try {
     const opened = await Promise.all(clients.map((c, i) => c('idleOpen', { port: peer.port, n: Math.max(0, Math.min(share, N - i * share)) })));
     const open = opened.reduce((n, o) => n + o.opened, 0);
     if (open !== N) throw new Error(`only ${open} of ${N} idle connections opened (${opened.find((o) => o.firstError)?.firstError})`);
-    await sleep(1000);
-    const after = peer.rssKiB();
+    const { kib: after, waitedMs } = await settledRssKiB(peer);
     const status = ironsocket ? await ironsocketStatus(peer.admin) : undefined;
     // What the relay threads' JavaScript holds per established connection (Iron Socket only: it reports its heaps).
     const heapKib = status ? (status.relayHeapKiB - heapBefore) / N : undefined;
-    return { kib: (after - before) / N, before, after, status, heapKib };
+    return { kib: (after - before) / N, before, after, status, heapKib, waitedMs };
   } finally {
     await Promise.all(clients.map((c) => c('idleClose')));
   }
@@ -184,7 +198,7 @@ async function measurePeer(peer, backend, clients, ironsocket) {
     const m = await idleMemory(peer, clients, ironsocket);
     r.mem = m.kib;
     r.jsHeap = m.heapKib ?? 'n/a';
-    r.rss = `${Math.round(m.before / 1024)} → ${Math.round(m.after / 1024)} MiB`;
+    r.rss = `${Math.round(m.before / 1024)} → ${Math.round(m.after / 1024)} MiB (settled ${(m.waitedMs / 1000).toFixed(1)} s after the last connection opened)`;
     if (m.status) {
       const modes = Object.entries(m.status.modes).map(([k, v]) => `${k} ${v}`);
       r.ironsocket = `${m.status.workers ?? '?'} relay worker threads (from status), --ktls ${opt.ktls}, idle connections by mode: ${modes.join(', ')}`;
@@ -337,7 +351,7 @@ notes.push(
   "proxy CPU = user + system time of all the peer's processes during the measured window: less noisy than rates when the client is the bottleneck",
   'handshakes: each connection is connect → full handshake → 1 request → close; latency: each connection sends 1 KiB and waits for its echo, back-to-back',
   `s_time rows: ${S_TIME_PROCS} openssl s_time processes at once for ${S.sTimeS} s each, every connection a TLS 1.3 handshake + one HTTP/1.0 request answered by the backend (-www /) + close; -new makes every handshake full, -reuse resumes the ticket each process got first (every connection marked full or resumed by s_time is counted, and a -reuse run with full handshakes past each process's first is an error); the clients share the 2 CPUs with the peer, so the rates are what this machine sustains, and CPU per handshake is the clearer comparison`,
-  "memory: growth of VmRSS summed over all of the peer's processes, with N idle connections open through it to the backend, divided by N; Iron Socket's JavaScript heap row is the growth of the heap in use on its relay threads (from `status`), which includes garbage not yet collected",
+  "memory: growth of VmRSS summed over all of the peer's processes, with N idle connections open through it to the backend, divided by N; each reading once the peer's RSS has settled (the last second's samples within 0.5 %, at most 10 s); Iron Socket's JavaScript heap row is the growth of the heap in use on its relay threads (from `status`), which includes garbage not yet collected",
   'per-connection logging is off for every peer (haproxy: no log, stunnel: debug = 3, hitch: log-level = 1, ironsocket: --log-level warn)',
   ...(opt['no-reload']
     ? ['no reload rows: --no-reload']

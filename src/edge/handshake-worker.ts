@@ -4,6 +4,7 @@ import { createLogger } from '../core/log.js';
 import { openKeylogFile } from '../handshake/keylog-file.js';
 import { sys } from '../kernel/libc.js';
 import { Poller } from '../kernel/poller.js';
+import { spareOnEventLoop } from '../kernel/spare-memory.js';
 import { keyBuffers } from '../relay/protocol.js';
 import { BackendPool } from './backend-pool.js';
 import { serveConnection, type ConnectionContext, type ListenerRuntime } from './connection.js';
@@ -23,6 +24,8 @@ const init = await startOf(workerData as WorkerStart | DeferredStart);
 const port = init.reply?.port ?? (parentPort as MessagePort);
 const poller = new Poller(init.inlinePoll === true);
 const aborts = new Map<string, AbortController>();
+/** A burst's handshakes leave this thread's heap and malloc arenas at their high-water mark: given back once quiet. */
+const spare = spareOnEventLoop();
 const one = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 const post = (m: FromHandshaker, transfer: ArrayBuffer[] = []) => {
   port.postMessage(m, transfer);
@@ -105,6 +108,7 @@ const ctx: ConnectionContext = {
 };
 
 post({ op: 'ready' });
+spare.started();
 
 port.on('message', (m: ToHandshaker) => {
   switch (m.op) {
@@ -116,6 +120,7 @@ port.on('message', (m: ToHandshaker) => {
       void serveConnection(ctx, listener, m.fd, m.id).finally(() => {
         aborts.delete(m.id);
         leave();
+        spare.note();
       });
       break;
     }
@@ -140,6 +145,7 @@ port.on('message', (m: ToHandshaker) => {
     case 'stop':
       for (const a of aborts.values()) a.abort('shutting down');
       retiring.retire(listeners);
+      spare.stop();
       poller.close();
       keylogFile?.close();
       tickets.wipe();

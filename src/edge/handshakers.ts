@@ -1,6 +1,7 @@
 // Main-thread side of the handshake workers: accepted fds go to the least busy one; established connections come back.
 import { Worker, type MessagePort } from 'node:worker_threads';
 import type { LogLevel } from '../core/log.js';
+import { spareOnEventLoop } from '../kernel/spare-memory.js';
 import { WORKER_RESOURCE_LIMITS } from '../relay/shard.js';
 import { wipeListeners, type HandshakeListener, type TlsBase } from './listener-setup.js';
 import type { KtlsPolicy } from '../core/types.js';
@@ -84,6 +85,8 @@ export class Handshakers {
   private readonly busy: number[] = [];
   private readonly where = new Map<string, number>();
   private stopping = false;
+  /** This thread's share of a burst (accepts, hand-offs) goes back once quiet, as the workers' does. */
+  private readonly spare = spareOnEventLoop();
   /** Resolves once every worker has loaded. */
   readonly started: Promise<void>;
 
@@ -113,6 +116,7 @@ export class Handshakers {
         }
       } finally {
         wipeListeners(own.listeners);
+        this.spare.started();
       }
     })();
   }
@@ -157,6 +161,7 @@ export class Handshakers {
         for (const name of m.counts) on.count(name);
         const id = m.op === 'gone' ? m.id : m.info.id;
         if (this.where.delete(id)) this.busy[i]!--;
+        this.spare.note();
         if (m.op === 'gone') on.gone(m.id);
         else on.established(m);
       });
@@ -181,6 +186,7 @@ export class Handshakers {
 
   async stop(): Promise<void> {
     this.stopping = true;
+    this.spare.stop();
     await this.started;
     await Promise.all(
       this.workers.map(

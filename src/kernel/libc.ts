@@ -96,6 +96,7 @@ const fn = {
   /** memset at an address computed in JavaScript (a pointer that koffi does not hold). */
   memsetAt: libc.func('void *memset(uintptr_t, int, size_t)'),
   mallopt: libc.func('int mallopt(int, int)'),
+  malloc_trim: libc.func('int malloc_trim(size_t)'),
   prctl: libc.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)'),
 };
 
@@ -218,6 +219,8 @@ export const sys = {
   dup: (fd: number) => check('fcntl(F_DUPFD_CLOEXEC)', fn.fcntl(fd, F_DUPFD_CLOEXEC, 'int', 3)),
   epollCreate: () => check('epoll_create1', fn.epoll_create1(0o2000000)),
   epollCtl: (ep: number, op: number, fd: number, ev: Buffer | null) => check('epoll_ctl', fn.epoll_ctl(ep, op, fd, ev)),
+  /** Returns the free memory of every malloc arena to the kernel (glibc's malloc_trim(0)). */
+  mallocTrim: (): void => void fn.malloc_trim(0),
   epollWait: (ep: number, events: Buffer, max: number, timeoutMs: number) => ret(fn.epoll_wait(ep, events, max, timeoutMs)),
   epollWaitAsync: (ep: number, events: Buffer, max: number, timeoutMs: number, cb: (r: number) => void) => {
     fn.epoll_wait.async(ep, events, max, timeoutMs, (err: unknown, r: number) => cb(err ? -EINTR : r));

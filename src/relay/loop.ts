@@ -4,6 +4,7 @@ import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { sys } from '../kernel/libc.js';
 import { TlsRecordIo } from '../kernel/ktls.js';
 import { EPOLLIN, EPOLL_EVENT_SIZE, decodeEvent, encodeEvent } from '../kernel/poller.js';
+import { SpareMemory } from '../kernel/spare-memory.js';
 import { suiteByName } from '../record/suites.js';
 import { KernelClient } from './kernel-client.js';
 import { LingeringCloses } from './lingering.js';
@@ -83,6 +84,8 @@ export class RelayLoop {
   private readonly storedFds = new Map<string, StoredFds>();
   /** Clients closed after our fatal alert, given a moment to read it. */
   private readonly lingering: LingeringCloses = new LingeringCloses(this);
+  /** This thread's memory goes back after a burst of connections opened or closed (this loop never lets V8 idle). */
+  private readonly spare = new SpareMemory();
 
   constructor(
     private readonly control: Control,
@@ -168,6 +171,7 @@ export class RelayLoop {
     this.byFd.set(clientFd, { pair, side: 'client' });
     this.byFd.set(backendFd, { pair, side: 'backend' });
     pair.start();
+    this.spare.note(performance.now());
   }
 
   /** Takes over a connection that another loop detached. */
@@ -223,6 +227,7 @@ export class RelayLoop {
       this.byFd.delete(fd);
     }
     this.pairs.delete(pair.info.id);
+    this.spare.note(performance.now());
   }
 
   /** Adds another fd (e.g. the bridge link) to this loop's epoll, with its own handler. */
@@ -315,8 +320,9 @@ export class RelayLoop {
     let lastIdleCheck = Date.now();
     const { events, scratch, byFd, watched } = this;
     this.drainMessages();
+    this.spare.started(performance.now());
     while (this.running) {
-      const n = sys.epollWait(this.ep, events, MAX_EVENTS, 1000);
+      const n = sys.epollWait(this.ep, events, MAX_EVENTS, Math.min(1000, Math.ceil(this.spare.dueIn(performance.now()) ?? 1000)));
       for (let i = 0; i < n && this.running; i++) {
         const { events: e, fd } = decodeEvent(events, i);
         if (fd === this.control.wakeFd) {
@@ -335,6 +341,7 @@ export class RelayLoop {
       for (const t of [...this.tickers]) t();
       const now = Date.now();
       if (this.lingering.size) this.lingering.tick(now);
+      this.spare.poll(performance.now());
       if (now - lastIdleCheck >= 1000) {
         lastIdleCheck = now;
         this.checkIdle(now);
