@@ -30,9 +30,6 @@ export class SpareMemory {
   private activity = 0;
   private lastActivity = -Infinity;
   private lastRelease = -Infinity;
-  /** Releases so far (for tests and status). */
-  releases = 0;
-
   private heapAfterRelease: number;
 
   constructor(
@@ -72,7 +69,6 @@ export class SpareMemory {
     if (this.dueIn(now) !== 0) return false;
     this.activity = 0;
     this.lastRelease = now;
-    this.releases++;
     this.release();
     this.heapAfterRelease = this.heap();
     return true;
@@ -80,7 +76,7 @@ export class SpareMemory {
 }
 
 /** A SpareMemory on a thread with an event loop: `note()` arms one unreferenced timer, never one per connection. */
-export function spareOnEventLoop(spare: SpareMemory = new SpareMemory()): { note(): void; started(): void; stop(): void; spare: SpareMemory } {
+export function spareOnEventLoop(spare: SpareMemory = new SpareMemory()): { note(): void; started(): void; stop(): void } {
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
   const arm = (now: number) => {
@@ -93,18 +89,14 @@ export function spareOnEventLoop(spare: SpareMemory = new SpareMemory()): { note
     spare.poll(now);
     arm(now);
   };
+  const marking = (mark: (now: number) => void) => () => {
+    const now = performance.now();
+    mark(now);
+    if (timer === undefined) arm(now);
+  };
   return {
-    spare,
-    note() {
-      const now = performance.now();
-      spare.note(now);
-      if (timer === undefined) arm(now);
-    },
-    started() {
-      const now = performance.now();
-      spare.started(now);
-      if (timer === undefined) arm(now);
-    },
+    note: marking((now) => spare.note(now)),
+    started: marking((now) => spare.started(now)),
     stop() {
       stopped = true;
       clearTimeout(timer);

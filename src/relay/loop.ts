@@ -86,6 +86,8 @@ export class RelayLoop {
   private readonly lingering: LingeringCloses = new LingeringCloses(this);
   /** This thread's memory goes back after a burst of connections opened or closed (this loop never lets V8 idle). */
   private readonly spare = new SpareMemory();
+  /** When the next release is due (performance.now() ms), worked out when connections come or go, not per wake-up. */
+  private spareDue: number | undefined;
 
   constructor(
     private readonly control: Control,
@@ -171,7 +173,7 @@ export class RelayLoop {
     this.byFd.set(clientFd, { pair, side: 'client' });
     this.byFd.set(backendFd, { pair, side: 'backend' });
     pair.start();
-    this.spare.note(performance.now());
+    this.noteSpare();
   }
 
   /** Takes over a connection that another loop detached. */
@@ -227,7 +229,7 @@ export class RelayLoop {
       this.byFd.delete(fd);
     }
     this.pairs.delete(pair.info.id);
-    this.spare.note(performance.now());
+    this.noteSpare();
   }
 
   /** Adds another fd (e.g. the bridge link) to this loop's epoll, with its own handler. */
@@ -315,14 +317,27 @@ export class RelayLoop {
     }
   }
 
+  private noteSpare(): void {
+    const now = performance.now();
+    this.spare.note(now);
+    this.planSpare(now);
+  }
+
+  private planSpare(now: number): void {
+    const wait = this.spare.dueIn(now);
+    this.spareDue = wait === undefined ? undefined : now + wait;
+  }
+
   /** Runs until stopped; returns after closing its epoll instance. */
   run(): void {
     let lastIdleCheck = Date.now();
     const { events, scratch, byFd, watched } = this;
     this.drainMessages();
     this.spare.started(performance.now());
+    this.planSpare(performance.now());
     while (this.running) {
-      const n = sys.epollWait(this.ep, events, MAX_EVENTS, Math.min(1000, Math.ceil(this.spare.dueIn(performance.now()) ?? 1000)));
+      const wait = this.spareDue === undefined ? 1000 : Math.min(1000, Math.max(0, Math.ceil(this.spareDue - performance.now())));
+      const n = sys.epollWait(this.ep, events, MAX_EVENTS, wait);
       for (let i = 0; i < n && this.running; i++) {
         const { events: e, fd } = decodeEvent(events, i);
         if (fd === this.control.wakeFd) {
@@ -341,7 +356,12 @@ export class RelayLoop {
       for (const t of [...this.tickers]) t();
       const now = Date.now();
       if (this.lingering.size) this.lingering.tick(now);
-      this.spare.poll(performance.now());
+      // A quiet second re-plans too: the heap may have grown since the last connection came or went.
+      if (n === 0 || (this.spareDue !== undefined && performance.now() >= this.spareDue)) {
+        const at = performance.now();
+        this.spare.poll(at);
+        this.planSpare(at);
+      }
       if (now - lastIdleCheck >= 1000) {
         lastIdleCheck = now;
         this.checkIdle(now);
