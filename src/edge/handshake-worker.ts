@@ -108,7 +108,6 @@ const ctx: ConnectionContext = {
 };
 
 post({ op: 'ready' });
-spare.started();
 
 port.on('message', (m: ToHandshaker) => {
   switch (m.op) {

@@ -116,7 +116,6 @@ export class Handshakers {
         }
       } finally {
         wipeListeners(own.listeners);
-        this.spare.started();
       }
     })();
   }

@@ -75,14 +75,6 @@ test('bursts a moment apart release at most once a second', () => {
   assert.ok(releases() >= 3 && releases() <= 4, `${releases()} releases`);
 });
 
-test('start-up counts as a burst: its garbage goes back once the thread is quiet', () => {
-  const { spare, releases } = counted();
-  spare.started(5_000);
-  assert.equal(spare.poll(5_100), false);
-  assert.equal(spare.poll(5_250), true);
-  assert.equal(releases(), 1);
-});
-
 test('on an event loop one timer does the waiting and the release comes without further calls', async () => {
   const { spare, releases } = counted();
   const driver = spareOnEventLoop(spare);

@@ -4,7 +4,7 @@ import { runInNewContext } from 'node:vm';
 import { sys } from './libc.js';
 
 /**
- * When a release is worth its cost (full collections of the thread's heap and a trim of every malloc arena: tens of
+ * When a release is worth its cost (a full collection of the thread's heap and a trim of every malloc arena: tens of
  * milliseconds): after at least `minActivity` connections came or went, once none has for `quietMs`; after fewer, once
  * none has for `idleMs` and only if the heap grew by `growthBytes` since the last release (a health check every few
  * seconds costs nothing); at most once per `minIntervalMs`. Under steady load there is no quiet gap: nothing is paid.
@@ -23,8 +23,10 @@ export const SPARE_POLICY: SparePolicy = { quietMs: 250, minActivity: 64, idleMs
 const heapBytes = (): number => getHeapStatistics().total_physical_size;
 
 /**
- * Decides when one thread gives memory back. Clock-agnostic (callers pass `now` in ms) so that the synchronous relay
- * loop and an event-loop timer drive it alike.
+ * Decides when one thread gives memory back. Clock-agnostic (callers pass `now` in ms): an event-loop timer drives
+ * it, tests drive it by hand. Only threads that serve no established connection use it (main, handshake workers): a
+ * release pauses its thread 20–130 ms, which on a relay thread would stall every stream it carries (bench:upgrade's
+ * client-observed stall rose from 56 to 66–110 ms when the relay threads released after taking connections back).
  */
 export class SpareMemory {
   private activity = 0;
@@ -44,12 +46,6 @@ export class SpareMemory {
   note(now: number): void {
     this.activity++;
     this.lastActivity = now;
-  }
-
-  /** Start-up (modules, certificates, workers) left garbage like a burst: give it back once quiet, as after one. */
-  started(now: number): void {
-    this.activity = Math.max(this.activity, this.policy.minActivity);
-    this.lastActivity = Math.max(this.lastActivity, now);
   }
 
   /** Milliseconds until a release is due (0: now), or undefined when too little happened since the last one. */
@@ -76,7 +72,7 @@ export class SpareMemory {
 }
 
 /** A SpareMemory on a thread with an event loop: `note()` arms one unreferenced timer, never one per connection. */
-export function spareOnEventLoop(spare: SpareMemory = new SpareMemory()): { note(): void; started(): void; stop(): void } {
+export function spareOnEventLoop(spare: SpareMemory = new SpareMemory()): { note(): void; stop(): void } {
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
   const arm = (now: number) => {
@@ -89,14 +85,12 @@ export function spareOnEventLoop(spare: SpareMemory = new SpareMemory()): { note
     spare.poll(now);
     arm(now);
   };
-  const marking = (mark: (now: number) => void) => () => {
-    const now = performance.now();
-    mark(now);
-    if (timer === undefined) arm(now);
-  };
   return {
-    note: marking((now) => spare.note(now)),
-    started: marking((now) => spare.started(now)),
+    note() {
+      const now = performance.now();
+      spare.note(now);
+      if (timer === undefined) arm(now);
+    },
     stop() {
       stopped = true;
       clearTimeout(timer);
@@ -105,28 +99,20 @@ export function spareOnEventLoop(spare: SpareMemory = new SpareMemory()): { note
   };
 }
 
-type Collect = (options?: { type: 'major'; execution: 'sync'; flavor: 'last-resort' }) => void;
-let collect: Collect | undefined;
-/** V8 12 (node 22) and later take a flavour: 'last-resort' is what V8 does under memory pressure, young space shrunk too. */
-const LAST_RESORT = Number(process.versions.v8.split('.')[0]) >= 12;
+let collect: (() => void) | undefined;
 
 /**
- * Collects this thread's garbage and returns free memory to the kernel. V8 would shrink its heap by itself seconds
- * later, and only on threads whose event loop turns (not the relay's synchronous loop); glibc never returns an
- * arena's free pages unless asked. On V8 11 (node 20) two plain collections: the second releases the pages the first
- * emptied, the young space keeps its size.
+ * Collects this thread's garbage (one full collection: V8 gives back the pages it empties) and returns free memory to
+ * the kernel (glibc never returns an arena's free pages unless asked). V8 would shrink its heap by itself seconds
+ * later. Not V8's 'last-resort' flavour: it also shrinks the young space but takes three times as long (45–155 ms on
+ * a busy 2-CPU machine, against 17–35), long enough to starve the relay threads of CPU.
  */
 export function releaseMemory(): void {
   // `gc` exists only in contexts made after the flag is set; node keeps V8's flags writable after start for this.
   if (!collect) {
     setFlagsFromString('--expose-gc');
-    collect = runInNewContext('gc') as Collect;
+    collect = runInNewContext('gc') as () => void;
   }
-  if (LAST_RESORT) {
-    collect({ type: 'major', execution: 'sync', flavor: 'last-resort' });
-  } else {
-    collect();
-    collect();
-  }
+  collect();
   sys.mallocTrim();
 }

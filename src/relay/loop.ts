@@ -4,7 +4,6 @@ import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { sys } from '../kernel/libc.js';
 import { TlsRecordIo } from '../kernel/ktls.js';
 import { EPOLLIN, EPOLL_EVENT_SIZE, decodeEvent, encodeEvent } from '../kernel/poller.js';
-import { SpareMemory } from '../kernel/spare-memory.js';
 import { suiteByName } from '../record/suites.js';
 import { KernelClient } from './kernel-client.js';
 import { LingeringCloses } from './lingering.js';
@@ -84,10 +83,6 @@ export class RelayLoop {
   private readonly storedFds = new Map<string, StoredFds>();
   /** Clients closed after our fatal alert, given a moment to read it. */
   private readonly lingering: LingeringCloses = new LingeringCloses(this);
-  /** This thread's memory goes back after a burst of connections opened or closed (this loop never lets V8 idle). */
-  private readonly spare = new SpareMemory();
-  /** When the next release is due (performance.now() ms), worked out when connections come or go, not per wake-up. */
-  private spareDue: number | undefined;
 
   constructor(
     private readonly control: Control,
@@ -173,7 +168,6 @@ export class RelayLoop {
     this.byFd.set(clientFd, { pair, side: 'client' });
     this.byFd.set(backendFd, { pair, side: 'backend' });
     pair.start();
-    this.noteSpare();
   }
 
   /** Takes over a connection that another loop detached. */
@@ -229,7 +223,6 @@ export class RelayLoop {
       this.byFd.delete(fd);
     }
     this.pairs.delete(pair.info.id);
-    this.noteSpare();
   }
 
   /** Adds another fd (e.g. the bridge link) to this loop's epoll, with its own handler. */
@@ -317,27 +310,13 @@ export class RelayLoop {
     }
   }
 
-  private noteSpare(): void {
-    const now = performance.now();
-    this.spare.note(now);
-    this.planSpare(now);
-  }
-
-  private planSpare(now: number): void {
-    const wait = this.spare.dueIn(now);
-    this.spareDue = wait === undefined ? undefined : now + wait;
-  }
-
   /** Runs until stopped; returns after closing its epoll instance. */
   run(): void {
     let lastIdleCheck = Date.now();
     const { events, scratch, byFd, watched } = this;
     this.drainMessages();
-    this.spare.started(performance.now());
-    this.planSpare(performance.now());
     while (this.running) {
-      const wait = this.spareDue === undefined ? 1000 : Math.min(1000, Math.max(0, Math.ceil(this.spareDue - performance.now())));
-      const n = sys.epollWait(this.ep, events, MAX_EVENTS, wait);
+      const n = sys.epollWait(this.ep, events, MAX_EVENTS, 1000);
       for (let i = 0; i < n && this.running; i++) {
         const { events: e, fd } = decodeEvent(events, i);
         if (fd === this.control.wakeFd) {
@@ -356,12 +335,6 @@ export class RelayLoop {
       for (const t of [...this.tickers]) t();
       const now = Date.now();
       if (this.lingering.size) this.lingering.tick(now);
-      // A quiet second re-plans too: the heap may have grown since the last connection came or went.
-      if (n === 0 || (this.spareDue !== undefined && performance.now() >= this.spareDue)) {
-        const at = performance.now();
-        this.spare.poll(at);
-        this.planSpare(at);
-      }
       if (now - lastIdleCheck >= 1000) {
         lastIdleCheck = now;
         this.checkIdle(now);
