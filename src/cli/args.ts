@@ -91,11 +91,23 @@ Options:
   -h, --help     show this help
   -V, --version  print the version
 
+Exit status:
+  0  done (run: stopped by SIGTERM or SIGINT; check: config OK)
+  1  failed: cannot start, config problems, proxy not reachable, reload or upgrade refused or failed
+  2  usage error (unknown command or option, bad value)
+
+Signals (to the running proxy):
+  SIGTERM, SIGINT  stop: close the listeners and every connection, exit 0 (a second one: exit 1 at once)
+  SIGHUP           reload the config file and certificates (as \`ironsocket reload\`)
+  SIGUSR2          upgrade in place to the code on disk (as \`ironsocket upgrade\`)
+
 Example:
   ironsocket run --listen 0.0.0.0:443 --backend 127.0.0.1:8080 --cert fullchain.pem --key privkey.pem`,
   run: `Usage: ironsocket run [options]
 
 Starts the proxy. Without --cert/--key it uses a generated self-signed certificate for localhost.
+SIGTERM/SIGINT stop it (exit 0), SIGHUP reloads the config and certificates, SIGUSR2 upgrades it in
+place; it exits 1 when it cannot start.
 
 Options:
 ${CONFIG_FLAGS_HELP}`,

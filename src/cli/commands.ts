@@ -1,8 +1,8 @@
 // The `ironsocket` commands: dispatches run / status / check / upgrade / reload / keeper / help / version and owns exit codes.
-import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { adminRequest, AdminError } from '../admin/client.js';
 import { createLogger, type Logger } from '../core/log.js';
+import { packageVersion } from '../core/version.js';
 import { defaultCertificatePaths } from '../config/default-cert.js';
 import { keyPermissionWarning } from '../config/key-permissions.js';
 import { KEYLOG_ENV, keylogFileFromEnv, keylogFileProblem, keylogWarning } from '../handshake/keylog-file.js';
@@ -29,15 +29,6 @@ const EXIT_OK = 0;
 const EXIT_FAILURE = 1;
 const EXIT_USAGE = 2;
 
-function version(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
-    return pkg.version ?? 'unknown';
-  } catch {
-    return 'unknown';
-  }
-}
-
 const err = (line: string) => process.stderr.write(line.endsWith('\n') ? line : line + '\n');
 
 /** Prints why something failed: config problems one per line, otherwise the message (stack only when debugging). */
@@ -63,7 +54,7 @@ function banner(r: ResolvedConfig, ktls: string): string[] {
   const c = r.config;
   const pad = (label: string) => `  ${label.padEnd(15)}`;
   const cont = ' '.repeat(17);
-  const lines = [`ironsocket ${version()} started (pid ${process.pid})`];
+  const lines = [`ironsocket ${packageVersion()} started (pid ${process.pid})`];
   for (const l of c.listeners) {
     const named = c.listeners.length > 1 || l.name !== formatHostPort(l.listen) ? ` [${l.name}]` : '';
     lines.push(`${pad('listening on')}${formatHostPort(l.listen)} (TLS)${named}`);
@@ -298,7 +289,7 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(usage(cmd.topic) + '\n');
       return EXIT_OK;
     case 'version':
-      process.stdout.write(`ironsocket ${version()}\n`);
+      process.stdout.write(`ironsocket ${packageVersion()}\n`);
       return EXIT_OK;
     case 'run':
       // A running proxy may hold handles that never drain on their own; exit explicitly once closed.

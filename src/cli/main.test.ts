@@ -1,7 +1,7 @@
 // Runs the built `ironsocket` binary: usage errors, status against a fake admin server, check, help, version.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
 import { ensureDefaultCertificate } from '../config/default-cert.js';
 import type { StatusSnapshot } from '../core/types.js';
+import { ROOT } from '../testkit/proxy-process.js';
 
 const MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
 let dir: string;
@@ -90,6 +91,15 @@ describe('ironsocket command line', () => {
     assert.match(v.stdout, /^ironsocket \d+\.\d+\.\d+/);
   });
 
+  it('help lists the exit codes and the signals the proxy answers', async () => {
+    const help = await cli('help');
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /Exit status:\n {2}0 .*\n {2}1 .*\n {2}2 +usage error/);
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR2']) assert.match(help.stdout, new RegExp(`${signal}\\b`));
+    const bad = await cli('frobnicate');
+    assert.equal(bad.code, 2, 'a usage error exits 2, as the help says');
+  });
+
   it('status prints the readable table from the admin socket', async () => {
     const r = await withFakeProxy((socket) => cli('status', '--admin-socket', socket));
     assert.equal(r.code, 0, r.stderr);
@@ -140,6 +150,25 @@ describe('ironsocket command line', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^limits: 500 connections; per source \(IPv4 address, IPv6 \/64\): no limit on connections, 16 in handshake$/m);
     assert.match(r.stdout, /^idle timeout: 1h30m: a connection with no traffic either way for that long is closed$/m);
+  });
+
+  it("check's failure looks exactly as the README shows it", async () => {
+    const readme = await readFile(join(ROOT, 'README.md'), 'utf8');
+    const shown = /\$ ironsocket check --config (\S+)\n([^`]*)```/.exec(readme);
+    assert.ok(shown, 'the README shows a failing check');
+    const [, shownPath, shownOutput] = shown;
+    const pair = await ensureDefaultCertificate({ IRONSOCKET_STATE_DIR: join(dir, 'readme-pair') });
+    const certs = `cert = ${JSON.stringify(pair.certFile)}\nkey = ${JSON.stringify(pair.keyFile)}\n`;
+    const file = join(dir, 'readme.toml');
+    await writeFile(
+      file,
+      `[[listener]]\nlisten = "127.0.0.1:9441"\nbackend = "127.0.0.1:8080"\n${certs}` +
+        `[[listener]]\nlisten = "127.0.0.1:9442"\nbackend = "127.0.0.1:8080"\nalpn = ["http/1.1"]\n${certs}` +
+        `[[listener.route]]\nalpn = "h2"\nbackend = "127.0.0.1:8081"\n`,
+    );
+    const r = await cli('check', '--config', file);
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr, shownOutput!.replaceAll(shownPath!, file));
   });
 
   it('check lists every problem and exits 1', async () => {

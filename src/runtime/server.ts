@@ -17,6 +17,7 @@ import { Listener } from '../edge/listener.js';
 import type { KtlsSupport, ProxyConfig, ReloadOutcome, StatusSnapshot, UpgradeRecord } from '../core/types.js';
 import type { ConnectionInfo } from '../core/connection.js';
 import { counter, type CounterName, type SourceLimit } from '../core/counters.js';
+import { packageVersion } from '../core/version.js';
 
 /** struct linger { l_onoff = 1; l_linger = 0 }: close() resets the connection. */
 const LINGER_ABORT = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
@@ -313,7 +314,7 @@ export class ProxyServer {
     const now = Date.now();
     return {
       pid: process.pid,
-      version: process.env.npm_package_version ?? '0.1.0',
+      version: packageVersion(),
       startedAt: this.startedAt,
       generation: this.generation,
       lastUpgrade: this.lastUpgrade,
