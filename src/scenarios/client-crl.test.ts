@@ -13,6 +13,7 @@ import { echoBackend, type Backend } from '../testkit/backends.js';
 import { issue, makeCa, makeCrl, type Ca, type Pair } from '../testkit/pki.js';
 import { CLI, eventually, startProxyProcess, tempDir, type RunningProxy } from '../testkit/proxy-process.js';
 import { echo } from '../testkit/tls-echo.js';
+import { alertCode } from '../testkit/alert-code.js';
 
 const run = promisify(execFile);
 const REVOKED = 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_REVOKED';
@@ -49,7 +50,7 @@ function attempt(port: number, who: Pair, o: tls.ConnectionOptions = {}): Promis
       resolve('served');
       socket.destroy();
     });
-    socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+    socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ? alertCode(e.code) : e.message));
     socket.once('close', () => setTimeout(() => resolve('closed without an alert'), 100));
   });
 }

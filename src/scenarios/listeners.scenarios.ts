@@ -13,6 +13,7 @@ import { CLI, startProxyProcess, tempDir, type RunningProxy } from '../testkit/p
 import { modeArgs, type Mode } from './real-clients.scenarios.js';
 import { proxyProtocolEcho, taggedEcho, type TestServer } from '../testkit/tagged-backends.js';
 import { echo } from '../testkit/tls-echo.js';
+import { alertCode } from '../testkit/alert-code.js';
 
 interface Connected {
   socket: tls.TLSSocket;
@@ -45,7 +46,7 @@ function refused(port: number, o: tls.ConnectionOptions): Promise<string> {
     const socket = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ...o });
     socket.on('secureConnect', () => socket.write('x'));
     socket.on('data', () => resolve('served'));
-    socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+    socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ? alertCode(e.code) : e.message));
     socket.once('close', () => setTimeout(() => resolve('closed without an alert'), 100));
   });
 }
