@@ -1,12 +1,19 @@
 // Checks that the zero-config certificate is generated safely, is valid for localhost and is reused.
 import assert from 'node:assert/strict';
-import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { X509Certificate, createHash, createPrivateKey } from 'node:crypto';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { connect, createServer } from 'node:tls';
+import { promisify } from 'node:util';
 import { ensureDefaultCertificate, stateDir } from './default-cert.js';
+
+const execFileAsync = promisify(execFile);
 
 let dir: string;
 before(async () => {
@@ -77,13 +84,61 @@ describe('ensureDefaultCertificate', () => {
     );
   });
 
-  it('explains a missing openssl binary', async () => {
-    const saved = process.env.PATH;
-    process.env.PATH = join(dir, 'empty-path');
+  it('makes a certificate a TLS client trusts for localhost in a process whose PATH has no openssl', async () => {
+    const state = join(dir, 'e');
+    const emptyPath = join(dir, 'empty-path');
+    await mkdir(emptyPath);
+    // A child process, so nothing of this process's PATH (or anything already loaded) can help.
+    const script = 'const m = await import(process.argv[1]); process.stdout.write(JSON.stringify(await m.ensureDefaultCertificate()));';
+    const { stdout } = await execFileAsync(process.execPath, ['--input-type=module', '-e', script, new URL('./default-cert.js', import.meta.url).href], {
+      env: { PATH: emptyPath, IRONSOCKET_STATE_DIR: state },
+    });
+    const r = JSON.parse(stdout) as { certFile: string; keyFile: string; created: boolean };
+    assert.equal(r.created, true);
+    assert.equal(r.certFile, join(state, 'localhost', 'cert.pem'));
+    assert.equal((await stat(r.keyFile)).mode & 0o777, 0o600);
+    assert.equal((await stat(state)).mode & 0o777, 0o700);
+    const certPem = await readFile(r.certFile);
+    const keyPem = await readFile(r.keyFile);
+    assert.match(keyPem.toString(), /^-----BEGIN PRIVATE KEY-----\n/);
+
+    const cert = new X509Certificate(certPem);
+    assert.equal(cert.subject, 'CN=localhost');
+    assert.equal(cert.issuer, 'CN=localhost');
+    assert.equal(cert.subjectAltName, 'DNS:localhost, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1');
+    assert.equal(cert.publicKey.asymmetricKeyType, 'ec');
+    assert.equal(cert.publicKey.asymmetricKeyDetails?.namedCurve, 'prime256v1');
+    assert.ok(cert.checkPrivateKey(createPrivateKey(keyPem)), 'the key is the certificate’s');
+    assert.ok(cert.verify(cert.publicKey), 'self-signed');
+    assert.ok(Math.abs(Date.parse(cert.validFrom) - Date.now()) < 60_000, `valid from ${cert.validFrom}`);
+    assert.equal(Date.parse(cert.validTo) - Date.parse(cert.validFrom), 365 * 86_400_000);
+    assert.equal(cert.ca, false);
+    assert.deepEqual(cert.keyUsage, ['1.3.6.1.5.5.7.3.1'], 'extendedKeyUsage serverAuth');
+    // The extensions' DER as `openssl req -x509` wrote them: OID, critical flag, value.
+    const point = cert.publicKey.export({ type: 'spki', format: 'der' }).subarray(-65);
+    const extensions = {
+      'basicConstraints critical CA:FALSE': '0603551d130101ff04023000',
+      'keyUsage critical digitalSignature': '0603551d0f0101ff040403020780',
+      'extendedKeyUsage serverAuth': '0603551d25040c300a06082b06010505070301',
+      'subjectKeyIdentifier SHA-1 of the key': '0603551d0e04160414' + createHash('sha1').update(point).digest('hex'),
+    };
+    for (const [what, hex] of Object.entries(extensions)) assert.ok(cert.raw.includes(Buffer.from(hex, 'hex')), what);
+
+    const server = createServer({ cert: certPem, key: keyPem }, (s) => s.end('served'));
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
     try {
-      await assert.rejects(ensureDefaultCertificate({ IRONSOCKET_STATE_DIR: join(dir, 'e') }), /`openssl` command was not found/);
+      const { port } = server.address() as AddressInfo;
+      for (const options of [{ servername: 'localhost' }, {}]) {
+        const socket = connect({ host: '127.0.0.1', port, ca: certPem, ...options });
+        await once(socket, 'secureConnect');
+        assert.equal(socket.authorized, true, `trusted for ${options.servername ?? '127.0.0.1'}`);
+        let got = '';
+        for await (const chunk of socket) got += String(chunk);
+        assert.equal(got, 'served');
+      }
     } finally {
-      process.env.PATH = saved;
+      server.close();
     }
   });
 });
