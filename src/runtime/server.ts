@@ -74,7 +74,8 @@ export class ProxyServer {
     relay.on('closed', (m) => {
       // The bridge cannot reach the store (NotifyAccess=main): what ended there leaves it now.
       if (m.elsewhere) this.unstore(connectionFdName(m.id));
-      const listener = this.live.get(m.id)?.listener;
+      // Who and where, from the connection's ConnectionInfo as the relay held it (also for one that ended in the bridge).
+      const { client, listener } = m;
       this.live.delete(m.id);
       this.sources.closed(m.id);
       this.count('connections_closed', 1, listener);
@@ -82,7 +83,7 @@ export class ProxyServer {
       // Bytes of closed connections; live ones are added at scrape time (metricsSnapshot).
       this.count('bytes_in', m.bytesIn, listener);
       this.count('bytes_out', m.bytesOut, listener);
-      log[m.level]({ conn: m.id, bytesIn: m.bytesIn, bytesOut: m.bytesOut }, `closed: ${m.reason}`);
+      log[m.level]({ conn: m.id, client, listener, bytesIn: m.bytesIn, bytesOut: m.bytesOut }, `closed: ${m.reason}`);
       this.recheckCapacity();
     });
     relay.on('log', (m) => log[m.level]({ conn: m.id }, m.msg));
