@@ -26,8 +26,9 @@ const control: Control = {
   send(msg) {
     if (msg.op === 'closed') {
       door?.closed(msg.id);
-      closed.push({ id: msg.id, reason: msg.reason, cause: msg.cause, level: msg.level });
-      log[msg.level]({ conn: msg.id, bytesIn: msg.bytesIn, bytesOut: msg.bytesOut }, `connection closed during the upgrade: ${msg.reason}`);
+      const { id, client, listener } = msg;
+      closed.push({ id, client, listener, reason: msg.reason, cause: msg.cause, level: msg.level });
+      log[msg.level]({ conn: id, client, listener, bytesIn: msg.bytesIn, bytesOut: msg.bytesOut }, `connection closed during the upgrade: ${msg.reason}`);
     } else if (msg.op === 'log') {
       log[msg.level]({ conn: msg.id }, msg.msg);
     }

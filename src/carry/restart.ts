@@ -157,7 +157,7 @@ export function restartFromStore(groups: Map<string, number[]>, deps: StoreResta
     lingeringClose(deps.poller, found.carried.clientFd);
     lingeringClose(deps.poller, found.carried.backendFd);
     const why = info.mode === 'user' ? 'its userspace TLS state was lost with the previous process' : 'fd_store is off';
-    deps.log.info({ conn: info.id, client: info.client }, `closed connection found in the fd store: ${why}`);
+    deps.log.info({ conn: info.id, client: info.client, listener: info.listener }, `closed connection found in the fd store: ${why}`);
     out.notResumable.push(info);
   }
   return out;

@@ -24,6 +24,8 @@ export interface HandoffState {
   /** How many connections went into the bridge (spread over the relay workers on the way back). */
   moved: number;
   counters: Record<string, number>;
+  /** The same counters per listener name, for what was counted with its listener known (absent from images before them). */
+  listenerCounters?: Record<string, Record<string, number>>;
   probe: KernelProbe;
   listeners: CarriedListener[];
   /**

@@ -94,6 +94,8 @@ export interface UpgradeHost {
   readonly generation: number;
   readonly startedAt: string;
   readonly counters: Readonly<Record<string, number>>;
+  /** The counters kept per listener name (metrics label them). */
+  readonly listenerCounters: ReadonlyMap<string, Readonly<Record<string, number>>>;
   readonly nextId: number;
   /** The bound listening sockets, carried across exec. */
   readonly listeners: readonly { readonly fd: number; readonly address: string }[];
@@ -270,6 +272,7 @@ function execWithState(server: UpgradeHost, attempt: string, bridge: Bridge, mig
     intoBridgeMs: migrated.intoBridgeMs,
     moved: migrated.moved,
     counters: { ...server.counters, upgrades: (server.counters.upgrades ?? 0) + 1 },
+    listenerCounters: Object.fromEntries([...server.listenerCounters].map(([name, c]) => [name, { ...c }])),
     probe: server.deps.probe,
     listeners: server.listeners.map((l) => ({ fd: l.fd, address: l.address })),
     bridge: { linkFd: bridge.linkFd, pid: bridge.child.pid ?? -1, serving },

@@ -84,7 +84,7 @@ Commands:
   upgrade  replace the running proxy's code in place (same PID); live connections keep flowing
   reload   re-read the config file and certificates (new connections use them; live ones are untouched)
   keeper   run the proxy under a keeper of its connections' descriptors, restarting it after a crash
-  check    validate a config file (and that its certificate and key load and match)
+  check    validate a config file: everything run checks before it binds (files, keys, user, ...)
   help     show help for a command: ironsocket help run
 
 Options:
@@ -124,7 +124,10 @@ Options (as for run):
 ${CONFIG_FLAGS_HELP}`,
   check: `Usage: ironsocket check --config FILE [options]
 
-Validates the configuration without starting the proxy; prints "config OK" or the problems.
+Validates the configuration without starting the proxy; prints "config OK" or the problems. It checks
+what \`run\` checks before binding, with the same code: certificates, keys, client CA and CRL, the session
+ticket key file, \`user\` and \`group\`, --ktls require on this kernel, capabilities, backend and listen
+addresses. It binds no port, and needs root only where run would (a switch to \`user\` is then a warning).
 
 Options:
 ${CONFIG_FLAGS_HELP}`,

@@ -11,7 +11,7 @@ import { checkTicketKeyFile } from '../config/ticket-key-file.js';
 import { checkCaFile, checkCertificateFiles, defaultAdminSocketPath, resolveConfig, type ResolvedConfig } from '../config/load.js';
 import { ConfigError, formatHostPort } from '../config/schema.js';
 import { transparentProblem } from '../runtime/capabilities.js';
-import type { ProxyConfig } from '../core/types.js';
+import type { ListenerConfig, ProxyConfig } from '../core/types.js';
 import { parseCli, usage, UsageError, type Command } from './args.js';
 import { formatStatus, StatusSnapshotSchema } from './status.js';
 import { limitsLines } from './limits-text.js';
@@ -150,17 +150,23 @@ async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
   });
 }
 
+/** The self-signed localhost pair `run` would generate, which `check` does not (its files need not exist yet). */
+function notYetGenerated(r: ResolvedConfig, c: ListenerConfig['certs'][number]): boolean {
+  return r.certSource === 'default-not-generated' && c.names.join() === 'localhost' && c.certFile.includes('localhost');
+}
+
 async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> {
   await nonDumpable(); // it reads the keys too (an upgrade's pre-flight runs it)
-  // Warnings (a key file others can read) are printed whatever the outcome, and never fail the check.
+  // Warnings (a key file others can read) are printed whatever the outcome, and never fail the check; one per file.
   const warnings = new Map<string, string>();
   try {
     const r = await resolveConfig({ file: cmd.config, flags: cmd.flags, generateDefaultCert: false });
+    // First every problem with the files at once, in the config's terms...
     const problems: string[] = [];
     for (const l of r.config.listeners) {
       const where = r.config.listeners.length > 1 ? `listener "${l.name}": ` : '';
       for (const c of l.certs) {
-        if (r.certSource === 'default-not-generated' && c.names.join() === 'localhost' && c.certFile.includes('localhost')) continue;
+        if (notYetGenerated(r, c)) continue;
         problems.push(...(await checkCertificateFiles(c.certFile, c.keyFile)).map((p) => where + p));
         const loose = warnings.has(c.keyFile) ? undefined : await keyPermissionWarning(c.keyFile);
         if (loose) warnings.set(c.keyFile, loose);
@@ -169,7 +175,7 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
       if (l.clientAuth?.crlFile) {
         const crl = await checkCrlFile(l.clientAuth.crlFile, l.clientAuth.caFile);
         problems.push(...crl.problems.map((p) => where + p));
-        if (crl.warnings.length > 0) warnings.set(`${l.name} ${l.clientAuth.crlFile}`, where + crl.warnings.join('; '));
+        if (crl.warnings.length > 0 && !warnings.has(l.clientAuth.crlFile)) warnings.set(l.clientAuth.crlFile, where + crl.warnings.join('; '));
       }
     }
     // The session ticket key file is read as run and reload read it (HAProxy's format, 48-byte keys, at least 3).
@@ -189,6 +195,15 @@ async function check(cmd: Extract<Command, { kind: 'check' }>): Promise<number> 
     const capProblem = transparentProblem(r.config);
     if (capProblem) problems.push(capProblem);
     if (problems.length > 0) throw new ConfigError(problems);
+    // ...then everything `run` checks before it binds, by the function run calls: `user`/`group`, --ktls require on
+    // this kernel, certificates served together, backend and listen addresses. It binds nothing and creates no file.
+    const { UNPROBED, discardPreflight, preflight } = await import('../runtime/preflight.js');
+    const probe = r.config.ktls === 'require' ? (await import('../kernel/probe.js')).probeKernel() : UNPROBED;
+    const config = { ...r.config, listeners: r.config.listeners.map((l) => ({ ...l, certs: l.certs.filter((c) => !notYetGenerated(r, c)) })) };
+    const warn = (message: string, file: string) => {
+      if (!warnings.has(file)) warnings.set(file, message);
+    };
+    discardPreflight(await preflight(config, { probe, warn, dryRun: true }));
     // Load the proxy's code too, so an upgrade's pre-flight catches new code that cannot even load.
     await import('../runtime/start.js');
     if (r.config.metrics) await import('../metrics/metrics.js');

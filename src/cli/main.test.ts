@@ -45,7 +45,8 @@ after(() => rm(dir, { recursive: true, force: true }));
 
 function cli(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    // A bound: a `run` that starts when the test expects a refusal must not hang the suite.
+    const child = spawn(process.execPath, [MAIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -204,6 +205,23 @@ describe('ironsocket command line', () => {
     assert.match(r.stderr, /listener "db": cert ".*" and key ".*" do not match/);
     assert.match(r.stderr, /listener "db": client_auth\.ca: cannot read ".*nope\.pem": no such file/);
     assert.doesNotMatch(r.stderr, /listener "web"/);
+  });
+
+  it('check refuses a user that does not exist, with the same message run gives', async () => {
+    const pair = await ensureDefaultCertificate({ IRONSOCKET_STATE_DIR: join(dir, 'pair') });
+    const file = join(dir, 'no-user.toml');
+    await writeFile(
+      file,
+      `listen = "127.0.0.1:0"\ncert = ${JSON.stringify(pair.certFile)}\nkey = ${JSON.stringify(pair.keyFile)}\nuser = "no-such-user-here"\n`,
+    );
+    const checked = await cli('check', '--config', file);
+    const ran = await cli('run', '--config', file, '--ktls', 'off', '--admin-socket', join(dir, 'no-user', 'admin.sock'));
+    const after = (r: { stderr: string }, prefix: string) => new RegExp(`^${prefix}(.*)$`, 'm').exec(r.stderr)?.[1];
+    assert.equal(ran.code, 1, ran.stderr);
+    assert.equal(after(ran, 'ironsocket: cannot start: '), 'user "no-such-user-here" does not exist', ran.stderr);
+    assert.equal(checked.code, 1, checked.stdout);
+    assert.equal(after(checked, 'ironsocket: check failed: '), after(ran, 'ironsocket: cannot start: '), checked.stderr);
+    assert.doesNotMatch(checked.stdout, /config OK/);
   });
 
   it('run exits 1 with a precise message and no stack trace on a bad flag value', async () => {

@@ -166,6 +166,53 @@ describe('createMetrics', () => {
     assert.equal(m.contentType, 'text/plain; version=0.0.4; charset=utf-8');
   });
 
+  it('labels the connection families by listener, and leaves what no listener was counted for unlabelled', async () => {
+    const snap = base({
+      counters: { connections_accepted: 9, connections_closed: 5, closed_completed: 5, connections_user: 7, bytes_in: 900, bytes_out: 90 },
+      live: { kernel: 0, user: 2 },
+      bytes: { in: 1000, out: 100 },
+      byListener: [
+        {
+          name: 'web',
+          counters: { connections_accepted: 4, connections_closed: 2, closed_completed: 2, connections_user: 3, bytes_in: 500, bytes_out: 50 },
+          live: { kernel: 0, user: 1 },
+          bytes: { in: 550, out: 55 },
+        },
+        { name: 'db', counters: {}, live: { kernel: 0, user: 0 }, bytes: { in: 0, out: 0 } },
+      ],
+    });
+    const series = await scrape(createMetrics(() => snap, { tlsStatPath: noTlsStat }).render);
+    const of = (family: string) => Object.fromEntries(Object.entries(series).filter(([k]) => k === family || k.startsWith(`${family}{`)));
+    assert.deepEqual(of('ironsocket_connections_accepted_total'), {
+      'ironsocket_connections_accepted_total{listener="web"}': 4,
+      'ironsocket_connections_accepted_total{listener="db"}': 0,
+      ironsocket_connections_accepted_total: 5,
+    });
+    assert.deepEqual(of('ironsocket_connections'), {
+      'ironsocket_connections{listener="web",mode="kernel"}': 0,
+      'ironsocket_connections{listener="db",mode="kernel"}': 0,
+      'ironsocket_connections{listener="web",mode="user"}': 1,
+      'ironsocket_connections{listener="db",mode="user"}': 0,
+      'ironsocket_connections{mode="user"}': 1,
+    });
+    assert.equal(series['ironsocket_connections_total{listener="web",mode="user"}'], 3);
+    assert.equal(series['ironsocket_connections_total{mode="user"}'], 4);
+    assert.equal(series['ironsocket_connections_closed_total{listener="web"}'], 2);
+    assert.equal(series['ironsocket_connections_closed_by_cause_total{cause="completed",listener="web"}'], 2);
+    assert.equal(series['ironsocket_connections_closed_by_cause_total{cause="completed",listener="db"}'], 0);
+    assert.equal(series['ironsocket_connections_closed_by_cause_total{cause="completed"}'], 3);
+    assert.equal(series['ironsocket_connections_closed_by_cause_total{cause="idle_timeout"}'], undefined, 'no unlabelled zero beside labelled series');
+    assert.deepEqual(of('ironsocket_bytes_total'), {
+      'ironsocket_bytes_total{direction="in",listener="web"}': 550,
+      'ironsocket_bytes_total{direction="in",listener="db"}': 0,
+      'ironsocket_bytes_total{direction="in"}': 450,
+      'ironsocket_bytes_total{direction="out",listener="web"}': 55,
+      'ironsocket_bytes_total{direction="out",listener="db"}': 0,
+      'ironsocket_bytes_total{direction="out"}': 45,
+    });
+    assert.equal(series['ironsocket_handshakes_total{result="ok"}'], 0, 'handshake families keep no listener label');
+  });
+
   it('exports counters without a dedicated family as ironsocket_<name>_total, never clashing with a fixed family', async () => {
     const m = createMetrics(() => base({ counters: { relay_stalls: 4, 'odd-name.x': 2, connections: 7, backend_slow: 1, handshake_failed_quantum: 8 } }), {
       tlsStatPath: noTlsStat,

@@ -16,6 +16,16 @@ import {
 } from '../core/counters.js';
 import { TLS_STAT_PATH, readTlsStat } from './tls-stat.js';
 
+/** One listener's share of the connection families, by its name (its `name`, else its listen address). */
+export interface ListenerMetrics {
+  name: string;
+  /** What was counted with this listener known (accepts, connections by mode, closes by cause, bytes of closed ones). */
+  counters: Record<string, number>;
+  live: { kernel: number; user: number };
+  /** Closed connections plus live ones. */
+  bytes: { in: number; out: number };
+}
+
 export interface MetricsSnapshot {
   /** Monotonic since the first image (carried across upgrades). */
   counters: Record<string, number>;
@@ -28,6 +38,8 @@ export interface MetricsSnapshot {
   bytes: { in: number; out: number };
   upgrade?: { generation: number; lastStallMs?: number; lastMoved?: number; lastOk?: boolean };
   listeners: number;
+  /** Per listener (served now, or counted for since the first image): the families labelled `listener`. */
+  byListener?: ListenerMetrics[];
 }
 
 export interface Metrics {
@@ -70,6 +82,26 @@ const MAPPED = new Set<string>([
 ] satisfies CounterName[]);
 
 type Series = Array<[labels: Record<string, string>, value: number]>;
+
+/** The families of connections, labelled by the listener that accepted them. */
+const BY_LISTENER = new Set<PlainCounter>(['connections_accepted', 'connections_closed']);
+
+/**
+ * The series of one value of a family labelled `listener`: one per listener, and the part no listener was counted
+ * for (by an image from before per-listener counts, or in the upgrade bridge while the image exec'd) without the label,
+ * when there is some. Their sum is the process's total, `total`.
+ */
+function perListener(s: MetricsSnapshot, labels: Record<string, string>, total: number, of: (l: ListenerMetrics) => number): Series {
+  const out: Series = [];
+  let rest = total;
+  for (const l of s.byListener ?? []) {
+    const value = of(l);
+    out.push([{ listener: l.name, ...labels }, value]);
+    rest -= value;
+  }
+  if (rest > 0 || out.length === 0) out.push([labels, rest]);
+  return out;
+}
 
 /**
  * Builds the registry. `snapshot` is called once per scrape; every value is set from it (never accumulated here),
@@ -119,11 +151,24 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
   const one = (value: number | undefined): Series => (value === undefined ? [] : [[{}, value]]);
   const count = (s: MetricsSnapshot, name: CounterName): number => s.counters[name] ?? 0;
 
-  family('gauge', 'ironsocket_connections', 'Relayed connections open now, by TLS record mode (kernel: kTLS, user: records in userspace).', ['mode'], (s) =>
-    CONNECTION_MODES.map((mode) => [{ mode }, s.live[mode]]),
+  const mine = (l: ListenerMetrics, name: CounterName): number => l.counters[name] ?? 0;
+
+  family(
+    'gauge',
+    'ironsocket_connections',
+    'Relayed connections open now, by listener and TLS record mode (kernel: kTLS, user: records in userspace).',
+    ['listener', 'mode'],
+    (s) => CONNECTION_MODES.flatMap((mode) => perListener(s, { mode }, s.live[mode], (l) => l.live[mode])),
   );
-  family('counter', 'ironsocket_connections_total', 'Connections that reached the relay since the first image, by TLS record mode.', ['mode'], (s) =>
-    CONNECTION_MODES.filter((mode) => counter.connections(mode) in s.counters).map((mode) => [{ mode }, count(s, counter.connections(mode))]),
+  family(
+    'counter',
+    'ironsocket_connections_total',
+    'Connections that reached the relay since the first image, by listener and TLS record mode.',
+    ['listener', 'mode'],
+    (s) =>
+      CONNECTION_MODES.filter((mode) => counter.connections(mode) in s.counters).flatMap((mode) =>
+        perListener(s, { mode }, count(s, counter.connections(mode)), (l) => mine(l, counter.connections(mode))),
+      ),
   );
   family('gauge', 'ironsocket_handshakes_in_progress', 'Accepted connections still in their TLS handshake or backend connect.', [], (s) =>
     one(s.handshakesInProgress),
@@ -155,9 +200,9 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
   family(
     'counter',
     'ironsocket_connections_closed_by_cause_total',
-    'Relayed connections that have ended, by why: completed, client_truncated, client_alert, protocol_error, client_error, backend_error, idle_timeout, shutdown, restore_failed, not_resumable.',
-    ['cause'],
-    (s) => CLOSE_CAUSES.map((cause) => [{ cause }, count(s, counter.closed(cause))]),
+    'Relayed connections that have ended, by listener and why: completed, client_truncated, client_alert, protocol_error, client_error, backend_error, idle_timeout, shutdown, restore_failed, not_resumable.',
+    ['listener', 'cause'],
+    (s) => CLOSE_CAUSES.flatMap((cause) => perListener(s, { cause }, count(s, counter.closed(cause)), (l) => mine(l, counter.closed(cause)))),
   );
   family(
     'counter',
@@ -170,15 +215,16 @@ export function createMetrics(snapshot: () => MetricsSnapshot | Promise<MetricsS
   family(
     'counter',
     'ironsocket_bytes_total',
-    'Plaintext bytes relayed (in: client to backend, out: backend to client), closed and open connections.',
-    ['direction'],
-    (s) => [
-      [{ direction: 'in' }, s.bytes.in],
-      [{ direction: 'out' }, s.bytes.out],
-    ],
+    'Plaintext bytes relayed (in: client to backend, out: backend to client), closed and open connections, by listener.',
+    ['listener', 'direction'],
+    (s) => [...perListener(s, { direction: 'in' }, s.bytes.in, (l) => l.bytes.in), ...perListener(s, { direction: 'out' }, s.bytes.out, (l) => l.bytes.out)],
   );
-  for (const name of PLAIN_COUNTERS)
-    family('counter', `ironsocket_${name}_total`, `${PLAIN[name]} Counted since the first image (carried across upgrades).`, [], (s) => one(count(s, name)));
+  for (const name of PLAIN_COUNTERS) {
+    const help = `${PLAIN[name]} Counted since the first image (carried across upgrades).`;
+    if (BY_LISTENER.has(name))
+      family('counter', `ironsocket_${name}_total`, `${help} By listener.`, ['listener'], (s) => perListener(s, {}, count(s, name), (l) => mine(l, name)));
+    else family('counter', `ironsocket_${name}_total`, help, [], (s) => one(count(s, name)));
+  }
   family('gauge', 'ironsocket_listeners', 'Listening sockets the proxy accepts on.', [], (s) => one(s.listeners));
   family('gauge', 'ironsocket_generation', 'Process image generation: 1 for the first, +1 per in-place upgrade.', [], (s) => one(s.upgrade?.generation));
   family('gauge', 'ironsocket_upgrade_last_stall_seconds', 'How long relayed connections were paused during the last in-place upgrade.', [], (s) =>

@@ -121,7 +121,8 @@ export class RelayLoop {
         // After an alert of ours: FIN, then the client's FIN (or a bound) before close, so no RST overtakes it.
         if (cause === 'protocol_error') this.lingering.add(pair.client.fd);
         else sys.close(pair.client.fd);
-        this.send({ op: 'closed', id: pair.info.id, reason, cause, level, bytesIn: pair.bytesIn, bytesOut: pair.bytesOut });
+        const { id, client, listener } = pair.info;
+        this.send({ op: 'closed', id, client, listener, reason, cause, level, bytesIn: pair.bytesIn, bytesOut: pair.bytesOut });
       },
       log,
       pipes: this.pipes,

@@ -66,6 +66,9 @@ export interface PairStats {
 /** A connection that ended while another process (the upgrade bridge) was relaying it. */
 export interface ClosedElsewhere {
   id: string;
+  /** Its client address and listener, from its ConnectionInfo (for the `closed` log line). */
+  client?: string;
+  listener?: string;
   reason: string;
   cause: CloseCause;
   level: 'info' | 'warn';
@@ -93,8 +96,23 @@ export function addCounts(into: Record<string, number>, from: Record<string, num
 }
 
 export type FromWorker =
-  /** `elsewhere`: it ended in the upgrade bridge, or could not come back from it (the bridge cannot reach the fd store). */
-  | { op: 'closed'; id: string; reason: string; cause: CloseCause; level: 'info' | 'warn'; bytesIn: number; bytesOut: number; elsewhere?: boolean }
+  /**
+   * `client` and `listener`: the connection's own (its ConnectionInfo), for the `closed` log line and the listener's
+   * counters; absent for one that could not come back from the bridge. `elsewhere`: it ended in the upgrade bridge,
+   * or could not come back from it (the bridge cannot reach the fd store).
+   */
+  | {
+      op: 'closed';
+      id: string;
+      client?: string;
+      listener?: string;
+      reason: string;
+      cause: CloseCause;
+      level: 'info' | 'warn';
+      bytesIn: number;
+      bytesOut: number;
+      elsewhere?: boolean;
+    }
   | { op: 'stats'; seq: number; connections: PairStats[]; heapUsed: number }
   | { op: 'migrated'; seq: number; moved: number; intoBridgeMs: number; error?: string }
   | { op: 'reclaimed'; seq: number; reclaimed: Reclaimed }

@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { EFD_CLOEXEC, EFD_NONBLOCK, sys } from '../kernel/libc.js';
 import type { StoredFds } from './store-hook.js';
-import { keyBuffers, type FromWorker, type PairStats, type Reclaimed, type ToWorker, type WorkerInit } from './protocol.js';
+import { keyBuffers, type ClosedElsewhere, type FromWorker, type PairStats, type Reclaimed, type ToWorker, type WorkerInit } from './protocol.js';
 import type { ClientRecords, ConnectionInfo, ConnectionSnapshot } from '../core/connection.js';
 
 export interface RelayEvents {
@@ -98,10 +98,11 @@ export class Shard extends EventEmitter<RelayEvents> {
           m.reclaimed.connections = m.reclaimed.connections.filter((c) => !gone.has(c.id));
           gone.clear();
         }
-        const failed = m.reclaimed.failed.map((f) => ({ ...f, level: 'warn' as const, cause: 'restore_failed' as const }));
+        const failed: ClosedElsewhere[] = m.reclaimed.failed.map((f) => ({ ...f, level: 'warn', cause: 'restore_failed' }));
         for (const c of [...m.reclaimed.closed, ...failed]) {
+          const { id, client, listener, cause, level } = c;
           const reason = `${c.reason} (during an upgrade)`;
-          this.emit('closed', { op: 'closed', id: c.id, reason, cause: c.cause, level: c.level, bytesIn: 0, bytesOut: 0, elsewhere: true });
+          this.emit('closed', { op: 'closed', id, client, listener, reason, cause, level, bytesIn: 0, bytesOut: 0, elsewhere: true });
         }
         cb?.(m.reclaimed);
         break;

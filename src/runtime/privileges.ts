@@ -18,20 +18,45 @@ function lookup(db: 'passwd' | 'group', name: string): { id: number; gid?: numbe
   return { id: Number(f[2]), gid: db === 'passwd' ? Number(f[3]) : undefined };
 }
 
+export interface Identity {
+  uid: number;
+  gid: number;
+}
+
 /**
- * Switches to `user` (and `group`, else the user's primary group) for good. As root: chowns the admin
- * socket and its directory first, so the next image (an upgrade keeps the new uid) can replace it.
- * Already running as that user (after an upgrade's exec): nothing to do. As anyone else: an error.
+ * Who `user` and `group` name (a name or a number; without `group`, the user's primary group), or undefined when
+ * neither is set. Throws PrivilegeError for a name that does not exist. Run and check both ask this before binding.
  */
-export function dropPrivileges(opts: { user?: string; group?: string; adminSocket: string }): { uid: number; gid: number } | undefined {
+export function identityOf(opts: { user?: string; group?: string }): Identity | undefined {
   if (opts.user === undefined && opts.group === undefined) return undefined;
   const u = opts.user !== undefined ? lookup('passwd', opts.user) : undefined;
   const uid = u?.id ?? process.getuid!();
   const gid = opts.group !== undefined ? lookup('group', opts.group).id : (u?.gid ?? process.getgid!());
-  if (process.getuid!() !== 0) {
-    if (process.getuid!() === uid && process.getgid!() === gid) return { uid, gid };
-    throw new PrivilegeError(`user/group: switching to uid ${uid} gid ${gid} needs root; running as uid ${process.getuid!()} gid ${process.getgid!()}`);
-  }
+  return { uid, gid };
+}
+
+/** Why this process cannot become `who`, or undefined: root can, and one already running as `who` (after an upgrade's exec) need not. */
+export function switchProblem(who: Identity): string | undefined {
+  const uid = process.getuid!();
+  const gid = process.getgid!();
+  if (uid === 0 || (uid === who.uid && gid === who.gid)) return undefined;
+  return `user/group: switching to uid ${who.uid} gid ${who.gid} needs root; running as uid ${uid} gid ${gid}`;
+}
+
+/**
+ * Switches to `who` (`user`/`group`, looked up by identityOf) for good. As root: chowns the admin socket and its
+ * directory first, so the next image (an upgrade keeps the new uid) can replace it. Already running as `who`
+ * (after an upgrade's exec): nothing to do. As anyone else: an error.
+ */
+export function dropPrivileges(
+  opts: { user?: string; group?: string; adminSocket: string },
+  who: Identity | undefined = identityOf(opts),
+): Identity | undefined {
+  if (who === undefined) return undefined;
+  const problem = switchProblem(who);
+  if (problem !== undefined) throw new PrivilegeError(problem);
+  if (process.getuid!() !== 0) return who;
+  const { uid, gid } = who;
   for (const path of [dirname(opts.adminSocket), opts.adminSocket]) {
     // The directory only when it is ours to give: a private (0700) one like the one we create, never e.g. /run itself.
     const st = statSync(path);

@@ -7,6 +7,7 @@ import type { HandshakeListener } from '../edge/listener-setup.js';
 import { servableByBridge, type DoorOrder } from '../carry/door.js';
 import { doorOrderOf } from './door-order.js';
 import type { MetricsSnapshot } from '../metrics/metrics.js';
+import { metricsSnapshot, statusSnapshot } from './snapshots.js';
 import type { Relay } from '../relay/relay.js';
 import { SOL_SOCKET, SO_LINGER, sys } from '../kernel/libc.js';
 import { RejectionNotes, SourceCounts, sourceOf, sourceOfClient } from '../edge/per-source.js';
@@ -17,7 +18,6 @@ import { Listener } from '../edge/listener.js';
 import type { KtlsSupport, ProxyConfig, ReloadOutcome, StatusSnapshot, UpgradeRecord } from '../core/types.js';
 import type { ConnectionInfo } from '../core/connection.js';
 import { counter, type CounterName, type SourceLimit } from '../core/counters.js';
-import { packageVersion } from '../core/version.js';
 
 /** struct linger { l_onoff = 1; l_linger = 0 }: close() resets the connection. */
 const LINGER_ABORT = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
@@ -42,6 +42,11 @@ export interface ServerDeps {
 
 export class ProxyServer {
   readonly counters: Record<string, number> = {};
+  /**
+   * The same counters per listener name, for what was counted with its listener known (accepts, connections, closes,
+   * bytes): /metrics labels them. What no listener was known for stays in `counters` only. Carried across upgrades.
+   */
+  readonly listenerCounters = new Map<string, Record<string, number>>();
   readonly live = new Map<string, ConnectionInfo>();
   /** Accepted connections still in handshake or backend connect (in a handshake worker). */
   readonly inFlight = new Set<string>();
@@ -69,14 +74,16 @@ export class ProxyServer {
     relay.on('closed', (m) => {
       // The bridge cannot reach the store (NotifyAccess=main): what ended there leaves it now.
       if (m.elsewhere) this.unstore(connectionFdName(m.id));
+      // Who and where, from the connection's ConnectionInfo as the relay held it (also for one that ended in the bridge).
+      const { client, listener } = m;
       this.live.delete(m.id);
       this.sources.closed(m.id);
-      this.count('connections_closed');
-      this.count(counter.closed(m.cause));
+      this.count('connections_closed', 1, listener);
+      this.count(counter.closed(m.cause), 1, listener);
       // Bytes of closed connections; live ones are added at scrape time (metricsSnapshot).
-      this.count('bytes_in', m.bytesIn);
-      this.count('bytes_out', m.bytesOut);
-      log[m.level]({ conn: m.id, bytesIn: m.bytesIn, bytesOut: m.bytesOut }, `closed: ${m.reason}`);
+      this.count('bytes_in', m.bytesIn, listener);
+      this.count('bytes_out', m.bytesOut, listener);
+      log[m.level]({ conn: m.id, client, listener, bytesIn: m.bytesIn, bytesOut: m.bytesOut }, `closed: ${m.reason}`);
       this.recheckCapacity();
     });
     relay.on('log', (m) => log[m.level]({ conn: m.id }, m.msg));
@@ -89,7 +96,7 @@ export class ProxyServer {
           this.inFlight.delete(m.info.id);
           this.sources.established(m.info.id);
           this.live.set(m.info.id, m.info);
-          this.count(counter.connections(m.info.mode));
+          this.count(counter.connections(m.info.mode), 1, m.info.listener);
           relay.add(m.info, m.clientFd, m.backendFd, m.records);
         },
         gone: (id) => {
@@ -132,9 +139,16 @@ export class ProxyServer {
   }
 
   /** Continues the previous image's identity after an upgrade's exec: generation, start time, connection ids, counters. */
-  continueFrom(previous: { generation: number; startedAt: string; nextId: number; counters: Record<string, number> }): void {
+  continueFrom(previous: {
+    generation: number;
+    startedAt: string;
+    nextId: number;
+    counters: Record<string, number>;
+    listenerCounters?: Record<string, Record<string, number>>;
+  }): void {
     this.identity = { generation: previous.generation, startedAt: previous.startedAt, nextId: previous.nextId };
     Object.assign(this.counters, previous.counters);
+    for (const [name, c] of Object.entries(previous.listenerCounters ?? {})) this.listenerCounters.set(name, { ...c });
   }
 
   /** New connection ids start after `highest` (the largest id the fd store handed back after a crash). */
@@ -182,8 +196,13 @@ export class ProxyServer {
     }
   }
 
-  count(name: CounterName, by = 1): void {
+  /** Adds to a counter, and to the same counter of `listener` (a name) when the listener is known. */
+  count(name: CounterName, by = 1, listener?: string): void {
     this.counters[name] = (this.counters[name] ?? 0) + by;
+    if (listener === undefined) return;
+    let mine = this.listenerCounters.get(listener);
+    if (!mine) this.listenerCounters.set(listener, (mine = {}));
+    mine[name] = (mine[name] ?? 0) + by;
   }
 
   /** A listening socket on `at`, or around an already-listening fd (carried across exec, or from systemd); not yet serving. */
@@ -223,7 +242,7 @@ export class ProxyServer {
   }
 
   private accept(fd: number, listener: number): void {
-    this.count('connections_accepted');
+    this.count('connections_accepted', 1, this.served[listener]?.name);
     // The address the proxy knows (and tells a backend in a PROXY header): the TCP peer.
     const peer = sys.getpeername(fd);
     const source = peer ? sourceOf(peer) : undefined;
@@ -306,84 +325,14 @@ export class ProxyServer {
     }
   }
 
-  async status(): Promise<StatusSnapshot & { generation: number; lastUpgrade?: UpgradeRecord }> {
-    // A busy relay (e.g. just after exec, taking over thousands of connections) must not make status fail:
-    // report the connections without their byte counts rather than nothing.
-    const relayed = await this.deps.relay.stats(10_000).catch(() => undefined);
-    const stats = new Map((relayed ?? []).map((s) => [s.id, s]));
-    const now = Date.now();
-    return {
-      pid: process.pid,
-      version: packageVersion(),
-      startedAt: this.startedAt,
-      generation: this.generation,
-      lastUpgrade: this.lastUpgrade,
-      lastReload: this.lastReload,
-      ktls: { ...this.deps.support, policy: this.deps.config.ktls },
-      listeners: this.listeners.map((l, i) => {
-        const served = this.served[i];
-        return {
-          address: l.address,
-          name: served?.name ?? l.address,
-          backend: (served?.backends ?? []).map(formatEndpoint).join(', '),
-          names: served?.groups.flatMap((g) => g.names) ?? [],
-          alpn: served?.alpn ?? [],
-          clientAuth: served?.clientAuth ?? 'off',
-          proxyProtocol: served?.proxyProtocol ?? 'off',
-        };
-      }),
-      workers: this.deps.relay.shardCount,
-      connections: [...this.live.values()].map((c) => ({
-        id: c.id,
-        client: c.client,
-        backend: c.backend,
-        version: c.version,
-        cipher: c.cipher,
-        mode: c.mode,
-        bytesIn: stats.get(c.id)?.bytesIn ?? 0,
-        bytesOut: stats.get(c.id)?.bytesOut ?? 0,
-        ageMs: now - c.startedAt,
-        worker: stats.get(c.id)?.worker,
-        listener: c.listener,
-        sni: c.sni,
-        alpn: c.alpn,
-        clientSubject: c.clientSubject,
-      })),
-      tickets: this.deps.tickets.status(),
-      memory: { rssKiB: Math.round(process.memoryUsage.rss() / 1024), relayHeapKiB: this.deps.relay.heapUsed().map((b) => Math.round(b / 1024)) },
-      counters: { ...this.counters, connections_live: this.live.size, handshakes_in_progress: this.inFlight.size, relay_stats_unavailable: relayed ? 0 : 1 },
-      limits: {
-        maxConnections: this.deps.config.maxConnections,
-        maxConnectionsPerSource: this.deps.config.maxConnectionsPerSource,
-        maxHandshakesPerSource: this.deps.config.maxHandshakesPerSource,
-        idleTimeoutMs: this.deps.config.idleTimeoutMs,
-        sources: this.sources.sources,
-        busiest: this.sources.busiest(5),
-      },
-    };
+  /** What `ironsocket status` shows (runtime/snapshots.ts). */
+  status(): Promise<StatusSnapshot & { generation: number; lastUpgrade?: UpgradeRecord }> {
+    return statusSnapshot(this);
   }
 
-  /** What /metrics shows: carried counters plus the live connections' bytes (a scrape fails rather than report less). */
-  async metricsSnapshot(): Promise<MetricsSnapshot> {
-    const stats = await this.deps.relay.stats(5000);
-    const live = { kernel: 0, user: 0 };
-    for (const c of this.live.values()) live[c.mode]++;
-    const bytes = { in: this.counters.bytes_in ?? 0, out: this.counters.bytes_out ?? 0 };
-    for (const s of stats) {
-      if (!this.live.has(s.id)) continue; // closed meanwhile: already in the counters
-      bytes.in += s.bytesIn;
-      bytes.out += s.bytesOut;
-    }
-    const u = this.lastUpgrade;
-    return {
-      counters: { ...this.counters },
-      live,
-      handshakesInProgress: this.inFlight.size,
-      sources: this.sources.sources,
-      bytes,
-      upgrade: { generation: this.generation, lastStallMs: u?.stallMs, lastMoved: u?.moved, lastOk: u?.ok },
-      listeners: this.listeners.length,
-    };
+  /** What /metrics shows (runtime/snapshots.ts). */
+  metricsSnapshot(): Promise<MetricsSnapshot> {
+    return metricsSnapshot(this);
   }
 
   async close(): Promise<void> {

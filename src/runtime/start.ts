@@ -1,12 +1,11 @@
 // Starts the proxy — fresh, or continuing a previous image's connections after exec — and serves the admin socket.
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../core/log.js';
-import { KEYLOG_ENV, keylogFileFromEnv, keylogWarning, openKeylogFile } from '../handshake/keylog-file.js';
+import { keylogWarning } from '../handshake/keylog-file.js';
 import { overwriteFreedMemory, sys } from '../kernel/libc.js';
 import { Poller } from '../kernel/poller.js';
-import { probeKernel, type KernelProbe } from '../kernel/probe.js';
+import { probeKernel } from '../kernel/probe.js';
 import { formatEndpoint, type Endpoint } from '../kernel/sockaddr.js';
-import { SUITES } from '../record/suites.js';
 import { Relay } from '../relay/relay.js';
 import type { Reclaimed } from '../relay/protocol.js';
 import { RELAY_WORKER, resumeFromBridge, takeHandoff } from '../carry/resume.js';
@@ -15,17 +14,17 @@ import { Link } from '../carry/link.js';
 import { takeCounts } from '../carry/upgrade.js';
 import type { HandoffState } from '../carry/state.js';
 import { checkListener } from '../carry/restore.js';
-import { prepareAll, resolveEndpoint, wipeListeners, type HandshakeListener, type TlsBase } from '../edge/listener-setup.js';
+import { wipeListeners } from '../edge/listener-setup.js';
 import { startControls, type Controls } from './control.js';
 import { dropPrivileges } from './privileges.js';
-import { transparentProblem } from './capabilities.js';
+import { preflight, StartupError, type Preflight } from './preflight.js';
 import { restartFromStore } from '../carry/restart.js';
 import { FdStore, LISTENER_FDNAME, connectionFdName } from '../service/fd-store.js';
 import { fdStoreFor, passedDescriptors, serviceNotes } from '../service/systemd.js';
 import type { Listener } from '../edge/listener.js';
 import { ProxyServer } from './server.js';
-import { SessionTickets, prepareTickets } from '../edge/session-tickets.js';
-import type { KtlsSupport, ProxyConfig } from '../core/types.js';
+import { SessionTickets } from '../edge/session-tickets.js';
+import type { ProxyConfig } from '../core/types.js';
 import { counter } from '../core/counters.js';
 
 export interface ProxyHandle {
@@ -35,19 +34,7 @@ export interface ProxyHandle {
   readonly address: string;
 }
 
-export class StartupError extends Error {
-  constructor(
-    message: string,
-    readonly code: 'KTLS_REQUIRED' | 'LISTEN' | 'CERT' | 'TICKETS' | 'ADMIN' | 'PRIVILEGES' | 'KEYLOG',
-  ) {
-    super(message);
-  }
-}
-
-function ktlsSupport(probe: KernelProbe): KtlsSupport {
-  const names = (v: 'TLSv1.2' | 'TLSv1.3') => SUITES.filter((s) => s.version === v && probe.accepted[v].includes(s.kernelCipherType)).map((s) => s.name);
-  return { available: probe.available, reason: probe.reason, ciphers: { 'TLSv1.2': names('TLSv1.2'), 'TLSv1.3': names('TLSv1.3') }, rekey: probe.rekey };
-}
+export { StartupError };
 
 function sameEndpoint(carried: string, want: Endpoint): boolean {
   const w = formatEndpoint(want);
@@ -77,44 +64,21 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     mark('startProxy');
   }
   const probe = handoff?.probe ?? probeKernel();
-  const support = ktlsSupport(probe);
-  if (config.ktls === 'require' && !probe.available) {
-    throw new StartupError(`--ktls require: this kernel cannot take TLS sessions: ${probe.reason}`, 'KTLS_REQUIRED');
-  }
-  const capProblem = transparentProblem(config);
-  if (capProblem) throw new StartupError(capProblem, 'PRIVILEGES');
-  const kernelSuites = new Set(config.ktls === 'off' ? [] : [...support.ciphers['TLSv1.2'], ...support.ciphers['TLSv1.3']]);
-  // Offer only what can be carried after the handshake: with `require`, what the kernel accepted.
-  const offered = config.ktls === 'require' ? SUITES.filter((s) => kernelSuites.has(s.name)) : SUITES;
-  const tlsBase: TlsBase = { minVersion: 'TLSv1.2', ciphers: offered.map((s) => s.name).join(':'), noRenegotiation: true };
-  // Debug switch only: with it, every session can be decrypted by whoever reads the file. Said loudly, every start.
-  const keylogFile = keylogFileFromEnv();
-  if (keylogFile !== undefined) {
-    try {
-      openKeylogFile(keylogFile).close(); // created 0600 now, so that a path that cannot be written stops the start
-    } catch (e) {
-      throw new StartupError(`${KEYLOG_ENV}=${keylogFile}: ${(e as Error).message}`, 'KEYLOG');
-    }
-    log.error({ keylogFile }, keylogWarning(keylogFile));
-  }
-  let served: HandshakeListener[];
+  // Everything that can refuse the start short of binding (the same function `ironsocket check` runs): kTLS policy,
+  // capabilities, `user`/`group`, the key log file, certificates, keys, CA and CRL, the ticket key file, addresses.
+  let pre: Preflight;
   try {
-    served = await prepareAll(config, tlsBase, (message, file) => log.warn({ file }, message));
-  } catch (e) {
-    throw new StartupError((e as Error).message, 'CERT');
-  }
-  mark('certificatesLoaded');
-  // One set of session ticket keys for every worker: the key file's, else those the previous image carried, else new ones.
-  let tickets: SessionTickets;
-  try {
-    const prepared = await prepareTickets(config.sessionTickets);
-    if (prepared.warning) log.warn({ file: config.sessionTickets.keyFile }, prepared.warning);
-    tickets = new SessionTickets(prepared, handoff?.tickets);
+    pre = await preflight(config, { probe, warn: (message, file) => log.warn({ file }, message) });
   } catch (e) {
     handoff?.tickets?.keys.fill(0);
-    wipeListeners(served);
-    throw new StartupError((e as Error).message, 'TICKETS');
+    throw e;
   }
+  const { support, kernelSuites, tlsBase, served, keylogFile } = pre;
+  // Debug switch only: with it, every session can be decrypted by whoever reads the file. Said loudly, every start.
+  if (keylogFile !== undefined) log.error({ keylogFile }, keylogWarning(keylogFile));
+  mark('certificatesLoaded');
+  // One set of session ticket keys for every worker: the key file's, else those the previous image carried, else new ones.
+  const tickets = new SessionTickets(pre.tickets, handoff?.tickets);
   const poller = new Poller();
   const stagger = handoff !== undefined;
   const store = fdStoreFor(config.fdStore, log, config.maxConnections);
@@ -143,8 +107,7 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   const activated = passed.listeners;
   const bound: Listener[] = [];
   try {
-    for (const l of config.listeners) {
-      const at = await resolveEndpoint(l.listen);
+    for (const at of pre.endpoints) {
       const i = carried.findIndex((c) => sameEndpoint(c.address, at));
       const mine = i >= 0 ? carried.splice(i, 1)[0] : undefined;
       if (mine) {
@@ -186,7 +149,7 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     throw new StartupError((e as Error).message, 'ADMIN');
   }
   try {
-    const who = dropPrivileges({ user: config.user, group: config.group, adminSocket: config.adminSocket });
+    const who = dropPrivileges({ user: config.user, group: config.group, adminSocket: config.adminSocket }, pre.identity);
     if (who) log.info(who, `running as uid ${who.uid} gid ${who.gid}`);
   } catch (e) {
     await controls.close();

@@ -1,4 +1,4 @@
-// Proves /metrics on a running proxy: strict Prometheus text whose counters match a scripted workload, before and after an upgrade.
+// Proves /metrics on a running proxy: strict Prometheus text whose counters match a scripted workload, per listener too, before and after an upgrade.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import http from 'node:http';
@@ -122,5 +122,56 @@ describe('the /metrics endpoint', () => {
       http.get({ host: '127.0.0.1', port: metricsPort, path: '/' }, (res) => (res.resume(), resolve(res.statusCode ?? 0))).on('error', reject),
     );
     assert.equal(code, 404);
+  });
+});
+
+describe('the /metrics endpoint with several listeners', () => {
+  it('counts each connection under the listener that accepted it, also after an upgrade', async () => {
+    const backend = await echoBackend();
+    const metricsPort = await freePort();
+    const listener = (name: string) => `[[listener]]\nname = "${name}"\nlisten = "127.0.0.1:0"\nbackend = "127.0.0.1:${backend.port}"\n`;
+    const proxy = await startProxyProcess({
+      backendPort: backend.port,
+      noListenFlags: true,
+      args: ['--ktls', 'off'],
+      config: `[metrics]\nlisten = "127.0.0.1:${metricsPort}"\n${listener('web')}${listener('db')}`,
+    });
+    try {
+      const db = proxy.ports[1]!;
+      const kept = await tlsEcho(db, 1000);
+      const gone = await tlsEcho(db, 3000);
+      await new Promise<void>((r) => gone.end(r));
+      await eventually(async () => (await proxy.status()).counters.connections_closed === 1, 10_000, 'the closed connection to be counted');
+
+      const m = await scrape(metricsPort);
+      const each = (family: string, labels: Record<string, string> = {}) => ['web', 'db'].map((listener) => value(m, family, { listener, ...labels }));
+      assert.deepEqual(each('ironsocket_connections_accepted_total'), [0, 2]);
+      assert.deepEqual(each('ironsocket_connections', { mode: 'user' }), [0, 1]);
+      assert.deepEqual(each('ironsocket_connections_total', { mode: 'user' }), [0, 2]);
+      assert.deepEqual(each('ironsocket_connections_closed_total'), [0, 1]);
+      assert.deepEqual(each('ironsocket_bytes_total', { direction: 'in' }), [0, 4000]);
+      const byCause = m.get('ironsocket_connections_closed_by_cause_total')!.samples;
+      assert.equal(
+        byCause.filter((x) => x.labels.listener === 'db').reduce((n, x) => n + x.value, 0),
+        1,
+        'closed under db, whatever the cause',
+      );
+      for (const family of ['ironsocket_connections_accepted_total', 'ironsocket_connections', 'ironsocket_bytes_total'])
+        assert.ok(
+          m.get(family)!.samples.every((x) => x.labels.listener !== undefined),
+          `${family}: every connection was counted under its listener`,
+        );
+
+      const { stdout } = await run(process.execPath, [CLI, 'upgrade', '--admin-socket', proxy.adminSocket]);
+      assert.equal((JSON.parse(stdout) as { ok: boolean }).ok, true);
+      const after = await scrape(metricsPort);
+      assert.equal(value(after, 'ironsocket_connections_accepted_total', { listener: 'db' }), 2, 'carried across the exec');
+      assert.equal(value(after, 'ironsocket_connections', { listener: 'db', mode: 'user' }), 1, 'the moved connection is still counted under db');
+      assert.equal(value(after, 'ironsocket_bytes_total', { listener: 'db', direction: 'in' }), 4000);
+      kept.destroy();
+    } finally {
+      await proxy.stop();
+      await backend.close();
+    }
   });
 });
