@@ -88,6 +88,31 @@ describe('privilege drop', () => {
     }
   });
 
+  it('warns at start when the user it switched to could not exec the script in an upgrade', async () => {
+    assert.equal(process.getuid?.(), 0, 'this test needs root (CI runs as root)');
+    // The script reached through a directory only root may enter, as a checkout under /root would be.
+    const hidden = tempDir('privileges-hidden');
+    fs.chmodSync(hidden, 0o700);
+    const script = `${hidden}/ironsocket`;
+    fs.symlinkSync(CLI, script);
+    const backend = await echoBackend();
+    const started = async (entry: string) => {
+      const proxy = await startProxyProcess({ entry, backendPort: backend.port, args: ['--ktls', 'off'], config: 'user = "nobody"\ngroup = "nogroup"\n' });
+      const warned = proxy.logs().filter((l) => /in-place upgrades will fail/.test(l));
+      await proxy.stop();
+      return warned;
+    };
+    try {
+      const warned = await started(script);
+      assert.equal(warned.length, 1, 'one warning');
+      assert.match(warned[0]!, new RegExp(`cannot reach the script ${script.replace(/[.]/g, '\\.')} \\(EACCES\\)`));
+      assert.deepEqual(await started(CLI), [], 'none where it can');
+    } finally {
+      await backend.close();
+      fs.rmSync(hidden, { recursive: true, force: true });
+    }
+  });
+
   it('refuses to start when the user does not exist', async () => {
     const backend = await echoBackend();
     await assert.rejects(

@@ -1,5 +1,5 @@
 // Drops root once every socket is bound (`user`/`group` in the config), keeping the admin socket usable by the new user.
-import { chownSync, statSync } from 'node:fs';
+import { accessSync, chownSync, constants, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { execFileSync } from 'node:child_process';
 
@@ -69,4 +69,26 @@ export function dropPrivileges(
   process.setgid!(gid);
   process.setuid!(uid);
   return { uid, gid };
+}
+
+/**
+ * What an in-place upgrade execs, checked as the user the process now runs as: the node binary
+ * (`process.execPath`) and the script (`process.argv[1]`). A binary or script under a directory that user cannot
+ * enter (a node under /root, a checkout in a 0700 home) serves today and refuses every upgrade later; said once,
+ * at start, it is a warning rather than a surprise. Undefined when both are reachable.
+ */
+export function upgradeReachProblem(files = { node: process.execPath, script: process.argv[1] }): string | undefined {
+  const problems: string[] = [];
+  const check = (what: string, file: string | undefined, mode: number) => {
+    if (file === undefined) return;
+    try {
+      accessSync(file, mode);
+    } catch (e) {
+      problems.push(`${what} ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+  };
+  check('the node binary', files.node, constants.X_OK);
+  check('the script', files.script, constants.R_OK);
+  if (problems.length === 0) return undefined;
+  return `in-place upgrades will fail: uid ${process.getuid!()} cannot reach ${problems.join(' nor ')}; install them where it can`;
 }

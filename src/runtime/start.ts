@@ -16,7 +16,7 @@ import type { HandoffState } from '../carry/state.js';
 import { checkListener } from '../carry/restore.js';
 import { wipeListeners } from '../edge/listener-setup.js';
 import { startControls, type Controls } from './control.js';
-import { dropPrivileges } from './privileges.js';
+import { dropPrivileges, upgradeReachProblem } from './privileges.js';
 import { preflight, StartupError, type Preflight } from './preflight.js';
 import { restartFromStore } from '../carry/restart.js';
 import { FdStore, LISTENER_FDNAME, connectionFdName } from '../service/fd-store.js';
@@ -151,6 +151,8 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   try {
     const who = dropPrivileges({ user: config.user, group: config.group, adminSocket: config.adminSocket }, pre.identity);
     if (who) log.info(who, `running as uid ${who.uid} gid ${who.gid}`);
+    const unreachable = who ? upgradeReachProblem() : undefined;
+    if (unreachable) log.warn(unreachable);
   } catch (e) {
     await controls.close();
     await server.close();
