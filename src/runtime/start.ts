@@ -168,8 +168,8 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     for (const l of carried) sys.close(l.fd);
     for (const fd of activated.values()) sys.close(fd);
     poller.close();
-    tickets.stop();
-    await relay.stop();
+    // The workers were starting (the handshake workers too: left running, they held the process at its exit).
+    await server.close(true);
     throw new StartupError((e as Error).message, 'LISTEN');
   }
   if (passed.connections.size > 0) resumeStored(server, passed.connections, store);
@@ -181,17 +181,17 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   try {
     controls = await startControls({ server, logger: log, tlsBase, reloadConfig: deps.reloadConfig, notes });
   } catch (e) {
-    await server.close();
     poller.close();
+    await server.close();
     throw new StartupError((e as Error).message, 'ADMIN');
   }
   try {
     const who = dropPrivileges({ user: config.user, group: config.group, adminSocket: config.adminSocket });
     if (who) log.info(who, `running as uid ${who.uid} gid ${who.gid}`);
   } catch (e) {
+    poller.close();
     await controls.close();
     await server.close();
-    poller.close();
     throw new StartupError((e as Error).message, 'PRIVILEGES');
   }
   if (handoff?.bridge.serving) {
@@ -237,9 +237,12 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     close() {
       closing ??= (async () => {
         notes.stopping(`stopping: closing ${server.live.size} connection(s)`);
-        await controls.close();
-        await server.close();
-        poller.close();
+        try {
+          await controls.close();
+          await server.close();
+        } finally {
+          poller.close();
+        }
       })();
       return closing;
     },
