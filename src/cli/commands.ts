@@ -15,6 +15,7 @@ import type { ListenerConfig, ProxyConfig } from '../core/types.js';
 import { parseCli, usage, UsageError, type Command } from './args.js';
 import { formatStatus, StatusSnapshotSchema } from './status.js';
 import { limitsLines } from './limits-text.js';
+import { watchStopSignals } from './stop-signals.js';
 
 /** What `startProxy` (src/runtime/start.ts) must resolve with. */
 export interface ProxyHandle {
@@ -28,6 +29,8 @@ export type StartProxy = (config: ProxyConfig, deps: { logger: Logger; reloadCon
 const EXIT_OK = 0;
 const EXIT_FAILURE = 1;
 const EXIT_USAGE = 2;
+/** Node's exit after `run` (worker and pool threads joined) is given this long before the kernel ends the process. */
+const EXIT_BOUND_S = 5;
 
 const err = (line: string) => process.stderr.write(line.endsWith('\n') ? line : line + '\n');
 
@@ -107,6 +110,13 @@ async function nonDumpable(): Promise<void> {
 
 async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
   await nonDumpable();
+  const { sys } = await import('../kernel/libc.js');
+  // Before anything starts: a stop asked for during start-up is heard, and bounded, whatever state start-up reaches.
+  const stop = watchStopSignals({ say: err, exitNow: sys.exitNow });
+  let started = false;
+  void stop.received.then((signal) => {
+    if (!started) err(`ironsocket: ${signal} during start-up: stopping once start-up has ended`);
+  });
   let debug = isDebug(cmd.flags.logLevel);
   let handle: ProxyHandle;
   let resolved: ResolvedConfig;
@@ -124,30 +134,30 @@ async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<number> {
   } catch (e) {
     reportFailure('cannot start', e, debug);
     return EXIT_FAILURE;
+  } finally {
+    started = true;
   }
   // One write, so a reader of the pipe (a supervisor, a test) never sees half a banner.
-  err(banner(resolved, handle.describeKtls()).join('\n'));
+  if (!stop.signal) err(banner(resolved, handle.describeKtls()).join('\n'));
+  const signal = await stop.received;
+  logger.info({ signal }, 'shutting down');
+  try {
+    await handle.close();
+    return EXIT_OK;
+  } catch (e) {
+    reportFailure('error while shutting down', e, debug);
+    return EXIT_FAILURE;
+  }
+}
 
-  return new Promise<number>((done) => {
-    let stopping = false;
-    const onSignal = (signal: NodeJS.Signals) => {
-      if (stopping) {
-        err(`ironsocket: ${signal} again, exiting without waiting`);
-        process.exit(EXIT_FAILURE);
-      }
-      stopping = true;
-      logger.info({ signal }, 'shutting down');
-      handle.close().then(
-        () => done(EXIT_OK),
-        (e: unknown) => {
-          reportFailure('error while shutting down', e, debug);
-          done(EXIT_FAILURE);
-        },
-      );
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-  });
+/**
+ * Ends `run` with Node's own exit, which joins the worker threads and libuv's pool threads: should one never
+ * return, the kernel ends the process after EXIT_BOUND_S (SIGALRM, which nothing here catches).
+ */
+async function exitAfterRun(code: number): Promise<never> {
+  const { sys } = await import('../kernel/libc.js');
+  sys.alarm(EXIT_BOUND_S);
+  process.exit(code);
 }
 
 /** The self-signed localhost pair `run` would generate, which `check` does not (its files need not exist yet). */
@@ -308,7 +318,7 @@ async function main(argv: string[]): Promise<number> {
       return EXIT_OK;
     case 'run':
       // A running proxy may hold handles that never drain on their own; exit explicitly once closed.
-      process.exit(await run(cmd));
+      return exitAfterRun(await run(cmd));
     case 'check':
       return check(cmd);
     case 'status':

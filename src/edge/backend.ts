@@ -100,10 +100,15 @@ export function connectBackend(poller: Poller, ep: Endpoint, timeoutMs: number, 
         reject(err);
       } else resolve(fd);
     };
-    poller.add(fd, EPOLLOUT, () => {
-      const soErr = sys.getsockoptInt(fd, SOL_SOCKET, SO_ERROR);
-      done(soErr ? failWith(soErr) : undefined);
-    });
+    try {
+      poller.add(fd, EPOLLOUT, () => {
+        const soErr = sys.getsockoptInt(fd, SOL_SOCKET, SO_ERROR);
+        done(soErr ? failWith(soErr) : undefined);
+      });
+    } catch (e) {
+      sys.close(fd); // the poller is closed: the thread is stopping
+      return reject(new BackendError(`backend ${where}: ${(e as Error).message}`, 'error'));
+    }
     timer = setTimeout(() => done(new BackendError(`backend ${where}: no connection after ${timeoutMs} ms`, 'timeout')), timeoutMs);
     signal?.addEventListener('abort', onAbort, { once: true });
   });

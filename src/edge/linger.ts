@@ -20,11 +20,15 @@ export function lingeringClose(poller: Poller, fd: number, maxMs = 2000): void {
   };
   const timer = setTimeout(finish, maxMs);
   sys.shutdown(fd, SHUT_WR);
-  poller.add(fd, EPOLLIN, () => {
-    for (;;) {
-      const r = sys.recv(fd, drain, drain.length);
-      if (r === -EAGAIN || r === -EINTR) return;
-      if (r <= 0) return finish();
-    }
-  });
+  try {
+    poller.add(fd, EPOLLIN, () => {
+      for (;;) {
+        const r = sys.recv(fd, drain, drain.length);
+        if (r === -EAGAIN || r === -EINTR) return;
+        if (r <= 0) return finish();
+      }
+    });
+  } catch {
+    finish(); // the poller is closed (the thread is stopping): no lingering
+  }
 }

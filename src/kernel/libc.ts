@@ -98,6 +98,8 @@ const fn = {
   mallopt: libc.func('int mallopt(int, int)'),
   malloc_trim: libc.func('int malloc_trim(size_t)'),
   prctl: libc.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)'),
+  _exit: libc.func('void _exit(int)'),
+  alarm: libc.func('unsigned int alarm(unsigned int)'),
 };
 
 /** A failed system call, carrying errno and its symbolic name. */
@@ -283,6 +285,16 @@ export const sys = {
   /** Reaps a child without blocking: its pid once it has exited, 0 while it runs, or -errno. */
   reap: (pid: number) => ret(fn.waitpid(pid, null, 1 /* WNOHANG */)),
   isCloexec: (fd: number) => (check('fcntl', fn.fcntl(fd, F_GETFD, 'int', 0)) & FD_CLOEXEC) !== 0,
+  /**
+   * Ends the process now (_exit): no exit handlers, and no waiting for worker or libuv pool threads, which
+   * process.exit() joins and which may be what is stuck. Written output is not lost (stdout and stderr are synchronous).
+   */
+  exitNow: (code: number): never => {
+    fn._exit(code);
+    throw new Error('_exit returned');
+  },
+  /** SIGALRM in `seconds` (0 cancels): a bound kept by the kernel, whatever this process's threads are doing. */
+  alarm: (seconds: number): void => void fn.alarm(seconds),
   /** Reads a clock (e.g. CLOCK_MONOTONIC) in nanoseconds. */
   clockNs: (clock: number): bigint => {
     const ts = Buffer.alloc(16); // struct timespec on 64-bit Linux: time_t tv_sec; long tv_nsec

@@ -28,6 +28,12 @@ export function decodeEvent(buf: Buffer, i: number): { events: number; fd: numbe
 export type ReadyHandler = (events: number) => void;
 
 const MAX_EVENTS = 256;
+/**
+ * A wait on the pool is bounded: a pool thread stuck in epoll_wait is one Node must join at exit (and a worker
+ * thread at its end), so an unbounded wait nobody wakes hangs the process, deaf to signals. Re-arming once a
+ * second costs nothing that matters: it happens only when idle.
+ */
+export const POOL_WAIT_MS = 1000;
 
 export class Poller {
   private readonly ep = sys.epollCreate();
@@ -50,12 +56,14 @@ export class Poller {
   }
 
   add(fd: number, events: number, handler: ReadyHandler): void {
+    if (this.closed) throw new Error(`poller closed: cannot watch fd ${fd}`);
     this.handlers.set(fd, handler);
     sys.epollCtl(this.ep, EPOLL_CTL_ADD, fd, encodeEvent(this.ev, events, fd));
     this.arm();
   }
 
   modify(fd: number, events: number): void {
+    if (this.closed) return; // its epoll may be closed already, and its number reused
     sys.epollCtl(this.ep, EPOLL_CTL_MOD, fd, encodeEvent(this.ev, events, fd));
   }
 
@@ -72,14 +80,18 @@ export class Poller {
     return this.handlers.size;
   }
 
+  /**
+   * Wakes a wait in progress; the epoll and eventfd are closed once no thread waits on them (closing an fd another
+   * thread is in epoll_wait on does not wake it), at once when none does, else when that wait returns.
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.handlers.clear();
+    if (!this.waiting) return this.release();
     const one = Buffer.alloc(8);
     one.writeBigUInt64LE(1n);
     sys.write(this.wake, one, 8);
-    if (!this.waiting) this.release();
   }
 
   private release(): void {
@@ -104,7 +116,7 @@ export class Poller {
       setImmediate(() => settle(this.closed ? 0 : sys.epollWait(this.ep, this.events, MAX_EVENTS, this.inline && this.lastBatch === 0 ? 2 : 0)));
       return;
     }
-    sys.epollWaitAsync(this.ep, this.events, MAX_EVENTS, -1, settle);
+    sys.epollWaitAsync(this.ep, this.events, MAX_EVENTS, POOL_WAIT_MS, settle);
   }
 
   private dispatch(n: number): void {

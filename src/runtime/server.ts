@@ -335,8 +335,9 @@ export class ProxyServer {
     return metricsSnapshot(this);
   }
 
-  async close(): Promise<void> {
-    this.unstore(LISTENER_FDNAME); // a stopped proxy's port closes
+  /** Closes the listeners and stops the workers; `keepStored`: a start that failed leaves the fd store's listeners in place. */
+  async close(keepStored = false): Promise<void> {
+    if (!keepStored) this.unstore(LISTENER_FDNAME); // a stopped proxy's port closes
     for (const l of this.listeners) l.close();
     this.handshakers.abortAll('shutting down');
     await this.handshakers.stop();

@@ -131,8 +131,8 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     for (const l of carried) sys.close(l.fd);
     for (const fd of activated.values()) sys.close(fd);
     poller.close();
-    tickets.stop();
-    await relay.stop();
+    // The workers were starting (the handshake workers too: left running, they held the process at its exit).
+    await server.close(true);
     throw new StartupError((e as Error).message, 'LISTEN');
   }
   if (passed.connections.size > 0) resumeStored(server, passed.connections, store);
@@ -144,8 +144,8 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
   try {
     controls = await startControls({ server, logger: log, tlsBase, reloadConfig: deps.reloadConfig, notes });
   } catch (e) {
-    await server.close();
     poller.close();
+    await server.close();
     throw new StartupError((e as Error).message, 'ADMIN');
   }
   try {
@@ -154,9 +154,9 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     const unreachable = who ? upgradeReachProblem() : undefined;
     if (unreachable) log.warn(unreachable);
   } catch (e) {
+    poller.close();
     await controls.close();
     await server.close();
-    poller.close();
     throw new StartupError((e as Error).message, 'PRIVILEGES');
   }
   if (handoff?.bridge.serving) {
@@ -202,9 +202,12 @@ export async function startProxy(config: ProxyConfig, deps: StartDeps): Promise<
     close() {
       closing ??= (async () => {
         notes.stopping(`stopping: closing ${server.live.size} connection(s)`);
-        await controls.close();
-        await server.close();
-        poller.close();
+        try {
+          await controls.close();
+          await server.close();
+        } finally {
+          poller.close();
+        }
       })();
       return closing;
     },
