@@ -63,7 +63,7 @@ export interface PairStats {
   worker?: number;
 }
 
-/** A connection that ended while another process (the upgrade bridge) was relaying it. */
+/** How a connection ended: the fields of a relay worker's `closed` message, and all the upgrade bridge reports of one that ended there. */
 export interface ClosedElsewhere {
   id: string;
   /** Its client address and listener, from its ConnectionInfo (for the `closed` log line). */
@@ -101,18 +101,7 @@ export type FromWorker =
    * counters; absent for one that could not come back from the bridge. `elsewhere`: it ended in the upgrade bridge,
    * or could not come back from it (the bridge cannot reach the fd store).
    */
-  | {
-      op: 'closed';
-      id: string;
-      client?: string;
-      listener?: string;
-      reason: string;
-      cause: CloseCause;
-      level: 'info' | 'warn';
-      bytesIn: number;
-      bytesOut: number;
-      elsewhere?: boolean;
-    }
+  | ({ op: 'closed'; bytesIn: number; bytesOut: number; elsewhere?: boolean } & ClosedElsewhere)
   | { op: 'stats'; seq: number; connections: PairStats[]; heapUsed: number }
   | { op: 'migrated'; seq: number; moved: number; intoBridgeMs: number; error?: string }
   | { op: 'reclaimed'; seq: number; reclaimed: Reclaimed }
